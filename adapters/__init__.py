@@ -1,0 +1,12 @@
+"""Plain synchronous stores, installed as ``cascadeui.adapters``.
+
+They need no event loop: call them from scripts, threads and notebooks. The async
+backends in :mod:`cascadeui.persistence` run them in worker threads.
+"""
+
+from .base import BaseStore, SyncStore
+from .file_store import FileStore
+from .redis_store import RedisStore, redact_url
+from .sqlite_store import SQLiteStore
+
+__all__ = ["BaseStore", "FileStore", "RedisStore", "SQLiteStore", "SyncStore", "redact_url"]

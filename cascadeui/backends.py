@@ -1,0 +1,215 @@
+"""Async facades: one generic :class:`AsyncBackend` over any synchronous adapter.
+
+Every blocking call runs in an anyio worker thread (``anyio.to_thread.run_sync``) as one
+whole unit of work, so nothing blocks the event loop, and the same code serves asyncio and
+trio. The three built-in backends only choose their adapter.
+
+Error policy, by layer: adapters raise typed errors. :meth:`AsyncBackend.save_state`
+returns ``False`` and logs the reason for a failure of the medium (I/O, server, lock
+timeout), because a bot must keep running; it still raises
+:class:`~cascadeui.errors.SerializationError` (a ``TypeError``), which is a bug in the
+caller's data, not an outage. :meth:`AsyncBackend.load_state` always raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+import anyio.to_thread
+
+from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore
+from cascadeui.errors import PersistenceError, SerializationError, StoreClosedError
+
+__all__ = [
+    "AsyncBackend",
+    "FileStorageBackend",
+    "RedisBackend",
+    "SQLiteBackend",
+    "StorageBackend",
+    "as_backend",
+]
+
+log = logging.getLogger("cascadeui.persistence")
+
+S = TypeVar("S", bound=SyncStore)
+
+
+@runtime_checkable
+class StorageBackend(Protocol):
+    """The seed's interface for custom backends: two coroutines."""
+
+    async def save_state(self, state: dict[str, Any]) -> bool:
+        """Persist ``state``; return True on success."""
+        ...
+
+    async def load_state(self) -> dict[str, Any]:
+        """Return the saved state, an empty dict when nothing was saved."""
+        ...
+
+
+class AsyncBackend(Generic[S]):
+    """Runs a synchronous adapter in anyio worker threads behind the seed's async API.
+
+    :param store: any object with the :class:`~cascadeui.adapters.SyncStore` methods.
+    """
+
+    def __init__(self, store: S) -> None:
+        self.store: S = store
+
+    @property
+    def location(self) -> str:
+        """Where the state lives (password-free)."""
+        return str(getattr(self.store, "location", type(self.store).__name__))
+
+    async def save_state(self, state: Mapping[str, Any]) -> bool:
+        """Write ``state``; True on success, False (logged) when the medium failed.
+
+        :raises SerializationError: ``state`` holds a value JSON cannot store.
+        :raises StoreClosedError: the backend was closed.
+        """
+        try:
+            await anyio.to_thread.run_sync(self.store.save, state)
+        except (SerializationError, StoreClosedError):
+            raise
+        except (PersistenceError, OSError) as exc:
+            log.error("save to %s failed: %s", self.location, exc)
+            return False
+        return True
+
+    async def load_state(self) -> dict[str, Any]:
+        """Return the saved state, ``{}`` when nothing was saved.
+
+        :raises StateCorruptedError: stored data (and every backup) is unreadable.
+        :raises StorageUnavailableError: the medium cannot be reached.
+        """
+        return await anyio.to_thread.run_sync(self.store.load)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[dict[str, Any]]:
+        """``async with`` twin of the adapter's ``transaction()``: atomic read-modify-write.
+
+        The adapter's transaction runs in one dedicated thread for its whole life (its
+        lock and connection belong to that thread) while the body runs on the event loop.
+        Nothing is written if the body raises.
+        """
+        commands: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        replies: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+        def hold() -> None:
+            try:
+                with self.store.transaction() as state:
+                    replies.put(("state", state))
+                    abort = commands.get()
+                    if abort is not None:
+                        raise _Abort
+            except _Abort:
+                replies.put(("aborted", None))
+            except BaseException as exc:
+                replies.put(("error", exc))
+            else:
+                replies.put(("committed", None))
+
+        worker = threading.Thread(target=hold, name="cascadeui-transaction", daemon=True)
+        worker.start()
+        kind, value = await anyio.to_thread.run_sync(replies.get)
+        if kind == "error":
+            raise value
+        try:
+            yield value
+        except BaseException as exc:
+            commands.put(exc)
+            await anyio.to_thread.run_sync(replies.get)
+            raise
+        commands.put(None)
+        kind, value = await anyio.to_thread.run_sync(replies.get)
+        if kind == "error":
+            raise value
+
+    async def aclose(self) -> None:
+        """Release the adapter's connections and handles; idempotent."""
+        await anyio.to_thread.run_sync(self.store.close)
+
+    async def __aenter__(self) -> AsyncBackend[S]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location}>"
+
+
+class _Abort(Exception):
+    """Internal: unwinds the adapter's transaction without committing."""
+
+
+class FileStorageBackend(AsyncBackend[FileStore]):
+    """JSON file backend: atomic replace, fsync, ``.bak`` rotation, a file lock.
+
+    :param file_path: the JSON file.
+    :param backups: previous generations to keep (``.bak``, ``.bak.1``, ...).
+    :param lock_timeout: seconds to wait for ``<file_path>.lock``.
+    """
+
+    def __init__(self, file_path: str | os.PathLike[str], *, backups: int = 1,
+                 lock_timeout: float = 10.0) -> None:
+        super().__init__(FileStore(file_path, backups=backups, lock_timeout=lock_timeout))
+        self.file_path = self.store.path
+
+
+class SQLiteBackend(AsyncBackend[SQLiteStore]):
+    """SQLite backend (recommended): one row, WAL mode, ``BEGIN IMMEDIATE`` writes.
+
+    Needs ``pip install 'pycascadeui[sqlite]'``.
+
+    :param db_path: the database file, created on first use.
+    :param timeout: seconds to wait for the write lock.
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str] = "cascadeui.db", *,
+                 timeout: float = 10.0) -> None:
+        super().__init__(SQLiteStore(db_path, timeout=timeout))
+        self.db_path = self.store.path
+
+
+class RedisBackend(AsyncBackend[RedisStore]):
+    """Redis backend: the document under ``key``, optional TTL refreshed on every save.
+
+    Needs ``pip install 'pycascadeui[redis]'``.
+
+    :param url: Redis connection URL; a password in it never appears in reprs or logs.
+    :param key: the key holding the state.
+    :param ttl: optional expiry in seconds.
+    """
+
+    def __init__(self, url: str = "redis://localhost", key: str = "cascadeui:state",
+                 ttl: int | None = None, *, lock_timeout: float = 10.0,
+                 socket_timeout: float = 5.0) -> None:
+        super().__init__(RedisStore(url, key=key, ttl=ttl, lock_timeout=lock_timeout,
+                                    socket_timeout=socket_timeout))
+        self.url = self.store.url
+        self.key = key
+        self.ttl = ttl
+
+
+def as_backend(obj: object) -> StorageBackend:
+    """Return ``obj`` as an async backend: backends as they are, sync adapters wrapped.
+
+    :raises TypeError: ``obj`` is neither (the message says what is missing).
+    """
+    if isinstance(obj, StorageBackend):
+        return obj
+    if callable(getattr(obj, "load", None)) and callable(getattr(obj, "save", None)):
+        return AsyncBackend(obj)  # type: ignore[type-var]
+    raise TypeError(
+        f"{type(obj).__name__} is not a storage backend: implement async save_state(state) "
+        "and load_state(), or sync save(state) and load()")
+

@@ -1,0 +1,106 @@
+"""The typed errors of cascadeui, one tree rooted at :class:`PersistenceError`.
+
+::
+
+    PersistenceError
+    ├── SerializationError (also TypeError)        a value JSON cannot hold; ``path`` names it
+    ├── StateCorruptedError (also ValueError)      stored bytes that do not decode; ``tried`` lists them
+    ├── StorageUnavailableError (also OSError)     the medium failed: I/O error, server down
+    │   └── LockTimeoutError (also TimeoutError)   a lock not had within its timeout; ``lock`` names it
+    ├── ConfigurationError (also ValueError)       a bad URL, path or option
+    └── StoreClosedError (also RuntimeError)       a store used after ``close()``
+
+Each error carries its location as attributes as well as in its message, never a
+password, and survives pickling so that it can cross process boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "LockTimeoutError",
+    "PersistenceError",
+    "SerializationError",
+    "StateCorruptedError",
+    "StorageUnavailableError",
+    "StoreClosedError",
+]
+
+
+def _rebuild(cls: type[PersistenceError], args: tuple[Any, ...], fields: dict[str, Any]) -> Any:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(fields)
+    return err
+
+
+class PersistenceError(Exception):
+    """Root of every error cascadeui raises on purpose.
+
+    :param message: the human-readable reason.
+    :param location: where it happened (a path, ``sqlite:///x.db`` or a redacted Redis URL).
+    """
+
+    location: str | None
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+class SerializationError(PersistenceError, TypeError):
+    """Raised by :class:`~cascadeui.serializer.StateSerializer` for a value JSON cannot hold.
+
+    ``path`` is the key path of the offending value, e.g. ``state['application']['when']``.
+    Nothing is written when this is raised.
+    """
+
+    path: str
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StateCorruptedError(PersistenceError, ValueError):
+    """Raised by ``load`` when no stored copy decodes; ``tried`` lists every copy tried."""
+
+    tried: tuple[str, ...]
+
+    def __init__(self, message: str, *, location: str | None = None,
+                 tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message, location=location)
+        self.tried = tried
+
+
+class StorageUnavailableError(PersistenceError, OSError):
+    """Raised when the medium fails: a disk error, a refused connection, a timeout."""
+
+
+class LockTimeoutError(StorageUnavailableError, TimeoutError):
+    """Raised by ``transaction()`` and ``save()`` when the lock is not had within its timeout."""
+
+    lock: str
+    timeout: float
+
+    def __init__(self, message: str, *, lock: str, timeout: float,
+                 location: str | None = None) -> None:
+        super().__init__(message, location=location)
+        self.lock = lock
+        self.timeout = timeout
+
+
+class ConfigurationError(PersistenceError, ValueError):
+    """Raised for a URL, path or option that cannot work, before anything is touched."""
+
+
+class StoreClosedError(PersistenceError, RuntimeError):
+    """Raised when a store or backend is used after ``close()``."""
