@@ -7,6 +7,8 @@ Importing this package creates no files and installs no logging handlers.
 
 from __future__ import annotations
 
+from .store import StateStore, get_store
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["StateStore", "__version__", "get_store"]

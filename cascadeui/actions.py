@@ -1,0 +1,255 @@
+"""Built-in action types, their reducers, and the immutable helpers reducers are made of.
+
+Every :class:`~cascadeui.store.StateStore` registers :data:`BUILTIN_REDUCERS` at
+construction. Reducers here never mutate their input: they copy only the dicts along the
+path they change and share everything else (structural sharing), so a state reference
+stays a consistent snapshot and "did this slice change" is an identity test. A reducer
+that changes nothing returns the state object it was given.
+
+Payloads::
+
+    PERSISTENT_VIEW_REGISTERED   {"state_key", "class_name", "message_id", "channel_id",
+                                  "guild_id", "user_id"}  ids: decimal strings or None
+    PERSISTENT_VIEW_UNREGISTERED {"state_key"}
+    PERSISTENT_VIEWS_REMOVED     {"state_keys": [...]}
+    APPLICATION_SET              {"path": [k1, k2, ...], "value": v}
+    APPLICATION_DELETE           {"path": [k1, k2, ...]}
+    STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
+    STATE_RELOADED               same shape as STATE_RESTORED (reserved: another process
+                                 changed the stored state)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Any, TypedDict
+
+__all__ = [
+    "APPLICATION_DELETE",
+    "APPLICATION_SET",
+    "BATCH_APPLIED",
+    "BUILTIN_REDUCERS",
+    "PERSISTED_SLICES",
+    "PERSISTENT_VIEWS_REMOVED",
+    "PERSISTENT_VIEW_REGISTERED",
+    "PERSISTENT_VIEW_UNREGISTERED",
+    "STATE_RELOADED",
+    "STATE_RESTORED",
+    "TRANSIENT_SLICES",
+    "Action",
+    "Reducer",
+    "State",
+    "delete_in",
+    "set_in",
+]
+
+State = dict[str, Any]
+
+
+class Action(TypedDict):
+    """What a reducer receives: ``{"type": str, "payload": Any}``."""
+
+    type: str
+    payload: Any
+
+
+#: ``fn(action, state) -> new_state``, plain or async.
+Reducer = Callable[[Action, State], State | Awaitable[State]]
+
+#: Slices written to the backend.
+PERSISTED_SLICES = ("application", "persistent_views")
+#: Slices that live in memory only: live view ids, sessions.
+TRANSIENT_SLICES = ("views", "sessions")
+
+PERSISTENT_VIEW_REGISTERED = "PERSISTENT_VIEW_REGISTERED"
+PERSISTENT_VIEW_UNREGISTERED = "PERSISTENT_VIEW_UNREGISTERED"
+PERSISTENT_VIEWS_REMOVED = "PERSISTENT_VIEWS_REMOVED"
+APPLICATION_SET = "APPLICATION_SET"
+APPLICATION_DELETE = "APPLICATION_DELETE"
+STATE_RESTORED = "STATE_RESTORED"
+STATE_RELOADED = "STATE_RELOADED"
+#: The action subscribers receive once at the end of ``batch()`` (or when middleware
+#: applied several actions in one dispatch): ``{"actions": [...]}`` in the order applied.
+BATCH_APPLIED = "BATCH_APPLIED"
+
+_ID_FIELDS = ("message_id", "channel_id", "guild_id", "user_id")
+
+
+def _as_path(path: Any) -> tuple[Hashable, ...]:
+    """Accept a list/tuple of keys, or one key on its own (a str is one key, not a path)."""
+    if isinstance(path, (list, tuple)):
+        return tuple(path)
+    return (path,)
+
+
+def set_in(mapping: Mapping[Any, Any], path: Sequence[Hashable], value: Any) -> dict[Any, Any]:
+    """Return a copy of ``mapping`` with ``value`` at ``path``; only the path is copied.
+
+    Missing dicts on the way are created. When the value already there *is* ``value``,
+    ``mapping`` itself is returned (nothing changed, nothing to write).
+
+    :param mapping: the dict to start from; never modified.
+    :param path: the keys from the top, e.g. ``["guilds", "123", "prefix"]``; not empty.
+    :param value: the new leaf.
+    :raises ValueError: ``path`` is empty.
+    :raises TypeError: a value on the way is not a dict (it would be silently replaced).
+    """
+    if not path:
+        raise ValueError("set_in needs a non-empty path")
+    key, rest = path[0], path[1:]
+    if not rest:
+        if key in mapping and mapping[key] is value:
+            return dict(mapping) if type(mapping) is not dict else mapping
+        new = dict(mapping)
+        new[key] = value
+        return new
+    child = mapping.get(key)
+    if child is None:
+        child = {}
+    elif not isinstance(child, Mapping):
+        raise TypeError(f"cannot set {list(path)!r}: {key!r} holds a "
+                        f"{type(child).__name__}, not a dict")
+    new_child = set_in(child, rest, value)
+    if new_child is child and key in mapping:
+        return dict(mapping) if type(mapping) is not dict else mapping
+    new = dict(mapping)
+    new[key] = new_child
+    return new
+
+
+def delete_in(mapping: Mapping[Any, Any], path: Sequence[Hashable]) -> dict[Any, Any]:
+    """Return a copy of ``mapping`` without the key at ``path``; only the path is copied.
+
+    A missing key (or a non-dict on the way) changes nothing: ``mapping`` is returned.
+
+    :param mapping: the dict to start from; never modified.
+    :param path: the keys from the top; not empty.
+    :raises ValueError: ``path`` is empty.
+    """
+    if not path:
+        raise ValueError("delete_in needs a non-empty path")
+    key, rest = path[0], path[1:]
+    same = mapping if type(mapping) is dict else dict(mapping)
+    if key not in mapping:
+        return same
+    if not rest:
+        new = dict(mapping)
+        del new[key]
+        return new
+    child = mapping[key]
+    if not isinstance(child, Mapping):
+        return same
+    new_child = delete_in(child, rest)
+    if new_child is child:
+        return same
+    new = dict(mapping)
+    new[key] = new_child
+    return new
+
+
+def _payload(action: Action, *fields: str) -> Mapping[str, Any]:
+    payload = action.get("payload")
+    if not isinstance(payload, Mapping):
+        raise TypeError(f"{action['type']} needs a dict payload with {', '.join(fields)}, "
+                        f"not {type(payload).__name__}")
+    missing = [f for f in fields if f not in payload]
+    if missing:
+        raise ValueError(f"{action['type']} payload is missing {', '.join(missing)}")
+    return payload
+
+
+def _id_text(value: Any) -> str | None:
+    # Snowflakes are 64-bit: stored as decimal strings so any JSON consumer keeps them exact.
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"ids must be decimal strings, ints or None, not {type(value).__name__}")
+
+
+def _with_slice(state: State, name: str, new_slice: dict[str, Any]) -> State:
+    if new_slice is state[name]:
+        return state
+    new = dict(state)
+    new[name] = new_slice
+    return new
+
+
+def persistent_view_registered(action: Action, state: State) -> State:
+    """Record a sent panel under ``state["persistent_views"][state_key]``."""
+    payload = _payload(action, "state_key", "class_name")
+    entry = {k: v for k, v in payload.items() if k != "state_key"}
+    for field in _ID_FIELDS:
+        entry[field] = _id_text(entry.get(field))
+    views = set_in(state["persistent_views"], [payload["state_key"]], entry)
+    return _with_slice(state, "persistent_views", views)
+
+
+def persistent_view_unregistered(action: Action, state: State) -> State:
+    """Forget one panel; an unknown key changes nothing."""
+    payload = _payload(action, "state_key")
+    views = delete_in(state["persistent_views"], [payload["state_key"]])
+    return _with_slice(state, "persistent_views", views)
+
+
+def persistent_views_removed(action: Action, state: State) -> State:
+    """Forget several panels at once (one copy of the registry, however many keys)."""
+    payload = _payload(action, "state_keys")
+    views = state["persistent_views"]
+    gone = [k for k in payload["state_keys"] if k in views]
+    if not gone:
+        return state
+    kept = dict(views)
+    for key in gone:
+        kept.pop(key, None)
+    return _with_slice(state, "persistent_views", kept)
+
+
+def application_set(action: Action, state: State) -> State:
+    """Set ``state["application"][k1][k2]... = value``; an empty path replaces the slice."""
+    payload = _payload(action, "path", "value")
+    path = _as_path(payload["path"])
+    value = payload["value"]
+    if not path:
+        if not isinstance(value, dict):
+            raise TypeError("APPLICATION_SET with an empty path needs a dict value")
+        return _with_slice(state, "application", value)
+    return _with_slice(state, "application", set_in(state["application"], path, value))
+
+
+def application_delete(action: Action, state: State) -> State:
+    """Delete ``state["application"][k1][k2]...`` if present; an empty path clears it."""
+    payload = _payload(action, "path")
+    path = _as_path(payload["path"])
+    if not path:
+        return _with_slice(state, "application", {}) if state["application"] else state
+    return _with_slice(state, "application", delete_in(state["application"], path))
+
+
+def state_restored(action: Action, state: State) -> State:
+    """Replace the persisted slices present in ``payload["state"]``; others are kept."""
+    payload = _payload(action, "state")
+    stored = payload["state"]
+    if not isinstance(stored, Mapping):
+        raise TypeError(f"{action['type']} needs payload['state'] to be a dict")
+    new = state
+    for name in PERSISTED_SLICES:
+        if name not in stored:
+            continue
+        value = stored[name]
+        if not isinstance(value, dict):
+            raise TypeError(f"stored slice {name!r} is a {type(value).__name__}, not a dict")
+        new = _with_slice(new, name, value)
+    return new
+
+
+#: Registered in every store, in this order, at construction.
+BUILTIN_REDUCERS: dict[str, Reducer] = {
+    PERSISTENT_VIEW_REGISTERED: persistent_view_registered,
+    PERSISTENT_VIEW_UNREGISTERED: persistent_view_unregistered,
+    PERSISTENT_VIEWS_REMOVED: persistent_views_removed,
+    APPLICATION_SET: application_set,
+    APPLICATION_DELETE: application_delete,
+    STATE_RESTORED: state_restored,
+    STATE_RELOADED: state_restored,
+}
