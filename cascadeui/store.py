@@ -260,7 +260,9 @@ class StateStore:
             return
         self._generation += 1
         if self._engine is not None and not self._batch_depth:
-            self._engine.note_change()
+            engine = self._live_engine()
+            if engine is not None:
+                engine.note_change()
 
     def _dispatch_lock(self) -> asyncio.Lock:
         # One lock per event loop: the process-wide store may outlive a loop (scripts,
@@ -271,6 +273,8 @@ class StateStore:
         return self._lock
 
     async def _notify(self, old: State, new: State, applied: list[Action]) -> None:
+        if not self._subs:
+            return
         if len(applied) == 1:
             action = applied[0]
             types = {action["type"]}
@@ -304,10 +308,11 @@ class StateStore:
             self._batch_depth -= 1
             if outermost:
                 applied, self._batch_actions = self._batch_actions, []
-                if self._engine is not None:
+                engine = self._live_engine()
+                if engine is not None:
                     if self._generation != generation:
-                        self._engine.note_change()
-                    self._engine.wake.set()  # the writer may be waiting for the batch
+                        engine.note_change()
+                    engine.wake.set()  # the writer may be waiting for the batch
                 if applied:
                     await self._notify(before, self._state, applied)
 
@@ -330,7 +335,8 @@ class StateStore:
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
         dispatch); slices it does not hold are kept and written. Enabling again with the
-        same backend does nothing.
+        same backend (the same object, or the same class on the same ``location``) does
+        nothing.
 
         :param backend: a :class:`~cascadeui.backends.StorageBackend` (or a sync adapter).
         :param debounce: seconds of quiet after the last change before writing.
@@ -344,7 +350,7 @@ class StateStore:
         """
         backend = as_backend(backend)
         if self._engine is not None:
-            if self._engine.backend is backend:
+            if _same_backend(self._engine.backend, backend):
                 return
             raise RuntimeError(f"persistence is already enabled with {self._engine.backend!r};"
                                " await store.close() before enabling another backend")
@@ -356,16 +362,33 @@ class StateStore:
         if stored:
             await self.dispatch(STATE_RESTORED, {"state": stored})
         engine = _Engine(self, backend, timing)
-        # Durable = what the backend holds. A slice it lacks counts as durable only if the
-        # memory copy is empty too; otherwise the first write stores it.
+        # Durable = the objects the backend holds (identity compared later; a dispatch made
+        # by another task while the restore was notified is therefore still written). A
+        # slice the backend lacks counts as durable only while the memory copy is empty.
         for name in PERSISTED_SLICES:
-            if name in stored or not self._state[name]:
+            if name in stored:
+                engine.durable[name] = stored[name]
+            elif not self._state[name]:
                 engine.durable[name] = self._state[name]
         engine.base = stored  # the version last loaded: issue 4 merges against it
         self._engine = engine
         engine.start()
-        if engine.needs_write():
-            engine.note_change()
+
+    def _live_engine(self) -> _Engine | None:
+        """The engine, moved to the running loop if the loop it was started on is closed.
+
+        Scripts and notebooks may drive the process-wide store from one ``asyncio.run`` after
+        another; the writer task dies with its loop, so a new one takes over (same backend,
+        timing and durable snapshot) instead of touching a closed loop.
+        """
+        engine = self._engine
+        if engine is not None and engine.loop.is_closed():
+            fresh = _Engine(self, engine.backend, engine.timing)
+            fresh.durable, fresh.base = engine.durable, engine.base
+            fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
+            self._engine = engine = fresh
+            engine.start()
+        return engine
 
     async def flush(self) -> bool:
         """Write the current persisted slices now (unless already durable) and wait.
@@ -377,9 +400,10 @@ class StateStore:
             store (a ``TypeError``: the bug is in the data; the previous durable state
             stays in the backend).
         """
-        if self._engine is None:
+        engine = self._live_engine()
+        if engine is None:
             return False
-        return await self._engine.flush()
+        return await engine.flush()
 
     async def close(self, *, close_backend: bool = False) -> None:
         """Flush, then stop the writer; idempotent.
@@ -390,7 +414,7 @@ class StateStore:
         :param close_backend: also close the backend (``aclose()``); off by default because
             the caller created it and may still read from it.
         """
-        engine = self._engine
+        engine = self._live_engine()
         if engine is None:
             return
         try:
@@ -426,6 +450,15 @@ class _Timing:
     def __post_init__(self) -> None:
         if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
             raise ValueError("persistence timings must be >= 0 seconds")
+
+
+def _same_backend(a: StorageBackend, b: StorageBackend) -> bool:
+    """The same object, or the same built-in backend class on the same location."""
+    if a is b:
+        return True
+    location = getattr(a, "location", None)
+    return type(a) is type(b) and location is not None and location == getattr(
+        b, "location", None)
 
 
 def _persisted_part(loaded: Any, backend: StorageBackend) -> dict[str, Any]:
@@ -485,6 +518,8 @@ class _Engine:
     def start(self) -> None:
         self.task = self.loop.create_task(self._run(), name="cascadeui-store-writer")
         self.task.add_done_callback(self._on_done)
+        if self.needs_write():
+            self.note_change()
 
     def note_change(self) -> None:
         """Hot path (every persisted change): O(1), wakes the writer on the first one only."""
@@ -593,8 +628,11 @@ class _Engine:
             self.first_change = first if first is not None else self.loop.time()
         reason = f"{type(error).__name__}: {error}" if error else "save_state returned False"
         self.last_error = error or PersistenceError(f"save to {self.backend!r} failed")
+        # A traceback only for the unexpected: a storage error's message is its reason.
+        expected = error is None or isinstance(error, (PersistenceError, OSError))
         log.error("state not saved to %r (%s); attempt %d, retrying in %.2fs",
-                  self.backend, reason, self.failures, backoff, exc_info=error)
+                  self.backend, reason, self.failures, backoff,
+                  exc_info=None if expected else error)
         self._resolve(generation, False)
 
     async def commit(self, snapshot: dict[str, Any]) -> bool:

@@ -237,13 +237,13 @@ async def test_max_delay_bounds_the_age_of_unsaved_changes(
     loop = asyncio.get_running_loop()
     start = loop.time()
     # A change every 10 ms never leaves 50 ms of quiet: only max_delay can trigger writes.
-    while loop.time() - start < 0.6:
+    while loop.time() - start < 0.8:
         await store.dispatch(APPLICATION_SET, {"path": ["t"], "value": loop.time()})
         await asyncio.sleep(0.01)
     assert len(backend.snapshots) >= 3, backend.times
-    assert backend.times[0] - start < 0.3
+    assert backend.times[0] - start < 0.5
     gaps = [b - a for a, b in zip(backend.times, backend.times[1:], strict=False)]
-    assert max(gaps) < 0.35, gaps
+    assert max(gaps) < 0.5, gaps  # 0.15 s plus the write itself, with slack for a busy box
 
 
 async def test_no_write_when_no_persisted_slice_changed(
@@ -315,7 +315,7 @@ async def test_failed_writes_are_retried_with_backoff(
     assert gaps[0] >= 0.015, gaps
     assert gaps[1] >= 0.035, gaps
     assert gaps[2] >= 0.045, gaps
-    assert max(gaps) < 0.3, gaps
+    assert max(gaps) < 1.0, gaps  # capped (slack for a busy machine)
     assert await store.flush()
     assert backend.snapshots[-1]["application"] == {"a": 1, "b": 2}  # nothing dropped
     assert store.last_write_error is None
@@ -486,7 +486,8 @@ async def test_enable_twice(tmp_path: Path, store: StateStore) -> None:
     backend = await off_loop(FileStorageBackend, tmp_path / "a.json")
     await store.enable_persistence(backend)
     await store.enable_persistence(backend)  # same backend: harmless
-    assert store.backend is backend
+    await store.enable_persistence(await off_loop(FileStorageBackend, tmp_path / "a.json"))
+    assert store.backend is backend  # same class on the same file: harmless too
     with pytest.raises(RuntimeError, match="already enabled"):
         await store.enable_persistence(
             await off_loop(FileStorageBackend, tmp_path / "b.json"))
@@ -554,3 +555,24 @@ def test_last_action_before_exit_is_durable_across_processes(tmp_path: Path) -> 
         assert reader.store.load()["application"] == {"n": 99}
     finally:
         reader.store.close()
+
+
+def test_store_outlives_its_event_loop(tmp_path: Path) -> None:
+    """Scripts run one asyncio.run after another on the process-wide store."""
+    path = tmp_path / "s.json"
+    store = StateStore()
+
+    async def first() -> None:
+        await store.enable_persistence(FileStorageBackend(path), debounce=30.0)
+        await store.dispatch(APPLICATION_SET, {"path": ["a"], "value": 1})
+        # the loop ends with the change unsaved and the writer task cancelled
+
+    async def second() -> bool:
+        await store.dispatch(APPLICATION_SET, {"path": ["b"], "value": 2})
+        ok = await store.flush()
+        await store.close()
+        return ok
+
+    asyncio.run(first())
+    assert asyncio.run(second())
+    assert FileStorageBackend(path).store.load()["application"] == {"a": 1, "b": 2}
