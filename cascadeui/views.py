@@ -1,0 +1,311 @@
+"""PersistentView: a ``discord.ui.View`` whose panels survive restarts, and its class registry.
+
+Every concrete subclass registers itself under its class name when it is defined. The
+registry is the only way a stored entry becomes a view again: a class name read from
+storage selects among registered subclasses and nothing else (no import by name, no eval).
+
+Re-defining a class with the same module and qualified name (a module reload, a class
+built in a function called twice) replaces the registered class; a *different* class with a
+name already taken raises :class:`TypeError` at definition time, because a restart could
+not tell the two apart. Pass ``register=False`` in the class statement for an abstract
+base that is never sent itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import discord
+
+from .actions import APPLICATION_SET, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
+
+if TYPE_CHECKING:
+    from .store import StateStore
+
+__all__ = ["PersistentView", "get_view_class", "registered_views", "unregister_view_class"]
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, type[PersistentView]] = {}
+# (id(store), state_key) -> the live view sent or restored in this process
+_LIVE: weakref.WeakValueDictionary[tuple[int, str], PersistentView] = (
+    weakref.WeakValueDictionary())
+
+V = TypeVar("V", bound="PersistentView")
+
+#: Top-level key of the ``application`` slice under which :attr:`PersistentView.data` lives.
+PANELS_KEY = "panels"
+
+
+def registered_views() -> Mapping[str, type[PersistentView]]:
+    """A read-only view of the registry: class name -> PersistentView subclass."""
+    return MappingProxyType(_REGISTRY)
+
+
+def get_view_class(name: object) -> type[PersistentView] | None:
+    """The registered subclass called ``name``, or None (also for a non-string name)."""
+    return _REGISTRY.get(name) if isinstance(name, str) else None
+
+
+def unregister_view_class(name: str) -> None:
+    """Forget a registered class (an unloaded extension, a test); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
+def _register(cls: type[PersistentView]) -> None:
+    name = cls.__name__
+    known = _REGISTRY.get(name)
+    if known is not None and known is not cls and (
+            (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)):
+        raise TypeError(
+            f"a PersistentView named {name!r} is already registered by "
+            f"{known.__module__}.{known.__qualname__}; {cls.__module__}.{cls.__qualname__} "
+            "would make stored panels ambiguous after a restart. Rename one of them, or "
+            "pass register=False for a base class that is never sent.")
+    if known is not None and known is not cls:
+        log.debug("PersistentView %s re-defined in %s; the new class replaces it",
+                  name, cls.__module__)
+    _REGISTRY[name] = cls
+
+
+def _id(value: int | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+class PersistentView(discord.ui.View):
+    """A view that never times out and is rebuilt by ``setup_persistence`` after a restart.
+
+    Give every component an explicit ``custom_id``, send it with :meth:`send` or
+    :meth:`respond`, and it is recorded under ``state["persistent_views"][state_key]``.
+
+    :param state_key: the panel's unique key in the registry (a non-empty string).
+    :param user_id: the user the panel belongs to; with ``owner_only = True`` only that
+        user may use it, before and after a restart.
+    :param store: the :class:`~cascadeui.store.StateStore` to record into; the
+        process-wide store by default.
+    :raises ValueError: ``state_key`` is missing or empty, or a timeout was asked for.
+    """
+
+    #: Refuse clicks from anyone but :attr:`user_id` (when it is known).
+    owner_only: ClassVar[bool] = False
+    #: What a refused user is told (ephemerally); None: refuse silently.
+    not_owner_message: ClassVar[str | None] = "This panel belongs to someone else."
+
+    def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if register:
+            _register(cls)
+
+    def __init__(self, *, state_key: str | None = None, user_id: int | str | None = None,
+                 store: StateStore | None = None, timeout: float | None = None) -> None:
+        if not isinstance(state_key, str) or not state_key:
+            raise ValueError(f"{type(self).__name__} needs state_key=<a non-empty string>, "
+                             f"the panel's key in the registry; got {state_key!r}")
+        if timeout is not None:
+            raise ValueError(f"{type(self).__name__} is persistent and never times out; "
+                             "drop timeout=")
+        super().__init__(timeout=None)
+        self.state_key: str = state_key
+        self.user_id: int | None = _id(user_id)
+        self.message_id: int | None = None
+        self.channel_id: int | None = None
+        self.guild_id: int | None = None
+        #: The exception ``on_restore`` raised after the last restart, if any.
+        self.restore_error: BaseException | None = None
+        self._store = store
+
+    # -- the store -----------------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        """The store this panel records into."""
+        if self._store is None:
+            from .store import get_store
+            return get_store()
+        return self._store
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """This panel's data: ``state["application"]["panels"][state_key]`` (read-only)."""
+        panels = self.store.state["application"].get(PANELS_KEY, {})
+        found = panels.get(self.state_key, {}) if isinstance(panels, Mapping) else {}
+        return MappingProxyType(found) if isinstance(found, dict) else MappingProxyType({})
+
+    async def set_data(self, key: str, value: Any) -> None:
+        """Set one field of :attr:`data` through the store (persisted like any action)."""
+        await self.store.dispatch(APPLICATION_SET,
+                                  {"path": [PANELS_KEY, self.state_key, key], "value": value})
+
+    # -- sending -------------------------------------------------------------------------
+
+    def check_persistent(self) -> None:
+        """Raise unless every component can be routed after a restart.
+
+        :raises ValueError: a component has no explicit ``custom_id`` (it is named), or
+            the view is already finished.
+        """
+        for item in self.walk_children():
+            if not item.is_persistent():
+                label = getattr(item, "label", None) or getattr(item, "placeholder", None)
+                raise ValueError(
+                    f"{type(self).__name__}: component {type(item).__name__}"
+                    f"{f' {label!r}' if label else ''} (row {item.row}) has no explicit "
+                    "custom_id; Discord would route its clicks nowhere after a restart")
+        if self.is_finished():
+            raise ValueError(f"{type(self).__name__} {self.state_key!r} is finished (exit() or "
+                             "stop() was called); build a new one to send")
+
+    @staticmethod
+    def _refuse_ephemeral(kwargs: Mapping[str, Any]) -> None:
+        if kwargs.get("ephemeral"):
+            raise ValueError(
+                "a PersistentView cannot be sent ephemerally: an ephemeral message cannot be "
+                "fetched or edited after its interaction token expires (15 minutes), so it "
+                "could never be restored, and discord.py gives its view a 15-minute timeout")
+
+    async def send(self, destination: discord.abc.Messageable, content: str | None = None,
+                   **kwargs: Any) -> discord.Message:
+        """Send this panel to a channel (any Messageable) and record it in the registry.
+
+        :param destination: a channel, thread, user, ``PartialMessageable`` ...
+        :param kwargs: passed to ``destination.send`` (embed, files, ...).
+        :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
+        """
+        self._refuse_ephemeral(kwargs)
+        self.check_persistent()
+        message = await destination.send(content, view=self, **kwargs)
+        await self._record(message, guild_id=_guild_of(message))
+        return message
+
+    async def respond(self, interaction: discord.Interaction[Any], content: str | None = None,
+                      **kwargs: Any) -> discord.Message:
+        """Send this panel as the answer to ``interaction`` (a follow-up if already answered).
+
+        The panel belongs to ``interaction.user`` unless ``user_id`` was given.
+
+        :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
+        """
+        self._refuse_ephemeral(kwargs)
+        self.check_persistent()
+        if content is not None:
+            kwargs["content"] = content
+        message: discord.Message
+        if interaction.response.is_done():
+            message = await interaction.followup.send(view=self, wait=True, **kwargs)
+        else:
+            answer = await interaction.response.send_message(view=self, **kwargs)
+            resource = answer.resource if answer is not None else None
+            if isinstance(resource, discord.Message):
+                message = resource
+            else:
+                message = await interaction.original_response()
+        if self.user_id is None:
+            self.user_id = interaction.user.id
+        await self._record(message, guild_id=interaction.guild_id)
+        return message
+
+    async def _record(self, message: discord.Message, *, guild_id: int | None) -> None:
+        store = self.store
+        previous = store.state["persistent_views"].get(self.state_key)
+        self.message_id, self.channel_id, self.guild_id = (
+            message.id, message.channel.id, guild_id)
+        await store.dispatch(PERSISTENT_VIEW_REGISTERED, {
+            "state_key": self.state_key, "class_name": type(self).__name__,
+            "message_id": _text(self.message_id), "channel_id": _text(self.channel_id),
+            "guild_id": _text(self.guild_id), "user_id": _text(self.user_id)})
+        old_view = _LIVE.get((id(store), self.state_key))
+        self._mark_live()
+        if old_view is not None and old_view is not self:
+            old_view.stop()
+        if isinstance(previous, Mapping):
+            await _detach(message, previous, self.message_id)
+
+    def _bind(self, *, store: StateStore, message_id: int, channel_id: int,
+              guild_id: int | None, user_id: int | None) -> None:
+        """Give a rebuilt view its identity (used by ``setup_persistence``)."""
+        self._store = store
+        self.message_id, self.channel_id = message_id, channel_id
+        self.guild_id, self.user_id = guild_id, user_id
+
+    def _mark_live(self) -> None:
+        """Remember this panel as the live one for its key (a re-send stops the old one)."""
+        _LIVE[(id(self.store), self.state_key)] = self
+
+    async def exit(self) -> None:
+        """Stop listening and remove this panel from the registry (its message stays).
+
+        Only the entry that still points at this panel's message is removed, so exiting
+        an old copy never unregisters the panel that replaced it.
+        """
+        store = self.store
+        entry = store.state["persistent_views"].get(self.state_key)
+        mine = (isinstance(entry, Mapping)
+                and (self.message_id is None or entry.get("message_id") == _text(self.message_id)))
+        self.stop()
+        if _LIVE.get((id(store), self.state_key)) is self:
+            del _LIVE[(id(store), self.state_key)]
+        if mine:
+            await store.dispatch(PERSISTENT_VIEW_UNREGISTERED, {"state_key": self.state_key})
+
+    # -- restoring -----------------------------------------------------------------------
+
+    @classmethod
+    def from_registry(cls: type[V], state_key: str, *, message_id: int, channel_id: int,
+                      guild_id: int | None, user_id: int | None) -> V:
+        """Rebuild the panel for ``state_key`` after a restart.
+
+        The default calls ``cls(state_key=state_key)``; override it when ``__init__``
+        needs more. The identity fields (message, channel, guild, user) are set on the
+        result afterwards either way.
+        """
+        return cls(state_key=state_key)
+
+    async def on_restore(self, bot: discord.Client) -> None:
+        """Post-restart hook: runs once the bot is ready (caches filled), never during
+        ``setup_hook``. An exception here is logged and kept in :attr:`restore_error`.
+        """
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """With ``owner_only``, refuse everyone but :attr:`user_id` (also after a restart)."""
+        if not self.owner_only or self.user_id is None or interaction.user.id == self.user_id:
+            return True
+        if self.not_owner_message and not interaction.response.is_done():
+            await interaction.response.send_message(self.not_owner_message, ephemeral=True)
+        return False
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} state_key={self.state_key!r} "
+                f"message_id={self.message_id} user_id={self.user_id}>")
+
+
+def _guild_of(message: discord.Message) -> int | None:
+    if message.guild is not None:
+        return message.guild.id
+    guild_id = getattr(message.channel, "guild_id", None)
+    return guild_id if isinstance(guild_id, int) else None
+
+
+async def _detach(message: discord.Message, previous: Mapping[str, Any],
+                  new_id: int | None) -> None:
+    """Edit the message a state_key used before to carry no view; a gone message is fine."""
+    try:
+        old_mid, old_cid = int(previous["message_id"]), int(previous["channel_id"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if old_mid == new_id:
+        return
+    channel = discord.PartialMessageable(state=message._state, id=old_cid)
+    try:
+        await channel.get_partial_message(old_mid).edit(view=None)
+    except discord.NotFound:
+        log.debug("old panel message %s is gone; nothing to detach", old_mid)
+    except discord.HTTPException as exc:
+        log.warning("could not detach the view of old panel message %s: %s", old_mid, exc)
