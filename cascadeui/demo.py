@@ -1,46 +1,163 @@
-"""The README's main job: save, reload, rotate a backup and migrate, on embedded backends.
+"""The README's main job: panels that survive a bot restart, with their data.
 
 Run ``python -m cascadeui.demo`` in an empty directory; it needs no token and no server.
+Bot 1 talks to a local Discord API double (:mod:`cascadeui.testing.discord_double`), sends
+two panels, users click, bot 1 shuts down. While it is down a moderator deletes one panel's
+message. Bot 2 is a second OS process with a fresh store: ``setup_persistence`` restores
+the state from ``cascadeui.db`` (SQLite, the embedded default), re-attaches the live panels
+and purges the deleted one; a click on a restored panel still works.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
-from cascadeui.persistence import FileStorageBackend, SQLiteBackend, migrate_storage
+import discord
 
+from cascadeui import PersistentView, get_store, setup_persistence
+from cascadeui.persistence import SQLiteBackend
+from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot, mark_ready
 
-async def run(workdir: Path) -> None:
-    """Walk through the storage layer and print what happens at each step."""
-    json_path, db_path = workdir / "bot_state.json", workdir / "cascadeui.db"
-    state = {
-        "application": {
-            "scores": {1234567890123456789: 10, 987654321098765432: 7},
-            "seen": {"welcome", "rules"},
-            "started": datetime(2026, 1, 1, tzinfo=timezone.utc),
-        },
-        "persistent_views": {},
-    }
-    async with FileStorageBackend(json_path) as fb, SQLiteBackend(db_path) as sb:
-        print(f"1. save to {json_path.name}: {await fb.save_state(state)}")
-        state["application"]["scores"][1234567890123456789] += 5
-        print(f"2. save again: {await fb.save_state(state)}; backup kept: "
-              f"{json_path.with_name(json_path.name + '.bak').exists()}")
-        loaded = await fb.load_state()
-        print(f"3. reload: types survive: int keys {list(loaded['application']['scores'])}, "
-              f"set {loaded['application']['seen']}, {loaded['application']['started']!r}")
-        print(f"4. migrate JSON -> SQLite: {await migrate_storage(fb, sb)}")
-        async with sb.transaction() as st:
-            st["application"]["scores"][987654321098765432] += 1
-        print(f"5. transaction on SQLite: scores now {(await sb.load_state())['application']['scores']}")
-    print(f"done; files in {workdir}: {sorted(p.name for p in workdir.iterdir())}")
+__all__ = ["PollPanel", "TicketPanel", "main"]
+
+DB_FILE = "cascadeui.db"
+WORLD_FILE = "discord_world.json"
+ALICE, BOB, CAROL, DAVE = 1001, 1002, 1003, 1004
+NAMES = {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave"}
 
 
-def main() -> None:
+class PollPanel(PersistentView):
+    """A public poll: votes are kept per user in the panel's data."""
+
+    async def _vote(self, interaction: discord.Interaction[Any], choice: str) -> None:
+        votes = dict(self.data.get("votes", {}))
+        votes[str(interaction.user.id)] = choice
+        await self.set_data("votes", votes)
+        await interaction.response.edit_message(content=self.summary(), view=self)
+
+    def summary(self) -> str:
+        votes = list(self.data.get("votes", {}).values())
+        return f"pizza {votes.count('pizza')} / sushi {votes.count('sushi')}"
+
+    @discord.ui.button(label="Pizza", custom_id="poll:pizza")
+    async def pizza(self, interaction: discord.Interaction[Any],
+                    button: discord.ui.Button[Any]) -> None:
+        await self._vote(interaction, "pizza")
+
+    @discord.ui.button(label="Sushi", custom_id="poll:sushi")
+    async def sushi(self, interaction: discord.Interaction[Any],
+                    button: discord.ui.Button[Any]) -> None:
+        await self._vote(interaction, "sushi")
+
+
+class TicketPanel(PersistentView):
+    """A support ticket only its owner may close, before and after a restart."""
+
+    owner_only = True
+
+    @discord.ui.button(label="Close ticket", custom_id="ticket:close")
+    async def close_ticket(self, interaction: discord.Interaction[Any],
+                           button: discord.ui.Button[Any]) -> None:
+        await self.set_data("status", "closed")
+        await interaction.response.edit_message(content="ticket closed", view=self)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _click(double: DiscordDouble, bot: discord.Client, message_id: int, custom_id: str,
+                 user: int) -> str:
+    answer = await double.click(bot, message_id, custom_id, user_id=user)
+    if answer is None:
+        return "no answer"
+    data = answer["data"]
+    return f"{'(only you) ' if data.get('flags', 0) & 64 else ''}{data.get('content')}"
+
+
+async def bot1(workdir: Path) -> None:
+    """Send panels, let users click, shut down; then Discord changes while it is down."""
+    async with DiscordDouble() as double:
+        guild = double.new_id()
+        lunch, support = (double.add_channel(guild_id=guild, name=n)
+                          for n in ("lunch", "support"))
+
+        backend = SQLiteBackend(workdir / DB_FILE)
+
+        async def hook(bot: Any) -> None:
+            summary = await setup_persistence(bot, backend=backend)
+            _say(f"bot 1: setup_persistence -> {summary}")
+
+        bot = await logged_in_bot(double, setup_hook=hook)
+        mids = {}
+        for key, panel, channel in (
+                ("poll:lunch", PollPanel(state_key="poll:lunch"), lunch),
+                ("poll:friday", PollPanel(state_key="poll:friday"), lunch),
+                ("ticket:alice", TicketPanel(state_key="ticket:alice", user_id=ALICE), support)):
+            message = await panel.send(bot.get_partial_messageable(channel, guild_id=guild),
+                                       key)
+            mids[key] = message.id
+        _say(f"bot 1: sent 3 panels: {', '.join(mids)}")
+        for user, button in ((ALICE, "poll:pizza"), (BOB, "poll:sushi"), (CAROL, "poll:pizza")):
+            result = await _click(double, bot, mids["poll:lunch"], button, user)
+            _say(f"  {NAMES[user]} clicks {button.split(':')[1]} on poll:lunch -> {result}")
+        await bot.close()
+        await backend.aclose()
+        _say("bot 1: closed (its last change is already durable: close() flushes)")
+        double.delete_message(mids["poll:friday"])
+        _say("meanwhile a moderator deletes the poll:friday message")
+        (workdir / WORLD_FILE).write_text(json.dumps({"world": double.dump(), "ids": mids}))
+
+
+async def bot2(workdir: Path) -> None:
+    """A fresh process and store: restore, show what survived, click a restored panel."""
+    saved = json.loads((workdir / WORLD_FILE).read_text())
+    mids = saved["ids"]
+    async with DiscordDouble() as double:
+        double.load(saved["world"])
+        backend = SQLiteBackend(workdir / DB_FILE)
+
+        async def hook(bot: Any) -> None:
+            summary = await setup_persistence(bot, backend=backend)
+            _say(f"bot 2: setup_persistence -> {summary}")
+
+        bot = await logged_in_bot(double, setup_hook=hook)
+        mark_ready(bot)
+        state = get_store().state
+        _say(f"bot 2: registry after restore: {sorted(state['persistent_views'])}")
+        _say(f"bot 2: data that survived: {json.dumps(state['application']['panels'])}")
+        result = await _click(double, bot, mids["poll:lunch"], "poll:sushi", DAVE)
+        _say(f"  dave clicks sushi on the restored poll:lunch -> {result}")
+        result = await _click(double, bot, mids["ticket:alice"], "ticket:close", BOB)
+        _say(f"  bob tries to close alice's ticket -> {result}")
+        result = await _click(double, bot, mids["ticket:alice"], "ticket:close", ALICE)
+        _say(f"  alice closes her ticket -> {result}")
+        await bot.close()
+        await backend.aclose()
+    async with SQLiteBackend(workdir / DB_FILE) as check:
+        stored = await check.load_state()
+    _say(f"stored in {DB_FILE}: {json.dumps(stored['application']['panels'])}")
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m cascadeui.demo``: runs in the current directory."""
-    asyncio.run(run(Path.cwd()))
+    args = sys.argv[1:] if argv is None else argv
+    workdir = Path.cwd()
+    if args[:1] == ["--bot2"]:
+        asyncio.run(bot2(workdir))
+        return
+    asyncio.run(bot1(workdir))
+    _say("restarting: bot 2 runs in a new process")
+    done = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--bot2"], cwd=workdir,
+                          check=False, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
+    _say(f"done; files here: {sorted(p.name for p in workdir.iterdir())}")
 
 
 if __name__ == "__main__":
