@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cascadeui.store import get_store, reset_store
+from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
+from cascadeui.views import unregister_view_class
 
 
 def test_demo_lifecycle(tmp_path: Path) -> None:
@@ -26,3 +35,36 @@ def test_demo_lifecycle(tmp_path: Path) -> None:
     assert '"status": "closed"' in stored
     assert (tmp_path / "cascadeui.db").exists()
     assert "Traceback" not in proc.stderr
+
+
+def test_example_bot_runs_against_the_double(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/bot.py: its setup_hook restores, its panels send and answer clicks."""
+    spec = importlib.util.spec_from_file_location(
+        "example_bot", Path(__file__).parents[1] / "examples" / "bot.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.chdir(tmp_path)
+    reset_store()
+
+    async def run() -> tuple[dict[str, Any] | None, Any]:
+        async with DiscordDouble() as double:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+            bot = await logged_in_bot(double, bot=module.bot)
+            cid = double.add_channel(guild_id=double.new_id())
+            panel = module.VotePanel(state_key="poll:1")
+            msg = await panel.send(bot.get_partial_messageable(cid), "Lunch?")
+            answer = await double.click(bot, msg.id, "poll:yes", user_id=5)
+            await bot.close()
+            return answer, get_store().state["application"]
+    try:
+        answer, application = asyncio.run(run())
+    finally:
+        unregister_view_class("VotePanel")
+        unregister_view_class("SupportTicket")
+        reset_store()
+    assert answer is not None
+    assert answer["data"]["content"] == "Counted. yes 1 / no 0"
+    assert application["panels"]["poll:1"]["votes"] == {"5": "yes"}
+    assert (tmp_path / "cascadeui.db").exists()

@@ -1,0 +1,101 @@
+"""A real bot whose panels survive restarts: ``DISCORD_TOKEN=... python examples/bot.py``.
+
+Commands (message content intent needed for the prefix): ``!poll <question>`` posts a poll
+anyone may vote on; ``!ticket`` posts a ticket only its author may close. Stop the bot,
+start it again: old buttons still answer and the votes are still there. State lives in
+``cascadeui.db`` (SQLite) next to where you run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from cascadeui import PersistentView, setup_persistence
+from cascadeui.persistence import SQLiteBackend
+
+log = logging.getLogger("example-bot")
+
+
+class VotePanel(PersistentView):
+    """Yes/no poll; one vote per user, kept in the panel's data."""
+
+    async def _vote(self, interaction: discord.Interaction[Any], choice: str) -> None:
+        votes = dict(self.data.get("votes", {}))
+        votes[str(interaction.user.id)] = choice
+        await self.set_data("votes", votes)
+        tally = list(votes.values())
+        await interaction.response.send_message(
+            f"Counted. yes {tally.count('yes')} / no {tally.count('no')}", ephemeral=True)
+
+    @discord.ui.button(label="Yes", style=discord.ButtonStyle.success, custom_id="poll:yes")
+    async def yes(self, interaction: discord.Interaction[Any],
+                  button: discord.ui.Button[Any]) -> None:
+        await self._vote(interaction, "yes")
+
+    @discord.ui.button(label="No", style=discord.ButtonStyle.danger, custom_id="poll:no")
+    async def no(self, interaction: discord.Interaction[Any],
+                 button: discord.ui.Button[Any]) -> None:
+        await self._vote(interaction, "no")
+
+
+class SupportTicket(PersistentView):
+    """Only the member who opened it may close it, also after a restart."""
+
+    owner_only = True
+
+    @discord.ui.button(label="Close", custom_id="ticket:close")
+    async def close_ticket(self, interaction: discord.Interaction[Any],
+                           button: discord.ui.Button[Any]) -> None:
+        await self.set_data("status", "closed")
+        await interaction.response.edit_message(content="Ticket closed.", view=None)
+        await self.exit()
+
+    async def on_restore(self, bot: discord.Client) -> None:
+        log.info("ticket %s is back (owner %s)", self.state_key, self.user_id)
+
+
+class PanelBot(commands.Bot):
+    def __init__(self) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(command_prefix="!", intents=intents)
+
+    async def setup_hook(self) -> None:
+        # After loading cogs (none here), so every panel class is registered.
+        summary = await setup_persistence(self, backend=SQLiteBackend("cascadeui.db"))
+        log.info("restored %s", {k: len(v) for k, v in summary.items()})
+
+
+bot = PanelBot()
+
+
+@bot.command()
+async def poll(ctx: commands.Context[PanelBot], *, question: str) -> None:
+    """Post a poll; its state key is unique per channel and message of the command."""
+    await VotePanel(state_key=f"poll:{ctx.channel.id}:{ctx.message.id}").send(
+        ctx.channel, f"**Poll:** {question}")
+
+
+@bot.command()
+async def ticket(ctx: commands.Context[PanelBot]) -> None:
+    """Open (or move) the author's ticket: one per member, re-sending detaches the old one."""
+    await SupportTicket(state_key=f"ticket:{ctx.author.id}", user_id=ctx.author.id).send(
+        ctx.channel, f"Ticket for {ctx.author.mention}")
+
+
+def main() -> None:
+    token = os.environ.get("DISCORD_TOKEN")
+    if not token:
+        sys.exit("set DISCORD_TOKEN to run this bot (try `python -m cascadeui.demo` "
+                 "for a token-free demo)")
+    bot.run(token, log_level=logging.INFO)
+
+
+if __name__ == "__main__":
+    main()
