@@ -1,0 +1,663 @@
+"""State snapshots for Jupyter and terminals: ``cascadeui.inspect(target)``.
+
+A :class:`Snapshot` holds the state read once from a backend plus what the medium says
+about it (size, last modified, version, backups). It renders as HTML in Jupyter (a table
+of persistent views, the ``application`` slice as a collapsible tree) and as text in a
+terminal. Rendering is capped (:data:`MAX_CHILDREN` per container, :data:`MAX_NODES` in
+all, :data:`MAX_VIEW_ROWS` views) so a 10 MB state still displays at once.
+
+Also the PATH syntax shared with the CLI (:func:`parse_path`, :func:`format_path`):
+dot-separated keys from the top of the state, ``application.scores.123``. A bare segment
+of digits addresses an int key (or a list index) and falls back to the string key; a
+double-quoted segment is always a string key and may hold dots: ``application."a.b"."7"``.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore, redact_url
+from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
+
+__all__ = [
+    "MAX_CHILDREN",
+    "MAX_NODES",
+    "MAX_VIEW_ROWS",
+    "BackupInfo",
+    "Snapshot",
+    "StateDiff",
+    "format_path",
+    "get_path",
+    "inspect",
+    "parse_path",
+    "set_path",
+]
+
+#: Children shown per container in a rendered tree; the rest are summarised.
+MAX_CHILDREN = 50
+#: Nodes rendered in one tree in all; beyond it the tree says where to look instead.
+MAX_NODES = 1500
+#: Persistent-view rows rendered; the rest are counted.
+MAX_VIEW_ROWS = 100
+
+_VIEW_COLUMNS = ("key", "class", "guild", "channel", "message", "user")
+_VIEW_FIELDS = {  # column -> keys that may hold it (the store writes the first one)
+    "class": ("class_name", "class", "view_class"),
+    "guild": ("guild_id",),
+    "channel": ("channel_id",),
+    "message": ("message_id",),
+    "user": ("user_id", "owner_id"),
+}
+
+
+# -- PATH syntax --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Seg:
+    text: str
+    quoted: bool
+
+    def as_int(self) -> int | None:
+        if self.quoted or not re.fullmatch(r"-?\d+", self.text):
+            return None
+        return int(self.text)
+
+
+def parse_path(text: str) -> list[_Seg]:
+    """Split a PATH such as ``application.scores.123`` or ``application."a.b"`` into segments.
+
+    :raises ConfigurationError: an empty segment or an unterminated quote.
+    """
+    segs: list[_Seg] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            buf, i = [], i + 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                buf.append(text[i])
+                i += 1
+            if i >= n:
+                raise ConfigurationError(f"PATH {text!r}: unterminated quote")
+            segs.append(_Seg("".join(buf), True))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in '."':
+                j += 1
+            if j == i:
+                raise ConfigurationError(
+                    f"PATH {text!r}: empty segment at {i} (write keys with dots in quotes)")
+            segs.append(_Seg(text[i:j], False))
+            i = j
+        if i == n:
+            return segs
+        if text[i] != ".":
+            raise ConfigurationError(f"PATH {text!r}: expected '.' at {i}")
+        i += 1
+
+
+def format_path(keys: tuple[Any, ...] | list[Any]) -> str:
+    """The PATH text for a key path; ``parse_path`` reads it back to the same keys."""
+    parts = []
+    for key in keys:
+        if isinstance(key, int) and not isinstance(key, bool):
+            parts.append(str(key))
+        elif isinstance(key, str) and re.fullmatch(r'[^."\s\\]+', key) and not re.fullmatch(
+                r"-?\d+", key):
+            parts.append(key)
+        else:
+            text = key if isinstance(key, str) else repr(key)
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return ".".join(parts)
+
+
+def _lookup(container: Any, seg: _Seg) -> tuple[bool, Any]:
+    """(found, key-or-index) for one segment in one container."""
+    number = seg.as_int()
+    if isinstance(container, Mapping):
+        if number is not None and number in container:
+            return True, number
+        return (seg.text in container), seg.text
+    if isinstance(container, (list, tuple)) and number is not None:
+        return -len(container) <= number < len(container), number
+    return False, seg.text
+
+
+def get_path(state: Mapping[str, Any], path: str) -> Any:
+    """Return the value at PATH in ``state``.
+
+    :raises KeyError: nothing there (the message names the first missing segment).
+    """
+    segs = parse_path(path)
+    node: Any = state
+    for depth, seg in enumerate(segs):
+        found, key = _lookup(node, seg)
+        if not found:
+            where = format_path([s.text for s in segs[:depth]]) or "the top"
+            raise KeyError(f"{path}: no {seg.text!r} under {where} "
+                           f"(a {type(node).__name__})")
+        node = node[key]
+    return node
+
+
+def set_path(state: dict[str, Any], path: str, value: Any) -> None:
+    """Set the value at PATH in ``state`` in place, creating missing dicts on the way.
+
+    A new bare-digits key is created as an int (Discord ids), a quoted one as a string.
+
+    :raises KeyError: a list index out of range.
+    :raises TypeError: a value on the way is not a container.
+    """
+    segs = parse_path(path)
+    node: Any = state
+    for depth, seg in enumerate(segs):
+        last = depth == len(segs) - 1
+        found, key = _lookup(node, seg)
+        if isinstance(node, dict):
+            if not found:
+                number = seg.as_int()
+                key = number if number is not None else seg.text
+                if not last:
+                    node[key] = {}
+        elif isinstance(node, list):
+            if not found:
+                raise KeyError(f"{path}: index {seg.text} is out of range")
+        else:
+            where = format_path([s.text for s in segs[:depth]])
+            raise TypeError(f"{path}: {where} holds a {type(node).__name__}, not a container")
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
+
+
+# -- the snapshot ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One backup generation: ``index`` 0 is ``.bak`` (the newest)."""
+
+    index: int
+    path: str
+    size: int
+    modified: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields."""
+        return {"index": self.index, "path": self.path, "size": self.size,
+                "modified": self.modified.isoformat()}
+
+
+def file_backups(path: Path) -> list[BackupInfo]:
+    """The ``.bak`` generations that exist next to ``path``, newest first."""
+    found: list[BackupInfo] = []
+    pattern = re.compile(re.escape(path.name) + r"\.bak(?:\.(\d+))?")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        found.append(BackupInfo(int(m.group(1) or 0), str(entry), st.st_size,
+                                datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+    return sorted(found, key=lambda b: b.index)
+
+
+def _kind(adapter: object) -> str:
+    if isinstance(adapter, FileStore):
+        return "file"
+    if isinstance(adapter, SQLiteStore):
+        return "sqlite"
+    if isinstance(adapter, RedisStore):
+        return "redis"
+    return type(adapter).__name__
+
+
+def sqlite_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection: inspecting must never create a file or a table."""
+    return sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True, timeout=5)
+
+
+@dataclass
+class _Medium:
+    size: int | None = None
+    modified: datetime | None = None
+    version: int | None = None
+    backups: list[BackupInfo] = field(default_factory=list)
+
+
+def _medium(adapter: object) -> _Medium:
+    """What the medium says about the stored document, without loading it."""
+    info = _Medium()
+    if isinstance(adapter, FileStore):
+        try:
+            st = os.stat(adapter.path)
+            info.size = st.st_size
+            info.modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+        except OSError:
+            pass
+        info.backups = file_backups(adapter.path)
+    elif isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
+        try:
+            conn = sqlite_readonly(adapter.path)
+            try:
+                row = conn.execute(
+                    f"SELECT length(CAST(data AS BLOB)), version, updated_at "
+                    f"FROM {adapter.table} WHERE id = 1").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            row = None
+        if row is not None:
+            info.size, info.version = int(row[0]), int(row[1])
+            info.modified = datetime.fromtimestamp(float(row[2]), timezone.utc)
+    elif isinstance(adapter, RedisStore):
+        # The adapter exposes no size; STRLEN on its own client is one cheap round trip.
+        client = getattr(adapter, "_client", None)
+        if client is not None:
+            try:
+                info.size = int(client.strlen(adapter.key))
+            except Exception:  # the load below reports an unreachable server properly
+                info.size = None
+    if info.version is None and callable(getattr(adapter, "version", None)):
+        try:
+            info.version = int(adapter.version())  # type: ignore[attr-defined]
+        except (PersistenceError, OSError, TypeError, ValueError):
+            info.version = None
+    return info
+
+
+def open_existing(target: str | os.PathLike[str]) -> SyncStore:
+    """The adapter for a path/URL that must already hold a cascadeui state.
+
+    Read-only commands use it so that a typo never creates an empty database.
+
+    :raises FileNotFoundError: the JSON file (and its backups) or the database is missing.
+    :raises StateCorruptedError: the SQLite file has no cascadeui table.
+    """
+    from cascadeui.sync import open_adapter
+
+    adapter = open_adapter(target)
+    try:
+        if isinstance(adapter, FileStore):
+            if not adapter.path.exists() and not file_backups(adapter.path):
+                raise FileNotFoundError(f"{adapter.path}: no such state file")
+        elif isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
+            if not Path(adapter.path).exists():
+                raise FileNotFoundError(f"{adapter.path}: no such database")
+            _check_sqlite_table(adapter)
+    except BaseException:
+        adapter.close()
+        raise
+    return adapter
+
+
+def _check_sqlite_table(adapter: SQLiteStore) -> None:
+    try:
+        conn = sqlite_readonly(adapter.path)
+        try:
+            row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (adapter.table,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateCorruptedError(f"{adapter.location}: {exc}", location=adapter.location,
+                                  tried=(adapter.location,)) from exc
+    if row is None:
+        raise StateCorruptedError(
+            f"{adapter.location}: no {adapter.table!r} table (not a cascadeui database)",
+            location=adapter.location, tried=(adapter.location,))
+
+
+class Snapshot:
+    """The state of one backend at one moment, for reading, displaying and diffing.
+
+    ``state`` is the whole loaded state; ``to_dict()`` a JSON-friendly summary;
+    ``diff(other)`` what changed since another snapshot.
+    """
+
+    def __init__(self, state: Mapping[str, Any], *, backend: str, location: str,
+                 size: int | None = None, modified: datetime | None = None,
+                 version: int | None = None, backups: list[BackupInfo] | None = None,
+                 taken_at: datetime | None = None) -> None:
+        self.state: dict[str, Any] = dict(state)
+        self.backend = backend
+        self.location = location
+        self.size = size
+        self.modified = modified
+        self.version = version
+        self.backups: list[BackupInfo] = list(backups or [])
+        self.taken_at = taken_at or datetime.now(timezone.utc)
+
+    @property
+    def application(self) -> Any:
+        """The ``application`` slice (``{}`` when absent)."""
+        return self.state.get("application", {})
+
+    @property
+    def persistent_views(self) -> Any:
+        """The persistent-view registry (``{}`` when absent)."""
+        return self.state.get("persistent_views", {})
+
+    def view_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Registry rows of key, class, guild, channel, message and user (first ``limit``)."""
+        views = self.persistent_views
+        if not isinstance(views, Mapping):
+            return []
+        rows = []
+        for key, entry in itertools.islice(views.items(), limit):
+            row: dict[str, Any] = {"key": key}
+            for column, names in _VIEW_FIELDS.items():
+                row[column] = next((entry[n] for n in names
+                                    if isinstance(entry, Mapping) and n in entry), None)
+            rows.append(row)
+        return rows
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (not the whole state: use ``state`` or ``dump``)."""
+        app = self.application
+        summary: dict[str, Any] = {"type": type(app).__name__, "size": _size(app)}
+        if isinstance(app, Mapping):
+            summary["keys"] = {format_path([k]): {"type": type(v).__name__, "size": _size(v)}
+                               for k, v in itertools.islice(app.items(), 1000)}
+        views = self.persistent_views
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "size": self.size,
+            "modified": self.modified.isoformat() if self.modified else None,
+            "version": self.version,
+            "taken_at": self.taken_at.isoformat(),
+            "persistent_views": {
+                "count": len(views) if isinstance(views, Mapping) else 0,
+                "rows": [{k: _jsonable(v) for k, v in row.items()}
+                         for row in self.view_rows(1000)],
+            },
+            "application": summary,
+            "backups": [b.to_dict() for b in self.backups],
+        }
+
+    def diff(self, other: Snapshot | Mapping[str, Any]) -> StateDiff:
+        """What changed from this snapshot to ``other`` (a newer snapshot or a state)."""
+        new = other.state if isinstance(other, Snapshot) else dict(other)
+        result = StateDiff()
+        _diff(self.state, new, (), result)
+        return result
+
+    def _header(self) -> list[tuple[str, str]]:
+        return [
+            ("backend", self.backend),
+            ("location", self.location),
+            ("size", _human_bytes(self.size)),
+            ("last modified", _when(self.modified)),
+            ("version", "n/a" if self.version is None else str(self.version)),
+            ("snapshot taken", _when(self.taken_at)),
+        ]
+
+    def __repr__(self) -> str:
+        lines = [f"<cascadeui Snapshot of {self.backend} {self.location}>"]
+        lines += [f"  {name}: {value}" for name, value in self._header()[2:]]
+        views = self.persistent_views
+        count = len(views) if isinstance(views, Mapping) else 0
+        lines.append(f"  persistent views: {count}")
+        for row in self.view_rows(20):
+            lines.append("    " + "  ".join(f"{c}={_short(row[c], 40)}" for c in _VIEW_COLUMNS))
+        if count > 20:
+            lines.append(f"    ... {count - 20} more")
+        app = self.application
+        lines.append(f"  application: {_type_size(app)}")
+        if isinstance(app, Mapping):
+            for key, value in itertools.islice(app.items(), 30):
+                lines.append(f"    {format_path([key])}: {_type_size(value)}"
+                             + ("" if _is_container(value) else f" = {_short(value, 60)}"))
+            if len(app) > 30:
+                lines.append(f"    ... {len(app) - 30} more keys")
+        if self.backups:
+            lines.append("  backups:")
+            lines += [f"    [{b.index}] {b.path} ({_human_bytes(b.size)}, {_when(b.modified)})"
+                      for b in self.backups]
+        else:
+            lines.append("  backups: none")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        out = ['<div class="cascadeui-snapshot">',
+               f"<h4>cascadeui snapshot: {e(self.backend)}</h4>",
+               '<table class="cascadeui-meta">']
+        out += [f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(v)}</td></tr>"
+                for k, v in self._header()]
+        out.append("</table>")
+        views = self.persistent_views
+        count = len(views) if isinstance(views, Mapping) else 0
+        out.append(f"<h5>persistent views ({count})</h5>")
+        if count:
+            out.append('<table class="cascadeui-views"><tr>'
+                       + "".join(f"<th>{c}</th>" for c in _VIEW_COLUMNS) + "</tr>")
+            for row in self.view_rows(MAX_VIEW_ROWS):
+                out.append("<tr>" + "".join(f"<td>{e(_short(row[c], 60))}</td>"
+                                            for c in _VIEW_COLUMNS) + "</tr>")
+            out.append("</table>")
+            if count > MAX_VIEW_ROWS:
+                out.append(f"<p>... {count - MAX_VIEW_ROWS} more views "
+                           "(see <code>snapshot.persistent_views</code>)</p>")
+        out.append("<h5>application</h5>")
+        budget = [MAX_NODES]
+        out.append('<ul class="cascadeui-tree" style="list-style:none;padding-left:0">')
+        _tree_html("application", self.application, 0, budget, out)
+        out.append("</ul>")
+        if budget[0] <= 0:
+            out.append("<p>display limit reached: read <code>snapshot.state</code> or "
+                       "<code>cascadeui get TARGET PATH</code> for the rest</p>")
+        out.append("<h5>backups</h5>")
+        if self.backups:
+            out.append("<table class='cascadeui-backups'><tr><th>N</th><th>file</th>"
+                       "<th>size</th><th>modified</th></tr>")
+            out += [f"<tr><td>{b.index}</td><td>{e(b.path)}</td><td>{_human_bytes(b.size)}"
+                    f"</td><td>{e(_when(b.modified))}</td></tr>" for b in self.backups]
+            out.append("</table>")
+        else:
+            note = "" if self.backend == "file" else f" (the {self.backend} backend keeps none)"
+            out.append(f"<p>none{e(note)}</p>")
+        out.append("</div>")
+        return "\n".join(out)
+
+
+def _tree_html(label: Any, value: Any, depth: int, budget: list[int], out: list[str]) -> None:
+    e = html.escape
+    budget[0] -= 1
+    name = e(format_path([label]) if depth else str(label))
+    kind = f"<i>{e(type(value).__name__)}</i>"
+    if not _is_container(value):
+        out.append(f"<li><code>{name}</code>: {e(_short(value, 80))} {kind}</li>")
+        return
+    count = len(value)
+    unit = "keys" if isinstance(value, Mapping) else "items"
+    opened = " open" if depth == 0 else ""
+    out.append(f"<li><details{opened}><summary><code>{name}</code> {kind} "
+               f"&middot; {count:,} {unit}</summary>"
+               '<ul style="list-style:none;padding-left:1.2em">')
+    items: Iterator[tuple[Any, Any]] = (
+        iter(value.items()) if isinstance(value, Mapping) else enumerate(value))
+    shown = 0
+    for key, child in itertools.islice(items, MAX_CHILDREN):
+        if budget[0] <= 0:
+            break
+        _tree_html(key, child, depth + 1, budget, out)
+        shown += 1
+    if shown < count:
+        out.append(f"<li>... {count - shown:,} more {unit}</li>")
+    out.append("</ul></details></li>")
+
+
+# -- diffs -------------------------------------------------------------------------------
+
+
+@dataclass
+class StateDiff:
+    """Changes between two states, as key paths: ``added``, ``removed``, ``changed``."""
+
+    added: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
+    removed: list[tuple[tuple[Any, ...], Any]] = field(default_factory=list)
+    changed: list[tuple[tuple[Any, ...], Any, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def __len__(self) -> int:
+        return len(self.added) + len(self.removed) + len(self.changed)
+
+    def lines(self, limit: int = 200) -> list[str]:
+        """``+ path: value``, ``- path: value``, ``~ path: old -> new``; at most ``limit``."""
+        out = [f"+ {format_path(p)}: {_short(v, 60)}" for p, v in self.added]
+        out += [f"- {format_path(p)}: {_short(v, 60)}" for p, v in self.removed]
+        out += [f"~ {format_path(p)}: {_short(a, 40)} -> {_short(b, 40)}"
+                for p, a, b in self.changed]
+        if len(out) > limit:
+            out = [*out[:limit], f"... {len(out) - limit} more changes"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: PATH strings and short value reprs."""
+        return {
+            "added": {format_path(p): _short(v, 200) for p, v in self.added},
+            "removed": {format_path(p): _short(v, 200) for p, v in self.removed},
+            "changed": {format_path(p): [_short(a, 200), _short(b, 200)]
+                        for p, a, b in self.changed},
+        }
+
+    def __repr__(self) -> str:
+        if not self:
+            return "<StateDiff: no changes>"
+        return f"<StateDiff: {len(self)} changes>\n" + "\n".join(self.lines(50))
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<p>no changes</p>"
+        rows = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in self.lines())
+        return f"<p>{len(self)} changes</p><ul>{rows}</ul>"
+
+
+def _diff(old: Any, new: Any, path: tuple[Any, ...], out: StateDiff) -> None:
+    if old is new:
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key, value in old.items():
+            if key not in new:
+                out.removed.append(((*path, key), value))
+            else:
+                _diff(value, new[key], (*path, key), out)
+        out.added.extend(((*path, k), v) for k, v in new.items() if k not in old)
+    elif type(old) is not type(new) or old != new:
+        out.changed.append((path, old, new))
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, (Mapping, list, tuple, set, frozenset))
+
+
+def _size(value: Any) -> int | None:
+    return len(value) if _is_container(value) or isinstance(value, str) else None
+
+
+def _type_size(value: Any) -> str:
+    size = _size(value)
+    if size is None:
+        return type(value).__name__
+    unit = "keys" if isinstance(value, Mapping) else "chars" if isinstance(value, str) else "items"
+    return f"{type(value).__name__}, {size:,} {unit}"
+
+
+def _short(value: Any, limit: int) -> str:
+    text = "" if value is None else value if isinstance(value, str) else repr(value)
+    if _is_container(value) and len(text) > limit:
+        return f"<{_type_size(value)}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _human_bytes(size: int | None) -> str:
+    if size is None:
+        return "n/a"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _when(moment: datetime | None) -> str:
+    return "n/a" if moment is None else moment.isoformat(timespec="seconds")
+
+
+# -- the entry point ---------------------------------------------------------------------
+
+
+def inspect(target: Any) -> Snapshot:
+    """Read ``target`` once and return a :class:`Snapshot` of it.
+
+    :param target: a backend, a sync adapter, a path or URL (which must exist: inspecting
+        never creates a file), or a plain state dict.
+    :raises FileNotFoundError: a path that holds no state.
+    :raises PersistenceError: the state cannot be read (corrupt, server down).
+    """
+    from cascadeui.backends import AsyncBackend
+    from cascadeui.sync import load_state
+
+    taken = datetime.now(timezone.utc)
+    if isinstance(target, Mapping):
+        return Snapshot(target, backend="memory", location="<in memory>", taken_at=taken)
+    if isinstance(target, (str, os.PathLike)):
+        adapter = open_existing(target)
+        try:
+            return _snapshot_of(adapter, load_state(adapter), taken)
+        finally:
+            adapter.close()
+    adapter = target.store if isinstance(target, AsyncBackend) else target
+    state = load_state(target)
+    if not callable(getattr(adapter, "load", None)):  # a custom async backend
+        where = str(getattr(target, "location", type(target).__name__))
+        return Snapshot(state, backend=type(target).__name__, location=redact_url(where),
+                        taken_at=taken)
+    return _snapshot_of(adapter, state, taken)
+
+
+def _snapshot_of(adapter: Any, state: dict[str, Any], taken: datetime) -> Snapshot:
+    info = _medium(adapter)
+    location = redact_url(str(getattr(adapter, "location", type(adapter).__name__)))
+    return Snapshot(state, backend=_kind(adapter), location=location, size=info.size,
+                    modified=info.modified, version=info.version, backups=info.backups,
+                    taken_at=taken)

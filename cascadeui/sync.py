@@ -1,0 +1,459 @@
+"""Blocking twins of the public API, for scripts, threads and notebooks.
+
+``from cascadeui import sync`` then ``sync.load_state("bot_state.json")``: no
+``asyncio.run`` and no "event loop is already running" inside Jupyter. Two paths:
+
+* Data operations (:func:`load_state`, :func:`save_state`, :func:`transaction`,
+  :func:`migrate_storage`) call the synchronous adapters directly, in the calling thread.
+  A custom async-only backend runs through the private loop thread instead.
+* What must run async (the store: :func:`setup_persistence`, :func:`dispatch`) runs in
+  one private event-loop thread kept for the process (an anyio blocking portal), never by
+  nesting loops. A call that would wait on the loop it is running on raises
+  :class:`LoopReentryError`, which names the ``await`` form to use instead.
+
+Every function accepts a built-in backend (its ``.store`` adapter is used), a synchronous
+adapter, a custom async backend, or a path/URL string (``backend_from_url``); a store built
+from a string is closed again before the call returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import queue
+import re
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from cascadeui.adapters import FileStore, SyncStore
+from cascadeui.backends import AsyncBackend, StorageBackend
+from cascadeui.errors import (
+    PersistenceError,
+    SerializationError,
+    StorageUnavailableError,
+    StoreClosedError,
+)
+
+__all__ = [
+    "LoopReentryError",
+    "dispatch",
+    "load_state",
+    "migrate_storage",
+    "save_state",
+    "setup_persistence",
+    "transaction",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Target = Any  # a backend, an adapter, or a path/URL string: checked at run time
+#: ``progress(done_steps, total_steps, what)``, called by :func:`migrate_storage`.
+Progress = Callable[[int, int, str], None]
+
+
+class LoopReentryError(RuntimeError):
+    """Raised when a blocking call would wait on the event loop it is running on.
+
+    The message names the ``await`` form to use instead; waiting would deadlock.
+    """
+
+
+# -- the private loop thread ------------------------------------------------------------
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, reached through an anyio blocking portal.
+
+    A daemon thread (not ``start_blocking_portal``'s executor) so that a forgotten store
+    never keeps the interpreter alive; an ``atexit`` hook stops the loop cleanly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._hooked = False
+        #: The asyncio loop behind the portal (anyio runs asyncio by default).
+        self.aio_loop: asyncio.AbstractEventLoop | None = None
+
+    def portal(self) -> BlockingPortal:
+        with self._lock:
+            alive = self._thread is not None and self._thread.is_alive()
+            if self._portal is None or not alive or self._pid != os.getpid():
+                self._start()
+            assert self._portal is not None
+            return self._portal
+
+    @property
+    def ident(self) -> int | None:
+        thread = self._thread
+        return thread.ident if thread is not None and self._pid == os.getpid() else None
+
+    def _start(self) -> None:
+        handoff: queue.SimpleQueue[
+            tuple[BlockingPortal, asyncio.AbstractEventLoop] | BaseException
+        ] = queue.SimpleQueue()
+
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                handoff.put((portal, asyncio.get_running_loop()))
+                await portal.sleep_until_stopped()
+
+        def run() -> None:
+            try:
+                anyio.run(serve)
+            except BaseException as exc:  # pragma: no cover - only if anyio cannot start
+                handoff.put(exc)
+
+        thread = threading.Thread(target=run, name="cascadeui-sync-loop", daemon=True)
+        thread.start()
+        got = handoff.get(timeout=30)
+        if isinstance(got, BaseException):  # pragma: no cover
+            raise RuntimeError("cascadeui could not start its private event loop") from got
+        (self._portal, self.aio_loop), self._thread, self._pid = got, thread, os.getpid()
+        if not self._hooked:
+            atexit.register(self.stop)
+            self._hooked = True
+
+    def stop(self) -> None:
+        """Stop the loop (pending calls are cancelled) and wait for its thread."""
+        with self._lock:
+            portal, thread = self._portal, self._thread
+            self._portal = self._thread = None
+        if portal is None or thread is None or not thread.is_alive():
+            return
+        try:
+            portal.call(_close_store_on, self.aio_loop)
+        except Exception:  # never fail interpreter exit; the store logged the reason
+            log.exception("closing the store on cascadeui's private loop failed")
+        with contextlib.suppress(Exception):
+            portal.call(portal.stop, True)
+        thread.join(timeout=10)
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, what: str) -> T:
+        """Run ``await fn(*args)`` on the private loop and return its result."""
+        if threading.get_ident() == self.ident:
+            raise LoopReentryError(
+                f"{what} was called on cascadeui's private event loop and would wait on "
+                f"itself; use `await {what}` there instead")
+        return self.portal().call(fn, *args)
+
+
+_loop = _LoopThread()
+
+
+# -- resolving targets ------------------------------------------------------------------
+
+_BAK_RE = re.compile(r"\.bak(?:\.(\d+))?$")
+
+
+def _backup_generations(path: Path) -> int:
+    """How many ``.bak`` generations exist next to ``path`` (the highest index + 1)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            if not entry.name.startswith(path.name + ".bak"):
+                continue
+            m = _BAK_RE.fullmatch(entry.name[len(path.name):])
+            if m:
+                count = max(count, int(m.group(1) or 0) + 1)
+    return count
+
+
+def open_adapter(target: str | os.PathLike[str]) -> SyncStore:
+    """Build the synchronous adapter a path or URL names (the caller closes it).
+
+    A JSON file keeps as many ``.bak`` generations as already exist next to it (at least
+    one), so a script never prunes a bot's deeper backup history.
+
+    :raises ConfigurationError: the string names no supported backend.
+    """
+    from cascadeui.persistence import backend_from_url
+
+    backend = backend_from_url(target)
+    store: SyncStore = backend.store
+    if isinstance(store, FileStore):
+        gens = _backup_generations(store.path)
+        if gens > store.backups:
+            store.close()
+            store = FileStore(store.path, backups=gens, lock_timeout=store.lock_timeout)
+    return store
+
+
+class _Resolved(NamedTuple):
+    adapter: SyncStore | None  # called directly in this thread
+    backend: StorageBackend | None  # async-only: called through the private loop
+    owned: bool  # built here from a string: close it afterwards
+
+
+def _resolve(target: Target) -> _Resolved:
+    if isinstance(target, (str, os.PathLike)):
+        return _Resolved(open_adapter(target), None, True)
+    if isinstance(target, AsyncBackend):
+        return _Resolved(target.store, None, False)
+    if callable(getattr(target, "load", None)) and callable(getattr(target, "save", None)):
+        return _Resolved(target, None, False)
+    if isinstance(target, StorageBackend):
+        return _Resolved(None, target, False)
+    raise TypeError(
+        f"{type(target).__name__} is not a storage target: pass a path or URL, a backend "
+        "(async save_state/load_state) or a sync adapter (load/save)")
+
+
+@contextlib.contextmanager
+def _opened(target: Target) -> Iterator[_Resolved]:
+    resolved = _resolve(target)
+    try:
+        yield resolved
+    finally:
+        if resolved.owned and resolved.adapter is not None:
+            resolved.adapter.close()
+
+
+# -- data operations --------------------------------------------------------------------
+
+
+def load_state(backend: Target) -> dict[str, Any]:
+    """Return the saved state, ``{}`` when nothing was saved.
+
+    :param backend: a backend, an adapter, or a path/URL string.
+    :raises StateCorruptedError: stored data (and every backup) is unreadable.
+    :raises StorageUnavailableError: the medium cannot be reached.
+    """
+    with _opened(backend) as r:
+        if r.adapter is not None:
+            return r.adapter.load()
+        assert r.backend is not None
+        return _loop.call(r.backend.load_state, what="backend.load_state()")
+
+
+def save_state(backend: Target, state: Mapping[str, Any]) -> bool:
+    """Write ``state``; True on success, False (logged) when the medium failed.
+
+    Same policy as the async ``save_state``: a bot-style caller keeps running.
+
+    :param backend: a backend, an adapter, or a path/URL string.
+    :param state: the whole state to store.
+    :raises SerializationError: ``state`` holds a value JSON cannot store.
+    :raises StoreClosedError: the backend was closed.
+    """
+    with _opened(backend) as r:
+        if r.backend is not None:
+            return bool(_loop.call(r.backend.save_state, state, what="backend.save_state()"))
+        assert r.adapter is not None
+        try:
+            r.adapter.save(state)
+        except (SerializationError, StoreClosedError):
+            raise
+        except (PersistenceError, OSError) as exc:
+            log.error("save to %s failed: %s", _where(r.adapter), exc)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def transaction(backend: Target) -> Iterator[dict[str, Any]]:
+    """Lock, load, yield the state to change in place, save it on a clean exit.
+
+    Exclusive across threads and processes; nothing is written if the body raises.
+
+    :param backend: a backend, an adapter, or a path/URL string.
+    :raises TypeError: a custom backend without an atomic ``transaction()``.
+    :raises LockTimeoutError: another writer held the lock past its timeout.
+    """
+    with _opened(backend) as r:
+        if r.adapter is not None:
+            if not callable(getattr(r.adapter, "transaction", None)):
+                raise TypeError(f"{type(r.adapter).__name__} has no transaction()")
+            with r.adapter.transaction() as state:
+                yield state
+            return
+        factory = getattr(r.backend, "transaction", None)
+        if not callable(factory):
+            raise TypeError(
+                f"{type(r.backend).__name__} offers no transaction(); a load/save pair "
+                "would not be atomic, so sync.transaction() refuses it")
+        if threading.get_ident() == _loop.ident:
+            raise LoopReentryError(
+                "sync.transaction() was called on cascadeui's private event loop; use "
+                "`async with backend.transaction()` there instead")
+        with _loop.portal().wrap_async_context_manager(factory()) as state:
+            yield state
+
+
+def _copy(source: Target, target: Target, progress: Progress | None, *,
+          strict: bool) -> bool:
+    """The body of :func:`migrate_storage`; ``strict`` raises where it would return False."""
+    def step(done: int, what: str) -> None:
+        if progress is not None:
+            progress(done, 3, what)
+
+    step(0, "reading the source")
+    state = load_state(source)
+    if not state:
+        log.info("migrate_storage: %s holds no state; nothing copied", _where(source))
+        return False
+    step(1, "writing the target")
+    try:
+        with _opened(target) as r:
+            if r.adapter is not None:
+                r.adapter.save(state)
+                step(2, "verifying the copy")
+                copied = r.adapter.load()
+            else:
+                assert r.backend is not None
+                if not _loop.call(r.backend.save_state, state, what="backend.save_state()"):
+                    raise StorageUnavailableError(f"{_where(target)} did not take the copy")
+                step(2, "verifying the copy")
+                copied = _loop.call(r.backend.load_state, what="backend.load_state()")
+        if copied != state:
+            raise StorageUnavailableError(
+                f"{_where(target)} read back different state than was written")
+    except (SerializationError, StoreClosedError):
+        raise
+    except (PersistenceError, OSError) as exc:
+        if strict:
+            raise
+        log.error("migrate_storage: %s", exc)
+        return False
+    step(3, "done")
+    return True
+
+
+def migrate_storage(source: Target, target: Target, *,
+                    progress: Progress | None = None) -> bool:
+    """Copy the state from ``source`` to ``target`` and read it back to compare.
+
+    Never modifies the source.
+
+    :param source: a backend, an adapter, or a path/URL string.
+    :param target: the same kinds; its current state is replaced.
+    :param progress: optional ``progress(done_steps, total_steps, what)`` callback.
+    :returns: False (logged) when the source holds nothing or the target did not take
+        the copy.
+    :raises PersistenceError: the source cannot be read.
+    """
+    return _copy(source, target, progress, strict=False)
+
+
+def _where(target: object) -> str:
+    if isinstance(target, (str, os.PathLike)):
+        from cascadeui.adapters import redact_url
+        return redact_url(os.fspath(target))
+    store = getattr(target, "store", target)
+    return str(getattr(store, "location", type(target).__name__))
+
+
+# -- the store, through the private loop ------------------------------------------------
+
+
+def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | None = None,
+                      backend: Target = None) -> dict[str, list[str]]:
+    """Blocking :func:`cascadeui.setup_persistence`: restore the state on the private loop.
+
+    The process-wide store then persists from cascadeui's loop thread, so later
+    :func:`dispatch` calls work from any thread, including a notebook's.
+
+    :param bot: usually ``None`` in a script (data only).
+    :param file_path: a JSON file, as in the async API.
+    :param backend: a backend object, or a path/URL string.
+    :returns: ``{"restored": [...], "skipped": [...], "failed": [...], "removed": [...]}``.
+    :raises LoopReentryError: called on cascadeui's private loop (await it there instead).
+    """
+    from cascadeui.restore import setup_persistence as async_setup
+
+    if isinstance(backend, (str, os.PathLike)):
+        from cascadeui.persistence import backend_from_url
+        backend = backend_from_url(backend)
+
+    async def run() -> dict[str, list[str]]:
+        result: dict[str, list[str]] = await async_setup(bot, file_path=file_path,
+                                                          backend=backend)
+        return result
+
+    return _loop.call(run, what="setup_persistence(...)")
+
+
+def _store_loop(store: Any) -> asyncio.AbstractEventLoop | None:
+    """The event loop the store's persistence writer runs on (None when off)."""
+    # The store keeps it on its private engine; read defensively so a refactor there
+    # degrades to "run on our loop" instead of an AttributeError here.
+    loop = getattr(getattr(store, "_engine", None), "loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def dispatch(action_type: str, payload: Any = None, *,
+             timeout: float | None = 60.0) -> dict[str, Any]:
+    """Dispatch on the process-wide store and return once the write is durable.
+
+    Runs on the loop the store persists from: cascadeui's private loop after
+    :func:`setup_persistence`, or a bot's loop running in another thread.
+
+    :param action_type: e.g. ``"APPLICATION_SET"``.
+    :param payload: the action's payload.
+    :param timeout: seconds to wait for the store's loop, when it is another thread's.
+    :returns: the new state.
+    :raises RuntimeError: persistence is not set up (call :func:`setup_persistence`).
+    :raises LoopReentryError: the store persists on the loop this thread is running;
+        use ``await store.dispatch(...)`` and ``await store.flush()`` there.
+    :raises StorageUnavailableError: the write did not become durable.
+    """
+    from cascadeui.store import get_store
+
+    store = get_store()
+    backend = store.backend
+    if backend is None:
+        raise RuntimeError(
+            "sync.dispatch() needs persistence: call cascadeui.sync.setup_persistence(...) "
+            "first (or `await store.dispatch(...)` for an in-memory store)")
+
+    async def run() -> dict[str, Any]:
+        new_state: dict[str, Any] = await store.dispatch(action_type, payload)
+        if not await store.flush():
+            raise StorageUnavailableError(
+                f"{action_type}: the state was not written to {_where(backend)}",
+                location=_where(backend))
+        return new_state
+
+    loop = _store_loop(store)
+    if loop is None or loop is _loop.aio_loop:
+        return _loop.call(run, what=f"get_store().dispatch({action_type!r})")
+    here = _current_asyncio_loop()
+    if loop is here:
+        raise LoopReentryError(
+            f"sync.dispatch({action_type!r}) would block the event loop this store "
+            "persists on; use `await get_store().dispatch(...)` then "
+            "`await get_store().flush()` here instead")
+    if loop.is_closed() or not loop.is_running():
+        raise RuntimeError(
+            "the store persists from an event loop that is no longer running; "
+            "`await get_store().close()` there, then call sync.setup_persistence(...)")
+    return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)
+
+
+async def _close_store_on(loop: asyncio.AbstractEventLoop | None) -> None:
+    """At exit: flush and close the process-wide store if it persists from ``loop``."""
+    store_module = sys.modules.get("cascadeui.store")
+    if store_module is None or loop is None:
+        return
+    store = store_module.get_store()
+    if store.backend is not None and _store_loop(store) is loop:
+        await store.close()
+
+
+def _current_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
