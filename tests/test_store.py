@@ -58,7 +58,7 @@ def test_get_store_is_process_wide_and_reset_replaces_it() -> None:
 
 def test_set_in_copies_only_the_path() -> None:
     shared = {"big": list(range(10))}
-    root = {"a": {"b": {"c": 1}, "keep": shared}, "other": shared}
+    root: dict[str, Any] = {"a": {"b": {"c": 1}, "keep": shared}, "other": shared}
     new = set_in(root, ["a", "b", "c"], 2)
     assert new["a"]["b"]["c"] == 2
     assert root["a"]["b"]["c"] == 1
@@ -79,7 +79,7 @@ def test_set_in_copies_only_the_path() -> None:
 
 def test_delete_in_copies_only_the_path() -> None:
     shared = {"s": 1}
-    root = {"a": {"b": 1, "c": shared}, "d": shared}
+    root: dict[str, Any] = {"a": {"b": 1, "c": shared}, "d": shared}
     new = delete_in(root, ["a", "b"])
     assert new == {"a": {"c": shared}, "d": shared}
     assert root["a"]["b"] == 1

@@ -576,3 +576,21 @@ def test_store_outlives_its_event_loop(tmp_path: Path) -> None:
     asyncio.run(first())
     assert asyncio.run(second())
     assert FileStorageBackend(path).store.load()["application"] == {"a": 1, "b": 2}
+
+
+async def test_restore_is_announced_and_not_written_back(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    seed = await off_loop(FileStorageBackend, path)
+    assert await seed.save_state({"application": {"kept": 1}, "persistent_views": {}})
+    store = StateStore()
+    seen: list[Action] = []
+    store.subscribe(lambda state, action: seen.append(action), action_types=["STATE_RESTORED"])
+    backend = await off_loop(CountingBackend, path)
+    await store.enable_persistence(backend, debounce=0.0)
+    try:
+        assert [a["payload"]["state"]["application"] for a in seen] == [{"kept": 1}]
+        await asyncio.sleep(0.05)
+        assert await store.flush()
+        assert backend.snapshots == []  # what was just loaded is already durable
+    finally:
+        await store.close()
