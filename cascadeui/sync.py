@@ -365,13 +365,21 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
     The process-wide store then persists from cascadeui's loop thread, so later
     :func:`dispatch` calls work from any thread, including a notebook's.
 
-    :param bot: usually ``None`` in a script (data only).
+    :param bot: must be ``None``: panels re-attach on the bot's own loop, so a bot calls
+        ``await cascadeui.setup_persistence(bot)`` in ``setup_hook``.
     :param file_path: a JSON file, as in the async API.
     :param backend: a backend object, or a path/URL string.
-    :returns: ``{"restored": [...], "skipped": [...], "failed": [...], "removed": [...]}``.
+    :returns: ``{"restored": [], "skipped": [], "failed": [], "removed": []}`` (data only).
+    :raises ValueError: a bot was passed.
     :raises LoopReentryError: called on cascadeui's private loop (await it there instead).
     """
     from cascadeui.restore import setup_persistence as async_setup
+
+    if bot is not None:
+        # The bot's HTTP session and view store belong to the bot's loop, not ours.
+        raise ValueError(
+            "sync.setup_persistence() restores data only: in a bot, use `await "
+            "cascadeui.setup_persistence(bot, ...)` in setup_hook")
 
     if isinstance(backend, (str, os.PathLike)):
         from cascadeui.persistence import backend_from_url

@@ -215,3 +215,15 @@ def test_console_script_and_demo(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert any(tmp_path.iterdir())
+
+
+def test_every_command_is_documented() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    parser = cli_module._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert commands is not None
+    assert sorted(commands) == sorted(
+        ["inspect", "get", "set", "dump", "migrate", "backups", "restore-backup", "verify",
+         "demo"])
+    for name in commands:
+        assert f"cascadeui {name}" in docs, name

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,25 @@ def test_custom_async_backend_runs_on_the_private_loop(tmp_path: Path) -> None:
     assert sync.load_state(str(tmp_path / "copy.json")) == STATE
     with pytest.raises(TypeError, match="not be atomic"), sync.transaction(backend):
         pass
+
+
+def test_a_custom_backend_with_an_async_transaction_is_used(tmp_path: Path) -> None:
+    class Locked(MemoryBackend):
+        @contextlib.asynccontextmanager
+        async def transaction(self) -> AsyncIterator[dict[str, Any]]:
+            state = await self.load_state()
+            yield state
+            await self.save_state(state)
+
+    backend = Locked()
+    with sync.transaction(backend) as state:
+        state["application"] = {"n": 1}
+    assert backend.saved == {"application": {"n": 1}}
+
+
+def test_setup_persistence_with_a_bot_points_to_the_async_api(fresh_store: None) -> None:
+    with pytest.raises(ValueError, match=r"await cascadeui\.setup_persistence"):
+        sync.setup_persistence(object(), file_path="unused.json")
 
 
 def test_the_sync_api_works_inside_a_running_event_loop(tmp_path: Path,
