@@ -15,8 +15,9 @@ Payloads::
     APPLICATION_SET              {"path": [k1, k2, ...], "value": v}
     APPLICATION_DELETE           {"path": [k1, k2, ...]}
     STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
-    STATE_RELOADED               same shape as STATE_RESTORED (reserved: another process
-                                 changed the stored state)
+    STATE_RELOADED               {"state": {...}, "base": {...} or absent, "paths": [...]}:
+                                 another process changed the stored state; ``paths`` are
+                                 the key paths it changed (see cascadeui.merge)
 """
 
 from __future__ import annotations
@@ -243,6 +244,33 @@ def state_restored(action: Action, state: State) -> State:
     return new
 
 
+def state_reloaded(action: Action, state: State) -> State:
+    """Install persisted slices another process changed, keeping newer local changes.
+
+    ``payload["state"]`` holds the slices to install. When ``payload["base"]`` is given
+    (the slices the reload was computed from), a slice that changed in memory since then
+    keeps those changes on top (a three-way merge); otherwise it is replaced.
+    """
+    payload = _payload(action, "state")
+    base = payload.get("base")
+    if not isinstance(base, Mapping):
+        return state_restored(action, state)
+    from .merge import merge3  # merge builds on set_in/delete_in from this module
+
+    stored = payload["state"]
+    new = state
+    for name in PERSISTED_SLICES:
+        if name not in stored:
+            continue
+        current = state[name]
+        if name in base and current is not base[name]:
+            value = merge3(base[name], current, stored[name]).merged
+        else:
+            value = stored[name]
+        new = _with_slice(new, name, value)
+    return new
+
+
 #: Registered in every store, in this order, at construction.
 BUILTIN_REDUCERS: dict[str, Reducer] = {
     PERSISTENT_VIEW_REGISTERED: persistent_view_registered,
@@ -251,5 +279,5 @@ BUILTIN_REDUCERS: dict[str, Reducer] = {
     APPLICATION_SET: application_set,
     APPLICATION_DELETE: application_delete,
     STATE_RESTORED: state_restored,
-    STATE_RELOADED: state_restored,
+    STATE_RELOADED: state_reloaded,
 }

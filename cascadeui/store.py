@@ -25,10 +25,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
+import anyio.to_thread
+
 from .actions import (
     BATCH_APPLIED,
     BUILTIN_REDUCERS,
     PERSISTED_SLICES,
+    STATE_RELOADED,
     STATE_RESTORED,
     TRANSIENT_SLICES,
     Action,
@@ -37,9 +40,10 @@ from .actions import (
     delete_in,
     set_in,
 )
-from .adapters import SyncStore
-from .backends import StorageBackend, as_backend
-from .errors import PersistenceError, StateCorruptedError
+from .adapters import SyncStore, VersionedStore
+from .backends import AsyncBackend, StorageBackend, as_backend
+from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
+from .merge import merge3
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -67,6 +71,8 @@ Subscriber = Callable[[State, Action], Any]
 _SLICES = (*PERSISTED_SLICES, *TRANSIENT_SLICES)
 _APP, _VIEWS = PERSISTED_SLICES
 _MISSING: Any = object()
+#: Compare-and-set attempts per write before giving up until the next retry.
+_MAX_MERGE_ROUNDS = 20
 # Set while a reducer runs in this task: a reducer that dispatches would deadlock.
 _IN_REDUCER: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "cascadeui_in_reducer", default=False)
@@ -330,7 +336,8 @@ class StateStore:
 
     async def enable_persistence(self, backend: StorageBackend | SyncStore, *,
                                  debounce: float = 0.05, max_delay: float = 1.0,
-                                 retry_initial: float = 0.1, retry_max: float = 30.0) -> None:
+                                 retry_initial: float = 0.1, retry_max: float = 30.0,
+                                 poll_interval: float | None = 0.5) -> None:
         """Load the stored state, install its persisted slices, start the background writer.
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
@@ -343,6 +350,9 @@ class StateStore:
         :param max_delay: seconds after the first unsaved change by which a write starts.
         :param retry_initial: first retry delay after a failed write; doubles each failure.
         :param retry_max: cap of the retry delay.
+        :param poll_interval: seconds between checks for changes committed by other
+            processes (built-in backends only); None turns the watch off. Writes merge
+            with such changes whatever this is (see ``docs/multiprocess.md``).
         :raises PersistenceError: the stored state cannot be loaded (``StateCorruptedError``,
             ``StorageUnavailableError``); nothing is enabled and the state is untouched.
         :raises RuntimeError: persistence is already enabled with another backend.
@@ -354,8 +364,13 @@ class StateStore:
                 return
             raise RuntimeError(f"persistence is already enabled with {self._engine.backend!r};"
                                " await store.close() before enabling another backend")
-        timing = _Timing(debounce, max_delay, retry_initial, retry_max)
-        loaded = await backend.load_state()
+        timing = _Timing(debounce, max_delay, retry_initial, retry_max, poll_interval)
+        adapter = _versioned_adapter(backend)
+        version: int | None = None
+        if adapter is not None:
+            loaded, version = await anyio.to_thread.run_sync(adapter.load_versioned)
+        else:
+            loaded = await backend.load_state()
         stored = _persisted_part(loaded, backend)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")
@@ -370,7 +385,8 @@ class StateStore:
                 engine.durable[name] = stored[name]
             elif not self._state[name]:
                 engine.durable[name] = self._state[name]
-        engine.base = stored  # the version last loaded: issue 4 merges against it
+        engine.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
+        engine.version = version
         self._engine = engine
         engine.start()
 
@@ -385,6 +401,7 @@ class StateStore:
         if engine is not None and engine.loop.is_closed():
             fresh = _Engine(self, engine.backend, engine.timing)
             fresh.durable, fresh.base = engine.durable, engine.base
+            fresh.version, fresh.conflicts = engine.version, engine.conflicts
             fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
             self._engine = engine = fresh
             engine.start()
@@ -431,6 +448,11 @@ class StateStore:
                 await aclose()
 
     @property
+    def merge_conflicts(self) -> int:
+        """How many key paths both this store and another process changed (ours won)."""
+        return self._engine.conflicts if self._engine is not None else 0
+
+    @property
     def last_write_error(self) -> BaseException | None:
         """The error of the latest failed write, cleared by the next successful one."""
         return self._engine.last_error if self._engine is not None else None
@@ -446,10 +468,30 @@ class _Timing:
     max_delay: float
     retry_initial: float
     retry_max: float
+    poll_interval: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
             raise ValueError("persistence timings must be >= 0 seconds")
+        if self.poll_interval is not None and self.poll_interval <= 0:
+            raise ValueError("poll_interval must be > 0 seconds, or None")
+
+
+def _versioned_adapter(backend: StorageBackend) -> VersionedStore | None:
+    """The compare-and-set adapter behind a backend, if it has one.
+
+    Only for an :class:`~cascadeui.backends.AsyncBackend` whose ``save_state`` and
+    ``load_state`` are not overridden: a subclass that customises them (metrics, another
+    format) gets exactly the calls it overrides, and last-writer-wins semantics.
+    """
+    adapter = getattr(backend, "store", None)
+    if not isinstance(backend, AsyncBackend) or not isinstance(adapter, VersionedStore):
+        return None
+    cls = type(backend)
+    if cls.save_state is not AsyncBackend.save_state or (
+            cls.load_state is not AsyncBackend.load_state):
+        return None
+    return adapter
 
 
 def _same_backend(a: StorageBackend, b: StorageBackend) -> bool:
@@ -499,8 +541,12 @@ class _Engine:
         self.timing = timing
         #: Slice objects known to be in the backend (identity compared).
         self.durable: dict[str, Any] = dict.fromkeys(PERSISTED_SLICES, _MISSING)
-        #: The persisted state as last loaded (the seam for issue 4's merge).
+        #: The persisted slices as last loaded or written: the common ancestor of a merge.
         self.base: dict[str, Any] = {}
+        #: The backend version ``base`` was read at (None: not a versioned backend).
+        self.version: int | None = None
+        self.adapter = _versioned_adapter(backend)
+        self.conflicts = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
         self.rejected_error: BaseException | None = None
@@ -579,7 +625,11 @@ class _Engine:
                 self._resolve(self.store._generation,
                               True if self._matches(self.durable) else self._rejection())
                 self.wake.clear()
-                await self.wake.wait()
+                poll = self.timing.poll_interval if self.adapter is not None else None
+                try:
+                    await asyncio.wait_for(self.wake.wait(), poll)
+                except asyncio.TimeoutError:
+                    await self._poll()
                 continue
             if self.store._batch_depth and not self.waiters:
                 # A batch is open: its end is the one persistence step (it sets wake).
@@ -603,7 +653,7 @@ class _Engine:
         first = self.first_change
         self.first_change = None  # changes from now on start a new coalescing window
         try:
-            ok = await self.commit(snapshot)
+            written = await self.commit(snapshot)
             error: BaseException | None = None
         except (TypeError, ValueError) as exc:
             # Bad data (SerializationError is a TypeError): retrying the same snapshot
@@ -614,9 +664,9 @@ class _Engine:
             self._resolve(generation, exc)
             return
         except Exception as exc:
-            ok, error = False, exc
-        if ok:
-            self.durable, self.rejected, self.rejected_error = snapshot, None, None
+            written, error = None, exc
+        if written is not None:
+            self.durable, self.rejected, self.rejected_error = written, None, None
             self.failures, self.retry_at, self.last_error = 0, None, None
             self._resolve(generation, True)
             return
@@ -635,15 +685,93 @@ class _Engine:
                   exc_info=None if expected else error)
         self._resolve(generation, False)
 
-    async def commit(self, snapshot: dict[str, Any]) -> bool:
+    async def commit(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
         """The one write step: persist ``snapshot`` (the persisted slices only).
 
-        Today a whole-document ``save_state``. Issue 4 turns this into "transaction +
-        merge against ``self.base``, the version this store last loaded"; an incremental
-        write (issue 6) can compare ``snapshot`` with ``self.durable`` here, slice by
-        slice and key by key, since unchanged parts are the same objects.
+        :returns: the document now durable (``snapshot``, or ``snapshot`` merged with what
+            another process committed meanwhile), or None when the backend said no.
+
+        A built-in backend writes by compare-and-set on the version this store last read.
+        When another process committed since, its document is loaded and merged with ours
+        key path by key path (:func:`~cascadeui.merge.merge3`: their changes kept, ours on
+        top, a leaf both changed goes to us as the later writer, logged and counted), the
+        merge is written against the new version, and the merged slices are installed in
+        memory with a ``STATE_RELOADED`` action. Other backends get a whole-document
+        ``save_state``. (Issue 6: an incremental write can compare ``snapshot`` with
+        ``self.durable`` here, since unchanged parts are the same objects.)
         """
-        return await self.backend.save_state(snapshot)
+        adapter = self.adapter
+        if adapter is None or self.version is None:
+            return snapshot if await self.backend.save_state(snapshot) else None
+        expected: int = self.version
+        doc, changed = snapshot, []
+        for _ in range(_MAX_MERGE_ROUNDS):
+            version = await anyio.to_thread.run_sync(adapter.save_if_version, doc, expected)
+            if version is not None:
+                self.base, self.version = doc, version
+                break
+            raw, expected = await anyio.to_thread.run_sync(adapter.load_versioned)
+            self.version = expected
+            if expected == 0:
+                # The document vanished (a Redis restarted without persistence, a file
+                # removed): that is lost data, not another writer's deletions. Write ours.
+                log.warning("%r holds no state any more; writing this store's state again",
+                            self.backend)
+                doc = snapshot
+                continue
+            theirs = _persisted_part(raw, self.backend)
+            theirs = {name: theirs.get(name, {}) for name in PERSISTED_SLICES}
+            result = merge3(self.base, snapshot, theirs)
+            doc, changed = result.merged, result.theirs
+            self._count_conflicts(result.conflicts)
+        else:
+            raise StorageUnavailableError(
+                f"{self.backend!r}: other writers kept moving the version; gave up after "
+                f"{_MAX_MERGE_ROUNDS} merge rounds (will retry)")
+        if doc is not snapshot:
+            await self.store.dispatch(STATE_RELOADED,
+                                      {"state": doc, "base": snapshot, "paths": changed})
+        return doc
+
+    async def _poll(self) -> None:
+        """Load and install what another process committed, if the version moved."""
+        adapter = self.adapter
+        if adapter is None or self.version is None:
+            return
+        try:
+            version = await anyio.to_thread.run_sync(adapter.version)
+            if version == self.version:
+                return
+            if version == 0:  # the document vanished: lost data, write ours again
+                log.warning("%r holds no state any more; writing this store's state again",
+                            self.backend)
+                self.version = 0
+                self.durable = dict.fromkeys(PERSISTED_SLICES, _MISSING)
+                self.note_change()
+                return
+            raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
+            theirs = _persisted_part(raw, self.backend)
+        except PersistenceError as exc:
+            log.warning("cannot check %r for changes from other processes: %s",
+                        self.backend, exc)
+            return
+        theirs = {name: theirs.get(name, {}) for name in PERSISTED_SLICES}
+        state = self.store.state
+        current = {name: state[name] for name in PERSISTED_SLICES}
+        result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
+        self.base, self.version = theirs, version
+        self.durable = theirs
+        if result.theirs:
+            await self.store.dispatch(STATE_RELOADED, {
+                "state": result.merged, "base": current, "paths": result.theirs})
+
+    def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
+        if conflicts:
+            self.conflicts += len(conflicts)
+            shown = ", ".join(repr(list(p)) for p in conflicts[:5])
+            log.warning("%d key path(s) changed both here and by another process; this "
+                        "store's later write wins: %s%s", len(conflicts), shown,
+                        " ..." if len(conflicts) > 5 else "")
 
     def _resolve(self, generation: int, outcome: bool | BaseException) -> None:
         """Settle every flush() waiter whose state was in the snapshot just attempted."""
