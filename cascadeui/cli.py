@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from cascadeui import sync
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore, redact_url
+from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore
 from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
 from cascadeui.inspection import (
     _human_bytes,
@@ -33,6 +34,7 @@ from cascadeui.inspection import (
     inspect,
     open_existing,
     parse_path,
+    redacted,
     set_path,
     sqlite_readonly,
 )
@@ -107,10 +109,10 @@ def cmd_set(args: argparse.Namespace) -> int:
     finally:
         adapter.close()
     if args.json:
-        _print_json({"target": redact_url(args.target), "path": args.path,
+        _print_json({"target": redacted(args.target), "path": args.path,
                      "value": _encoded(value)}, sys.stdout)
     else:
-        print(f"set {args.path} in {redact_url(args.target)}")
+        print(f"set {args.path} in {redacted(args.target)}")
     return 0
 
 
@@ -146,7 +148,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             target.close()
     if not copied:
         raise _CommandError(args.source, "holds no state; nothing copied")
-    src, dst = redact_url(args.source), redact_url(args.target)
+    src, dst = redacted(args.source), redacted(args.target)
     if args.json:
         _print_json({"source": src, "target": dst, "bytes": size, "verified": True,
                      "seconds": round(seconds, 3)}, sys.stdout)
@@ -182,7 +184,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
         if not isinstance(adapter, FileStore):
             note = f"the {type(adapter).__name__} backend keeps no backup files"
             if args.json:
-                _print_json({"target": redact_url(args.target), "backups": [],
+                _print_json({"target": redacted(args.target), "backups": [],
                              "note": note}, sys.stdout)
             else:
                 print(note)
@@ -195,7 +197,7 @@ def cmd_backups(args: argparse.Namespace) -> int:
     finally:
         adapter.close()
     if args.json:
-        _print_json({"target": redact_url(args.target), "backups": rows}, sys.stdout)
+        _print_json({"target": redacted(args.target), "backups": rows}, sys.stdout)
     elif not rows:
         print(f"no backups next to {args.target}")
     else:
@@ -236,7 +238,7 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
     finally:
         adapter.close()
     if args.json:
-        _print_json({"target": redact_url(args.target), "restored": args.n,
+        _print_json({"target": redacted(args.target), "restored": args.n,
                      "from": str(path)}, sys.stdout)
     else:
         print(f"restored backup {args.n} ({path.name}) into {args.target}; the state it "
@@ -255,13 +257,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _verify_shape(state, checks)
     problems = [c for c in checks if not c[1]]
     if args.json:
-        _print_json({"target": redact_url(args.target), "ok": not problems,
+        _print_json({"target": redacted(args.target), "ok": not problems,
                      "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in checks]},
                     sys.stdout)
     else:
         for name, ok, detail in checks:
             print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""))
-        print(f"{redact_url(args.target)}: "
+        print(f"{redacted(args.target)}: "
               + (f"{len(problems)} problem(s)" if problems else "no problems found"))
     return 1 if problems else 0
 
@@ -385,7 +387,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="cascadeui", parents=[common],
         description="Inspect, edit, migrate and check cascadeui state. TARGET is a path or "
                     "URL: state.json, cascadeui.db, sqlite:///x.db, redis://host/0?key=k")
-    parser.set_defaults(debug=False, json=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], text: str,
@@ -439,7 +440,7 @@ def _error_line(args: argparse.Namespace, exc: BaseException, target: str) -> st
         password = urlsplit(candidate).password if "://" in candidate else None
         if password:
             message = message.replace(password, "***")
-    where = redact_url(target) if target else ""
+    where = redacted(target) if target else ""
     location = exc.location if isinstance(exc, PersistenceError) else None
     if location and location.startswith(where.split("?", 1)[0]):
         where = location  # more precise: the Redis key, the absolute path
@@ -456,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    # Flags may come before or after the command; absent everywhere means off.
+    args.debug = getattr(args, "debug", False)
+    args.json = getattr(args, "json", False)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="cascadeui: %(levelname)s: %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
@@ -470,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cascadeui: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cascadeui dump x.db | head`: the reader left; say nothing more, fail quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if args.debug:
             traceback.print_exc()

@@ -223,6 +223,17 @@ def file_backups(path: Path) -> list[BackupInfo]:
     return sorted(found, key=lambda b: b.index)
 
 
+def redacted(text: str) -> str:
+    """``text`` with any URL password hidden; paths and ``sqlite:///`` URLs unchanged.
+
+    ``redact_url`` re-assembles what it parses, which would fold ``sqlite:////abs.db``
+    into ``sqlite://abs.db``; only strings that can carry a secret go through it.
+    """
+    if "://" in text and ("@" in text or "?" in text):
+        return redact_url(text)
+    return text
+
+
 def _kind(adapter: object) -> str:
     if isinstance(adapter, FileStore):
         return "file"
@@ -650,14 +661,14 @@ def inspect(target: Any) -> Snapshot:
     state = load_state(target)
     if not callable(getattr(adapter, "load", None)):  # a custom async backend
         where = str(getattr(target, "location", type(target).__name__))
-        return Snapshot(state, backend=type(target).__name__, location=redact_url(where),
+        return Snapshot(state, backend=type(target).__name__, location=redacted(where),
                         taken_at=taken)
     return _snapshot_of(adapter, state, taken)
 
 
 def _snapshot_of(adapter: Any, state: dict[str, Any], taken: datetime) -> Snapshot:
     info = _medium(adapter)
-    location = redact_url(str(getattr(adapter, "location", type(adapter).__name__)))
+    location = redacted(str(getattr(adapter, "location", type(adapter).__name__)))
     return Snapshot(state, backend=_kind(adapter), location=location, size=info.size,
                     modified=info.modified, version=info.version, backups=info.backups,
                     taken_at=taken)

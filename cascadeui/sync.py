@@ -349,8 +349,8 @@ def migrate_storage(source: Target, target: Target, *,
 
 def _where(target: object) -> str:
     if isinstance(target, (str, os.PathLike)):
-        from cascadeui.adapters import redact_url
-        return redact_url(os.fspath(target))
+        from cascadeui.inspection import redacted
+        return redacted(os.fspath(target))
     store = getattr(target, "store", target)
     return str(getattr(store, "location", type(target).__name__))
 

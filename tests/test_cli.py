@@ -67,7 +67,7 @@ def test_inspect_and_dump_a_sqlite_database(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "bot.db"
     sync.save_state(str(db), STATE)
-    report = json.loads(cli("inspect", str(db), "--json").stdout)
+    report = json.loads(cli("--json", "inspect", str(db)).stdout)  # flag before command
     assert report["backend"] == "sqlite"
     assert report["version"] == 1
     assert report["persistent_views"]["rows"][0]["class"] == "TicketPanel"

@@ -69,6 +69,7 @@ def test_html_shows_metadata_registry_tree_and_backups(tmp_path: Path) -> None:
     assert snap.version == 2
     assert snap.size
     assert snap.size > 100
+    assert snap.location == f"sqlite:///{db}"  # an absolute path keeps its slash
     page = snap._repr_html_()
     assert "<details open><summary><code>application</code>" in page
     assert page.count("<tr><td>ticket:") == 3
