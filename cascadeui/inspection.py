@@ -290,7 +290,9 @@ def _medium(adapter: object) -> _Medium:
                 info.size = int(client.strlen(adapter.key))
             except Exception:  # the load below reports an unreachable server properly
                 info.size = None
-    if info.version is None and callable(getattr(adapter, "version", None)):
+    # A JSON file's version() is an opaque change token (a hash), not a counter: not shown.
+    if (info.version is None and not isinstance(adapter, FileStore)
+            and callable(getattr(adapter, "version", None))):
         try:
             info.version = int(adapter.version())  # type: ignore[attr-defined]
         except (PersistenceError, OSError, TypeError, ValueError):

@@ -51,6 +51,7 @@ def test_snapshot_of_a_json_file_with_backups(tmp_path: Path) -> None:
     assert snap.size == path.stat().st_size
     assert snap.modified is not None
     assert [b.index for b in snap.backups] == [0, 1]
+    assert snap.version is None  # a file's change token is opaque, not a counter
     assert snap.state == STATE
     text = repr(snap)
     assert "persistent views: 3" in text
