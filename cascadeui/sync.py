@@ -48,6 +48,7 @@ __all__ = [
     "dispatch",
     "load_state",
     "migrate_storage",
+    "open_adapter",
     "save_state",
     "setup_persistence",
     "transaction",
