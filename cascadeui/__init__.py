@@ -3,17 +3,45 @@
 ``await setup_persistence(bot, backend=SQLiteBackend("cascadeui.db"))`` in ``setup_hook``
 restores the state and re-attaches every :class:`PersistentView`, so old buttons answer.
 Importing this package creates no files and installs no logging handlers.
+
+The top-level names are imported on first use, so ``import cascadeui.adapters`` in a
+script, a worker process or the CLI does not pay for importing discord.py.
 """
 
 from __future__ import annotations
 
-from .inspection import inspect
-from .restore import setup_persistence
-from .store import StateStore, get_store
-from .views import PersistentView
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .inspection import inspect
+    from .restore import setup_persistence
+    from .store import StateStore, get_store
+    from .views import PersistentView
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PersistentView", "StateStore", "__version__", "get_store", "inspect", "setup_persistence",
 ]
+
+_LAZY = {
+    "PersistentView": ".views",
+    "StateStore": ".store",
+    "get_store": ".store",
+    "inspect": ".inspection",
+    "setup_persistence": ".restore",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cascadeui' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

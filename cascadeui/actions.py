@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypedDict
 
+from .merge import merge3
+
 __all__ = [
     "APPLICATION_DELETE",
     "APPLICATION_SET",
@@ -255,8 +257,6 @@ def state_reloaded(action: Action, state: State) -> State:
     base = payload.get("base")
     if not isinstance(base, Mapping):
         return state_restored(action, state)
-    from .merge import merge3  # merge builds on set_in/delete_in from this module
-
     stored = payload["state"]
     new = state
     for name in PERSISTED_SLICES:
