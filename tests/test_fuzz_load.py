@@ -1,0 +1,405 @@
+"""Fuzzing every load path with hostile bytes (issue 7, "Hostile input").
+
+Raw bytes (random, truncated or mutated documents, invalid UTF-8, top-level lists and
+numbers, 100,000 levels of nesting, huge integers, duplicate keys, NaN) go through the
+serializer, the JSON file (with and without a valid backup), the SQLite row, a foreign
+SQLite schema or a file that is not SQLite, and a Redis key of the wrong type or holding
+garbage. Every case must end in a value, a typed :class:`PersistenceError` or the valid
+backup: never another exception, and never an empty state written over the stored bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.backends import FileStorageBackend
+from cascadeui.errors import PersistenceError, StateCorruptedError
+from cascadeui.serializer import StateSerializer
+from cascadeui.store import StateStore
+
+SER = StateSerializer()
+FUZZ = settings(max_examples=120, deadline=None, database=None)
+FUZZ_IO = settings(max_examples=40, deadline=None, database=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+GOOD = {"application": {"guild": {123: {"tags": {"a", "b"}, "n": 7}}, "name": "bot"},
+        "persistent_views": {"panel:1": {"class_name": "Panel", "message_id": 99}}}
+GOOD_TEXT = SER.serialize(GOOD).encode()
+
+#: The named hostile cases of the issue, as raw bytes.
+NAMED: dict[str, bytes] = {
+    "empty": b"",
+    "truncated": GOOD_TEXT[: len(GOOD_TEXT) // 2],
+    "invalid_utf8": b'{"a": "\xff\xfe\xc3"}',
+    "bom": b"\xef\xbb\xbf{}",
+    "top_list": b"[1, 2, 3]",
+    "top_number": b"42",
+    "top_string": b'"state"',
+    "top_null": b"null",
+    "deep_lists": b"[" * 100_000 + b"]" * 100_000,
+    "deep_objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "deep_tags": b'{"$tuple":[' * 100_000 + b"1" + b"]}" * 100_000,
+    "huge_int": b'{"a": ' + b"9" * 100_000 + b"}",
+    "big_int_4000_digits": b'{"a": ' + b"9" * 4000 + b"}",
+    "duplicate_keys": b'{"a": 1, "a": 2}',
+    "nan": b'{"a": NaN}',
+    "infinity": b'{"a": -Infinity}',
+    "float_overflow": b'{"a": 1e999}',
+    "lone_surrogate": b'{"a": "\\ud800"}',
+    "nul": b"{\x00}",
+    "bad_tag_types": b'{"a": {"$datetime": 5}, "b": {"$set": {"x": 1}}}',
+    "bad_map": b'{"a": {"$map": [[[1], 2]]}}',
+    "bad_map_pairs": b'{"a": {"$map": [1, 2, 3]}}',
+    "bad_date": b'{"a": {"$date": "9999999-01-01"}}',
+    "bad_zone": b'{"a": {"$datetime": ["2026-01-01T00:00:00+00:00", "../../etc/passwd"]}}',
+    "unhashable_set": b'{"a": {"$set": [[1], {"b": 2}]}}',
+}
+
+
+def _mutate(data: bytes, rnd: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rnd.randint(1, 4)):
+        op = rnd.randrange(3)
+        pos = rnd.randrange(len(out) + 1)
+        if op == 0 and out:
+            out[min(pos, len(out) - 1)] = rnd.randrange(256)
+        elif op == 1:
+            del out[pos:pos + rnd.randint(1, 8)]
+        else:
+            out[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 4)))
+    return bytes(out)
+
+
+hostile = (st.binary(max_size=300)
+           | st.sampled_from(sorted(NAMED.values()))
+           | st.builds(_mutate, st.just(GOOD_TEXT), st.randoms(use_true_random=False))
+           | st.integers(min_value=0, max_value=len(GOOD_TEXT)).map(lambda n: GOOD_TEXT[:n])
+           | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
+
+
+def outcome(fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | PersistenceError:
+    """The result of a load, or its error; anything but a PersistenceError fails the test."""
+    try:
+        value = fn()
+    except PersistenceError as exc:
+        return exc
+    assert type(value) is dict
+    return value
+
+
+def assert_savable(value: dict[str, Any] | PersistenceError) -> None:
+    """Whatever loads must be savable again, or the bot is stuck with a state it can't write."""
+    if isinstance(value, dict):
+        SER.deserialize(SER.serialize(value).encode("utf-8"))
+
+
+# -- the serializer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_named_cases_through_the_serializer(name: str) -> None:
+    result = outcome(lambda: SER.deserialize(NAMED[name]))
+    if name == "duplicate_keys":
+        assert result == {"a": 2}  # documented: the last one wins
+    elif name in ("empty", "truncated", "invalid_utf8", "bom", "deep_lists", "deep_objects",
+                  "deep_tags", "huge_int", "nan", "infinity", "nul", "bad_tag_types",
+                  "bad_map", "bad_map_pairs", "bad_date", "bad_zone", "unhashable_set")\
+            or name.startswith("top_"):
+        assert isinstance(result, StateCorruptedError), name
+    assert_savable(result)
+
+
+@FUZZ
+@given(hostile)
+def test_serializer_fuzz(data: bytes) -> None:
+    for text in (data, data.decode("utf-8", "replace")):
+        assert_savable(outcome(lambda t=text: SER.deserialize(t)))  # type: ignore[misc]
+
+
+# -- the JSON file -------------------------------------------------------------------------
+
+
+@FUZZ_IO
+@given(data=hostile)
+@example(data=NAMED["deep_objects"])
+@example(data=NAMED["truncated"])
+def test_file_main_corrupt_falls_back_to_backup(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "state.json"
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    with FileStore(path, backups=2) as store:
+        store.save(GOOD)
+        store.save(GOOD)  # .bak holds GOOD as well
+        path.write_bytes(data)
+        result = outcome(store.load)
+        try:
+            expected: Any = SER.deserialize(data)
+        except StateCorruptedError:
+            expected = GOOD  # the backup
+        assert result == expected
+        assert_savable(result)
+        # A save after that never rotates unreadable bytes over the good backup.
+        store.save({"application": {"after": 1}})
+        assert store.load() == {"application": {"after": 1}}
+        assert SER.deserialize((tmp_path / "state.json.bak").read_bytes()) in (GOOD, expected)
+        if expected is GOOD:
+            aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+            assert [p.read_bytes() for p in aside] == [data]
+
+
+@FUZZ_IO
+@given(data=hostile)
+def test_file_without_backup_is_typed_error_and_no_write(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "state.json"
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    path.write_bytes(data)
+    with FileStore(path) as store:
+        result = outcome(store.load)
+        if isinstance(result, PersistenceError):
+            assert isinstance(result, StateCorruptedError)
+            assert str(path) in str(result)
+            assert str(path) in result.tried
+            # A read-modify-write never starts from "empty" over unreadable data.
+            with pytest.raises(StateCorruptedError), store.transaction() as state:
+                state["application"] = {}
+            assert path.read_bytes() == data
+        assert_savable(result)
+
+
+def test_backup_fallback_logs_both_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.json"
+    with FileStore(path) as store:
+        store.save(GOOD)
+        store.save(GOOD)
+        path.write_bytes(NAMED["truncated"])
+        with caplog.at_level(logging.WARNING, logger="cascadeui"):
+            assert store.load() == GOOD
+    text = caplog.text
+    assert str(path) in text
+    assert f"{path}.bak" in text
+
+
+def test_facade_load_of_corrupt_file_raises_typed(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(NAMED["deep_lists"])
+
+    async def main() -> None:
+        backend = FileStorageBackend(path)
+        with pytest.raises(StateCorruptedError):
+            await backend.load_state()
+        # The store refuses to start from an empty state over unreadable data.
+        store = StateStore()
+        with pytest.raises(StateCorruptedError):
+            await store.enable_persistence(backend)
+        assert store.backend is None
+        await backend.aclose()
+
+    anyio.run(main)
+    assert path.read_bytes() == NAMED["deep_lists"]
+
+
+# -- SQLite --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_row(tmp_path: Path) -> Iterator[tuple[SQLiteStore, Path]]:
+    path = tmp_path / "state.db"
+    with SQLiteStore(path) as store:
+        store.save(GOOD)
+        yield store, path
+
+
+def _poke(path: Path, value: Any, sql: str = "UPDATE cascadeui_state SET data = ? WHERE id = 1",
+          ) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql, (value,))
+    finally:
+        conn.close()
+
+
+@FUZZ_IO
+@given(data=hostile, as_text=st.booleans())
+def test_sqlite_row_fuzz(sqlite_row: tuple[SQLiteStore, Path], data: bytes,
+                         as_text: bool) -> None:
+    store, path = sqlite_row
+    value: Any = data.decode("utf-8", "replace") if as_text else data
+    _poke(path, value)
+    result = outcome(store.load)
+    if isinstance(result, PersistenceError):
+        with pytest.raises(PersistenceError), store.transaction() as state:
+            state.clear()
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT data FROM cascadeui_state").fetchone()[0] == value
+        finally:
+            conn.close()
+    assert_savable(result)
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE cascadeui_state SET data = 12345 WHERE id = 1",
+    "UPDATE cascadeui_state SET data = 1.5 WHERE id = 1",
+    "UPDATE cascadeui_state SET data = CAST(X'FFFE7B7D' AS TEXT) WHERE id = 1",
+    "UPDATE cascadeui_state SET data = ? WHERE id = 1",
+])
+def test_sqlite_row_of_wrong_type(sqlite_row: tuple[SQLiteStore, Path], sql: str) -> None:
+    store, path = sqlite_row
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql, (NAMED["deep_objects"].decode(),) if "?" in sql else ())
+    finally:
+        conn.close()
+    with pytest.raises(PersistenceError):
+        store.load()
+
+
+@pytest.mark.parametrize("schema", [
+    "CREATE TABLE cascadeui_state (id INTEGER PRIMARY KEY, payload TEXT)",
+    "CREATE TABLE cascadeui_state (data TEXT)",
+    "CREATE VIEW cascadeui_state AS SELECT 1 AS id, 'x' AS data",
+    "CREATE TABLE cascadeui_state (id, data, version, updated_at);"
+    " INSERT INTO cascadeui_state VALUES (1, x'00ff', 'v', 'never')",
+])
+def test_sqlite_foreign_schema(tmp_path: Path, schema: str) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(schema)
+    conn.close()
+    before = _dump(path)
+    with SQLiteStore(path) as store:
+        with pytest.raises(PersistenceError):
+            store.load()
+        with pytest.raises(PersistenceError):
+            store.save(GOOD)
+    assert _dump(path) == before  # the foreign table and its rows are untouched
+
+
+def _dump(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("content", [
+    b"not a database at all " * 20, NAMED["deep_lists"][:4096], GOOD_TEXT * 10,
+    b"SQLite format 3\x00" + b"\xff" * 4080,
+])
+def test_file_that_is_not_sqlite(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(content)
+    with SQLiteStore(path) as store:
+        with pytest.raises(PersistenceError) as info:
+            store.load()
+        assert str(path) in str(info.value)
+        with pytest.raises(PersistenceError):
+            store.save(GOOD)
+    assert path.read_bytes() == content
+
+
+def test_truncated_and_damaged_sqlite_files(tmp_path: Path) -> None:
+    src = tmp_path / "good.db"
+    with SQLiteStore(src) as store:
+        store.save({"application": {"blob": "x" * 20_000}})
+    image = src.read_bytes()
+    rnd = random.Random(7)
+    cuts = [100, 512, 4096, len(image) // 2, len(image) - 1]
+    damaged = [image[:n] for n in cuts] + [_mutate(image, rnd) for _ in range(15)]
+    typed = 0
+    for i, content in enumerate(damaged):
+        path = tmp_path / f"d{i}.db"
+        path.write_bytes(content)
+        with SQLiteStore(path) as store:
+            result = outcome(store.load)
+        typed += isinstance(result, PersistenceError)
+        assert_savable(result)
+    assert typed >= 1  # at least the short truncations are rejected
+
+
+def test_garbage_wal_file_is_ignored_or_typed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SQLiteStore(path) as store:
+        store.save(GOOD)
+    Path(f"{path}-wal").write_bytes(b"\x37\x7f\x06\x82" + bytes(range(256)) * 20)
+    with SQLiteStore(path) as store:
+        result = outcome(store.load)
+    assert result == GOOD or isinstance(result, PersistenceError)
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_store(redis_url: str, redis_key: str) -> Iterator[tuple[RedisStore, redis.Redis]]:
+    raw = redis.Redis.from_url(redis_url)
+    with RedisStore(redis_url, key=redis_key, lock_timeout=0.5) as store:
+        try:
+            yield store, raw
+        finally:
+            raw.delete(redis_key, f"{redis_key}:version", f"{redis_key}:lock")
+            raw.close()
+
+
+@FUZZ_IO
+@given(data=hostile)
+def test_redis_garbage_value(redis_store: tuple[RedisStore, redis.Redis], data: bytes) -> None:
+    store, raw = redis_store
+    raw.set(store.key, data)
+    result = outcome(store.load)
+    if isinstance(result, PersistenceError):
+        assert isinstance(result, StateCorruptedError)
+        assert store.key in str(result)
+        with pytest.raises(StateCorruptedError), store.transaction() as state:
+            state.clear()
+        assert raw.get(store.key) == data
+    assert_savable(result)
+
+
+@pytest.mark.parametrize("kind", ["list", "hash", "set", "zset", "stream"])
+def test_redis_key_of_wrong_type(redis_store: tuple[RedisStore, redis.Redis], kind: str) -> None:
+    store, raw = redis_store
+    key = store.key
+    {"list": lambda: raw.rpush(key, "a"), "hash": lambda: raw.hset(key, "a", "b"),
+     "set": lambda: raw.sadd(key, "a"), "zset": lambda: raw.zadd(key, {"a": 1.0}),
+     "stream": lambda: raw.xadd(key, {"a": "b"})}[kind]()
+    with pytest.raises(StateCorruptedError, match="another Redis type"):
+        store.load()
+    with pytest.raises(PersistenceError), store.transaction() as state:
+        state.clear()
+    assert raw.type(key).decode() == kind
+
+
+@pytest.mark.parametrize("name", ["deep_lists", "huge_int", "nan", "top_list"])
+def test_redis_named_cases(redis_store: tuple[RedisStore, redis.Redis], name: str) -> None:
+    store, raw = redis_store
+    raw.set(store.key, NAMED[name])
+    with pytest.raises(StateCorruptedError):
+        store.load()
+
+
+def test_redis_garbage_version_key_is_typed(redis_store: tuple[RedisStore, redis.Redis],
+                                            ) -> None:
+    store, raw = redis_store
+    store.save(GOOD)
+    raw.set(store.version_key, b"\xffnot-a-number")
+    assert store.load() == GOOD
+    with pytest.raises(StateCorruptedError, match="version"):
+        store.version()
+    with pytest.raises(PersistenceError):  # INCR refuses; typed, and the document is kept
+        store.save({"other": 1})
+    assert store.load() == GOOD
