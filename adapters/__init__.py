@@ -4,9 +4,17 @@ They need no event loop: call them from scripts, threads and notebooks. The asyn
 backends in :mod:`cascadeui.persistence` run them in worker threads.
 """
 
-from .base import BaseStore, SyncStore
+from .base import BaseStore, SyncStore, VersionedStore
 from .file_store import FileStore
 from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
-__all__ = ["BaseStore", "FileStore", "RedisStore", "SQLiteStore", "SyncStore", "redact_url"]
+__all__ = [
+    "BaseStore",
+    "FileStore",
+    "RedisStore",
+    "SQLiteStore",
+    "SyncStore",
+    "VersionedStore",
+    "redact_url",
+]

@@ -19,7 +19,7 @@ from cascadeui.serializer import StateSerializer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BaseStore", "SyncStore"]
+__all__ = ["BaseStore", "SyncStore", "VersionedStore"]
 
 
 @runtime_checkable
@@ -40,6 +40,23 @@ class SyncStore(Protocol):
 
     def close(self) -> None:
         """Release connections and handles; idempotent."""
+        ...
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """The compare-and-set surface that lets several processes share one state."""
+
+    def version(self) -> int:
+        """A number that changes on every commit (0 when nothing is stored); cheap."""
+        ...
+
+    def load_versioned(self) -> tuple[dict[str, Any], int]:
+        """The stored state and the version it was read at, consistently."""
+        ...
+
+    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
+        """Save if the version is still ``expected``; the new version, or None if it moved."""
         ...
 
 

@@ -17,8 +17,10 @@ thread lock, because anyio may run consecutive calls on different worker threads
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -53,11 +55,11 @@ class SQLiteStore(BaseStore):
                  table: str = "cascadeui_state",
                  serializer: StateSerializer | None = None) -> None:
         super().__init__(serializer=serializer)
-        try:
-            import sqlite_utils  # noqa: F401  (fail early with the install hint)
-        except ImportError:  # pragma: no cover - exercised only without the extra
-            raise ImportError(
-                "SQLiteStore needs sqlite-utils: pip install 'pycascadeui[sqlite]'") from None
+        # sqlite-utils is imported (up to a second) on first use, in the worker thread:
+        # constructors run on the event loop and must not stall it.
+        if "sqlite_utils" not in sys.modules and not importlib.util.find_spec("sqlite_utils"):
+            raise ImportError(  # pragma: no cover - exercised only without the extra
+                "SQLiteStore needs sqlite-utils: pip install 'pycascadeui[sqlite]'")
         if not table.isidentifier():
             raise ValueError(f"table name must be an identifier, not {table!r}")
         raw = os.fspath(path)
@@ -91,6 +93,17 @@ class SQLiteStore(BaseStore):
     def _open(self) -> sqlite3.Connection:
         import sqlite_utils
 
+        if self.path != ":memory:":
+            # A new database file gets mode 0600 (SQLite gives its -wal/-shm the same);
+            # an existing file keeps the mode its owner chose.
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StorageUnavailableError(
+                    f"{self.location}: cannot create the database: {exc.strerror or exc}",
+                    location=self.location) from exc
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -102,12 +115,15 @@ class SQLiteStore(BaseStore):
         except BaseException:
             conn.close()
             raise
-        if self.path != ":memory:":
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o600)
         return conn
 
     def _ensure_schema(self, conn: sqlite3.Connection, db: Any) -> None:
+        kind = conn.execute("SELECT type FROM sqlite_master WHERE name = ?",
+                            (self.table,)).fetchone()
+        if kind is not None and kind[0] != "table":  # sqlite-utils raises NoTable (issue 7)
+            raise StateCorruptedError(
+                f"{self.location}: {self.table!r} is a {kind[0]}, not a cascadeui table",
+                location=self.location, tried=(self.location,))
         table = db.table(self.table)
         if table.exists():
             cols = {c.name: c.type.upper() for c in table.columns}
@@ -115,7 +131,8 @@ class SQLiteStore(BaseStore):
                 raise StateCorruptedError(
                     f"{self.location}: table {self.table!r} has columns {sorted(cols)}, "
                     f"expected {sorted(_COLUMNS)} (not a cascadeui table?)",
-                    location=self.location)
+                    location=self.location, tried=(self.location,))
+            self._check_schema_version(db)
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -128,6 +145,18 @@ class SQLiteStore(BaseStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _check_schema_version(self, db: Any) -> None:
+        """Refuse a database written by a newer layout rather than misread it."""
+        if not db.table("cascadeui_meta").exists():
+            return
+        row = db.conn.execute(
+            "SELECT value FROM cascadeui_meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            raise StateCorruptedError(
+                f"{self.location}: schema version {row[0]!r}, this cascadeui reads version "
+                f"{SCHEMA_VERSION} (written by a newer pycascadeui?)",
+                location=self.location, tried=(self.location,))
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -187,6 +216,32 @@ class SQLiteStore(BaseStore):
 
     # -- internals ---------------------------------------------------------------------
 
+    def load_versioned(self) -> tuple[dict[str, Any], int]:
+        """:meth:`load` and the :meth:`version` of that row, read in one statement."""
+        with self._connection() as conn:
+            with self._mapped_errors():
+                row = conn.execute(
+                    f"SELECT data, version FROM {self.table} WHERE id = 1").fetchone()
+            if row is None:
+                return {}, 0
+            return self._decode_row(row[0]), int(row[1])
+
+    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
+        """Save only if the stored :meth:`version` is still ``expected`` (compare-and-set).
+
+        :returns: the new version, or None (nothing written) when another writer committed
+            since ``expected`` was read.
+        """
+        text = self.serializer.serialize(state)
+        with self._connection() as conn, self._immediate(conn):
+            with self._mapped_errors():
+                row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
+            current = int(row[0]) if row else 0
+            if current != expected:
+                return None
+            self._write(conn, text)
+            return current + 1
+
     @contextlib.contextmanager
     def _immediate(self, conn: sqlite3.Connection) -> Iterator[None]:
         with self._mapped_errors():
@@ -205,7 +260,9 @@ class SQLiteStore(BaseStore):
             row = conn.execute(f"SELECT data FROM {self.table} WHERE id = 1").fetchone()
         if row is None:
             return {}
-        data = row[0]
+        return self._decode_row(row[0])
+
+    def _decode_row(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, (str, bytes)):
             raise StateCorruptedError(
                 f"{self.location}: table {self.table!r} holds a {type(data).__name__}, "

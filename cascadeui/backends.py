@@ -20,8 +20,9 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
+import anyio
 import anyio.to_thread
 
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore
@@ -99,6 +100,8 @@ class AsyncBackend(Generic[S]):
         lock and connection belong to that thread) while the body runs on the event loop.
         Nothing is written if the body raises.
         """
+        if not callable(getattr(self.store, "transaction", None)):
+            raise TypeError(f"{type(self.store).__name__} has no transaction()")
         commands: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         replies: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
@@ -108,8 +111,8 @@ class AsyncBackend(Generic[S]):
                     replies.put(("state", state))
                     abort = commands.get()
                     if abort is not None:
-                        raise _Abort
-            except _Abort:
+                        raise _AbortError
+            except _AbortError:
                 replies.put(("aborted", None))
             except BaseException as exc:
                 replies.put(("error", exc))
@@ -118,23 +121,40 @@ class AsyncBackend(Generic[S]):
 
         worker = threading.Thread(target=hold, name="cascadeui-transaction", daemon=True)
         worker.start()
-        kind, value = await anyio.to_thread.run_sync(replies.get)
+        # Shielded waits: a cancelled caller still waits for the holder thread to finish,
+        # so the lock is never left held by a transaction nobody will end.
+        with anyio.CancelScope(shield=True):
+            kind, value = await anyio.to_thread.run_sync(replies.get)
         if kind == "error":
             raise value
         try:
             yield value
         except BaseException as exc:
             commands.put(exc)
-            await anyio.to_thread.run_sync(replies.get)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(replies.get)
             raise
         commands.put(None)
-        kind, value = await anyio.to_thread.run_sync(replies.get)
+        with anyio.CancelScope(shield=True):
+            kind, value = await anyio.to_thread.run_sync(replies.get)
         if kind == "error":
             raise value
 
+    async def version(self) -> int:
+        """The adapter's cheap change counter (see each adapter's ``version()``).
+
+        :raises TypeError: the adapter has no ``version()``.
+        """
+        probe = getattr(self.store, "version", None)
+        if not callable(probe):
+            raise TypeError(f"{type(self.store).__name__} has no version()")
+        return int(await anyio.to_thread.run_sync(probe))
+
     async def aclose(self) -> None:
         """Release the adapter's connections and handles; idempotent."""
-        await anyio.to_thread.run_sync(self.store.close)
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            await anyio.to_thread.run_sync(close)
 
     async def __aenter__(self) -> AsyncBackend[S]:
         return self
@@ -147,7 +167,7 @@ class AsyncBackend(Generic[S]):
         return f"<{type(self).__name__} {self.location}>"
 
 
-class _Abort(Exception):
+class _AbortError(Exception):
     """Internal: unwinds the adapter's transaction without committing."""
 
 
@@ -208,7 +228,9 @@ def as_backend(obj: object) -> StorageBackend:
     if isinstance(obj, StorageBackend):
         return obj
     if callable(getattr(obj, "load", None)) and callable(getattr(obj, "save", None)):
-        return AsyncBackend(obj)  # type: ignore[type-var]
+        # A plain adapter may have only load/save: transaction()/version() then raise
+        # TypeError and aclose() does nothing (see AsyncBackend).
+        return AsyncBackend(cast(SyncStore, obj))
     raise TypeError(
         f"{type(obj).__name__} is not a storage backend: implement async save_state(state) "
         "and load_state(), or sync save(state) and load()")

@@ -3,12 +3,12 @@
 ::
 
     PersistenceError
-    ├── SerializationError (also TypeError)        a value JSON cannot hold; ``path`` names it
-    ├── StateCorruptedError (also ValueError)      stored bytes that do not decode; ``tried`` lists them
-    ├── StorageUnavailableError (also OSError)     the medium failed: I/O error, server down
-    │   └── LockTimeoutError (also TimeoutError)   a lock not had within its timeout; ``lock`` names it
-    ├── ConfigurationError (also ValueError)       a bad URL, path or option
-    └── StoreClosedError (also RuntimeError)       a store used after ``close()``
+    ├── SerializationError (TypeError)        a value JSON cannot hold; ``path`` names it
+    ├── StateCorruptedError (ValueError)      stored bytes that do not decode; ``tried``
+    ├── StorageUnavailableError (OSError)     the medium failed: I/O error, server down
+    │   └── LockTimeoutError (TimeoutError)   a lock not had in time; ``lock`` names it
+    ├── ConfigurationError (ValueError)       a bad URL, path or option
+    └── StoreClosedError (RuntimeError)       a store used after ``close()``
 
 Each error carries its location as attributes as well as in its message, never a
 password, and survives pickling so that it can cross process boundaries.

@@ -93,7 +93,7 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in ("redis", "rediss", "unix"):
         parts = urlsplit(text)
-        query = dict(parse_qsl(parts.query))
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
         key = query.pop("key", "cascadeui:state")
         ttl_text = query.pop("ttl", None)
         try:

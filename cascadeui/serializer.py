@@ -5,24 +5,28 @@ Plain JSON loses types: a ``set`` comes back as a list, a ``datetime`` as a stri
 restart. :class:`StateSerializer` writes those values as one-key tagged objects that stay
 readable in the file::
 
-    {"$datetime": "2026-01-02T03:04:05+00:00"}   datetime (naive or aware)
-    {"$date": "2026-01-02"}                        date
-    {"$set": [1, 2]}   {"$frozenset": [...]}      set, frozenset (sorted when sortable)
-    {"$tuple": [1, "a"]}                           tuple
-    {"$map": [[123, "x"], [456, "y"]]}             dict with any non-str key
-    {"$dict": [["$set", 1]]}                       a str-keyed dict whose only key is a tag
+    {"$datetime": "2026-01-02T03:04:05+00:00"}     datetime (naive or fixed offset)
+    {"$datetime": ["2026-...+01:00", "Europe/Paris"]}  datetime in a zoneinfo zone
+    {"$date": "2026-01-02"}                          date
+    {"$set": [1, 2]}   {"$frozenset": [...]}        set, frozenset (sorted when sortable)
+    {"$tuple": [1, "a"]}                             tuple
+    {"$map": [[123, "x"], [456, "y"]]}               dict with any non-str key
+    {"$dict": [["$set", 1]]}                         a str-keyed dict whose only key is a tag
 
 Everything else is plain JSON, so files written by other tools (and by pycascadeui 2.x,
 which stored datetimes as strings and sets as lists) load unchanged: a string stays a string.
+Limits (docs/backends.md): nesting deeper than :data:`MAX_DEPTH`, integers above
+``_MAX_INT_BITS`` bits, NaN and infinities raise; a duplicate key in a file keeps the last.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .errors import SerializationError, StateCorruptedError
 
@@ -33,14 +37,19 @@ MAX_DEPTH = 200
 _MAX_INT_BITS = 13_000  # ~3,900 decimal digits: below CPython's 4,300-digit str() limit.
 
 _TAGS = frozenset({"$datetime", "$date", "$set", "$frozenset", "$tuple", "$map", "$dict"})
-_SCALARS = (str, int, bool, type(None))
+_LEAVES = frozenset({str, bool, type(None)})
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                            check_circular=False)
+_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                                  check_circular=False)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _fmt_path(path: list[Any]) -> str:
     return "state" + "".join(f"[{p!r}]" for p in path)
 
 
-class _Unstorable(Exception):
+class _UnstorableError(Exception):
     """Internal: a bad value; ``path`` is filled in (innermost first) while unwinding."""
 
     def __init__(self, reason: str) -> None:
@@ -49,73 +58,113 @@ class _Unstorable(Exception):
         self.path: list[Any] = []
 
 
+_BASE_VALUE: tuple[tuple[type, Any], ...] = (
+    (int, int.__index__), (float, float.__float__), (str, str.__str__))
+
+
+def _check_int(v: int) -> None:
+    if v.bit_length() > _MAX_INT_BITS:
+        # Between ~3,900 and 4,300 digits it depends on the digits: store exactly what
+        # json.loads would read back (issue 7: whatever loads must be savable again).
+        try:
+            str(v)
+        except ValueError:
+            raise _UnstorableError("integer too large to store (over the "
+                                   "interpreter's int digit limit)") from None
+
+
+def _check_float(v: float) -> None:
+    if v - v != 0.0:  # NaN and +-inf are the only floats for which this holds
+        raise _UnstorableError(f"{v!r} is not valid JSON")
+
+
 def _encode(obj: Any, depth: int) -> Any:
     """Return ``obj`` as JSON-native data; the same object where nothing needs converting.
 
     The key path is not carried down (that would allocate at every node): a failure
-    raises :class:`_Unstorable` and each level adds its key on the way out.
+    raises :class:`_UnstorableError` and each level adds its key on the way out. Leaves
+    are checked inline by the container loops, because function calls per leaf are what
+    makes a Python walk slow (docs/performance.md).
     """
     tp = type(obj)
-    if tp is str or obj is None or tp is bool:
+    if tp in _LEAVES:
         return obj
     if tp is int:
-        if obj.bit_length() > _MAX_INT_BITS:
-            raise _Unstorable("integer too large to store")
+        _check_int(obj)
         return obj
     if tp is float:
-        if not math.isfinite(obj):
-            raise _Unstorable(f"{obj!r} is not valid JSON")
+        _check_float(obj)
         return obj
     if depth >= MAX_DEPTH:
-        raise _Unstorable(f"nesting deeper than {MAX_DEPTH} levels")
+        raise _UnstorableError(f"nesting deeper than {MAX_DEPTH} levels")
     if tp is dict:
         return _encode_dict(obj, depth)
-    if tp is list or tp is tuple:
+    if tp is list:
         out = _encode_items(obj, depth)
-        if tp is tuple:
-            return {"$tuple": out}
         return obj if out is None else out
+    if tp is tuple:
+        out = _encode_items(obj, depth)
+        return {"$tuple": list(obj) if out is None else out}
     if tp is set or tp is frozenset:
         try:
             items = sorted(obj)
-        except TypeError:
+        except TypeError:  # mixed types: keep iteration order
             items = list(obj)
         out = _encode_items(items, depth)
         return {"$set" if tp is set else "$frozenset": items if out is None else out}
     if isinstance(obj, datetime):
+        if isinstance(obj.tzinfo, ZoneInfo) and obj.tzinfo.key:
+            return {"$datetime": [obj.isoformat(), obj.tzinfo.key]}
         return {"$datetime": obj.isoformat()}
     if isinstance(obj, date):
         return {"$date": obj.isoformat()}
     # Subclasses of the JSON types (IntEnum, StrEnum, OrderedDict, ...) are stored as
     # their base type: they are data, and the base type round-trips exactly.
-    for base in (bool, int, float, str):
+    # The base type's own conversion, not str()/int(): str(Mode.FAST) is "Mode.FAST".
+    for base, plain in _BASE_VALUE:
         if isinstance(obj, base):
-            return _encode(base(obj), depth)
+            return _encode(plain(obj), depth)
     if isinstance(obj, Mapping):
         return _encode_dict(dict(obj), depth)
     if isinstance(obj, list):
         return _encode(list(obj), depth)
-    raise _Unstorable(
+    raise _UnstorableError(
         f"{tp.__name__} is not serializable "
         "(store JSON types, datetime, date, set, frozenset or tuple)")
 
 
-def _encode_items(items: Any, depth: int) -> list[Any] | None:
-    """Encode a sequence; None when every item was already JSON-native (no copy needed)."""
+def _encode_items(items: list[Any] | tuple[Any, ...], depth: int) -> list[Any] | None:
+    """Encode a sequence; None when every item is already JSON-native (no copy needed)."""
     out: list[Any] | None = None
     for i, v in enumerate(items):
-        try:
-            e = _encode(v, depth + 1)
-        except _Unstorable as exc:
-            exc.path.append(i)
-            raise
+        tv = type(v)
+        if tv in _LEAVES:
+            e = v
+        elif tv is int:
+            try:
+                _check_int(v)
+            except _UnstorableError as exc:
+                exc.path.append(i)
+                raise
+            e = v
+        elif tv is float:
+            try:
+                _check_float(v)
+            except _UnstorableError as exc:
+                exc.path.append(i)
+                raise
+            e = v
+        else:
+            try:
+                e = _encode(v, depth + 1)
+            except _UnstorableError as exc:
+                exc.path.append(i)
+                raise
         if out is not None:
             out.append(e)
-        elif e is not v or type(items) is not list:
-            out = list(items[:i]) if isinstance(items, (list, tuple)) else list(items)[:i]
+        elif e is not v:
+            out = list(items[:i])
             out.append(e)
-    if out is None and type(items) is not list:
-        return list(items)
     return out
 
 
@@ -125,9 +174,18 @@ def _encode_dict(obj: dict[Any, Any], depth: int) -> Any:
     for k, v in obj.items():
         if type(k) is not str:
             str_keys = False
+        tv = type(v)
+        if tv in _LEAVES:
+            continue
         try:
+            if tv is int:
+                _check_int(v)
+                continue
+            if tv is float:
+                _check_float(v)
+                continue
             e = _encode(v, depth + 1)
-        except _Unstorable as exc:
+        except _UnstorableError as exc:
             exc.path.append(k)
             raise
         if e is not v:
@@ -140,7 +198,7 @@ def _encode_dict(obj: dict[Any, Any], depth: int) -> Any:
         for k, v in result.items():
             try:
                 pairs.append([_encode(k, depth + 1), v])
-            except _Unstorable as exc:
+            except _UnstorableError as exc:
                 exc.path.append(k)
                 raise
         return {"$map": pairs}
@@ -156,9 +214,15 @@ def _decode_hook(obj: dict[str, Any]) -> Any:
     if tag not in _TAGS:
         return obj
     if tag == "$datetime":
-        return datetime.fromisoformat(value)
+        if isinstance(value, list) and len(value) == 2:
+            text, zone = value
+            return datetime.fromisoformat(_text(tag, text)).astimezone(
+                ZoneInfo(_text(tag, zone)))
+        return datetime.fromisoformat(_text(tag, value))
     if tag == "$date":
-        return date.fromisoformat(value)
+        return date.fromisoformat(_text(tag, value))
+    if not isinstance(value, list):
+        raise ValueError(f"{tag} holds a {type(value).__name__}, not a list")
     if tag == "$set":
         return set(value)
     if tag == "$frozenset":
@@ -166,12 +230,20 @@ def _decode_hook(obj: dict[str, Any]) -> Any:
     if tag == "$tuple":
         return tuple(value)
     # "$map" and "$dict" hold [key, value] pairs.
-    return {_hashable(k): v for k, v in value}
+    out = {}
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"{tag} holds {pair!r}, not a [key, value] pair")
+        key = pair[0]
+        hash(key)  # a list or dict key means the data was not written by us: TypeError
+        out[key] = pair[1]
+    return out
 
 
-def _hashable(key: Any) -> Any:
-    hash(key)  # a list or dict key means the data was not written by us: TypeError
-    return key
+def _text(tag: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{tag} holds a {type(value).__name__}, not a string")
+    return value
 
 
 class StateSerializer:
@@ -183,25 +255,45 @@ class StateSerializer:
     """
 
     def serialize(self, state: Mapping[str, Any]) -> str:
-        """Encode ``state`` as compact JSON; nothing is partially written on error."""
+        """Encode ``state`` as compact JSON; nothing is partially written on error.
+
+        :param state: the state dict; keys of any hashable storable type.
+        :raises SerializationError: a value JSON cannot store; ``path`` names it.
+        """
         if not isinstance(state, Mapping):
             raise SerializationError(
                 f"state must be a dict, not {type(state).__name__}", path="state")
         try:
-            native = _encode(dict(state), 0)
-        except _Unstorable as exc:
+            native = _encode(state if type(state) is dict else dict(state), 0)
+        except _UnstorableError as exc:
             path = _fmt_path(exc.path[::-1])
             raise SerializationError(f"{path}: {exc.reason}", path=path) from None
-        return json.dumps(native, ensure_ascii=False, separators=(",", ":"),
-                          allow_nan=False, check_circular=False)
+        except RecursionError:  # only a self-referencing container gets this deep
+            raise SerializationError("state contains a reference cycle or is nested too "
+                                     "deeply", path="state") from None
+        return self._utf8_safe(_ENCODER.encode(native), native)
+
+    @staticmethod
+    def _utf8_safe(text: str, native: Any) -> str:
+        if not text.isascii() and _SURROGATE.search(text):
+            # A lone surrogate has no UTF-8 form; JSON's \u escapes keep it exactly
+            # (json.loads reads them back as the same str). Issue 7, test_fuzz_load.py.
+            return _ASCII_ENCODER.encode(native)
+        return text
 
     def deserialize(self, text: str | bytes) -> dict[str, Any]:
-        """Decode JSON text written by :meth:`serialize` (or plain JSON) into a dict."""
+        """Decode JSON text written by :meth:`serialize` (or plain JSON) into a dict.
+
+        :param text: the document, as text or UTF-8 bytes.
+        :raises StateCorruptedError: the text is not JSON, not an object, or a tag is bad.
+        """
         try:
             if isinstance(text, bytes):
                 text = text.decode("utf-8")
-            value = json.loads(text, object_hook=_decode_hook,
-                               parse_constant=_reject_constant)
+            # Fast path: every tag is a key starting with '$'; without one, skip the hook.
+            hook = _decode_hook if '"$' in text else None
+            value = json.loads(text, object_hook=hook, parse_constant=_reject_constant,
+                               parse_float=_parse_float)
         except RecursionError:
             raise StateCorruptedError("stored state is nested too deeply to decode") from None
         except (ValueError, TypeError, KeyError) as exc:
@@ -214,3 +306,10 @@ class StateSerializer:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # 1e999 overflows to inf, which could never be saved again
+        raise ValueError(f"{text[:40]} does not fit a float")
+    return value

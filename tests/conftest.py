@@ -89,3 +89,56 @@ def redis_url() -> Iterator[str]:
 def redis_key() -> str:
     """A key no other test uses, so tests never need FLUSHDB."""
     return f"cascadeui-test:{uuid.uuid4().hex}"
+
+
+# -- no blocking calls on the event loop (issue 2) -------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_blocking: do not fail this async test for blocking calls on the loop")
+
+
+class _LoopProbe:
+    """Stands in for ``asyncio`` inside blockbuster, which only asks asyncio for a loop.
+
+    Under trio it answers "a loop runs here" on trio's own thread, so blocking calls are
+    caught under both backends; worker threads have neither loop and are never flagged.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        import asyncio
+
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def get_running_loop() -> object:
+        import asyncio
+
+        import trio.lowlevel
+
+        if trio.lowlevel.in_trio_run():
+            return True
+        return asyncio.get_running_loop()
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_on_loop(request: pytest.FixtureRequest,
+                        monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In every anyio test, a blocking call made on the loop thread from cascadeui code fails.
+
+    Scoped with blockbuster's ``scanned_modules`` to ``cascadeui`` and ``cascadeui.adapters``
+    frames (tests and libraries may block; our code paths on the loop may not). The local
+    Discord double in ``cascadeui.testing`` is test infrastructure and is excluded.
+    ``@pytest.mark.allow_blocking`` opts a test out.
+    """
+    if ("anyio_backend" not in request.fixturenames
+            or request.node.get_closest_marker("allow_blocking")):
+        yield
+        return
+    import blockbuster.blockbuster as bb
+
+    monkeypatch.setattr(bb, "asyncio", _LoopProbe())
+    with bb.blockbuster_ctx(["cascadeui", "cascadeui.adapters"],
+                            excluded_modules=["cascadeui.testing"]):
+        yield
