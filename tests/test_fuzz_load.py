@@ -11,6 +11,7 @@ backup: never another exception, and never an empty state written over the store
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -30,8 +31,10 @@ from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 
 SER = StateSerializer()
-FUZZ = settings(max_examples=120, deadline=None, database=None)
-FUZZ_IO = settings(max_examples=40, deadline=None, database=None,
+#: CASCADEUI_FUZZ_SCALE=20 multiplies every example count (the long run in docs/reliability.md).
+SCALE = max(1, int(os.environ.get("CASCADEUI_FUZZ_SCALE", "1")))
+FUZZ = settings(max_examples=120 * SCALE, deadline=None, database=None)
+FUZZ_IO = settings(max_examples=40 * SCALE, deadline=None, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 GOOD = {"application": {"guild": {123: {"tags": {"a", "b"}, "n": 7}}, "name": "bot"},

@@ -27,8 +27,10 @@ from cascadeui.errors import SerializationError
 from cascadeui.serializer import StateSerializer
 
 # database=None: hypothesis keeps nothing in the repository.
-FAST = settings(max_examples=40, deadline=None, database=None)
-STORES = settings(max_examples=25, deadline=None, database=None,
+#: CASCADEUI_FUZZ_SCALE=20 multiplies every example count (the long run in docs/reliability.md).
+SCALE = max(1, int(os.environ.get("CASCADEUI_FUZZ_SCALE", "1")))
+FAST = settings(max_examples=40 * SCALE, deadline=None, database=None)
+STORES = settings(max_examples=25 * SCALE, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 SER = StateSerializer()
