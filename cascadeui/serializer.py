@@ -25,6 +25,8 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -37,7 +39,10 @@ MAX_DEPTH = 200
 _MAX_INT_BITS = 13_000  # ~3,900 decimal digits: below CPython's 4,300-digit str() limit.
 
 _TAGS = frozenset({"$datetime", "$date", "$set", "$frozenset", "$tuple", "$map", "$dict"})
-_LEAVES = frozenset({str, bool, type(None)})
+_LEAVES: frozenset[type] = frozenset({str, bool, type(None)})
+_FAST_LEAVES: frozenset[type] = frozenset({str, bool, type(None), int, float})
+_STR_ONLY: frozenset[type] = frozenset({str})
+_PLAIN: frozenset[type] = _FAST_LEAVES | {dict, list}
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                             check_circular=False)
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False,
@@ -78,13 +83,15 @@ def _check_float(v: float) -> None:
         raise _UnstorableError(f"{v!r} is not valid JSON")
 
 
-def _encode(obj: Any, depth: int) -> Any:
+def _encode(obj: Any, depth: int, leaves: frozenset[type] = _LEAVES) -> Any:
     """Return ``obj`` as JSON-native data; the same object where nothing needs converting.
 
     The key path is not carried down (that would allocate at every node): a failure
-    raises :class:`_UnstorableError` and each level adds its key on the way out. Leaves
-    are checked inline by the container loops, because function calls per leaf are what
-    makes a Python walk slow (docs/performance.md).
+    raises :class:`_UnstorableError` and each level adds its key on the way out.
+    ``leaves`` are the types the container loops pass through untouched: with
+    :data:`_FAST_LEAVES` ints and floats are not checked here (a function call per
+    number is most of a Python walk's cost) and the C encoder rejects NaN and oversized
+    ints instead; :meth:`StateSerializer.serialize` then re-walks strictly for the path.
     """
     tp = type(obj)
     if tp in _LEAVES:
@@ -98,19 +105,19 @@ def _encode(obj: Any, depth: int) -> Any:
     if depth >= MAX_DEPTH:
         raise _UnstorableError(f"nesting deeper than {MAX_DEPTH} levels")
     if tp is dict:
-        return _encode_dict(obj, depth)
+        return _encode_dict(obj, depth, leaves)
     if tp is list:
-        out = _encode_items(obj, depth)
+        out = _encode_items(obj, depth, leaves)
         return obj if out is None else out
     if tp is tuple:
-        out = _encode_items(obj, depth)
+        out = _encode_items(obj, depth, leaves)
         return {"$tuple": list(obj) if out is None else out}
     if tp is set or tp is frozenset:
         try:
             items = sorted(obj)
         except TypeError:  # mixed types: keep iteration order
             items = list(obj)
-        out = _encode_items(items, depth)
+        out = _encode_items(items, depth, leaves)
         return {"$set" if tp is set else "$frozenset": items if out is None else out}
     if isinstance(obj, datetime):
         if isinstance(obj.tzinfo, ZoneInfo) and obj.tzinfo.key:
@@ -123,40 +130,26 @@ def _encode(obj: Any, depth: int) -> Any:
     # The base type's own conversion, not str()/int(): str(Mode.FAST) is "Mode.FAST".
     for base, plain in _BASE_VALUE:
         if isinstance(obj, base):
-            return _encode(plain(obj), depth)
+            return _encode(plain(obj), depth, leaves)
     if isinstance(obj, Mapping):
-        return _encode_dict(dict(obj), depth)
+        return _encode_dict(dict(obj), depth, leaves)
     if isinstance(obj, list):
-        return _encode(list(obj), depth)
+        return _encode(list(obj), depth, leaves)
     raise _UnstorableError(
         f"{tp.__name__} is not serializable "
         "(store JSON types, datetime, date, set, frozenset or tuple)")
 
 
-def _encode_items(items: list[Any] | tuple[Any, ...], depth: int) -> list[Any] | None:
+def _encode_items(items: list[Any] | tuple[Any, ...], depth: int,
+                  leaves: frozenset[type]) -> list[Any] | None:
     """Encode a sequence; None when every item is already JSON-native (no copy needed)."""
     out: list[Any] | None = None
     for i, v in enumerate(items):
-        tv = type(v)
-        if tv in _LEAVES:
-            e = v
-        elif tv is int:
-            try:
-                _check_int(v)
-            except _UnstorableError as exc:
-                exc.path.append(i)
-                raise
-            e = v
-        elif tv is float:
-            try:
-                _check_float(v)
-            except _UnstorableError as exc:
-                exc.path.append(i)
-                raise
+        if type(v) in leaves:
             e = v
         else:
             try:
-                e = _encode(v, depth + 1)
+                e = _encode(v, depth + 1, leaves)
             except _UnstorableError as exc:
                 exc.path.append(i)
                 raise
@@ -168,23 +161,13 @@ def _encode_items(items: list[Any] | tuple[Any, ...], depth: int) -> list[Any] |
     return out
 
 
-def _encode_dict(obj: dict[Any, Any], depth: int) -> Any:
-    str_keys = True
+def _encode_dict(obj: dict[Any, Any], depth: int, leaves: frozenset[type]) -> Any:
     out: dict[Any, Any] | None = None
     for k, v in obj.items():
-        if type(k) is not str:
-            str_keys = False
-        tv = type(v)
-        if tv in _LEAVES:
+        if type(v) in leaves:
             continue
         try:
-            if tv is int:
-                _check_int(v)
-                continue
-            if tv is float:
-                _check_float(v)
-                continue
-            e = _encode(v, depth + 1)
+            e = _encode(v, depth + 1, leaves)
         except _UnstorableError as exc:
             exc.path.append(k)
             raise
@@ -193,7 +176,8 @@ def _encode_dict(obj: dict[Any, Any], depth: int) -> Any:
                 out = dict(obj)
             out[k] = e
     result = obj if out is None else out
-    if not str_keys:
+    # One C-level pass over the keys instead of a type test per key in the loop above.
+    if not set(map(type, obj)) <= _STR_ONLY:  # a str subclass key is re-typed via $map
         pairs = []
         for k, v in result.items():
             try:
@@ -205,6 +189,38 @@ def _encode_dict(obj: dict[Any, Any], depth: int) -> Any:
     if len(result) == 1 and next(iter(result)) in _TAGS:
         return {"$dict": [[k, v] for k, v in result.items()]}
     return result
+
+
+def _only_plain(state: dict[str, Any]) -> bool:
+    """True when ``state`` is plain JSON already: str-keyed dicts, lists and scalars only.
+
+    Then the C encoder alone writes it exactly and the Python walk is skipped. The check
+    runs level by level with C iterators (``chain``, ``map``, ``compress``: no Python
+    call per value); it stops at the first level holding anything else (a tuple, a set,
+    a datetime, a non-str or tag-like key), so a tagged state pays only for the levels
+    above its first tagged value. Measured in docs/performance.md.
+    """
+    dicts: list[dict[Any, Any]] = [state]
+    lists: list[list[Any]] = []
+    for _ in range(MAX_DEPTH):
+        values: list[Any] = []
+        if dicts:
+            if not set(map(type, chain.from_iterable(dicts))) <= _STR_ONLY:
+                return False
+            if 1 in set(map(len, dicts)) and not _TAGS.isdisjoint(chain.from_iterable(dicts)):
+                return False  # a tag look-alike key: the walk escapes it with $dict
+            values.extend(chain.from_iterable(map(dict.values, dicts)))
+        if lists:
+            values.extend(chain.from_iterable(lists))
+        types = list(map(type, values))
+        kinds = set(types)
+        if kinds <= _FAST_LEAVES:
+            return True
+        if not kinds <= _PLAIN:
+            return False
+        dicts = list(compress(values, map(is_, types, repeat(dict)))) if dict in kinds else []
+        lists = list(compress(values, map(is_, types, repeat(list)))) if list in kinds else []
+    return False  # deeper than MAX_DEPTH: the walk raises the clear error
 
 
 def _decode_hook(obj: dict[str, Any]) -> Any:
@@ -263,15 +279,20 @@ class StateSerializer:
         if not isinstance(state, Mapping):
             raise SerializationError(
                 f"state must be a dict, not {type(state).__name__}", path="state")
+        plain = state if type(state) is dict else dict(state)
         try:
-            native = _encode(state if type(state) is dict else dict(state), 0)
+            native = plain if _only_plain(plain) else _encode(plain, 0, _FAST_LEAVES)
+            try:
+                return self._utf8_safe(_ENCODER.encode(native), native)
+            except ValueError:  # NaN, infinity or an oversized int: find it, with its path
+                _encode(plain, 0, _LEAVES)
+                raise
         except _UnstorableError as exc:
             path = _fmt_path(exc.path[::-1])
             raise SerializationError(f"{path}: {exc.reason}", path=path) from None
         except RecursionError:  # only a self-referencing container gets this deep
             raise SerializationError("state contains a reference cycle or is nested too "
                                      "deeply", path="state") from None
-        return self._utf8_safe(_ENCODER.encode(native), native)
 
     @staticmethod
     def _utf8_safe(text: str, native: Any) -> str:

@@ -229,3 +229,16 @@ def test_serialize_does_not_mutate_or_alias_the_input() -> None:
     SER.serialize(state)
     assert state == {"a": {"t": (1, 2), "s": {1}}, "k": {1: [1]}}
     assert type(inner["t"]) is tuple
+
+
+def test_plain_fast_path_writes_what_the_walk_writes() -> None:
+    from cascadeui import serializer as s
+
+    plain = {"a": [1, 2.5, "x", None, True, {"b": []}], "c": {"d": {"e": "f"}}, "$x": {}}
+    assert s._only_plain(plain)
+    walked = s._encode(plain, 0, s._LEAVES)
+    assert SER.serialize(plain) == s._ENCODER.encode(walked)
+    for not_plain in ({"a": (1,)}, {"a": {1: 2}}, {"a": [{"$set": 1}]}, {"a": [{1}]},
+                      {"a": [[datetime(2026, 1, 1)]]}, {"a": Color.RED}):
+        assert not s._only_plain(not_plain)
+        assert rt(not_plain) == not_plain

@@ -1,0 +1,27 @@
+"""scripts/bench_storage.py runs at a tiny size and prints its table (issue 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_storage.py"
+
+
+def test_bench_storage_quick(redis_url: str, tmp_path: Path) -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--redis-url", redis_url, "--dir",
+         str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 15
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| state | backend | save ms")
+    backends = [row.split("|")[2].strip() for row in rows[1:]]
+    assert backends == ["file", "sqlite", "redis"] * 2
+    for row in rows[1:]:
+        ratio = row.split("|")[5].strip()
+        assert ratio.endswith("x")
+        assert float(ratio[:-1]) > 0
