@@ -362,9 +362,10 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
             redis.kill()
     leftovers = sorted(p.name for p in workdir.iterdir()
                        if p.name.endswith(".tmp") or ".corrupt-" in p.name)
+    lost = sum("older than" in p or "load failed" in p for p in problems)
     return {"backend": backend, "mode": mode, "kills": rounds, "acked_saves": acked_total,
             "killed_mid_save": in_flight, "last_generation": floor,
-            "unacked_save_not_durable": behind, "lost": sum("older than" in p or "load failed" in p for p in problems),
+            "unacked_save_not_durable": behind, "lost": lost,
             "problems": problems, "leftover_files": len(leftovers),
             "seconds": round(time.monotonic() - started, 1)}
 

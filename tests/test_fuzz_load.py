@@ -406,3 +406,60 @@ def test_redis_garbage_version_key_is_typed(redis_store: tuple[RedisStore, redis
     with pytest.raises(PersistenceError):  # INCR refuses; typed, and the document is kept
         store.save({"other": 1})
     assert store.load() == GOOD
+
+
+# -- setup_persistence over every medium holding garbage -----------------------------------
+
+
+@pytest.mark.parametrize("medium", ["file", "sqlite", "redis"])
+def test_setup_persistence_never_writes_empty_over_garbage(
+        medium: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from cascadeui import setup_persistence
+    from cascadeui.backends import AsyncBackend
+
+    garbage = NAMED["truncated"]
+    if medium == "file":
+        path = tmp_path / "state.json"
+        path.write_bytes(garbage)
+        adapter: Any = FileStore(path)
+
+        def stored() -> Any:
+            return path.read_bytes()
+    elif medium == "sqlite":
+        path = tmp_path / "state.db"
+        with SQLiteStore(path) as first:
+            first.save(GOOD)
+        _poke(path, garbage.decode())
+        adapter = SQLiteStore(path)
+
+        def stored() -> Any:
+            conn = sqlite3.connect(path)
+            try:
+                return conn.execute("SELECT data FROM cascadeui_state").fetchall()
+            finally:
+                conn.close()
+    else:
+        url, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
+        raw = redis.Redis.from_url(url)
+        raw.set(key, garbage)
+        adapter = RedisStore(url, key=key)
+
+        def stored() -> Any:
+            return raw.get(key)
+
+    before = stored()
+    store = StateStore()
+
+    async def main() -> None:
+        backend = AsyncBackend(adapter)
+        with pytest.raises(StateCorruptedError):
+            await setup_persistence(backend=backend, store=store)
+        await store.dispatch("APPLICATION_SET", {"path": ["x"], "value": 1})
+        assert await store.flush() is False  # persistence was never enabled
+        await backend.aclose()
+
+    anyio.run(main)
+    assert stored() == before
+    if medium == "redis":
+        raw.delete(request.getfixturevalue("redis_key"))
+        raw.close()
