@@ -469,3 +469,46 @@ async def _call_from_cascadeui(backend: AsyncBackend[Any]) -> dict[str, Any]:
 
     await migrate_storage(backend, DictBackend())
     return {}
+
+
+@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["lua-commit", "watch-commit"])
+def test_redis_commit_paths_check_lease_and_type(redis_url: str, redis_key: str,
+                                                 lua_max: int) -> None:
+    """Both Redis commit paths (small documents: Lua; large: WATCH/MULTI) keep the rules."""
+    import time
+
+    import redis
+
+    from cascadeui.errors import LockTimeoutError, StateCorruptedError
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with RedisStore(redis_url, key=redis_key, ttl=50) as store:
+            store.lua_max_bytes = lua_max
+            store.save({"a": 1, "blob": "x" * 300_000})
+            with store.transaction() as st:
+                st["a"] += 1
+            assert store.load() == {"a": 2, "blob": "x" * 300_000}
+            assert store.version() == 2
+            assert 40 < client.ttl(redis_key) <= 50
+            store.lock_timeout = 0.05
+
+            def lose_the_lease() -> None:
+                with store.transaction() as st:
+                    time.sleep(0.1)  # our lease ends...
+                    client.set(store.lock_key, "another-writer")  # ...and someone takes it
+                    st["a"] = 99
+
+            with pytest.raises(LockTimeoutError, match="lease ran out"):
+                lose_the_lease()
+            assert store.load()["a"] == 2
+            assert client.get(store.lock_key) == b"another-writer"  # theirs, untouched
+            client.delete(store.lock_key, redis_key)
+            client.hset(redis_key, "field", "theirs")
+            with pytest.raises(StateCorruptedError, match="another Redis type"):
+                store.save({"a": 3})
+            assert client.hgetall(redis_key) == {b"field": b"theirs"}
+            assert not client.exists(store.lock_key)
+    finally:
+        client.delete(redis_key, f"{redis_key}:version", f"{redis_key}:lock")
+        client.close()
