@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -480,6 +481,8 @@ def draw_chart(r: Runner, summary: dict[str, Any], path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the private redis-server and the double are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
     command = "python scripts/bench/run.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
@@ -488,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
           f"reps={args.reps} impls={impls}", flush=True)
     if args.dry_run:
         return 0
-    out = args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")
+    out = (args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     peer_python = None

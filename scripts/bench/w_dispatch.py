@@ -61,7 +61,7 @@ class _SaveCounter:
         backend.save_state = save_state
 
     def wrap_adapter(self, adapter: Any) -> None:
-        for name in ("save", "save_changes", "apply"):
+        for name in ("save", "save_if_version", "save_changes", "apply"):
             inner = getattr(adapter, name, None)
             if inner is None:
                 continue
