@@ -512,3 +512,26 @@ def test_redis_commit_paths_check_lease_and_type(redis_url: str, redis_key: str,
     finally:
         client.delete(redis_key, f"{redis_key}:version", f"{redis_key}:lock")
         client.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_cancellation_never_leaves_a_lock_or_a_torn_file(anyio_backend: str,
+                                                               tmp_path: Path) -> None:
+    """A cancelled save still finishes in its thread; a cancelled transaction writes nothing."""
+    path = tmp_path / "s.json"
+    backend = FileStorageBackend(path, lock_timeout=2)
+    big = {"blob": "x" * 2_000_000}
+    assert await backend.save_state({"n": 0})
+    with anyio.move_on_after(0.001):
+        await backend.save_state(big)  # the thread is not abandoned: it finishes the save
+    assert await backend.load_state() in ({"n": 0}, big)  # whole, old or new
+    with anyio.move_on_after(0.05):
+        async with backend.transaction() as st:
+            st["n"] = 99
+            await anyio.sleep(10)  # cancelled here: the transaction must not commit
+    assert (await backend.load_state()).get("n") != 99
+    other = FileStorageBackend(path, lock_timeout=0.5)  # the lock is free again
+    assert await other.save_state({"n": 1})
+    assert await backend.load_state() == {"n": 1}
+    await backend.aclose()
+    await other.aclose()
