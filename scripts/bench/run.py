@@ -325,7 +325,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "actions_per_s": _stats([x["actions_per_s"] for x in res]),
             "worst_stall_ms": _stats([x["lateness"]["worst_ms"] for x in res]),
             "p99_stall_ms": _stats([x["lateness"]["p99_ms"] for x in res]),
-            "saves": _stats([x["saves"] for x in res]),
+            "saves": _stats([x["saves"] or x.get("adapter_writes", 0) for x in res]),
             "failed_saves": sum(x["failed_saves"] for x in res),
             "mismatches": sum(1 for x in res if not x["durable_equals_memory"]),
             "peak_over_state": _stats([x["peak_over_state"] for x in res]),
