@@ -142,3 +142,19 @@ def no_blocking_on_loop(request: pytest.FixtureRequest,
     with bb.blockbuster_ctx(["cascadeui", "cascadeui.adapters"],
                             excluded_modules=["cascadeui.testing"]):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_outside_the_source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run the session (and every subprocess it starts) from an empty directory.
+
+    The suite tests the installed wheel. A child ``python -c ...`` started from the
+    repository root would put the source tree first on ``sys.path``, where ``cascadeui/``
+    has no ``adapters`` subpackage (setup.cfg maps it from ``adapters/`` at install).
+    """
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)
