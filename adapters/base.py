@@ -47,6 +47,8 @@ class SyncStore(Protocol):
 class VersionedStore(Protocol):
     """The compare-and-set surface that lets several processes share one state."""
 
+    serializer: StateSerializer
+
     def version(self) -> int:
         """A number that changes on every commit (0 when nothing is stored); cheap."""
         ...
@@ -55,8 +57,12 @@ class VersionedStore(Protocol):
         """The stored state and the version it was read at, consistently."""
         ...
 
-    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
-        """Save if the version is still ``expected``; the new version, or None if it moved."""
+    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
+                        encoded: str | None = None) -> int | None:
+        """Save if the version is still ``expected``; the new version, or None if it moved.
+
+        ``encoded`` is ``state`` already serialized, when the caller has it.
+        """
         ...
 
 

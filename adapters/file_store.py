@@ -198,14 +198,17 @@ class FileStore(BaseStore):
         with self._locked():
             return self._load(), self.version()
 
-    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
+    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
+                        encoded: str | None = None) -> int | None:
         """Save only if the stored :meth:`version` is still ``expected`` (compare-and-set).
 
+        :param encoded: ``state`` already serialized (the store's incremental
+            :class:`~cascadeui.serializer.SnapshotEncoder`); it must encode ``state``.
         :returns: the new version, or None (nothing written) when another writer committed
             since ``expected`` was read.
         """
         self._check_open()
-        data = self.serializer.serialize(state).encode("utf-8")
+        data = (self.serializer.serialize(state) if encoded is None else encoded).encode()
         with self._locked():
             if self.version() != expected:
                 return None

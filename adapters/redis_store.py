@@ -267,13 +267,16 @@ class RedisStore(BaseStore):
                     f"{self.location}: {self.version_key!r} holds no integer",
                     location=self.location, tried=(self.location,)) from None
 
-    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
+    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
+                        encoded: str | None = None) -> int | None:
         """Save only if the stored :meth:`version` is still ``expected`` (compare-and-set).
 
+        :param encoded: ``state`` already serialized (the store's incremental
+            :class:`~cascadeui.serializer.SnapshotEncoder`); it must encode ``state``.
         :returns: the new version, or None (nothing written) when another writer committed
             since ``expected`` was read.
         """
-        data = self.serializer.serialize(state)
+        data = self.serializer.serialize(state) if encoded is None else encoded
         with self._mapped_errors(), self._locked() as token:
             if self.version() != expected:
                 self._release_lock(keys=[self.lock_key], args=[token])

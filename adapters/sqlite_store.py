@@ -226,13 +226,16 @@ class SQLiteStore(BaseStore):
                 return {}, 0
             return self._decode_row(row[0]), int(row[1])
 
-    def save_if_version(self, state: Mapping[str, Any], expected: int) -> int | None:
+    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
+                        encoded: str | None = None) -> int | None:
         """Save only if the stored :meth:`version` is still ``expected`` (compare-and-set).
 
+        :param encoded: ``state`` already serialized (the store's incremental
+            :class:`~cascadeui.serializer.SnapshotEncoder`); it must encode ``state``.
         :returns: the new version, or None (nothing written) when another writer committed
             since ``expected`` was read.
         """
-        text = self.serializer.serialize(state)
+        text = self.serializer.serialize(state) if encoded is None else encoded
         with self._connection() as conn, self._immediate(conn):
             with self._mapped_errors():
                 row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from .errors import SerializationError, StateCorruptedError
 
-__all__ = ["MAX_DEPTH", "StateSerializer"]
+__all__ = ["MAX_DEPTH", "SnapshotEncoder", "StateSerializer"]
 
 #: Deepest nesting accepted on save; deeper states raise instead of overflowing the stack.
 MAX_DEPTH = 200
@@ -294,6 +294,23 @@ class StateSerializer:
             raise SerializationError("state contains a reference cycle or is nested too "
                                      "deeply", path="state") from None
 
+    def encode_value(self, value: Any, *, depth: int = 0,
+                     path: tuple[Any, ...] = ()) -> str:
+        """Encode one value found at ``path`` (``depth`` levels down) as JSON text.
+
+        The building block of :class:`SnapshotEncoder`; errors name the full key path.
+        """
+        try:
+            native = _encode(value, depth, _LEAVES)
+            return self._utf8_safe(_ENCODER.encode(native), native)
+        except _UnstorableError as exc:
+            where = _fmt_path([*path, *exc.path[::-1]])
+            raise SerializationError(f"{where}: {exc.reason}", path=where) from None
+        except RecursionError:
+            where = _fmt_path(list(path))
+            raise SerializationError(f"{where}: a reference cycle or nesting too deep",
+                                     path=where) from None
+
     @staticmethod
     def _utf8_safe(text: str, native: Any) -> str:
         if not text.isascii() and _SURROGATE.search(text):
@@ -334,3 +351,67 @@ def _parse_float(text: str) -> float:
     if value - value != 0.0:  # 1e999 overflows to inf, which could never be saved again
         raise ValueError(f"{text[:40]} does not fit a float")
     return value
+
+
+class SnapshotEncoder:
+    """Encodes successive snapshots of one immutable state, re-encoding only what changed.
+
+    A store's snapshots share every unchanged subtree with the previous one (reducers copy
+    only along the path they change), so the text of each dict and list in the top
+    ``levels`` levels, and of every container with at least ``wide`` items below them, is
+    kept by identity and reused while the object is the same: a small
+    change to a large state re-encodes the changed path and joins cached pieces. Each piece
+    is a separate encoder call, so a worker thread running this lets the event loop thread
+    take the GIL between pieces instead of stalling it for the whole document.
+
+    Only for states that are never changed in place (the store's contract): a dict
+    mutated in place would keep its old text. The output equals
+    :meth:`StateSerializer.serialize`'s.
+    """
+
+    def __init__(self, serializer: StateSerializer | None = None, *, levels: int = 3,
+                 wide: int = 64) -> None:
+        self.serializer = serializer or StateSerializer()
+        self.levels = levels
+        self.wide = wide
+        self._memo: dict[int, tuple[Any, str]] = {}
+        self._next: dict[int, tuple[Any, str]] = {}
+
+    def encode(self, state: Mapping[str, Any]) -> str:
+        """The JSON text of ``state``; pieces of the previous call are reused by identity.
+
+        :raises SerializationError: a value JSON cannot store; ``path`` names it.
+        """
+        if not isinstance(state, dict):
+            return self.serializer.serialize(state)
+        self._next = {}
+        try:
+            return self._piece(state, 0, ())
+        finally:
+            # Keep only what this snapshot used: the memo never outgrows one state.
+            self._memo, self._next = self._next, {}
+
+    def _piece(self, value: Any, depth: int, path: tuple[Any, ...]) -> str:
+        tp = type(value)
+        if (tp is not dict and tp is not list) or (
+                depth >= self.levels and len(value) < self.wide):
+            # A leaf, or a narrow container deep down: one piece.
+            return self.serializer.encode_value(value, depth=depth, path=path)
+        key = id(value)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is value:
+            self._next[key] = hit
+            return hit[1]
+        if tp is list:
+            text = "[" + ",".join(self._piece(v, depth + 1, (*path, i))
+                                  for i, v in enumerate(value)) + "]"
+        elif not all(type(k) is str for k in value) or (
+                len(value) == 1 and next(iter(value)) in _TAGS):
+            text = self.serializer.encode_value(value, depth=depth, path=path)  # $map / $dict
+        else:
+            text = "{" + ",".join(
+                self.serializer._utf8_safe(_ENCODER.encode(k), k) + ":"
+                + self._piece(v, depth + 1, (*path, k)) for k, v in value.items()) + "}"
+        self._next[key] = (value, text)
+        return text
+

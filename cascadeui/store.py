@@ -44,6 +44,7 @@ from .adapters import SyncStore, VersionedStore
 from .backends import AsyncBackend, StorageBackend, as_backend
 from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
 from .merge import merge3
+from .serializer import SnapshotEncoder
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -402,6 +403,7 @@ class StateStore:
             fresh = _Engine(self, engine.backend, engine.timing)
             fresh.durable, fresh.base = engine.durable, engine.base
             fresh.version, fresh.conflicts = engine.version, engine.conflicts
+            fresh.encoder = engine.encoder
             fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
             self._engine = engine = fresh
             engine.start()
@@ -477,6 +479,12 @@ class _Timing:
             raise ValueError("poll_interval must be > 0 seconds, or None")
 
 
+def _save_encoded(adapter: VersionedStore, encoder: SnapshotEncoder, doc: dict[str, Any],
+                  expected: int) -> int | None:
+    """Worker thread: encode ``doc`` incrementally, then compare-and-set it."""
+    return adapter.save_if_version(doc, expected, encoded=encoder.encode(doc))
+
+
 def _versioned_adapter(backend: StorageBackend) -> VersionedStore | None:
     """The compare-and-set adapter behind a backend, if it has one.
 
@@ -546,6 +554,8 @@ class _Engine:
         #: The backend version ``base`` was read at (None: not a versioned backend).
         self.version: int | None = None
         self.adapter = _versioned_adapter(backend)
+        #: Re-encodes only the subtrees that changed since the last write (issue 6).
+        self.encoder = SnapshotEncoder(self.adapter.serializer) if self.adapter else None
         self.conflicts = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
@@ -697,16 +707,17 @@ class _Engine:
         top, a leaf both changed goes to us as the later writer, logged and counted), the
         merge is written against the new version, and the merged slices are installed in
         memory with a ``STATE_RELOADED`` action. Other backends get a whole-document
-        ``save_state``. (Issue 6: an incremental write can compare ``snapshot`` with
-        ``self.durable`` here, since unchanged parts are the same objects.)
+        ``save_state``. The document is encoded by :class:`SnapshotEncoder`, which reuses
+        the text of every subtree unchanged since the last write (same object).
         """
-        adapter = self.adapter
-        if adapter is None or self.version is None:
+        adapter, encoder = self.adapter, self.encoder
+        if adapter is None or encoder is None or self.version is None:
             return snapshot if await self.backend.save_state(snapshot) else None
         expected: int = self.version
         doc, changed = snapshot, []
         for _ in range(_MAX_MERGE_ROUNDS):
-            version = await anyio.to_thread.run_sync(adapter.save_if_version, doc, expected)
+            version = await anyio.to_thread.run_sync(_save_encoded, adapter, encoder, doc,
+                                                     expected)
             if version is not None:
                 self.base, self.version = doc, version
                 break
