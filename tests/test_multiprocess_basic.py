@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import open_adapter
 
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, RedisStore
 
 INCREMENTS = int(os.environ.get("CASCADEUI_MP_INCREMENTS", "200"))
 KILLS = int(os.environ.get("CASCADEUI_KILLS", "20"))
@@ -158,14 +159,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
             store._client.delete(key, store.version_key, store.lock_key)
 
 
-def _open(kind: str, where: str, key: str) -> FileStore | SQLiteStore | RedisStore:
-    if kind == "file":
-        return FileStore(where)
-    if kind == "sqlite":
-        return SQLiteStore(where)
-    return RedisStore(where, key=key)
-
-
 @pytest.fixture
 def spawner(target: tuple[str, str, str]) -> Iterator[Spawner]:
     sp = Spawner(*target)
@@ -177,7 +170,7 @@ def test_four_processes_increment_exactly(target: tuple[str, str, str],
                                           spawner: Spawner) -> None:
     spawner.ask(f"increment 4 {INCREMENTS}")
     assert spawner.read("done") == ["0"] * 4
-    with _open(*target) as store:
+    with open_adapter(*target) as store:
         state = store.load()
         assert state["counter"] == 4 * INCREMENTS
         assert len(state["pids"]) == 4
@@ -211,7 +204,7 @@ def test_sigkill_while_saving_never_leaves_a_torn_state(target: tuple[str, str, 
         spawner.ask(f"reap {pid}")
         assert spawner.read("reaped") == [str(-signal.SIGKILL)]
         spawner.children.discard(pid)
-        with _open(*target) as store:
+        with open_adapter(*target) as store:
             seq = _check_complete(store.load())
         assert seq > last  # the newest committed state, never an older one
         last = seq

@@ -7,23 +7,22 @@ import functools
 import logging
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
 import pytest
+from _helpers import started_redis_server
 
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
 from cascadeui.backends import FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.errors import SerializationError, StateCorruptedError, StorageUnavailableError
 from cascadeui.store import Action, State, StateStore
+from cascadeui.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 T = TypeVar("T")
@@ -121,64 +120,17 @@ def make_backend(request: pytest.FixtureRequest,
         backend.store.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RestartableRedis:
-    """A private redis-server on a fixed free port that a test may stop and start again."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        pytest.fail(f"private redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.proc = None
-
-
 @pytest.fixture
-def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
-    """A private Redis server of its own for outage tests (stopped at teardown)."""
-    binary = shutil.which("redis-server") or shutil.which("valkey-server")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no redis-server binary for the outage test (CI=true: never skipped)")
-        pytest.skip("no redis-server binary on PATH")
-    server = RestartableRedis(binary, tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis server of its own for outage tests (stopped at teardown).
+
+    It keeps its port, so a test may ``stop()`` it and ``start()`` it again.
+    """
+    server = started_redis_server("the outage test", workdir=tmp_path)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 async def test_changes_are_written_without_asking_and_survive_a_restart(
@@ -508,7 +460,7 @@ async def test_writer_survives_an_unexpected_backend_exception(
     assert "dictionary changed size" in caplog.text
 
 
-async def test_redis_outage_is_survived(restartable_redis: RestartableRedis,
+async def test_redis_outage_is_survived(restartable_redis: RedisServer,
                                         caplog: pytest.LogCaptureFixture) -> None:
     """A real Redis server stops and comes back on the same port: nothing is lost."""
     caplog.set_level(logging.ERROR)

