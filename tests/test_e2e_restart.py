@@ -123,7 +123,9 @@ async def test_restart_in_a_second_process(kind: str, tmp_path: Path,
     assert result["skipped"] == ["retired"]
     assert sorted(result["failed"]) == ["flaky", "locked"]
     assert sorted(result["removed"]) == ["gone-chan", "gone-msg"]
-    assert out["owners"] == {"c1": None, "c2": None, "own": OWNER}
+    # Panels whose check failed (403, 503) stay routed: their message may be fine.
+    assert out["owners"] == {"c1": None, "c2": None, "own": OWNER, "flaky": None,
+                             "locked": None}
     c1, refused, toggled, c2 = out["answers"]
     assert c1 == {"type": 7, "content": "c1=3", "flags": 0}  # bot 1's two clicks survived
     assert refused["type"] == 4

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import _panels
+import discord
 import pytest
 from _panels import BrokenPanel, CounterPanel, FailingHookPanel, HookPanel, OwnerPanel
 from discord.ext import commands
@@ -19,7 +20,13 @@ from cascadeui import setup_persistence
 from cascadeui.actions import APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
 from cascadeui.errors import StateCorruptedError
 from cascadeui.persistence import FileStorageBackend, SQLiteBackend
-from cascadeui.restore import DEFAULT_FILE, RESTORE_FAILED
+from cascadeui.restore import (
+    _TASKS,
+    DEFAULT_FILE,
+    PERSISTENCE_VERIFIED,
+    RESTORE_FAILED,
+    RestoreSummary,
+)
 from cascadeui.store import StateStore
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot, mark_ready
 
@@ -123,9 +130,14 @@ async def test_four_lists_purge_and_one_request_per_panel(
         gets = double.requests[GET_MESSAGE] - before.get(GET_MESSAGE, 0)
         assert gets == 2 + 2 + 4  # restored + removed + (403, 503, 500, slow)
         assert double.requests["GET channels/{channel_id}"] == 0
-        # Identity came back, and clicks route to the restored views.
+        # Identity came back, and clicks route to the restored views. Panels whose check
+        # failed stay routed (their message may be fine); gone ones were unrouted.
         restored = {v.state_key: v for v in bot2.persistent_views}
-        assert set(restored) == {"live-1", "live-2"}
+        assert set(restored) == {"live-1", "live-2", "forbidden", "unavailable", "error-500",
+                                 "slow"}
+        store_ = bot2._connection._view_store
+        assert not store_.is_message_tracked(mids["msg-deleted"])
+        assert not store_.is_message_tracked(mids["chan-deleted"])
         assert restored["live-2"].user_id == 7
         assert restored["live-2"].message_id == mids["live-2"]
         answer = await double.click(bot2, mids["live-1"], "counter:inc", user_id=9)
@@ -179,6 +191,11 @@ async def test_argument_errors(tmp_path: Path) -> None:
                                 backend=FileStorageBackend(tmp_path / "b.json"), store=store)
     with pytest.raises(ValueError, match="concurrency"):
         await setup_persistence(file_path=tmp_path / "a.json", store=store, concurrency=0)
+    with pytest.raises(ValueError, match="rate_limit"):
+        await setup_persistence(file_path=tmp_path / "a.json", store=store, rate_limit=0)
+    with pytest.raises(ValueError, match="verify"):
+        await setup_persistence(file_path=tmp_path / "a.json", store=store,
+                                verify="later")  # type: ignore[arg-type]
     assert store.backend is None
     assert not _names(tmp_path)
 
@@ -236,7 +253,8 @@ async def test_bounded_concurrency(tmp_path: Path) -> None:
         await bot.close()
         double.latency, double.max_in_flight = 0.03, 0
         before = double.total_requests
-        bot2, result = await start_bot(double, StateStore(), backend=backend, concurrency=4)
+        bot2, result = await start_bot(double, StateStore(), backend=backend, concurrency=4,
+                                       rate_limit=None)
         await bot2.close()
         await backend.aclose()
         assert len(result["restored"]) == 24
@@ -309,3 +327,174 @@ async def test_restored_view_answers_only_its_owner(double: DiscordDouble,
     finally:
         await bot2.close()
     await backend.aclose()
+
+
+# -- attach first, verify later, paced ------------------------------------------------------
+
+
+async def seed(double: DiscordDouble, path: Path, keys: list[str], channels: list[int],
+               ) -> dict[str, int]:
+    """Messages in the double and their registry entries in a JSON file, as bot 1 would
+    have left them; returns state_key -> message id."""
+    mids: dict[str, int] = {}
+    entries: dict[str, Any] = {}
+    for i, key in enumerate(keys):
+        cid = channels[i % len(channels)]
+        mid = int(double.add_message(cid, content=key)["id"])
+        mids[key] = mid
+        entries[key] = {"class_name": "CounterPanel", "message_id": str(mid),
+                        "channel_id": str(cid), "guild_id": None, "user_id": None}
+    async with FileStorageBackend(path) as backend:
+        assert await backend.save_state({"application": {}, "persistent_views": entries})
+    return mids
+
+
+async def stored_keys(path: Path) -> set[str]:
+    async with FileStorageBackend(path) as backend:
+        return set((await backend.load_state())["persistent_views"])
+
+
+def tracked(bot: discord.Client, message_id: int) -> bool:
+    return bool(bot._connection._view_store.is_message_tracked(message_id))
+
+
+async def test_clicks_route_before_messages_are_checked(double: DiscordDouble,
+                                                         tmp_path: Path) -> None:
+    chans = [double.add_channel(guild_id=double.new_id()) for _ in range(3)]
+    path = tmp_path / "s.json"
+    mids = await seed(double, path, ["slow", "gone", "ok"], chans)
+    double.delay("message", mids["slow"], 0.8)
+    double.delete_message(mids["gone"])
+    store = StateStore()
+    verified: list[Any] = []
+    store.subscribe(lambda state, action: verified.append(action["payload"]),
+                    action_types=[PERSISTENCE_VERIFIED])
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.none(), help_command=None)
+    out: dict[str, list[str]] = {}
+
+    async def hook(b: commands.Bot) -> None:
+        out.update(await setup_persistence(b, file_path=path, store=store, fetch_timeout=5))
+
+    login = asyncio.get_running_loop().create_task(
+        logged_in_bot(double, bot=bot, setup_hook=hook))
+    try:
+        for _ in range(200):  # every panel is routed before any message check answers
+            if all(tracked(bot, mid) for mid in mids.values()):
+                break
+            await asyncio.sleep(0.005)
+        assert all(tracked(bot, mid) for mid in mids.values())
+        # The slow panel's message fetch is still pending: its click routes anyway.
+        answer = await double.click(bot, mids["slow"], "counter:inc", user_id=5)
+        assert answer is not None
+        assert answer["data"]["content"] == "slow=1"
+        assert not login.done()
+        await login
+        assert sorted(out["restored"]) == ["ok", "slow"]
+        assert out["removed"] == ["gone"]
+        assert not tracked(bot, mids["gone"])  # unrouted once Discord said it is gone
+        assert tracked(bot, mids["slow"])
+        assert verified == [{"restored": out["restored"], "skipped": [], "failed": [],
+                             "removed": ["gone"]}]
+        assert await stored_keys(path) == {"slow", "ok"}  # the purge is durable
+    finally:
+        if not login.done():
+            login.cancel()
+        await bot.close()
+    assert store.state["application"]["panels"]["slow"]["count"] == 1
+
+
+async def test_pacer_stays_under_the_global_rate_limit(tmp_path: Path) -> None:
+    async with DiscordDouble(global_rate_limit=100) as double:
+        chans = [double.add_channel(guild_id=1) for _ in range(6)]
+        path = tmp_path / "s.json"
+        await seed(double, path, [f"p{i}" for i in range(120)], chans)
+        started = time.monotonic()
+        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=90)
+        elapsed = time.monotonic() - started
+        await bot.close()
+        assert len(result["restored"]) == 120
+        assert double.rate_limited == 0
+        assert double.requests[GET_MESSAGE] == 120
+        assert elapsed >= 119 / 90 - 0.05  # the starts really were spaced 1/90 s apart
+        # The same restore unpaced: the double does punish a burst (so 0 above means something).
+        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=None)
+        await bot.close()
+        assert len(result["restored"]) == 120
+        assert double.rate_limited > 0
+
+
+async def test_background_mode_returns_at_once_and_reports_later(
+        tmp_path: Path) -> None:
+    async with DiscordDouble(latency=0.02) as double:
+        chans = [double.add_channel(guild_id=1) for _ in range(3)]
+        path = tmp_path / "s.json"
+        keys = [f"p{i}" for i in range(30)]
+        mids = await seed(double, path, keys, chans)
+        double.delete_message(mids["p3"])
+        double.delete_channel(chans[1])  # p1, p4, ..., p28: Unknown Channel
+        double.fail("message", mids["p5"], 403)
+        gone = sorted(k for i, k in enumerate(keys) if i == 3 or i % 3 == 1)
+        store = StateStore()
+        actions: list[Any] = []
+        store.subscribe(lambda state, action: actions.append(action["payload"]),
+                        action_types=[PERSISTENCE_VERIFIED])
+        seen: dict[str, Any] = {}
+
+        async def hook(bot: commands.Bot) -> None:
+            t0 = time.monotonic()
+            summary = await setup_persistence(bot, file_path=path, store=store,
+                                              verify="background", rate_limit=200)
+            seen["elapsed"] = time.monotonic() - t0
+            seen["gets"] = double.requests[GET_MESSAGE]
+            seen["routed"] = all(tracked(bot, mid) for mid in mids.values())
+            seen["summary"] = summary
+
+        bot = await logged_in_bot(double, setup_hook=hook)
+        try:
+            summary = seen["summary"]
+            assert isinstance(summary, RestoreSummary)
+            assert set(summary) == {"restored", "skipped", "failed", "removed"}
+            assert sorted(summary["restored"]) == sorted(keys)  # everything attached
+            assert summary["removed"] == summary["failed"] == summary["skipped"] == []
+            assert seen["gets"] == 0  # returned before the first check was sent
+            assert seen["routed"]
+            assert summary.verification is not None
+            assert not summary.verification.done()
+            assert actions == []
+            final = await asyncio.wait_for(summary.verification, 10)
+            assert sorted(final["removed"]) == gone
+            assert final["failed"] == ["p5"]
+            assert sorted(final["restored"]) == sorted(set(keys) - set(gone) - {"p5"})
+            assert actions == [final]
+            assert double.requests[GET_MESSAGE] == 30
+            assert not any(tracked(bot, mids[k]) for k in gone)
+            assert tracked(bot, mids["p5"])  # a 403 keeps its routing and its entry
+            assert await stored_keys(path) == set(keys) - set(gone)
+            assert summary["removed"] == []  # the returned summary stays what was known
+        finally:
+            await bot.close()
+
+
+async def test_background_check_is_cancelled_when_the_bot_closes(tmp_path: Path) -> None:
+    async with DiscordDouble() as double:
+        chan = double.add_channel(guild_id=1)
+        path = tmp_path / "s.json"
+        mids = await seed(double, path, ["a", "b"], [chan])
+        double.delete_message(mids["b"])
+        double.delay("channel", chan, 5.0)
+        seen: dict[str, RestoreSummary] = {}
+
+        async def hook(bot: commands.Bot) -> None:
+            seen["s"] = await setup_persistence(bot, file_path=path, store=StateStore(),
+                                                verify="background")
+
+        bot = await logged_in_bot(double, setup_hook=hook)
+        task = seen["s"].verification
+        assert task is not None
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await bot.close()
+        assert time.monotonic() - started < 2
+        assert task.cancelled()
+        assert not [t for t in _TASKS if getattr(t, "cascadeui_bot", None) is bot]
+        assert await stored_keys(path) == {"a", "b"}  # nothing purged by a cut-short check

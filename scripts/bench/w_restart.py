@@ -10,7 +10,11 @@ with 25 ms of latency per request and, in ``--mode ratelimit``, Discord's global
 - ``routed_s``: until discord.py routes clicks for every restored panel (each message id
   is in the bot's view store), polled every 2 ms by a task on the same loop;
 - ``complete_s``: in ``--mode background`` (ours only), until the background check's
-  full result is known; otherwise equal to ``returned_s``.
+  full result is known (``await summary.verification``); otherwise equal to ``returned_s``.
+
+Ours runs with ``rate_limit=None`` in ``--mode latency`` (the double has no global limit
+there), with its defaults (``verify="await"``, the 45/s pacer) in ``--mode ratelimit``,
+and with ``verify="background"`` in ``--mode background`` (see ``_restore_kwargs``).
 
 The request count comes from the double (login's two requests excluded).
 """
@@ -86,32 +90,32 @@ async def _watch(bot: Any, expected: int, t0: float, deadline: float) -> float |
     return None
 
 
-def _background_kwargs(impl: str, mode: str) -> dict[str, Any]:
-    if mode != "background":
-        return {}
+def _restore_kwargs(impl: str, mode: str) -> dict[str, Any]:
+    """Our keyword arguments per mode (the peer has none of them).
+
+    - ``latency``: the double has no global limit, so pacing is off (``rate_limit=None``):
+      this mode measures the concurrent path itself;
+    - ``ratelimit``: the defaults, i.e. the faithful ``verify="await"`` and the pacer at
+      ``DEFAULT_RATE_LIMIT`` (45/s, under Discord's 50/s);
+    - ``background``: ``verify="background"`` with the default pacer.
+    """
     if impl != "ours":
-        raise RuntimeError("the background mode exists in ours only")
-    from cascadeui import setup_persistence
+        if mode == "background":
+            raise RuntimeError("the background mode exists in ours only")
+        return {}
+    if mode == "latency":
+        return {"rate_limit": None}
+    if mode == "background":
+        return {"verify": "background"}
+    return {}
 
-    params = inspect.signature(setup_persistence).parameters
-    for name in ("background", "verify", "verify_in_background"):
-        if name in params:
-            return {name: "background" if name == "verify" else True}
-    raise RuntimeError(f"setup_persistence has no background mode yet: {list(params)}")
 
-
-async def _complete(bot: Any, summary: Any, deadline: float) -> Any:
-    """Wait for the background check's full result (ours); the attribute name is probed."""
-    for holder in (summary, bot):
-        for name in ("done", "complete", "finished", "result_future"):
-            obj = getattr(holder, name, None)
-            if obj is not None and inspect.isawaitable(obj):
-                return await asyncio.wait_for(obj, max(0.1, deadline - time.perf_counter()))
-            if callable(obj):
-                res = obj()
-                if inspect.isawaitable(res):
-                    return await asyncio.wait_for(res, max(0.1, deadline - time.perf_counter()))
-    return None
+async def _complete(summary: Any, deadline: float) -> Any:
+    """Wait for the background check's full result: ``summary.verification`` (ours)."""
+    task = getattr(summary, "verification", None)
+    if task is None:
+        return None
+    return await asyncio.wait_for(task, max(0.1, deadline - time.perf_counter()))
 
 
 async def _run(args: Any) -> dict[str, Any]:
@@ -133,10 +137,11 @@ async def _run(args: Any) -> dict[str, Any]:
         raise RuntimeError("could not seed the backend")
     await _close_backend(seed_backend)
     _panel_class(args.impl, setup["button"])
-    extra = _background_kwargs(args.impl, args.mode)
+    extra = _restore_kwargs(args.impl, args.mode)
     backend = _backend(args.impl, args.backend, args.workdir, args.redis_url, key)
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none(), help_command=None)
-    out: dict[str, Any] = {"panels": len(panels), "mode": args.mode}
+    out: dict[str, Any] = {"panels": len(panels), "mode": args.mode,
+                           "kwargs": dict(extra)}
     deadline = time.perf_counter() + args.timeout_s
     holder: dict[str, Any] = {}
 
@@ -157,7 +162,7 @@ async def _run(args: Any) -> dict[str, Any]:
         routed = await holder["watch"]
         out["routed_s"] = routed
         if args.mode == "background":
-            full = await _complete(bot, holder["summary"], deadline)
+            full = await _complete(holder["summary"], deadline)
             out["complete_s"] = time.perf_counter() - holder["t0"]
             if isinstance(full, dict):
                 out["complete_counts"] = {k: len(v) for k, v in full.items()
