@@ -11,7 +11,7 @@ Payloads::
     PERSISTENT_VIEW_REGISTERED   {"state_key", "class_name", "message_id", "channel_id",
                                   "guild_id", "user_id"}  ids: decimal strings or None
     PERSISTENT_VIEW_UNREGISTERED {"state_key"}
-    PERSISTENT_VIEWS_REMOVED     {"state_keys": [...]}
+    PERSISTENT_VIEWS_REMOVED     {"state_keys": [...], "message_ids": {key: id} (optional)}
     APPLICATION_SET              {"path": [k1, k2, ...], "value": v}
     APPLICATION_DELETE           {"path": [k1, k2, ...]}
     STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
@@ -196,10 +196,17 @@ def persistent_view_unregistered(action: Action, state: State) -> State:
 
 
 def persistent_views_removed(action: Action, state: State) -> State:
-    """Forget several panels at once (one copy of the registry, however many keys)."""
+    """Forget several panels at once (one copy of the registry, however many keys).
+
+    With ``payload["message_ids"]`` (``{state_key: message_id}``), an entry goes only if
+    it still points at that message: a panel re-sent meanwhile is kept.
+    """
     payload = _payload(action, "state_keys")
     views = state["persistent_views"]
-    gone = [k for k in payload["state_keys"] if k in views]
+    expected = payload.get("message_ids")
+    gone = [k for k in payload["state_keys"] if k in views and (
+        not isinstance(expected, Mapping) or not isinstance(views[k], Mapping)
+        or str(views[k].get("message_id")) == str(expected.get(k)))]
     if not gone:
         return state
     kept = dict(views)

@@ -441,7 +441,8 @@ async def _purge(store: StateStore, gone: list[tuple[str, PersistentView]]) -> N
             and views[key].get("message_id") == str(view.message_id)]
     if not keys:
         return
-    await store.dispatch(PERSISTENT_VIEWS_REMOVED, {"state_keys": keys})
+    ids = {key: str(view.message_id) for key, view in gone}
+    await store.dispatch(PERSISTENT_VIEWS_REMOVED, {"state_keys": keys, "message_ids": ids})
     if not await store.flush():
         log.warning("the purge of %d gone panels is not durable yet; the writer retries",
                     len(keys))

@@ -357,3 +357,15 @@ async def test_dispatch_hot_path_does_not_copy_the_state() -> None:
     assert store.state["application"]["big"] is big
     # 1,000 dispatches over a 50,000-key subtree; a copy per dispatch would take seconds.
     assert elapsed < 0.5, elapsed
+
+
+async def test_views_removed_keeps_a_panel_resent_meanwhile() -> None:
+    """setup_persistence's purge names the message it found gone; a re-send survives."""
+    store = StateStore()
+    for key, mid in (("a", "1"), ("b", "2")):
+        await store.dispatch(PERSISTENT_VIEW_REGISTERED, {
+            "state_key": key, "class_name": "P", "message_id": mid, "channel_id": "9",
+            "guild_id": None, "user_id": None})
+    await store.dispatch(PERSISTENT_VIEWS_REMOVED,
+                         {"state_keys": ["a", "b"], "message_ids": {"a": "1", "b": "old"}})
+    assert list(store.state["persistent_views"]) == ["b"]
