@@ -59,9 +59,12 @@ class VersionedStore(Protocol):
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
-        """Save if the version is still ``expected``; the new version, or None if it moved.
+        """Save only if the stored version is still ``expected`` (under the write lock).
 
-        ``encoded`` is ``state`` already serialized, when the caller has it.
+        :param encoded: ``state`` already serialized (the store's incremental
+            :class:`~cascadeui.serializer.SnapshotEncoder`); it must encode ``state``.
+        :returns: the new version, or None (nothing written) when another writer committed
+            since ``expected`` was read.
         """
         ...
 

@@ -200,13 +200,7 @@ class FileStore(BaseStore):
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
-        """Save only if the stored :meth:`version` is still ``expected`` (compare-and-set).
-
-        :param encoded: ``state`` already serialized (the store's incremental
-            :class:`~cascadeui.serializer.SnapshotEncoder`); it must encode ``state``.
-        :returns: the new version, or None (nothing written) when another writer committed
-            since ``expected`` was read.
-        """
+        """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
         self._check_open()
         data = (self.serializer.serialize(state) if encoded is None else encoded).encode()
         with self._locked():
