@@ -44,7 +44,7 @@ from .adapters import SyncStore, VersionedStore
 from .backends import AsyncBackend, StorageBackend, as_backend
 from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
 from .merge import merge3
-from .serializer import SnapshotEncoder
+from .serializer import SnapshotEncoder, StateSerializer
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -479,10 +479,11 @@ class _Timing:
             raise ValueError("poll_interval must be > 0 seconds, or None")
 
 
-def _save_encoded(adapter: VersionedStore, encoder: SnapshotEncoder, doc: dict[str, Any],
-                  expected: int) -> int | None:
-    """Worker thread: encode ``doc`` incrementally, then compare-and-set it."""
-    return adapter.save_if_version(doc, expected, encoded=encoder.encode(doc))
+def _save_encoded(adapter: VersionedStore, encoder: SnapshotEncoder | None,
+                  doc: dict[str, Any], expected: int) -> int | None:
+    """Worker thread: encode ``doc`` (incrementally when possible), then compare-and-set."""
+    encoded = encoder.encode(doc) if encoder is not None else None
+    return adapter.save_if_version(doc, expected, encoded=encoded)
 
 
 def _versioned_adapter(backend: StorageBackend) -> VersionedStore | None:
@@ -554,8 +555,11 @@ class _Engine:
         #: The backend version ``base`` was read at (None: not a versioned backend).
         self.version: int | None = None
         self.adapter = _versioned_adapter(backend)
-        #: Re-encodes only the subtrees that changed since the last write (issue 6).
-        self.encoder = SnapshotEncoder(self.adapter.serializer) if self.adapter else None
+        #: Re-encodes only the subtrees that changed since the last write (issue 6); not
+        #: for a custom serializer class, whose own ``serialize`` must be the one used.
+        self.encoder = SnapshotEncoder(self.adapter.serializer) if (
+            self.adapter is not None and type(self.adapter.serializer) is StateSerializer
+        ) else None
         self.conflicts = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
@@ -711,7 +715,7 @@ class _Engine:
         the text of every subtree unchanged since the last write (same object).
         """
         adapter, encoder = self.adapter, self.encoder
-        if adapter is None or encoder is None or self.version is None:
+        if adapter is None or self.version is None:
             return snapshot if await self.backend.save_state(snapshot) else None
         expected: int = self.version
         doc, changed = snapshot, []
