@@ -108,10 +108,12 @@ class SQLiteStore(BaseStore):
                                check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")  # only possible outside a transaction
             conn.execute("PRAGMA synchronous = FULL")
             db = sqlite_utils.Database(conn, execute_plugins=False)
+            # Schema first: a foreign database is refused before anything about it changes
+            # (switching to WAL is a persistent change to the file).
             self._ensure_schema(conn, db)
+            conn.execute("PRAGMA journal_mode = WAL")  # only possible outside a transaction
         except BaseException:
             conn.close()
             raise

@@ -6,6 +6,7 @@ reason for a failure of the medium, and raises ``TypeError`` for unstorable data
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -482,3 +483,17 @@ def test_foreign_errors_are_mapped(tmp_path: Path) -> None:
         chain.append(cause)
         cause = cause.__cause__
     assert any(isinstance(c, json.JSONDecodeError) for c in chain), chain
+
+
+def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    """Refusing someone else's database must not switch it to WAL (issue 7 note)."""
+    path = tmp_path / "theirs.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE cascadeui_state (name TEXT, score INTEGER)")
+        conn.execute("INSERT INTO cascadeui_state VALUES ('a', 1)")
+        conn.commit()
+    with SQLiteStore(path) as store, pytest.raises(StateCorruptedError):
+        store.load()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("SELECT * FROM cascadeui_state").fetchall() == [("a", 1)]
