@@ -96,17 +96,25 @@ class _ErrorLogCounter(logging.Handler):
 # -- our implementation ------------------------------------------------------------------
 
 
-def _our_backend(kind: str, workdir: str, redis_url: str | None, key: str) -> Any:
-    from cascadeui.persistence import FileStorageBackend, RedisBackend, SQLiteBackend
+def _backend(kind: str, workdir: str, redis_url: str | None, key: str) -> Any:
+    """A backend through the seed's public constructors, which both implementations share.
 
+    Imports stay lazy: the peer's SQLite and Redis backends import their extras on import.
+    """
     if kind == "json":
+        from cascadeui.persistence import FileStorageBackend
+
         return FileStorageBackend(os.path.join(workdir, "state.json"))
     if kind == "sqlite":
+        from cascadeui.persistence import SQLiteBackend
+
         return SQLiteBackend(os.path.join(workdir, "state.db"))
     if kind == "redis":
+        from cascadeui.persistence import RedisBackend
+
         if not redis_url:
             raise RuntimeError("no Redis server for the redis backend")
-        return RedisBackend(redis_url, key=key)
+        return RedisBackend(url=redis_url, key=key)
     raise ValueError(kind)
 
 
@@ -117,7 +125,7 @@ async def _ours(args: Any, app: dict[str, Any], ticker: Ticker,
     key = f"{args.key_prefix}:dispatch:ours:{os.getpid()}"
     reset_store()
     store = get_store()
-    backend = _our_backend(args.backend, args.workdir, args.redis_url, key)
+    backend = _backend(args.backend, args.workdir, args.redis_url, key)
     counter.wrap_async(backend)
     if hasattr(backend, "store"):
         counter.wrap_adapter(backend.store)
@@ -140,7 +148,7 @@ async def _ours(args: Any, app: dict[str, Any], ticker: Ticker,
     peak = peak_rss_bytes()
     memory_state = {k: store.state.get(k) for k in ("application", "persistent_views")}
     await store.close()
-    check = _our_backend(args.backend, args.workdir, args.redis_url, key)
+    check = _backend(args.backend, args.workdir, args.redis_url, key)
     try:
         durable = await check.load_state()
     finally:
@@ -158,24 +166,6 @@ async def _ours(args: Any, app: dict[str, Any], ticker: Ticker,
 
 
 # -- pycascadeui 2.1.0 -------------------------------------------------------------------
-
-
-def _peer_backend(kind: str, workdir: str, redis_url: str | None, key: str) -> Any:
-    from cascadeui.persistence import FileStorageBackend
-
-    if kind == "json":
-        return FileStorageBackend(os.path.join(workdir, "state.json"))
-    if kind == "sqlite":
-        from cascadeui.persistence import SQLiteBackend
-
-        return SQLiteBackend(os.path.join(workdir, "state.db"))
-    if kind == "redis":
-        from cascadeui.persistence import RedisBackend
-
-        if not redis_url:
-            raise RuntimeError("no Redis server for the redis backend")
-        return RedisBackend(url=redis_url, key=key)
-    raise ValueError(kind)
 
 
 async def _peer_settle(store: Any) -> None:
@@ -205,7 +195,7 @@ async def _peer(args: Any, app: dict[str, Any], ticker: Ticker,
 
     key = f"{args.key_prefix}:dispatch:peer:{os.getpid()}"
     store = get_store()
-    backend = _peer_backend(args.backend, args.workdir, args.redis_url, key)
+    backend = _backend(args.backend, args.workdir, args.redis_url, key)
     counter.wrap_async(backend)
     store.enable_persistence(backend)
     await store.dispatch("APPLICATION_SET", {"path": ["records"], "value": app["records"]})
@@ -224,7 +214,7 @@ async def _peer(args: Any, app: dict[str, Any], ticker: Ticker,
     lateness = await ticker.stop()
     peak = peak_rss_bytes()
     memory_state = {k: store.state.get(k) for k in ("application", "persistent_views")}
-    check = _peer_backend(args.backend, args.workdir, args.redis_url, key)
+    check = _backend(args.backend, args.workdir, args.redis_url, key)
     durable = await check.load_state() or {}
     if hasattr(check, "close"):
         await check.close()
