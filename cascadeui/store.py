@@ -725,7 +725,7 @@ class _Engine:
             if version is not None:
                 self.base, self.version = doc, version
                 break
-            raw, expected = await anyio.to_thread.run_sync(adapter.load_versioned)
+            theirs, expected = await self._load_theirs(adapter)
             self.version = expected
             if expected == 0:
                 # The document vanished (a Redis restarted without persistence, a file
@@ -734,8 +734,6 @@ class _Engine:
                             self.backend)
                 doc = snapshot
                 continue
-            theirs = _persisted_part(raw, self.backend)
-            theirs = {name: theirs.get(name, {}) for name in PERSISTED_SLICES}
             result = merge3(self.base, snapshot, theirs)
             doc, changed = result.merged, result.theirs
             self._count_conflicts(result.conflicts)
@@ -764,21 +762,26 @@ class _Engine:
                 self.durable = dict.fromkeys(PERSISTED_SLICES, _MISSING)
                 self.note_change()
                 return
-            raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
-            theirs = _persisted_part(raw, self.backend)
+            theirs, version = await self._load_theirs(adapter)
         except PersistenceError as exc:
             log.warning("cannot check %r for changes from other processes: %s",
                         self.backend, exc)
             return
-        theirs = {name: theirs.get(name, {}) for name in PERSISTED_SLICES}
         state = self.store.state
         current = {name: state[name] for name in PERSISTED_SLICES}
         result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
-        self.base, self.version = theirs, version
-        self.durable = theirs
-        if result.theirs:
-            await self.store.dispatch(STATE_RELOADED, {
-                "state": result.merged, "base": current, "paths": result.theirs})
+        self.version = version
+        if not result.theirs:
+            return  # rewritten with the same content: what is durable is unchanged
+        self.base, self.durable = theirs, dict(theirs)
+        await self.store.dispatch(STATE_RELOADED, {
+            "state": result.merged, "base": current, "paths": result.theirs})
+
+    async def _load_theirs(self, adapter: VersionedStore) -> tuple[dict[str, Any], int]:
+        """The stored persisted slices (every one present) and their version."""
+        raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
+        stored = _persisted_part(raw, self.backend)
+        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
 
     def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
         if conflicts:
