@@ -6,12 +6,14 @@ backends in :mod:`cascadeui.persistence` run them in worker threads.
 
 from .base import BaseStore, SyncStore, VersionedStore
 from .file_store import FileStore
+from .journal import JournaledStore
 from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
 __all__ = [
     "BaseStore",
     "FileStore",
+    "JournaledStore",
     "RedisStore",
     "SQLiteStore",
     "SyncStore",

@@ -1,0 +1,129 @@
+"""Change journals: small changes stored after a full snapshot, so a save costs what changed.
+
+Every built-in adapter keeps the state as a *snapshot* (the whole document, exactly what
+``save`` writes) plus a *journal*: records appended after that snapshot, each holding the
+leaf changes of one commit. ``load`` applies the records in order; a full write (``save``,
+``transaction``, a compaction) replaces the snapshot and empties the journal in the same
+atomic step. Only the store's persistence engine appends (``save_changes``); scripts, the
+CLI and migrations keep writing whole documents. See docs/backends.md, "Change journal".
+
+A record is the serializer's JSON of ``{"ops": [[path], [path, value], ...]}``: a path is a
+list of keys from the top of the document (keys of any storable type), ``[path, value]``
+sets it and ``[path]`` deletes it. A record whose path runs through a value that is not a
+dict does not belong to its snapshot: applying it raises StateCorruptedError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cascadeui.errors import StateCorruptedError
+from cascadeui.merge import DELETED, Change, diff
+from cascadeui.serializer import StateSerializer
+
+__all__ = [
+    "JOURNAL_MIN_BYTES",
+    "JOURNAL_RATIO",
+    "JournaledStore",
+    "apply_record",
+    "changes_between",
+    "decode_record",
+    "encode_record",
+    "should_compact",
+]
+
+#: A journal may grow to ``max(JOURNAL_MIN_BYTES, JOURNAL_RATIO * snapshot bytes)`` before
+#: the next commit compacts it into a new snapshot. Proportional to the snapshot, so the
+#: cost of compacting, spread over the appends it follows, stays constant per changed byte,
+#: and a load reads at most 1.5x the snapshot.
+JOURNAL_MIN_BYTES = 64 * 1024
+JOURNAL_RATIO = 0.5
+
+
+@runtime_checkable
+class JournaledStore(Protocol):
+    """An adapter that can append one commit's changes instead of rewriting the document."""
+
+    serializer: StateSerializer
+
+    def save_changes(self, changes: Sequence[Change], expected: int, *,
+                     full: Callable[[], str]) -> int | None:
+        """Append ``changes`` as one journal record if the stored version is ``expected``.
+
+        Under the write lock: if the version moved, write nothing and return None. If the
+        record would take the journal past :func:`should_compact`'s budget, write
+        ``full()`` (the whole new document, encoded) as a new snapshot instead, emptying
+        the journal. The new document must equal the stored one with ``changes`` applied.
+
+        :returns: the new version, or None when another writer committed since ``expected``.
+        :raises SerializationError: a changed value cannot be stored (nothing written).
+        """
+        ...
+
+
+def changes_between(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """The leaf changes from ``old`` to ``new``: O(changed paths) between shared snapshots."""
+    return diff(old, new)
+
+
+def encode_record(serializer: StateSerializer, changes: Sequence[Change]) -> str:
+    """One journal record's text.
+
+    :raises SerializationError: a value or key cannot be stored; nothing is returned.
+    """
+    ops = [[list(path)] if value is DELETED else [list(path), value]
+           for path, value in changes]
+    return serializer.serialize({"ops": ops})
+
+
+def decode_record(serializer: StateSerializer, text: str | bytes) -> list[list[Any]]:
+    """The ops of one record's text.
+
+    :raises StateCorruptedError: not a record this module wrote.
+    """
+    record = serializer.deserialize(text)
+    ops = record.get("ops")
+    if not isinstance(ops, list) or not all(
+            isinstance(op, list) and len(op) in (1, 2) and isinstance(op[0], list) and op[0]
+            for op in ops):
+        raise StateCorruptedError("journal record is not a list of [path] / [path, value]")
+    return ops
+
+
+def apply_record(state: dict[str, Any], ops: list[list[Any]]) -> None:
+    """Apply one decoded record to ``state`` in place (a freshly loaded document).
+
+    A missing parent dict is created and deleting a missing key does nothing (the store's
+    view of a document lists every persisted slice, even one never stored).
+
+    :raises StateCorruptedError: a parent on the path is not a dict: the record was not
+        written against this snapshot.
+    """
+    for op in ops:
+        path = op[0]
+        node: Any = state
+        try:
+            for key in path[:-1]:
+                child = node.get(key)
+                if child is None and key not in node:
+                    if len(op) == 1:
+                        break  # deleting below a missing dict: nothing to delete
+                    child = node[key] = {}
+                node = child
+                if type(node) is not dict:
+                    raise TypeError
+            else:
+                if len(op) == 2:
+                    node[path[-1]] = op[1]
+                else:
+                    node.pop(path[-1], None)
+        except TypeError:  # a non-dict parent, or an unhashable key
+            raise StateCorruptedError(
+                f"journal record does not fit the snapshot at path {path!r}") from None
+
+
+def should_compact(journal_bytes: int, record_bytes: int, snapshot_bytes: int) -> bool:
+    """True when appending ``record_bytes`` would take the journal past its budget."""
+    budget = max(JOURNAL_MIN_BYTES, int(snapshot_bytes * JOURNAL_RATIO))
+    return journal_bytes + record_bytes > budget
