@@ -1,18 +1,42 @@
-"""The Redis adapter: the JSON document under one key, a version counter, a leased lock.
+"""The Redis adapter: a JSON snapshot and a change journal, a version counter, a leased lock.
 
 Keys (``key`` defaults to ``cascadeui:state``)::
 
-    <key>          string: the StateSerializer document (TTL refreshed on every save)
-    <key>:version  integer: +1 on every commit, for change detection (never expires, so
-                   it never repeats a value a poller has seen, even after the TTL ran out)
-    <key>:lock     string: a random token while a writer holds the lock (leased, PX)
+    <key>          string: the StateSerializer document, the *snapshot* (what ``save`` wrote)
+    <key>:journal  list: journal records appended after the snapshot, oldest first (one per
+                   commit of the store's engine, :mod:`cascadeui.adapters.journal`)
+    <key>:version  integer: +1 on every commit, appends included, for change detection
+                   (never expires, so it never repeats a value a poller has seen)
+    <key>:lock     string: a random token while a full writer holds the lock (leased, PX)
 
-A write takes the lock (``SET NX PX``), then one Lua script checks that the token is still
-ours, writes the document, bumps the version and releases the lock, atomically. A writer
-killed while holding the lock blocks others only until its lease (``lock_timeout``) ends;
-a writer whose lease ran out before it committed gets an error and writes nothing. The
-script also refuses to overwrite a key of another Redis type (a hash, a list...): that
-key belongs to something else, and ``save`` raises instead of destroying it.
+The state is the snapshot with every journal record applied in order. ``load``,
+``load_versioned`` and ``transaction`` read the three keys in one MULTI/EXEC, so they never
+mix a snapshot with another snapshot's journal. A journal whose snapshot is missing, a
+record that does not decode or does not fit raises StateCorruptedError: never a partial
+state.
+
+Full writes (``save``, ``save_if_version``, ``transaction``, a compaction) take the lock
+(``SET NX PX``), then one Lua script checks that the token is still ours, writes the
+snapshot, deletes the journal, bumps the version and releases the lock, atomically
+(documents over ``lua_max_bytes`` do the same through WATCH + MULTI/EXEC). A writer killed
+while holding the lock blocks others only until its lease (``lock_timeout``) ends; a
+writer whose lease ran out before it committed gets an error and writes nothing.
+
+An append (``save_changes``) takes no lock: it is one Lua script, atomic on the server,
+that appends only if the version is still the caller's and no full writer holds the lock
+(a transaction reads, then writes the whole document: an append in between would be
+lost). Seeing the lock held, it waits and retries, like a full writer, up to
+``lock_timeout``. It also refuses when the journal's length is not the one this store last
+read at that version (records pushed behind the version's back: the caller must reload,
+which reports them if they are garbage), and writes the whole document instead when no
+snapshot exists (never written, or expired). The journal and the snapshot get the same
+absolute expiry on every append (the script reads the server's TIME: Redis 5 or later),
+so one never outlives the other; a journal without its snapshot can only be someone's
+``DEL <key>``, and reads refuse it rather than apply it to ``{}``.
+
+Every script refuses to overwrite a key of another Redis type (a hash under ``<key>``, a
+string under ``<key>:journal``...): that key belongs to something else, and the write
+raises instead of destroying it.
 """
 
 from __future__ import annotations
@@ -23,8 +47,8 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from cascadeui.errors import (
@@ -34,18 +58,35 @@ from cascadeui.errors import (
     StateCorruptedError,
     StorageUnavailableError,
 )
+from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore
+from .journal import apply_record, decode_record, encode_record, should_compact
 
 __all__ = ["RedisStore", "redact_secret", "redact_url", "url_secrets"]
 
+# What the scripts (and the WATCH path) return instead of a version, all negative.
+_LEASE_LOST = -1       # the lock is no longer ours: our lease ran out
+_FOREIGN_KEY = -2      # <key> holds another Redis type than a string
+_FOREIGN_JOURNAL = -3  # <key>:journal holds another Redis type than a list
+_STALE = -4            # an append: the version (or the journal) moved since it was read
+_BUSY = -5             # an append: a full writer holds the lock; retry
+_NO_SNAPSHOT = -6      # an append: nothing stored under <key> (nor a journal): write whole
+_ORPHAN_JOURNAL = -7   # an append: a journal without its snapshot
+
+# KEYS: snapshot, version, lock, journal. ARGV: token, document, ttl seconds (0: none).
 _COMMIT = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'string' and kind ~= 'none' then
   redis.call('DEL', KEYS[3])
   return -2
+end
+kind = redis.call('TYPE', KEYS[4])['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  redis.call('DEL', KEYS[3])
+  return -3
 end
 -- INCR first: it is the only call that can fail (a non-integer planted under the key),
 -- and a failing script keeps its earlier writes, so nothing may be written before it.
@@ -56,7 +97,42 @@ if ttl > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
+redis.call('DEL', KEYS[4])
 redis.call('DEL', KEYS[3])
+return v
+"""
+
+# KEYS: snapshot, version, lock, journal. ARGV: the expected version, the journal's length
+# read at that version, the record, ttl seconds (0: none). Takes no lock: a script is
+# atomic, and it appends only while no full writer holds the lock.
+_APPEND = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return -4 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -5 end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local jkind = redis.call('TYPE', KEYS[4])['ok']
+if kind ~= 'string' and kind ~= 'none' then return -2 end
+if jkind ~= 'list' and jkind ~= 'none' then return -3 end
+if kind == 'none' then
+  if jkind == 'none' then return -6 end
+  return -7
+end
+if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[2]) then return -4 end
+-- The version matched an integer just above, so INCR cannot fail after a write.
+local v = redis.call('INCR', KEYS[2])
+redis.call('RPUSH', KEYS[4], ARGV[3])
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  -- One absolute expiry for both keys: no reader ever sees one without the other.
+  local now = redis.call('TIME')
+  local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl * 1000
+  at = string.format('%d', at)
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[4], at)
+else
+  -- As a full write without ttl (a plain SET) does: the state no longer expires.
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[4])
+end
 return v
 """
 
@@ -64,6 +140,18 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class _Sizes(NamedTuple):
+    """What the compaction budget needs, as of one version (this store's last read/write).
+
+    Bytes as read back, characters as written (the same for ASCII): a budget, not a count.
+    """
+
+    version: int
+    records: int
+    journal_bytes: int
+    snapshot_bytes: int
 
 
 _SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "token"})
@@ -113,7 +201,10 @@ def redact_secret(text: str, secrets_: tuple[str, ...]) -> str:
 
 
 class RedisStore(BaseStore):
-    """State under one Redis key, safe across threads, processes and hosts.
+    """State under one Redis key (and its journal), safe across threads, processes and hosts.
+
+    Implements :class:`~cascadeui.adapters.JournaledStore`: the store's engine appends each
+    commit's changes (:meth:`save_changes`) instead of rewriting the whole document.
 
     :param url: a ``redis://`` or ``rediss://`` URL (``redis://:password@host:port/db``).
     :param key: the key holding the document.
@@ -144,6 +235,7 @@ class RedisStore(BaseStore):
         self.location = f"{self.url} key={key!r}"
         self.version_key = f"{key}:version"
         self.lock_key = f"{key}:lock"
+        self.journal_key = f"{key}:journal"
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
@@ -152,6 +244,8 @@ class RedisStore(BaseStore):
         self._socket_timeout = socket_timeout
         self._built: Any = None
         self._build_lock = threading.Lock()
+        #: The compaction budget's inputs as of this store's last read or write.
+        self._sizes: _Sizes | None = None
 
     @property
     def _client(self) -> Any:
@@ -179,6 +273,7 @@ class RedisStore(BaseStore):
                 f"bad Redis URL {self.url}: {redact_secret(str(exc), self._secrets)}",
                 location=self.location) from None
         self._commit = client.register_script(_COMMIT)
+        self._append = client.register_script(_APPEND)
         self._release_lock = client.register_script(_RELEASE)
         return client
 
@@ -195,7 +290,8 @@ class RedisStore(BaseStore):
         except rex.ResponseError as exc:
             if "WRONGTYPE" in str(exc):
                 raise StateCorruptedError(
-                    f"{self.location}: the key holds another Redis type, not a string",
+                    f"{self.location}: the key holds another Redis type, not a string "
+                    f"(or {self.journal_key!r} / {self.version_key!r} does)",
                     location=self.location, tried=(self.location,)) from None
             raise StorageUnavailableError(
                 f"{self.location}: server error: {self._redacted(exc)}",
@@ -211,16 +307,18 @@ class RedisStore(BaseStore):
     # -- the contract ------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        """Return the stored state, ``{}`` when the key does not exist.
+        """Return the stored state (snapshot + journal), ``{}`` when nothing is stored.
 
-        :raises StateCorruptedError: the key holds another type or does not decode.
+        :raises StateCorruptedError: a key holds another type, or something does not decode.
         :raises StorageUnavailableError: the server is unreachable or failed.
         """
         with self._mapped_errors():
-            return self._decode(self._client.get(self.key))
+            return self._read()[0]
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Replace the stored state (under the lock, so transactions are never torn).
+
+        Writes a new snapshot and empties the journal.
 
         :raises SerializationError: ``state`` holds a value JSON cannot store (nothing written).
         :raises LockTimeoutError: the lock was not had within ``lock_timeout``.
@@ -234,48 +332,64 @@ class RedisStore(BaseStore):
     def transaction(self) -> Iterator[dict[str, Any]]:
         """Lock, load, yield the state to change in place, commit it if the lock is ours.
 
-        If the body raises, nothing is written and the lock is released.
+        If the body raises, nothing is written and the lock is released. The commit is a
+        full write: a new snapshot, an empty journal.
         """
         with self._mapped_errors(), self._locked() as token:
-            state = self._decode(self._client.get(self.key))
+            state = self._read()[0]
             yield state
             self._write(token, self.serializer.serialize(state))
 
     def version(self) -> int:
         """The commit counter (0 when never written); cheap to poll."""
         with self._mapped_errors():
-            raw = self._client.get(self.version_key)
-            try:
-                return int(raw) if raw is not None else 0
-            except ValueError:  # garbage planted under the key (issue 7, test_fuzz_load)
-                raise StateCorruptedError(
-                    f"{self.location}: {self.version_key!r} holds no integer",
-                    location=self.location, tried=(self.location,)) from None
+            return self._parse_version(self._client.get(self.version_key))
 
     def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """:meth:`load` and the :meth:`version` of that document, read in one MULTI/EXEC."""
+        """:meth:`load` and the :meth:`version` of that state, read in one MULTI/EXEC."""
         with self._mapped_errors():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.get(self.key)
-            pipe.get(self.version_key)
-            raw, version = pipe.execute()
-            state = self._decode(raw)
-            try:
-                return state, int(version) if version is not None else 0
-            except ValueError:
-                raise StateCorruptedError(
-                    f"{self.location}: {self.version_key!r} holds no integer",
-                    location=self.location, tried=(self.location,)) from None
+            state, version = self._read()
+            return state, self._parse_version(version)
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
         """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
         data = self.serializer.serialize(state) if encoded is None else encoded
-        with self._mapped_errors(), self._locked() as token:
-            if self.version() != expected:
-                self._release_lock(keys=[self.lock_key], args=[token])
-                return None
-            return self._write(token, data)
+        with self._mapped_errors():
+            return self._save_whole_if(data, expected, records=None)
+
+    def save_changes(self, changes: Sequence[Change], expected: int, *,
+                     full: Callable[[], str]) -> int | None:
+        """Append ``changes`` as one journal record if the version is still ``expected``.
+
+        The contract is :meth:`~cascadeui.adapters.JournaledStore.save_changes`'s. One Lua
+        script, no lock round trips; a full write of ``full()`` instead when the journal is
+        due for compaction or no snapshot is stored.
+
+        :raises SerializationError: a changed value cannot be stored (nothing written).
+        :raises StateCorruptedError: a key holds another type, or (on the rare path that
+            reads the state to measure it) something stored does not decode.
+        :raises LockTimeoutError: a full writer held the lock for all of ``lock_timeout``.
+        """
+        record = encode_record(self.serializer, changes) if changes else ""
+        with self._mapped_errors():
+            if not changes:
+                return expected if self.version() == expected else None
+            if expected == 0:  # nothing stored yet: the first write is a snapshot
+                return self._save_whole_if(full(), expected, records=0)
+            sizes = self._sizes
+            if sizes is None or sizes.version != expected:
+                # Rare (the engine reads before it writes): measure by reading, which also
+                # proves everything stored decodes before anything is written after it.
+                if self.version() != expected:
+                    return None
+                self._read()
+                sizes = self._sizes
+                if sizes is None or sizes.version != expected:
+                    return None
+            if should_compact(sizes.journal_bytes, len(record), sizes.snapshot_bytes):
+                return self._save_whole_if(full(), expected, records=sizes.records)
+            return self._append_record(record, sizes, full)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -286,13 +400,7 @@ class RedisStore(BaseStore):
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.001
         while not self._client.set(self.lock_key, token, nx=True, px=lease_ms):
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError(
-                    f"{self.location}: could not lock {self.lock_key!r} within "
-                    f"{self.lock_timeout:g}s", lock=self.lock_key,
-                    timeout=self.lock_timeout, location=self.location)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)  # short: a commit takes about a millisecond
+            delay = self._wait_for_lock(deadline, delay)
         try:
             yield token
         except BaseException:
@@ -301,55 +409,198 @@ class RedisStore(BaseStore):
                 self._release_lock(keys=[self.lock_key], args=[token])
             raise
 
+    def _wait_for_lock(self, deadline: float, delay: float) -> float:
+        """Sleep ``delay`` before the next try at the lock; the next delay.
+
+        :raises LockTimeoutError: ``deadline`` (monotonic) has passed.
+        """
+        if time.monotonic() >= deadline:
+            raise LockTimeoutError(
+                f"{self.location}: could not lock {self.lock_key!r} within "
+                f"{self.lock_timeout:g}s", lock=self.lock_key,
+                timeout=self.lock_timeout, location=self.location)
+        time.sleep(delay)
+        return min(delay * 2, 0.01)  # short: a commit takes about a millisecond
+
+    def _read(self) -> tuple[dict[str, Any], Any]:
+        """The state (snapshot + journal) and the version's raw reply, in one MULTI/EXEC.
+
+        Records the compaction budget's inputs for that version (when it is an integer).
+
+        :raises StateCorruptedError: a key of another type, a journal without its snapshot,
+            or a snapshot or record that does not decode or does not fit.
+        """
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(self.key)
+        pipe.lrange(self.journal_key, 0, -1)
+        pipe.get(self.version_key)
+        raw, records, version = pipe.execute(raise_on_error=False)
+        self._check_reply(raw, f"{self.key!r} holds another Redis type, not a string")
+        self._check_reply(records, f"{self.journal_key!r} holds another Redis type, not a list")
+        state = self._decode(raw)
+        if raw is None and records:
+            raise self._corrupted(
+                f"{self.journal_key!r} holds {len(records)} journal record(s) but "
+                f"{self.key!r}, their snapshot, is missing (deleted by hand?); delete the "
+                "journal too, or restore the snapshot")
+        for index, text in enumerate(records):
+            try:
+                apply_record(state, decode_record(self.serializer, text))
+            except StateCorruptedError as exc:
+                raise self._corrupted(
+                    f"{self.journal_key!r} record {index} of {len(records)}: {exc}") from exc
+        with contextlib.suppress(StateCorruptedError):  # load() works with a bad counter
+            self._sizes = _Sizes(self._parse_version(version), len(records),
+                                 sum(map(len, records)), len(raw) if raw is not None else 0)
+        return state, version
+
+    def _check_reply(self, reply: Any, wrong_type: str) -> None:
+        """Raise for an error reply of a MULTI/EXEC read (``wrong_type`` says whose)."""
+        import redis.exceptions as rex
+
+        if isinstance(reply, rex.ResponseError):
+            if "WRONGTYPE" in str(reply):
+                raise self._corrupted(wrong_type)
+            raise StorageUnavailableError(
+                f"{self.location}: server error: {self._redacted(reply)}",
+                location=self.location)
+
+    def _parse_version(self, reply: Any) -> int:
+        """The version counter from its GET reply (0 when the key does not exist)."""
+        import redis.exceptions as rex
+
+        if isinstance(reply, rex.ResponseError):
+            self._check_reply(reply, f"{self.version_key!r} holds another Redis type")
+        try:
+            return int(reply) if reply is not None else 0
+        except ValueError:  # garbage planted under the key (issue 7, test_fuzz_load)
+            raise self._corrupted(f"{self.version_key!r} holds no integer") from None
+
+    def _corrupted(self, what: str) -> StateCorruptedError:
+        return StateCorruptedError(f"{self.location}: {what}", location=self.location,
+                                   tried=(self.location,))
+
+    def _save_whole_if(self, data: str, expected: int, *, records: int | None) -> int | None:
+        """Write ``data`` as the new snapshot if the version is still ``expected``.
+
+        :param records: also require the journal to hold at most this many records (what
+            the caller read at ``expected``), so records pushed behind the version's back
+            are never written over unread; None: any journal (an explicit whole save).
+            Fewer is fine: they expired with the snapshot, or were deleted by hand.
+        :returns: the new version, or None (nothing written).
+        """
+        with self._locked() as token:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self.version_key)
+            pipe.llen(self.journal_key)
+            version, length = pipe.execute(raise_on_error=False)
+            self._check_reply(length, f"{self.journal_key!r} holds another Redis type, "
+                                      "not a list; refusing to overwrite it")
+            if self._parse_version(version) != expected or (
+                    records is not None and length > records):
+                self._release_lock(keys=[self.lock_key], args=[token])
+                return None
+            return self._write(token, data)
+
+    def _append_record(self, record: str, sizes: _Sizes,
+                       full: Callable[[], str]) -> int | None:
+        """Run the append script, waiting out a full writer's lock; the new version."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.001
+        while True:
+            result = int(self._append(
+                keys=[self.key, self.version_key, self.lock_key, self.journal_key],
+                args=[sizes.version, sizes.records, record, self.ttl or 0]))
+            if result == _BUSY:
+                delay = self._wait_for_lock(deadline, delay)
+                continue
+            if result == _STALE:
+                return None
+            if result == _NO_SNAPSHOT:  # expired with its journal: write the whole state
+                return self._save_whole_if(full(), sizes.version, records=0)
+            if result == _ORPHAN_JOURNAL:
+                raise self._corrupted(
+                    f"{self.journal_key!r} holds journal records but {self.key!r}, their "
+                    "snapshot, is missing; refusing to append to it")
+            self._raise_for(result)
+            self._sizes = sizes._replace(version=result, records=sizes.records + 1,
+                                         journal_bytes=sizes.journal_bytes + len(record))
+            return result
+
     #: Documents up to this size commit through the Lua script (one round trip). Larger ones
     #: commit through WATCH/MULTI: a Lua script copies its arguments into Lua strings and
-    #: back, which cost a 10 MB save about 20% (docs/performance.md).
+    #: back, which cost a 10 MB save about 20% (docs/performance.md). Journal records always
+    #: go through the append script: one is at most the journal's budget, half a snapshot.
     lua_max_bytes = 256 * 1024
 
     def _write(self, token: str, data: str) -> int:
-        """Commit ``data`` if the lock is still ours; return the new version."""
+        """Commit ``data`` as the snapshot, emptying the journal, if the lock is still ours.
+
+        :returns: the new version.
+        """
         if len(data) > self.lua_max_bytes:
             result = self._write_watched(token, data)
         else:
-            result = self._commit(keys=[self.key, self.version_key, self.lock_key],
-                                  args=[token, data, self.ttl or 0])
-        if result == -2:
-            raise StateCorruptedError(
-                f"{self.location}: the key holds another Redis type, not a string; "
-                "refusing to overwrite it (is the key shared with something else?)",
-                location=self.location, tried=(self.location,))
-        if result == -1:
+            result = int(self._commit(
+                keys=[self.key, self.version_key, self.lock_key, self.journal_key],
+                args=[token, data, self.ttl or 0]))
+        self._raise_for(result)
+        self._sizes = _Sizes(result, 0, 0, len(data))
+        return result
+
+    def _raise_for(self, result: int) -> None:
+        """Raise the error a script's negative result stands for (a version passes)."""
+        if result == _FOREIGN_KEY:
+            raise self._corrupted(
+                "the key holds another Redis type, not a string; refusing to overwrite it "
+                "(is the key shared with something else?)")
+        if result == _FOREIGN_JOURNAL:
+            raise self._corrupted(
+                f"{self.journal_key!r} holds another Redis type, not a list; refusing to "
+                "overwrite it (is the key shared with something else?)")
+        if result == _LEASE_LOST:
             raise LockTimeoutError(
                 f"{self.location}: the lock's {self.lock_timeout:g}s lease ran out before "
                 "the commit; nothing was written", lock=self.lock_key,
                 timeout=self.lock_timeout, location=self.location)
-        return int(result)
+        if result < 0:  # pragma: no cover - every script's codes are handled above
+            raise StorageUnavailableError(f"{self.location}: unexpected script result "
+                                          f"{result}", location=self.location)
 
     def _write_watched(self, token: str, data: str) -> int:
         """The commit script's checks and writes as WATCH + MULTI/EXEC (large documents).
 
-        WATCH on the lock and the document: if another writer takes the lock after our
-        lease ran out, or anything touches the key, EXEC writes nothing.
+        WATCH on the lock, the document, the journal and the version: if another writer
+        takes the lock after our lease ran out, or anything touches those keys, EXEC
+        writes nothing.
         """
         import redis.exceptions as rex
 
         with self._client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self.lock_key, self.key)
+                pipe.watch(self.lock_key, self.key, self.journal_key, self.version_key)
                 owner = pipe.get(self.lock_key)
                 if owner is None or owner.decode() != token:
-                    return -1
-                if pipe.type(self.key) not in (b"string", b"none", "string", "none"):
-                    pipe.unwatch()
-                    self._release_lock(keys=[self.lock_key], args=[token])
-                    return -2
+                    return _LEASE_LOST
+                for key, allowed, code in ((self.key, "string", _FOREIGN_KEY),
+                                           (self.journal_key, "list", _FOREIGN_JOURNAL)):
+                    kind = pipe.type(key)
+                    kind = kind.decode() if isinstance(kind, bytes) else kind
+                    if kind not in (allowed, "none"):
+                        pipe.unwatch()
+                        self._release_lock(keys=[self.lock_key], args=[token])
+                        return code
+                # MULTI applies every queued command even when one fails: refuse a
+                # non-integer counter (INCR would fail after the SET) before queueing.
+                self._parse_version(pipe.get(self.version_key))
                 pipe.multi()
                 pipe.set(self.key, data, ex=self.ttl)
                 pipe.incr(self.version_key)
+                pipe.delete(self.journal_key)
                 pipe.delete(self.lock_key)
-                _, version, _ = pipe.execute()
+                _, version, _, _ = pipe.execute()
             except rex.WatchError:
-                return -1
+                return _LEASE_LOST
         return int(version)
 
     def _decode(self, raw: bytes | str | None) -> dict[str, Any]:
