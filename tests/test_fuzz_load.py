@@ -463,3 +463,46 @@ def test_setup_persistence_never_writes_empty_over_garbage(
     if medium == "redis":
         raw.delete(request.getfixturevalue("redis_key"))
         raw.close()
+
+
+# -- Redis change journal (issue 6) --------------------------------------------------------
+
+
+#: Record-shaped ops whose paths run through GOOD's dicts, leaves, tags and missing keys.
+_redis_paths = st.lists(st.sampled_from(["application", "guild", 123, "tags", "n", "x",
+                                         (1, 2), None]), min_size=1, max_size=4)
+_redis_records = st.lists(
+    _redis_paths.flatmap(lambda p: st.just([p]) | st.integers().map(lambda v: [p, v])),
+    max_size=3).map(lambda ops: SER.serialize({"ops": ops}).encode())
+
+
+@FUZZ_IO
+@given(data=hostile | _redis_records)
+def test_redis_garbage_journal_record(redis_store: tuple[RedisStore, redis.Redis],
+                                      data: bytes) -> None:
+    """A hostile record after a good snapshot: the snapshot with the record applied, or a
+    typed error naming the journal; never a partial state, and the record is kept."""
+    from cascadeui.adapters.journal import apply_record, decode_record
+
+    expected: dict[str, Any] | None = SER.deserialize(GOOD_TEXT)
+    try:
+        apply_record(expected, decode_record(SER, data))  # the reference
+    except StateCorruptedError:
+        expected = None
+    store, raw = redis_store
+    try:
+        store.save(GOOD)
+        raw.rpush(store.journal_key, data)
+        result = outcome(store.load)
+        if isinstance(result, PersistenceError):
+            assert expected is None
+            assert isinstance(result, StateCorruptedError)
+            assert store.journal_key in str(result)
+            with pytest.raises(StateCorruptedError), store.transaction() as state:
+                state.clear()
+            assert raw.lrange(store.journal_key, 0, -1) == [data]
+        else:
+            assert result == expected
+        assert_savable(result)
+    finally:
+        raw.delete(store.journal_key)
