@@ -40,7 +40,7 @@ from .actions import (
     delete_in,
     set_in,
 )
-from .adapters import SyncStore, VersionedStore
+from .adapters import JournaledStore, SyncStore, VersionedStore, changes_between
 from .backends import AsyncBackend, StorageBackend, as_backend
 from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
 from .merge import merge3
@@ -403,7 +403,7 @@ class StateStore:
             fresh = _Engine(self, engine.backend, engine.timing)
             fresh.durable, fresh.base = engine.durable, engine.base
             fresh.version, fresh.conflicts = engine.version, engine.conflicts
-            fresh.encoder = engine.encoder
+            fresh.encoder, fresh.appended = engine.encoder, engine.appended
             fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
             self._engine = engine = fresh
             engine.start()
@@ -437,7 +437,9 @@ class StateStore:
         if engine is None:
             return
         try:
-            if not await engine.flush():
+            if await engine.flush():
+                await engine.compact()
+            else:
                 log.error("closing %r with unsaved changes: the final write failed",
                           engine.backend)
         except (TypeError, ValueError) as exc:
@@ -479,9 +481,27 @@ class _Timing:
             raise ValueError("poll_interval must be > 0 seconds, or None")
 
 
-def _save_encoded(adapter: VersionedStore, encoder: SnapshotEncoder | None,
-                  doc: dict[str, Any], expected: int) -> int | None:
-    """Worker thread: encode ``doc`` (incrementally when possible), then compare-and-set."""
+def _save_doc(adapter: VersionedStore, encoder: SnapshotEncoder | None,
+              stored: dict[str, Any], doc: dict[str, Any], expected: int,
+              journaled: bool) -> int | None:
+    """Worker thread: compare-and-set ``doc`` over ``stored`` (the document at ``expected``).
+
+    A journaled adapter gets only the leaf changes (found by identity between the shared
+    snapshots, so O(what changed)); it rewrites the whole document, encoded here on
+    demand, when its journal is due for compaction. Other adapters get the whole document.
+    """
+    def full() -> str:
+        return encoder.encode(doc) if encoder is not None else adapter.serializer.serialize(doc)
+
+    if journaled and expected:
+        assert isinstance(adapter, JournaledStore)
+        return adapter.save_changes(changes_between(stored, doc), expected, full=full)
+    return adapter.save_if_version(doc, expected, encoded=full() if encoder else None)
+
+
+def _save_full(adapter: VersionedStore, encoder: SnapshotEncoder | None,
+               doc: dict[str, Any], expected: int) -> int | None:
+    """Worker thread: rewrite ``doc`` whole (compare-and-set), which empties a journal."""
     encoded = encoder.encode(doc) if encoder is not None else None
     return adapter.save_if_version(doc, expected, encoded=encoded)
 
@@ -560,6 +580,10 @@ class _Engine:
         self.encoder = SnapshotEncoder(self.adapter.serializer) if (
             self.adapter is not None and type(self.adapter.serializer) is StateSerializer
         ) else None
+        #: The adapter appends changes to a journal (issue 6); ``appended`` is set once it
+        #: has since the last whole-document write, so close() can fold the journal in.
+        self.journaled = isinstance(self.adapter, JournaledStore)
+        self.appended = False
         self.conflicts = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
@@ -718,15 +742,17 @@ class _Engine:
         if adapter is None or self.version is None:
             return snapshot if await self.backend.save_state(snapshot) else None
         expected: int = self.version
+        stored = self.base  # what the backend holds at `expected`
         doc, changed = snapshot, []
         for _ in range(_MAX_MERGE_ROUNDS):
-            version = await anyio.to_thread.run_sync(_save_encoded, adapter, encoder, doc,
-                                                     expected)
+            version = await anyio.to_thread.run_sync(_save_doc, adapter, encoder, stored, doc,
+                                                     expected, self.journaled)
             if version is not None:
                 self.base, self.version = doc, version
+                self.appended = self.appended or (self.journaled and expected != 0)
                 break
             theirs, expected = await self._load_theirs(adapter)
-            self.version = expected
+            stored, self.version = theirs, expected
             if expected == 0:
                 # The document vanished (a Redis restarted without persistence, a file
                 # removed): that is lost data, not another writer's deletions. Write ours.
@@ -745,6 +771,24 @@ class _Engine:
             await self.store.dispatch(STATE_RELOADED,
                                       {"state": doc, "base": snapshot, "paths": changed})
         return doc
+
+    async def compact(self) -> None:
+        """Rewrite the durable document whole, folding the journal in (on close).
+
+        After a clean shutdown the snapshot alone (the file, the row, the key) holds the
+        whole state, for tools that read it directly. Skipped when another process has
+        committed since (its own writes keep the journal bounded); failures are logged.
+        """
+        if not self.appended or self.adapter is None or self.version is None:
+            return
+        try:
+            version = await anyio.to_thread.run_sync(_save_full, self.adapter, self.encoder,
+                                                     self.base, self.version)
+        except (PersistenceError, TypeError, ValueError) as exc:
+            log.warning("could not compact the journal of %r on close: %s", self.backend, exc)
+            return
+        if version is not None:
+            self.version, self.appended = version, False
 
     async def _poll(self) -> None:
         """Load and install what another process committed, if the version moved."""

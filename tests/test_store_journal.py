@@ -1,0 +1,173 @@
+"""The store's writes follow what changed: journal appends, not whole-document rewrites.
+
+Issue 6: a small change to a large state must not rewrite the state. Against each real
+backend the snapshot (the file, the row, the key) stays byte for byte what the first write
+put there while small changes are made durable one by one; everything dispatched still
+loads back; and a clean ``close()`` folds the journal into the snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
+from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.serializer import StateSerializer
+from cascadeui.store import StateStore
+
+# The checks read the media directly with blocking calls; the store under test does not.
+pytestmark = [pytest.mark.anyio, pytest.mark.allow_blocking]
+
+KINDS = ["json", "sqlite", "redis"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Target:
+    """One backend location, with raw access to its snapshot and journal for the checks."""
+
+    def __init__(self, kind: str, tmp_path: Path, redis_url: str, key: str) -> None:
+        self.kind, self.tmp_path, self.redis_url, self.key = kind, tmp_path, redis_url, key
+
+    def backend(self) -> AsyncBackend:
+        if self.kind == "json":
+            return FileStorageBackend(self.tmp_path / "state.json")
+        if self.kind == "sqlite":
+            return SQLiteBackend(self.tmp_path / "state.db")
+        return RedisBackend(url=self.redis_url, key=self.key)
+
+    def adapter(self) -> FileStore | SQLiteStore | RedisStore:
+        if self.kind == "json":
+            return FileStore(self.tmp_path / "state.json")
+        if self.kind == "sqlite":
+            return SQLiteStore(self.tmp_path / "state.db")
+        return RedisStore(self.redis_url, key=self.key)
+
+    def snapshot(self) -> bytes:
+        """The stored snapshot's raw bytes, read without cascadeui."""
+        if self.kind == "json":
+            return (self.tmp_path / "state.json").read_bytes()
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.tmp_path / "state.db")
+            try:
+                return str(conn.execute("SELECT data FROM cascadeui_state").fetchone()[0]
+                           ).encode()
+            finally:
+                conn.close()
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            raw = client.get(self.key)
+            assert raw is not None
+            return bytes(raw)
+        finally:
+            client.close()
+
+    def journal_entries(self) -> int:
+        """How many journal records are stored (0: the snapshot is the whole state)."""
+        if self.kind == "json":
+            path = self.tmp_path / "state.json.journal"
+            return max(0, len(path.read_bytes().splitlines()) - 1) if path.exists() else 0
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.tmp_path / "state.db")
+            try:
+                return int(conn.execute(
+                    "SELECT count(*) FROM cascadeui_state_journal").fetchone()[0])
+            finally:
+                conn.close()
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.llen(f"{self.key}:journal"))
+        finally:
+            client.close()
+
+    def cleanup(self) -> None:
+        if self.kind == "redis":
+            client = redis.Redis.from_url(self.redis_url)
+            try:
+                client.delete(self.key, f"{self.key}:version", f"{self.key}:journal")
+            finally:
+                client.close()
+
+
+@pytest.fixture(params=KINDS)
+def target(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str,
+           redis_key: str) -> Iterator[Target]:
+    t = Target(request.param, tmp_path, redis_url, redis_key)
+    try:
+        yield t
+    finally:
+        t.cleanup()
+
+
+def _big_records(n: int = 2_000) -> dict[str, Any]:
+    return {f"r{i}": {"name": f"record {i}", "tags": [i, i + 1], "score": i / 7}
+            for i in range(n)}
+
+
+async def test_small_changes_append_and_leave_the_snapshot_alone(target: Target) -> None:
+    store = StateStore()
+    await store.enable_persistence(target.backend(), debounce=0, poll_interval=None)
+    await store.dispatch(APPLICATION_SET, {"path": ["records"], "value": _big_records()})
+    assert await store.flush()
+    first = target.snapshot()
+    assert target.journal_entries() == 0
+
+    for i in range(30):
+        await store.dispatch(APPLICATION_SET, {"path": ["counters", f"k{i % 5}"],
+                                               "value": {i, -i}})
+        if i % 3 == 0:
+            await store.dispatch(APPLICATION_DELETE, {"path": ["records", f"r{i}"]})
+        assert await store.flush()
+
+    assert target.snapshot() == first  # never rewritten
+    assert target.journal_entries() == 30
+    memory = {name: store.state[name] for name in ("application", "persistent_views")}
+    with target.adapter() as fresh:
+        loaded = fresh.load()
+    assert loaded["application"] == memory["application"]
+    assert loaded["application"]["counters"]["k4"] == {29, -29}
+    assert "r9" not in loaded["application"]["records"]
+
+    await store.close()
+    assert target.journal_entries() == 0  # close() folded the journal into the snapshot
+    whole = StateSerializer().deserialize(target.snapshot())
+    assert whole["application"] == memory["application"]
+
+
+async def test_reopened_store_keeps_appending_on_the_loaded_document(target: Target) -> None:
+    """A restart loads snapshot + journal and goes on appending against that version."""
+    store = StateStore()
+    await store.enable_persistence(target.backend(), debounce=0, poll_interval=None)
+    await store.dispatch(APPLICATION_SET, {"path": ["records"], "value": _big_records(200)})
+    assert await store.flush()
+    await store.dispatch(APPLICATION_SET, {"path": ["n"], "value": 1})
+    assert await store.flush()
+    # A crash now (no close()): the journal holds the last change.
+    assert target.journal_entries() == 1
+
+    again = StateStore()
+    await again.enable_persistence(target.backend(), debounce=0, poll_interval=None)
+    assert again.state["application"]["n"] == 1
+    snapshot = target.snapshot()
+    await again.dispatch(APPLICATION_SET, {"path": ["n"], "value": 2})
+    assert await again.flush()
+    assert target.snapshot() == snapshot
+    assert target.journal_entries() == 2
+    with target.adapter() as fresh:
+        assert fresh.load()["application"]["n"] == 2
+    await again.close()
+    await store.close()  # the first store's close must not undo the second's writes
+    with target.adapter() as fresh:
+        loaded = fresh.load()
+    assert loaded["application"]["n"] == 2
+    assert loaded["application"]["records"] == _big_records(200)
