@@ -1,29 +1,62 @@
-"""The JSON file adapter: atomic replace, fsync, ``.bak`` rotation and a ``filelock`` lock.
+"""The JSON file adapter: a snapshot file plus a change journal, atomic replace, fsync, ``.bak``.
 
-A save never overwrites data in place. It writes the new document to a private temp file
-in the same directory, fsyncs it, ``os.replace``-s it over the target and fsyncs the
-directory; just before, the current file is hard-linked to ``<path>.bak`` (older
-generations shift to ``.bak.1``, ``.bak.2`` ...). A crash at any moment therefore leaves
-either the old or the new document under ``<path>``, and the previous one in ``.bak``.
+Layout next to ``<path>``:
 
-Symlinks: the store never reads or writes through a link at ``<path>``, a backup or the
-lock (``O_NOFOLLOW``): it raises :class:`~cascadeui.errors.ConfigurationError` naming the
-real path to pass instead, so a planted link cannot redirect a write. (The path is not
-resolved at construction: constructors do no I/O, because backends are built on the
-event loop.) Links in the directory part of the path are followed as usual. New files
-get mode 0600; an existing file keeps its permission bits.
+- ``<path>``, the *snapshot*: the whole document, exactly what :meth:`FileStore.save`
+  writes. A full write never overwrites data in place: the new document goes to a
+  private temp file in the same directory, is fsynced, ``os.replace``-d over the target
+  and the directory is fsynced; just before, the current file is hard-linked to
+  ``<path>.bak`` (older generations shift to ``.bak.1``, ``.bak.2`` ...). A crash at any
+  moment leaves either the old or the new document under ``<path>``.
+- ``<path>.journal``, the *change journal* (see :mod:`cascadeui.adapters.journal`): the
+  commits appended after that snapshot by :meth:`FileStore.save_changes`, so a commit
+  costs what changed instead of the whole document. Line 1 is a header binding the
+  journal to the snapshot it was started against, ``<crc> {"cascadeui_journal":1,
+  "snapshot":[st_ino, st_mtime_ns, st_size]}``; every further line is one record,
+  ``<crc32 of the text, 8 hex digits> <record text>``. A journal is created whole (temp
+  file, fsync, replace, directory fsync), then only ever appended to (``O_APPEND``,
+  fsync) under the lock; it is never modified in place, so a lock-free reader always
+  sees a prefix of it.
+- ``<path>.lock``, the ``filelock`` every writer holds.
+
+A load is the snapshot with every journal record applied in order. Every full write
+(``save``, ``save_if_version``, ``transaction``, a compaction) replaces the snapshot,
+then deletes the journal. A journal whose header does not name the current snapshot is
+*stale* (a crash between those two steps, or a hand-restored snapshot): readers ignore
+it and the next write removes it. A last line that is incomplete or fails its checksum
+is an append that crashed before it was acknowledged: readers ignore it and the next
+append rewrites the journal without it. A bad line with more data after it is damage:
+:class:`~cascadeui.errors.StateCorruptedError` naming ``<path>.journal`` and the line,
+and nothing is ever appended after it (a full ``save()`` moves it aside to
+``<path>.journal.corrupt-<timestamp>`` before writing).
+
+``.bak`` is the snapshot before the last *full* write, without the journal that was
+appended to it: backups rotate only on full writes, and the backup fallback (main file
+missing or unreadable) never applies a journal.
+
+Symlinks: the store never reads or writes through a link at ``<path>``, the journal, a
+backup or the lock (``O_NOFOLLOW``): it raises :class:`~cascadeui.errors.ConfigurationError`
+naming the real path to pass instead, so a planted link cannot redirect a write. (The
+path is not resolved at construction: constructors do no I/O, because backends are
+built on the event loop.) Links in the directory part of the path are followed as
+usual. New files get mode 0600 (a journal takes the main file's permission bits); an
+existing file keeps its permission bits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
@@ -35,29 +68,100 @@ from cascadeui.errors import (
     StateCorruptedError,
     StorageUnavailableError,
 )
+from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
+from . import journal as _journal
 from .base import BaseStore
+
+if TYPE_CHECKING:
+    from .journal import JournaledStore
 
 __all__ = ["FileStore"]
 
 log = logging.getLogger("cascadeui.adapters.file")
 
-#: (inode, mtime_ns, ctime_ns, size): every save makes a new inode while the old one still
-#: exists, so the signature of the main file changes on every commit.
+#: (inode, mtime_ns, ctime_ns, size): every full save makes a new inode while the old one
+#: still exists, so the signature of the main file changes on every full commit.
 _Signature = tuple[int, int, int, int]
+#: (inode, mtime_ns, size) of the main file: what a journal header binds to. Not ctime:
+#: rotating ``.bak`` hard-links the main file, which changes its ctime, not its bytes.
+_SnapshotId = tuple[int, int, int]
+#: (inode, size, mtime_ns) of the journal file: every append grows it.
+_JournalSig = tuple[int, int, int]
+
+_JOURNAL_FORMAT = 1
+#: Lock-free reads that find the snapshot replaced under them retry this often, then lock.
+_READ_ATTEMPTS = 5
 
 
 def _signature(st: os.stat_result) -> _Signature:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
+def _snapshot_id(st: os.stat_result) -> _SnapshotId:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _journal_sig(st: os.stat_result) -> _JournalSig:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _version_of(main: os.stat_result, journal: os.stat_result | None) -> int:
+    """The version token of a main file and its journal file (``()``: no journal file)."""
+    return hash((_signature(main), _journal_sig(journal) if journal is not None else ())) or 1
+
+
+def _line(payload: bytes) -> bytes:
+    """One journal line: ``<crc32, 8 hex digits> <payload>\\n``."""
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def _header(snapshot: _SnapshotId) -> bytes:
+    """The journal's first line, binding it to the snapshot ``(ino, mtime_ns, size)``."""
+    body = {"cascadeui_journal": _JOURNAL_FORMAT, "snapshot": list(snapshot)}
+    return _line(json.dumps(body, separators=(",", ":")).encode("ascii"))
+
+
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 
 
+@dataclass(frozen=True)
+class _Journal:
+    """One read of ``<path>.journal``: its good lines, and where the good part ends."""
+
+    stat: os.stat_result
+    #: The snapshot its header names; None when even the header is a torn tail.
+    snapshot: _SnapshotId | None
+    #: (line number, record text) of every good record line, in order.
+    records: list[tuple[int, bytes]]
+    #: Bytes up to the end of the last good line (the header included).
+    end: int
+    #: The file did not change while it was read (size and mtime before == after).
+    stable: bool
+    #: A bad record line with data after it (raised only if the journal is applied).
+    damage: StateCorruptedError | None
+
+
+@dataclass(frozen=True)
+class _Extent:
+    """What the last read or write under the lock saw: lets ``save_changes`` skip a read."""
+
+    version: int
+    snapshot: _SnapshotId
+    snapshot_bytes: int
+    #: The journal file on disk at ``version`` (None: no journal file).
+    journal: _JournalSig | None
+    #: Good bytes of a journal bound to ``snapshot``; 0 when there is none (or it is stale).
+    journal_end: int
+
+
 class FileStore(BaseStore):
-    """State in one JSON file, safe across threads and processes.
+    """State in one JSON file plus its change journal, safe across threads and processes.
+
+    Implements :class:`~cascadeui.adapters.VersionedStore` and
+    :class:`~cascadeui.adapters.JournaledStore` (:meth:`save_changes`).
 
     :param path: the JSON file (not a symlink); missing directories are created on save.
     :param backups: how many previous generations to keep (``.bak``, ``.bak.1``, ...).
@@ -76,8 +180,13 @@ class FileStore(BaseStore):
         self.backups = backups
         self.lock_timeout = lock_timeout
         self.lock_path = Path(f"{self.path}.lock")
+        #: The change journal appended after the snapshot at :attr:`path`.
+        self.journal_path = Path(f"{self.path}.journal")
         self._lock = FileLock(self.lock_path, timeout=lock_timeout, mode=0o600)
         self._known_good: _Signature | None = None
+        #: A journal file this store read (or wrote) whole and found good.
+        self._journal_good: _JournalSig | None = None
+        self._extent: _Extent | None = None
         self._swept = False
 
     # -- paths -------------------------------------------------------------------------
@@ -89,31 +198,92 @@ class FileStore(BaseStore):
     # -- reading -----------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        """Return the stored state; fall back to the newest valid backup, with a warning.
+        """Return the stored state (snapshot + journal); fall back to the newest valid backup.
 
-        :raises StateCorruptedError: no copy (main file or backup) decodes.
+        Lock-free: the result is always a state that was committed (a record being
+        appended meanwhile is not part of it yet).
+
+        :raises StateCorruptedError: no copy (main file or backup) decodes, or the
+            journal is damaged (it names the journal file and line; no backup is used,
+            which would silently drop acknowledged commits).
         :raises StorageUnavailableError: the file cannot be read at all.
         """
         self._check_open()
-        return self._load()
+        return self._load(locked=False)
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self, *, locked: bool) -> dict[str, Any]:
+        """Snapshot + journal, else a backup; ``locked``: the caller holds the write lock.
+
+        Lock-free, a full write may replace the snapshot between reading it and reading
+        the journal: that read starts over (a few times, then under the lock).
+        """
         tried: list[str] = []
         first_error: PersistenceError | None = None
-        for candidate in [self.path, *self.backup_paths()]:
+        for _ in range(_READ_ATTEMPTS):
             try:
-                state, sig = self._read(candidate)
+                state, st = self._read(self.path)
+            except FileNotFoundError:
+                break
+            except StateCorruptedError as exc:
+                tried.append(str(self.path))
+                first_error = exc
+                break
+            if self._settle(state, st, self._read_journal(), locked=locked):
+                return state
+        else:  # the snapshot kept being replaced under a lock-free read: read under the lock
+            with self._locked():
+                return self._load(locked=True)
+        return self._load_backup(tried, first_error)
+
+    def _settle(self, state: dict[str, Any], st: os.stat_result, journal: _Journal | None,
+                *, locked: bool) -> bool:
+        """Apply ``journal`` to the snapshot ``state`` read with ``st`` if it belongs to it.
+
+        False when a lock-free read must start over: the journal does not name this
+        snapshot and the snapshot was replaced meanwhile (the journal may be the one of
+        its successor, or the successor's full write may have just deleted ours).
+
+        :raises StateCorruptedError: the journal is damaged or does not fit the snapshot.
+        """
+        snapshot = _snapshot_id(st)
+        bound = journal is not None and journal.snapshot == snapshot
+        if not bound and not locked and self._snapshot_moved(snapshot):
+            return False
+        if journal is not None and bound:
+            self._apply(state, journal)
+            if journal.stable:
+                self._journal_good = _journal_sig(journal.stat)
+        self._known_good = _signature(st)
+        if locked:
+            self._extent = _Extent(
+                _version_of(st, journal.stat if journal is not None else None), snapshot,
+                st.st_size, _journal_sig(journal.stat) if journal is not None else None,
+                journal.end if journal is not None and bound else 0)
+        return True
+
+    def _snapshot_moved(self, snapshot: _SnapshotId) -> bool:
+        """True if ``<path>`` is no longer the snapshot a lock-free read started from."""
+        try:
+            return _snapshot_id(os.lstat(self.path)) != snapshot
+        except OSError:
+            return True
+
+    def _load_backup(self, tried: list[str], first_error: PersistenceError | None
+                     ) -> dict[str, Any]:
+        """The newest readable backup, when the main file is missing or unreadable.
+
+        Backups are whole snapshots: no journal is applied to them.
+        """
+        for candidate in self.backup_paths():
+            try:
+                state, _ = self._read(candidate)
             except FileNotFoundError:
                 continue
             except (StateCorruptedError, ConfigurationError) as exc:
-                if candidate == self.path and isinstance(exc, ConfigurationError):
-                    raise  # a symlink at <path> itself: the caller must fix the path
                 tried.append(str(candidate))
                 first_error = first_error or exc
                 continue
-            if candidate == self.path:
-                self._known_good = sig
-            elif tried:
+            if tried:
                 log.warning("%s is unreadable (%s); loaded the backup %s instead",
                             self.path, first_error.args[0] if first_error else "", candidate)
             else:
@@ -125,7 +295,8 @@ class FileStore(BaseStore):
                 location=self.location, tried=tuple(tried)) from first_error
         return {}
 
-    def _read(self, path: Path) -> tuple[dict[str, Any], _Signature]:
+    def _read(self, path: Path) -> tuple[dict[str, Any], os.stat_result]:
+        """Decode one whole document (the snapshot or a backup) and the stat of what was read."""
         try:
             fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
         except FileNotFoundError:
@@ -146,29 +317,135 @@ class FileStore(BaseStore):
         except StateCorruptedError as exc:
             raise StateCorruptedError(f"{path}: {exc}", location=str(path),
                                       tried=(str(path),)) from exc
-        return state, _signature(st)
+        return state, st
+
+    def _read_journal(self) -> _Journal | None:
+        """Read and check ``<path>.journal``; None when there is none.
+
+        :raises StateCorruptedError: the header line is damaged (a damaged record line is
+            raised when the journal is applied: a stale journal is never applied).
+        :raises ConfigurationError: the journal path is a symlink.
+        """
+        path = self.journal_path
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._refuse_symlink(path, exc)
+            raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
+                                          location=str(path)) from exc
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                data = fh.read()
+                after = os.fstat(fh.fileno())
+        except OSError as exc:
+            raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
+                                          location=str(path)) from exc
+        stable = len(data) == st.st_size and _journal_sig(after) == _journal_sig(st)
+        return self._scan(data, st, stable)
+
+    def _scan(self, data: bytes, st: os.stat_result, stable: bool) -> _Journal:
+        """Split journal bytes into the header's snapshot, the good records, and their end.
+
+        A bad or incomplete *last* line is a torn append and ends the good part; a bad
+        line followed by anything is damage (raised at once in the header, which names
+        the snapshot; recorded for a record line, so that a stale journal is skipped).
+        """
+        snapshot: _SnapshotId | None = None
+        records: list[tuple[int, bytes]] = []
+        pos, lineno, size = 0, 0, len(data)
+        while pos < size:
+            lineno += 1
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break  # incomplete last line: an append that never finished
+            payload = data[pos + 9:nl]
+            if (nl - pos < 9 or data[pos + 8] != 0x20
+                    or b"%08x" % zlib.crc32(payload) != data[pos:pos + 8]):
+                if nl + 1 >= size:
+                    break  # a bad last line: an append that never finished
+                damage = self._damaged(lineno, "checksum mismatch, and more data follows")
+                if lineno == 1:
+                    raise damage
+                return _Journal(st, snapshot, records, pos, stable, damage)
+            if lineno == 1:
+                snapshot = self._parse_header(payload)
+            else:
+                records.append((lineno, payload))
+            pos = nl + 1
+        return _Journal(st, snapshot, records, pos, stable, None)
+
+    def _parse_header(self, payload: bytes) -> _SnapshotId:
+        try:
+            header = json.loads(payload)
+            fmt, snap = header["cascadeui_journal"], header["snapshot"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise self._damaged(1, "not a cascadeui journal header") from None
+        if fmt != _JOURNAL_FORMAT:
+            raise self._damaged(1, f"unsupported journal format {fmt!r}")
+        if not (isinstance(snap, list) and len(snap) == 3
+                and all(type(x) is int for x in snap)):
+            raise self._damaged(1, "the header names no snapshot")
+        return (snap[0], snap[1], snap[2])
+
+    def _apply(self, state: dict[str, Any], journal: _Journal) -> None:
+        """Apply every record of ``journal`` to ``state`` in order.
+
+        :raises StateCorruptedError: a record does not decode or does not fit, or a line
+            before the end is damaged.
+        """
+        if journal.damage is not None:
+            raise journal.damage
+        for lineno, text in journal.records:
+            try:
+                _journal.apply_record(state, _journal.decode_record(self.serializer, text))
+            except StateCorruptedError as exc:
+                raise self._damaged(lineno, str(exc)) from exc
+
+    def _damaged(self, lineno: int, reason: str) -> StateCorruptedError:
+        where = str(self.journal_path)
+        return StateCorruptedError(
+            f"{where} line {lineno}: {reason} (the snapshot {self.path} is intact; move the "
+            "journal aside to load it without the changes appended since)",
+            location=where, tried=(where,))
 
     def version(self) -> int:
-        """An opaque number that changes on every commit (0 when no file); one ``stat``.
+        """An opaque number that changes on every commit (0 when no file); two ``lstat``.
 
-        Built from the main file's (inode, mtime_ns, ctime_ns, size) signature: every
-        save puts a new inode under ``<path>`` while the previous one is still alive (as
-        ``.bak`` or as the replaced file). Compare with ``==``; it is not ordered.
+        Built from the main file's (inode, mtime_ns, ctime_ns, size) and the journal's
+        (inode, size, mtime_ns): every full save puts a new inode under ``<path>`` while
+        the previous one is still alive, and every append grows the journal. Compare
+        with ``==``; it is not ordered.
         """
         self._check_open()
         try:
-            sig = _signature(os.lstat(self.path))
+            main = os.lstat(self.path)
         except FileNotFoundError:
             return 0
         except OSError as exc:
             raise StorageUnavailableError(f"cannot stat {self.path}: {exc.strerror or exc}",
                                           location=self.location) from exc
-        return hash(sig) or 1
+        return _version_of(main, self._lstat_journal())
+
+    def _lstat_journal(self) -> os.stat_result | None:
+        """The journal file's lstat (a symlink's own), None when there is none."""
+        try:
+            return os.lstat(self.journal_path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot stat {self.journal_path}: {exc.strerror or exc}",
+                location=self.location) from exc
 
     # -- writing -----------------------------------------------------------------------
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Replace the stored state atomically, rotating the previous file to ``.bak``.
+
+        Also empties the journal (a damaged one is moved aside first).
 
         :raises SerializationError: ``state`` holds a value JSON cannot store (nothing written).
         :raises LockTimeoutError: another writer held the lock past ``lock_timeout``.
@@ -184,11 +461,11 @@ class FileStore(BaseStore):
         """Lock, load, yield the state to change in place, save it on a clean exit.
 
         Exclusive across threads and processes (the same lock as :meth:`save`). If the
-        body raises, nothing is written.
+        body raises, nothing is written. The commit is a full write (it empties the journal).
         """
         self._check_open()
         with self._locked():
-            state = self._load()
+            state = self._load(locked=True)
             yield state
             self._write(self.serializer.serialize(state).encode("utf-8"))
 
@@ -196,7 +473,7 @@ class FileStore(BaseStore):
         """:meth:`load` and the :meth:`version` of what was read, consistent (under the lock)."""
         self._check_open()
         with self._locked():
-            return self._load(), self.version()
+            return self._load(locked=True), self.version()
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
@@ -208,6 +485,144 @@ class FileStore(BaseStore):
                 return None
             self._write(data)
             return self.version()
+
+    def save_changes(self, changes: Sequence[Change], expected: int, *,
+                     full: Callable[[], str]) -> int | None:
+        """Append ``changes`` to the journal if the stored version is still ``expected``.
+
+        See :meth:`~cascadeui.adapters.JournaledStore.save_changes`. Costs one fsynced
+        append of the record (no read: the journal and snapshot sizes come from this
+        store's last read or write at ``expected``). Writes ``full()`` as a new snapshot
+        instead when the journal is due for compaction, when nothing is stored yet, or
+        when the snapshot is unreadable (a full write sets it aside, as :meth:`save` does).
+
+        :returns: the new version, or None when another writer committed since ``expected``.
+        :raises SerializationError: a changed value cannot be stored (nothing written).
+        :raises StateCorruptedError: the journal is damaged (nothing written).
+        """
+        self._check_open()
+        line = _line(self._record_text(changes)) if changes else b""
+        with self._locked():
+            if self.version() != expected:
+                return None
+            if not changes:
+                return expected
+            extent = self._extent
+            if extent is None or extent.version != expected:
+                extent = self._inspect()
+            if extent is None or _journal.should_compact(
+                    extent.journal_end, len(line), extent.snapshot_bytes):
+                self._write(full().encode("utf-8"))
+                return self.version()
+            return self._append(extent, line)
+
+    def _record_text(self, changes: Sequence[Change]) -> bytes:
+        """One record's bytes, without the line framing (SerializationError: nothing written)."""
+        text = _journal.encode_record(self.serializer, changes)
+        # Lines are the framing. Valid JSON holds a raw newline only as whitespace (a
+        # custom serializer may indent), so replacing it with a space keeps the value.
+        return text.replace("\n", " ").encode("utf-8")
+
+    def _inspect(self) -> _Extent | None:
+        """Read the stored state under the lock to learn its extent (the rare path).
+
+        None when there is no readable snapshot to append to (missing or unreadable).
+
+        :raises StateCorruptedError: the journal is damaged: nothing may be appended.
+        """
+        try:
+            state, st = self._read(self.path)
+        except FileNotFoundError:
+            return None
+        except StateCorruptedError:
+            return None
+        self._settle(state, st, self._read_journal(), locked=True)
+        return self._extent
+
+    def _append(self, extent: _Extent, line: bytes) -> int | None:
+        """Append ``line`` to the journal bound to ``extent.snapshot``, durably (lock held)."""
+        self._sweep_once()
+        head: bytes | None = None
+        try:
+            if extent.journal_end == 0:  # no journal for this snapshot (none, stale, torn)
+                head = _header(extent.snapshot)
+            elif extent.journal is not None and extent.journal[1] > extent.journal_end:
+                head = self._good_part(extent)  # a torn tail: a clean journal without it
+            if head is not None:
+                self._new_journal(head + line)
+                end = len(head) + len(line)
+            else:
+                if not self._append_line(extent, line):
+                    return None
+                end = extent.journal_end + len(line)
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot append to {self.journal_path}: {exc.strerror or exc}; the stored "
+                "state is intact", location=self.location) from exc
+        main, journal = os.lstat(self.path), os.lstat(self.journal_path)
+        version = _version_of(main, journal)
+        self._journal_good = _journal_sig(journal)
+        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
+                               _journal_sig(journal), end)
+        return version
+
+    def _good_part(self, extent: _Extent) -> bytes:
+        """The first ``journal_end`` bytes of the journal: its header and good records."""
+        try:
+            fd = os.open(self.journal_path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
+        except OSError as exc:
+            self._refuse_symlink(self.journal_path, exc)
+            raise StorageUnavailableError(
+                f"cannot read {self.journal_path}: {exc.strerror or exc}",
+                location=self.location) from exc
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(extent.journal_end)
+
+    def _append_line(self, extent: _Extent, line: bytes) -> bool:
+        """O_APPEND the line and fsync; False if the file is not the one ``extent`` saw.
+
+        On a failed write or fsync the journal is rewritten without the line (best
+        effort), so an unacknowledged record never stays visible.
+        """
+        try:
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | _O_NOFOLLOW | _O_BINARY)
+        except OSError as exc:
+            self._refuse_symlink(self.journal_path, exc)
+            raise
+        try:
+            st = os.fstat(fd)
+            if extent.journal is None or (st.st_ino, st.st_size) != (
+                    extent.journal[0], extent.journal_end):
+                return False  # changed outside the lock: let the caller re-read
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self._new_journal(self._good_part(extent))
+                raise
+        finally:
+            os.close(fd)
+        return True
+
+    def _new_journal(self, data: bytes) -> None:
+        """Put ``data`` at ``<path>.journal`` whole: temp file, fsync, replace, dir fsync."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.journal.",
+                                   suffix=".tmp")  # mode 0600, O_EXCL
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                self._keep_mode(fh.fileno())
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.journal_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._fsync_dir()
 
     def _refuse_symlink(self, path: Path, exc: OSError | None = None) -> None:
         if path.is_symlink():
@@ -239,27 +654,44 @@ class FileStore(BaseStore):
             self._lock.release()
 
     def _write(self, data: bytes) -> None:
-        """Write the new document durably, then rotate backups and replace the main file.
+        """Write the new snapshot durably, rotate backups, replace the main file, drop the journal.
 
         The lock is held. Backups rotate only once the new bytes are fsynced in the temp
-        file, so a failed write (disk full, EIO, read-only) leaves the main file and every
-        backup generation as they were (issue 7, tests/test_faults.py).
+        file, so a failed write (disk full, EIO, read-only) leaves the main file, the
+        journal and every backup generation as they were (issue 7, tests/test_faults.py).
+        The journal is deleted only after the new snapshot is in place: a crash between
+        leaves a stale journal, whose header no longer names the snapshot.
         """
-        if not self._swept:
-            self._sweep_stale_temps()
+        self._sweep_once()
         try:
             self._replace(data, before=self._make_room)
         except OSError as exc:
             raise StorageUnavailableError(
                 f"cannot save {self.path}: {exc.strerror or exc}; the previous file is intact",
                 location=self.location) from exc
+        try:
+            os.unlink(self.journal_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # harmless: it no longer names the snapshot, readers skip it
+            log.warning("could not delete the stale journal %s: %s", self.journal_path,
+                        exc.strerror or exc)
+        main, journal = os.lstat(self.path), self._lstat_journal()
+        self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
+                               _journal_sig(journal) if journal is not None else None, 0)
+
+    def _sweep_once(self) -> None:
+        """Run :meth:`_sweep_stale_temps` before this store's first write (lock held)."""
+        if not self._swept:
+            self._sweep_stale_temps()
 
     def _sweep_stale_temps(self) -> None:
         """Delete temp files of writers killed mid-save; once per store, lock held.
 
-        Every temp file is written under the lock, so while we hold it no live writer
-        owns one. Without this, each SIGKILL during a save leaves a state-sized file
-        (144 after 200 kills in scripts/crash_campaign.py, issue 7).
+        Every temp file (snapshot ``.<name>.*.tmp``, journal ``.<name>.journal.*.tmp``,
+        backup link ``<name>.bak.<pid>.tmp``) is written under the lock, so while we
+        hold it no live writer owns one. Without this, each SIGKILL during a save leaves
+        a state-sized file (144 after 200 kills in scripts/crash_campaign.py, issue 7).
         """
         self._swept = True
         main, bak = f".{self.path.name}.", f"{self.path.name}.bak"
@@ -273,33 +705,76 @@ class FileStore(BaseStore):
                     os.unlink(self.path.parent / name)
 
     def _make_room(self) -> None:
-        self._set_aside_if_corrupt()
+        """Just before a full write replaces ``<path>``: keep what did not load, rotate."""
+        self._refuse_journal_symlink()
+        aside = self._set_aside_if_corrupt()
+        self._set_journal_aside_if_unreadable(aside)
         self._rotate()
 
-    def _set_aside_if_corrupt(self) -> None:
-        """Never rotate unreadable bytes over the last good backup: move them aside first."""
+    def _refuse_journal_symlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(self.journal_path).st_mode):
+                self._refuse_symlink(self.journal_path)
+
+    def _set_aside_if_corrupt(self) -> Path | None:
+        """Never rotate unreadable bytes over the last good backup: move them aside first.
+
+        :returns: where the unreadable main file went, or None.
+        """
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
-            return
+            return None
         self._refuse_symlink(self.path)
         if self._known_good == _signature(st):
-            return
+            return None
         try:
             self._read(self.path)
         except StateCorruptedError:
-            aside = self._corrupt_name()
+            aside = self._corrupt_name(self.path)
             os.replace(self.path, aside)
             log.warning("%s was unreadable; moved it aside to %s before saving", self.path,
                         aside)
+            return aside
+        return None
 
-    def _corrupt_name(self) -> Path:
+    def _set_journal_aside_if_unreadable(self, main_aside: Path | None) -> None:
+        """Before a full write drops the journal: never delete records that did not load.
+
+        A journal this store read (or wrote) whole is fine; any other journal that names
+        the current snapshot is loaded once, and moved to
+        ``<path>.journal.corrupt-<timestamp>`` if that fails. The journal of a snapshot
+        set aside as unreadable follows it (``<aside>.journal``).
+        """
+        try:
+            jst = os.lstat(self.journal_path)
+        except FileNotFoundError:
+            return
+        if main_aside is not None:
+            os.replace(self.journal_path, f"{main_aside}.journal")
+            return
+        if self._journal_good == _journal_sig(jst):
+            return
+        try:
+            state, st = self._read(self.path)
+        except FileNotFoundError:
+            return  # an orphan: it names no snapshot that exists
+        try:
+            journal = self._read_journal()
+            if journal is not None and journal.snapshot == _snapshot_id(st):
+                self._apply(state, journal)
+        except StateCorruptedError as exc:
+            aside = self._corrupt_name(self.journal_path)
+            os.replace(self.journal_path, aside)
+            log.warning("%s; moved it aside to %s before saving", exc, aside)
+
+    def _corrupt_name(self, path: Path) -> Path:
         """``<path>.corrupt-<UTC timestamp>``, unique (the lock is held while we look)."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        aside = Path(f"{self.path}.corrupt-{stamp}Z")
+        aside = Path(f"{path}.corrupt-{stamp}Z")
         n = 1
         while os.path.lexists(aside):
-            aside = Path(f"{self.path}.corrupt-{stamp}Z-{n}")
+            aside = Path(f"{path}.corrupt-{stamp}Z-{n}")
             n += 1
         return aside
 
@@ -361,7 +836,7 @@ class FileStore(BaseStore):
         self._known_good = _signature(os.stat(self.path))
 
     def _keep_mode(self, fd: int) -> None:
-        """Give the new file the permission bits of the one it replaces (0644, ...)."""
+        """Give the new file the permission bits of the main file (0644, ...)."""
         try:
             mode = os.lstat(self.path).st_mode & 0o7777
         except FileNotFoundError:
@@ -375,3 +850,8 @@ class FileStore(BaseStore):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+if TYPE_CHECKING:
+    def _is_journaled(store: FileStore) -> JournaledStore:
+        return store  # mypy checks that FileStore implements the protocol
