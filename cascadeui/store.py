@@ -388,6 +388,7 @@ class StateStore:
                 engine.durable[name] = self._state[name]
         engine.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
         engine.version = version
+        engine.rewrite = len(stored) != len(loaded)  # keys to drop: a journal cannot
         self._engine = engine
         engine.start()
 
@@ -404,6 +405,7 @@ class StateStore:
             fresh.durable, fresh.base = engine.durable, engine.base
             fresh.version, fresh.conflicts = engine.version, engine.conflicts
             fresh.encoder, fresh.appended = engine.encoder, engine.appended
+            fresh.rewrite = engine.rewrite
             fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
             self._engine = engine = fresh
             engine.start()
@@ -584,6 +586,9 @@ class _Engine:
         #: has since the last whole-document write, so close() can fold the journal in.
         self.journaled = isinstance(self.adapter, JournaledStore)
         self.appended = False
+        #: The stored document holds keys that are not persisted slices (pycascadeui 2.x
+        #: wrote its transient ``views``): the next write is whole, which drops them.
+        self.rewrite = False
         self.conflicts = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
@@ -745,11 +750,12 @@ class _Engine:
         stored = self.base  # what the backend holds at `expected`
         doc, changed = snapshot, []
         for _ in range(_MAX_MERGE_ROUNDS):
+            journaled = self.journaled and not self.rewrite
             version = await anyio.to_thread.run_sync(_save_doc, adapter, encoder, stored, doc,
-                                                     expected, self.journaled)
+                                                     expected, journaled)
             if version is not None:
-                self.base, self.version = doc, version
-                self.appended = self.appended or (self.journaled and expected != 0)
+                self.base, self.version, self.rewrite = doc, version, False
+                self.appended = self.appended or (journaled and expected != 0)
                 break
             theirs, expected = await self._load_theirs(adapter)
             stored, self.version = theirs, expected
@@ -825,6 +831,7 @@ class _Engine:
         """The stored persisted slices (every one present) and their version."""
         raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
         stored = _persisted_part(raw, self.backend)
+        self.rewrite = self.rewrite or len(stored) != len(raw)
         return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
 
     def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
