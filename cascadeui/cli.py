@@ -286,7 +286,7 @@ def _verify_medium(adapter: SyncStore, checks: list[tuple[str, bool, str]]
             ok = _readable(Path(info.path))
             checks.append((f"backup {info.index} decodes", ok,
                            info.path if ok else f"{info.path} is unreadable"))
-        return state
+        return _verify_journal(adapter, state, checks)
     if isinstance(adapter, SQLiteStore):
         conn = sqlite_readonly(adapter.path)
         try:
@@ -307,7 +307,7 @@ def _verify_medium(adapter: SyncStore, checks: list[tuple[str, bool, str]]
             checks.append(("state row decodes", True, f"version {row[1]}"))
         except StateCorruptedError as exc:
             checks.append(("state row decodes", False, str(exc)))
-        return state
+        return _verify_journal(adapter, state, checks)
     try:
         state = adapter.load()
         checks.append(("state decodes", True, ""))
@@ -322,6 +322,21 @@ def _verify_medium(adapter: SyncStore, checks: list[tuple[str, bool, str]]
             checks.append(("version counter", False, str(exc)))
     if not state:
         checks.append(("state present", False, "nothing stored"))
+    return state
+
+
+def _verify_journal(adapter: SyncStore, snapshot: dict[str, Any] | None,
+                    checks: list[tuple[str, bool, str]]) -> dict[str, Any] | None:
+    """Apply the change journal to a snapshot that decoded; the state a load returns."""
+    if snapshot is None:
+        return None
+    try:
+        state = adapter.load()
+    except StateCorruptedError as exc:
+        checks.append(("change journal applies", False, str(exc)))
+        return None
+    checks.append(("change journal applies", True,
+                   "" if state == snapshot else "the journal holds changes after the snapshot"))
     return state
 
 

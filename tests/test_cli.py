@@ -155,6 +155,25 @@ def test_verify_passes_a_good_store_and_fails_a_damaged_one(
     assert "FAIL persistent view entries: malformed: k" in out
 
 
+def test_verify_applies_the_change_journal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bot.json"
+    with FileStore(path) as store:
+        store.save(STATE)
+        version = store.load_versioned()[1]
+        assert store.save_changes([(("application", "extra"), 7)], version,
+                                  full=lambda: "unused") is not None
+    out, _ = run(capsys, "verify", str(path))
+    assert "ok   change journal applies: the journal holds changes after the snapshot" in out
+    assert json.loads(run(capsys, "get", str(path), "application.extra", "--json")[0]) == 7
+    journal = Path(f"{path}.journal")
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*lines[:-1], b"00000000 garbage\n", lines[-1]]))
+    report = json.loads(cli("verify", str(path), "--json", check=1).stdout)
+    assert [c["check"] for c in report["checks"] if not c["ok"]] == [
+        "change journal applies"]
+
+
 def test_set_waits_for_the_lock_a_writer_holds(tmp_path: Path) -> None:
     db = tmp_path / "busy.db"
     sync.save_state(str(db), STATE)
