@@ -1,17 +1,34 @@
-"""The SQLite adapter: one row holding the JSON document, WAL mode, ``BEGIN IMMEDIATE``.
+"""The SQLite adapter: a snapshot row plus a change journal, WAL mode, ``BEGIN IMMEDIATE``.
 
-Layout (documented in docs/backends.md)::
+Layout, schema version 2 (documented in docs/backends.md)::
 
     cascadeui_state(id INTEGER PRIMARY KEY,   -- always 1: the seed's single-row layout
-                    data TEXT NOT NULL,       -- the StateSerializer document
-                    version INTEGER NOT NULL, -- +1 on every commit, for change detection
+                    data TEXT NOT NULL,       -- the snapshot: a StateSerializer document
+                    version INTEGER NOT NULL, -- +1 on every commit, appends included
                     updated_at REAL NOT NULL) -- unix time of the last commit
-    cascadeui_meta(key TEXT PRIMARY KEY, value TEXT)  -- schema_version = 1
+    cascadeui_state_journal(seq INTEGER PRIMARY KEY,  -- the version its commit made
+                            ops TEXT NOT NULL)        -- one record (adapters/journal.py)
+    cascadeui_meta(key TEXT PRIMARY KEY, value TEXT)  -- schema_version = 2
+
+(``<table>_journal`` for another ``table``.) The state is the snapshot with every journal
+record applied in ``seq`` order. :meth:`SQLiteStore.save_changes` inserts one record and
+bumps the version in one transaction; every full write (``save``, ``save_if_version``,
+``transaction``, a compaction) replaces ``data`` and deletes every journal row in the same
+transaction, so no journal outlives the snapshot it was written against. Because a
+record's ``seq`` is the version its commit produced, the journal always holds exactly
+``version - n + 1 .. version``; anything else (the row rewritten by an older pycascadeui
+that does not know the journal, or a hand edit) is refused as corrupt, never applied.
+
+A version-1 database (no journal table) is upgraded when first opened, in one
+``BEGIN IMMEDIATE`` transaction, after the same checks that refuse a foreign database.
+An older pycascadeui refuses schema version 2, so it never reads a snapshot without its
+journal. Schema versions above 2 are refused.
 
 Every write starts with ``BEGIN IMMEDIATE`` so a writer takes the write lock before it
 reads: a deferred ``BEGIN`` can fail with "database is locked" when its read lock must
-be upgraded. The store owns its connection (``check_same_thread=False``) behind a
-thread lock, because anyio may run consecutive calls on different worker threads.
+be upgraded. Every read takes the row and the journal in one read transaction, so it sees
+one commit. The store owns its connection (``check_same_thread=False``) behind a thread
+lock, because anyio may run consecutive calls on different worker threads.
 """
 
 from __future__ import annotations
@@ -23,32 +40,54 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cascadeui.errors import (
     LockTimeoutError,
     StateCorruptedError,
     StorageUnavailableError,
 )
+from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore
+from .journal import apply_record, decode_record, encode_record, should_compact
+
+if TYPE_CHECKING:
+    from .journal import JournaledStore
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Layouts this adapter reads; version 1 (no journal table) is upgraded on open.
+_UPGRADABLE = ("1",)
 _COLUMNS = {"id": int, "data": str, "version": int, "updated_at": float}
+_JOURNAL_COLUMNS = {"seq", "ops"}
+
+#: (version, journal bytes, snapshot bytes) of a commit this store read or wrote.
+_Sizes = tuple[int, int, int]
+
+
+def _nbytes(text: str | bytes) -> int:
+    """UTF-8 size of ``text``; O(1) for ASCII text, which compact JSON usually is."""
+    if isinstance(text, bytes):
+        return len(text)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class SQLiteStore(BaseStore):
-    """State in one row of a SQLite table, safe across threads and processes.
+    """State in one row of a SQLite table plus its change journal, safe across processes.
+
+    Implements :class:`~cascadeui.adapters.SyncStore`,
+    :class:`~cascadeui.adapters.VersionedStore` and
+    :class:`~cascadeui.adapters.JournaledStore` (structurally).
 
     :param path: the database file (created on first use), or ``":memory:"``.
     :param timeout: seconds to wait for the write lock (``busy_timeout``) before
         :class:`~cascadeui.errors.LockTimeoutError`.
-    :param table: the state table's name.
+    :param table: the state table's name; its journal is ``<table>_journal``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0,
@@ -67,9 +106,14 @@ class SQLiteStore(BaseStore):
         self.location = f"sqlite:///{self.path}"
         self.timeout = timeout
         self.table = table
+        self.journal_table = f"{table}_journal"
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._mutex = threading.RLock()
+        # The compaction budget's inputs, for the last commit this store read or wrote
+        # (set only once that commit was read whole or committed by us); see _sizes_at.
+        self._sizes: _Sizes | None = None
+        self._staged: _Sizes | None = None  # what the open write transaction commits
 
     # -- connection --------------------------------------------------------------------
 
@@ -119,27 +163,27 @@ class SQLiteStore(BaseStore):
             raise
         return conn
 
+    # -- schema ------------------------------------------------------------------------
+
     def _ensure_schema(self, conn: sqlite3.Connection, db: Any) -> None:
-        kind = conn.execute("SELECT type FROM sqlite_master WHERE name = ?",
-                            (self.table,)).fetchone()
-        if kind is not None and kind[0] != "table":  # sqlite-utils raises NoTable (issue 7)
-            raise StateCorruptedError(
-                f"{self.location}: {self.table!r} is a {kind[0]}, not a cascadeui table",
-                location=self.location, tried=(self.location,))
-        table = db.table(self.table)
-        if table.exists():
-            cols = {c.name: c.type.upper() for c in table.columns}
-            if set(cols) != set(_COLUMNS):
-                raise StateCorruptedError(
-                    f"{self.location}: table {self.table!r} has columns {sorted(cols)}, "
-                    f"expected {sorted(_COLUMNS)} (not a cascadeui table?)",
-                    location=self.location, tried=(self.location,))
-            self._check_schema_version(db)
+        """Refuse a foreign or newer database; create or upgrade ours to version 2.
+
+        The checks run read-only first, so a refused database is never written. Changes
+        are made under ``BEGIN IMMEDIATE`` after checking again: another process may have
+        created or upgraded the database in between.
+        """
+        if not self._schema_work(conn):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if not table.exists():
-                table.create(_COLUMNS, pk="id", not_null={"data", "version", "updated_at"})
+            work = self._schema_work(conn)
+            if "table" in work:
+                db.table(self.table).create(_COLUMNS, pk="id",
+                                            not_null={"data", "version", "updated_at"})
+            if "journal" in work:
+                conn.execute(f"CREATE TABLE {self.journal_table} "
+                             "(seq INTEGER PRIMARY KEY, ops TEXT NOT NULL)")
+            if "version" in work:
                 meta = db.table("cascadeui_meta")
                 meta.create({"key": str, "value": str}, pk="key", if_not_exists=True)
                 meta.upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
@@ -148,17 +192,67 @@ class SQLiteStore(BaseStore):
             conn.execute("ROLLBACK")
             raise
 
-    def _check_schema_version(self, db: Any) -> None:
-        """Refuse a database written by a newer layout rather than misread it."""
-        if not db.table("cascadeui_meta").exists():
-            return
-        row = db.conn.execute(
+    def _schema_work(self, conn: sqlite3.Connection) -> set[str]:
+        """What ``_ensure_schema`` must create: ``table``, ``journal``, ``version``.
+
+        :raises StateCorruptedError: a table is foreign (other columns, not a table) or the
+            schema version is newer than this cascadeui reads.
+        """
+        work: set[str] = set()
+        kind = self._kind(conn, self.table)
+        if kind is None:
+            work.add("table")
+        else:
+            if kind != "table":  # sqlite-utils raises NoTable (issue 7)
+                raise self._corrupt(f"{self.table!r} is a {kind}, not a cascadeui table")
+            info = conn.execute(f"PRAGMA table_info({self.table})").fetchall()
+            cols = sorted(str(c[1]) for c in info)
+            # Every cascadeui table has id as its rowid (sqlite-utils' pk="id"): the upsert
+            # in _write needs it, and a table without it is not ours to upgrade.
+            keyed = [(str(c[1]), str(c[2]).upper()) for c in info if c[5]] == [("id", "INTEGER")]
+            if set(cols) != set(_COLUMNS) or not keyed:
+                raise self._corrupt(
+                    f"table {self.table!r} has columns {cols}, expected {sorted(_COLUMNS)} "
+                    "with id INTEGER PRIMARY KEY (not a cascadeui table?)")
+        stored = self._stored_schema_version(conn)
+        if stored is not None and stored != str(SCHEMA_VERSION) and stored not in _UPGRADABLE:
+            raise self._corrupt(
+                f"schema version {stored!r}, this cascadeui reads version {SCHEMA_VERSION} "
+                "(written by a newer pycascadeui?)")
+        if stored != str(SCHEMA_VERSION):
+            work.add("version")
+        kind = self._kind(conn, self.journal_table)
+        if kind is None:
+            work.add("journal")
+        else:
+            if kind != "table":
+                raise self._corrupt(
+                    f"{self.journal_table!r} is a {kind}, not a cascadeui journal table")
+            cols = sorted(str(c[1]) for c in
+                          conn.execute(f"PRAGMA table_info({self.journal_table})"))
+            if set(cols) != _JOURNAL_COLUMNS:
+                raise self._corrupt(
+                    f"journal table {self.journal_table!r} has columns {cols}, expected "
+                    f"{sorted(_JOURNAL_COLUMNS)} (not a cascadeui journal?)")
+        return work
+
+    @staticmethod
+    def _kind(conn: sqlite3.Connection, name: str) -> str | None:
+        """``table``, ``view``, ``index``... for a schema object, None when absent."""
+        row = conn.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _stored_schema_version(self, conn: sqlite3.Connection) -> str | None:
+        """The ``schema_version`` in ``cascadeui_meta``; None when there is none."""
+        if self._kind(conn, "cascadeui_meta") is None:
+            return None
+        row = conn.execute(
             "SELECT value FROM cascadeui_meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] != str(SCHEMA_VERSION):
-            raise StateCorruptedError(
-                f"{self.location}: schema version {row[0]!r}, this cascadeui reads version "
-                f"{SCHEMA_VERSION} (written by a newer pycascadeui?)",
-                location=self.location, tried=(self.location,))
+        return None if row is None else str(row[0])
+
+    def _corrupt(self, what: str) -> StateCorruptedError:
+        return StateCorruptedError(f"{self.location}: {what}", location=self.location,
+                                   tried=(self.location,))
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -180,17 +274,16 @@ class SQLiteStore(BaseStore):
     # -- the contract ------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        """Return the stored state, ``{}`` when the table holds no row yet.
+        """Return the stored state (snapshot plus journal), ``{}`` when nothing is stored.
 
-        :raises StateCorruptedError: the file is not SQLite, the table is foreign or the
-            row does not decode.
+        :raises StateCorruptedError: the file is not SQLite, a table is foreign, or the
+            row or a journal record does not decode or does not fit.
         :raises StorageUnavailableError: the database cannot be opened or read.
         """
-        with self._connection() as conn:
-            return self._read(conn)
+        return self.load_versioned()[0]
 
     def save(self, state: Mapping[str, Any]) -> None:
-        """Replace the stored state in one ``BEGIN IMMEDIATE`` transaction.
+        """Replace the stored state (a new snapshot, an empty journal) in one transaction.
 
         :raises SerializationError: ``state`` holds a value JSON cannot store (nothing written).
         :raises LockTimeoutError: the write lock was not had within ``timeout``.
@@ -201,50 +294,98 @@ class SQLiteStore(BaseStore):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
-        """``BEGIN IMMEDIATE``, load, yield the state to change in place, commit it.
+        """``BEGIN IMMEDIATE``, load, yield the state to change in place, commit it whole.
 
         If the body raises, the transaction is rolled back and nothing is written.
         """
         with self._connection() as conn, self._immediate(conn):
-            state = self._read(conn)
+            state, _ = self._assemble(*self._fetch(conn))
             yield state
             self._write(conn, self.serializer.serialize(state))
 
     def version(self) -> int:
         """The commit counter of the stored row (0 when empty); cheap to poll."""
         with self._connection() as conn:
-            row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
-            return int(row[0]) if row else 0
-
-    # -- internals ---------------------------------------------------------------------
+            return self._version(conn)
 
     def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """:meth:`load` and the :meth:`version` of that row, read in one statement."""
+        """:meth:`load` and the :meth:`version` it was read at, from one read transaction."""
         with self._connection() as conn:
-            with self._mapped_errors():
-                row = conn.execute(
-                    f"SELECT data, version FROM {self.table} WHERE id = 1").fetchone()
-            if row is None:
-                return {}, 0
-            return self._decode_row(row[0]), int(row[1])
+            with self._read_transaction(conn):
+                fetched = self._fetch(conn)
+            return self._assemble(*fetched)  # decoding needs no read snapshot held open
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
         """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
         text = self.serializer.serialize(state) if encoded is None else encoded
         with self._connection() as conn, self._immediate(conn):
-            with self._mapped_errors():
-                row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
-            current = int(row[0]) if row else 0
+            if self._version(conn) != expected:
+                return None
+            return self._write(conn, text)
+
+    def save_changes(self, changes: Sequence[Change], expected: int, *,
+                     full: Callable[[], str]) -> int | None:
+        """Append ``changes`` as one journal row if the version is still ``expected``.
+
+        See :meth:`~cascadeui.adapters.JournaledStore.save_changes`. The first commit of
+        an empty table, and a record that would take the journal past its budget, write
+        ``full()`` as a new snapshot instead.
+
+        :raises SerializationError: a changed value cannot be stored (nothing written).
+        :raises StateCorruptedError: a compaction would replace a stored state this store
+            never read whole and that does not decode (nothing written).
+        """
+        if not changes:
+            return expected if self.version() == expected else None
+        record = encode_record(self.serializer, changes)  # before anything is written
+        record_bytes = _nbytes(record)
+        with self._connection() as conn, self._immediate(conn):
+            current = self._version(conn)
             if current != expected:
                 return None
-            self._write(conn, text)
+            if current == 0:  # nothing stored: the first commit is a snapshot
+                return self._write(conn, full())
+            journal_bytes, snapshot_bytes, known = self._sizes_at(conn, current)
+            if should_compact(journal_bytes, record_bytes, snapshot_bytes):
+                if not known:
+                    # Never replace data we could not read: this commit was not read or
+                    # written by us (or failed to decode), so check it decodes first.
+                    self._assemble(*self._fetch(conn))
+                return self._write(conn, full())
+            with self._mapped_errors():
+                conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
+                             (current + 1, record))
+                conn.execute(f"UPDATE {self.table} SET version = ?, updated_at = ? "
+                             "WHERE id = 1", (current + 1, time.time()))
+            self._staged = (current + 1, journal_bytes + record_bytes, snapshot_bytes)
             return current + 1
+
+    # -- internals ---------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _immediate(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """A write transaction; what it staged becomes the size cache once committed."""
         with self._mapped_errors():
             conn.execute("BEGIN IMMEDIATE")
+        self._staged = None
+        try:
+            yield
+        except BaseException:
+            self._staged = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        with self._mapped_errors():
+            conn.execute("COMMIT")
+        if self._staged is not None:
+            self._sizes, self._staged = self._staged, None
+
+    @contextlib.contextmanager
+    def _read_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """A deferred read transaction: the statements in it all see the same commit."""
+        with self._mapped_errors():
+            conn.execute("BEGIN")
         try:
             yield
         except BaseException:
@@ -254,34 +395,109 @@ class SQLiteStore(BaseStore):
         with self._mapped_errors():
             conn.execute("COMMIT")
 
-    def _read(self, conn: sqlite3.Connection) -> dict[str, Any]:
+    def _version(self, conn: sqlite3.Connection) -> int:
         with self._mapped_errors():
-            row = conn.execute(f"SELECT data FROM {self.table} WHERE id = 1").fetchone()
+            row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
         if row is None:
-            return {}
-        return self._decode_row(row[0])
+            return 0
+        if type(row[0]) is not int:
+            raise self._corrupt(f"table {self.table!r} holds version {row[0]!r}, not a number")
+        return int(row[0])
+
+    def _fetch(self, conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
+        """The row (data, version) or None, and the journal rows in order.
+
+        The caller holds a transaction, so both come from the same commit.
+        """
+        with self._mapped_errors():
+            row = conn.execute(
+                f"SELECT data, version FROM {self.table} WHERE id = 1").fetchone()
+            records = conn.execute(
+                f"SELECT seq, ops FROM {self.journal_table} ORDER BY seq").fetchall()
+        return row, records
+
+    def _assemble(self, row: Any, records: list[Any]) -> tuple[dict[str, Any], int]:
+        """The state (snapshot plus journal) and its version, from :meth:`_fetch`'s rows.
+
+        :raises StateCorruptedError: the row or a record does not decode, a record does
+            not fit, or the journal does not end at the row's version.
+        """
+        self._sizes = None  # known again only once this commit decoded whole
+        if row is None:
+            if records:
+                raise self._corrupt(f"{self.journal_table!r} holds {len(records)} records "
+                                    f"but {self.table!r} holds no snapshot")
+            return {}, 0
+        data, version = row
+        if type(version) is not int:
+            raise self._corrupt(f"table {self.table!r} holds version {version!r}, not a number")
+        seqs = [seq for seq, _ in records]
+        if seqs != list(range(version - len(seqs) + 1, version + 1)):
+            raise self._corrupt(
+                f"journal {self.journal_table!r} holds records {seqs[0]!r}..{seqs[-1]!r} "
+                f"but the snapshot is at version {version}: they were not written against "
+                "it (the row rewritten by an older pycascadeui, or edited by hand?)")
+        state = self._decode_row(data)
+        journal_bytes = 0
+        for seq, ops in records:
+            if not isinstance(ops, (str, bytes)):
+                raise self._corrupt(f"journal record {seq} in {self.journal_table!r} holds "
+                                    f"a {type(ops).__name__}, not a record")
+            try:
+                apply_record(state, decode_record(self.serializer, ops))
+            except StateCorruptedError as exc:
+                raise self._corrupt(
+                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
+            journal_bytes += _nbytes(ops)
+        self._sizes = (version, journal_bytes, _nbytes(data))
+        return state, version
 
     def _decode_row(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, (str, bytes)):
-            raise StateCorruptedError(
-                f"{self.location}: table {self.table!r} holds a {type(data).__name__}, "
-                "not a JSON document", location=self.location, tried=(self.location,))
+            raise self._corrupt(f"table {self.table!r} holds a {type(data).__name__}, "
+                                "not a JSON document")
         try:
             return self.serializer.deserialize(data)
         except StateCorruptedError as exc:
-            raise StateCorruptedError(f"{self.location}: {exc}", location=self.location,
-                                      tried=(self.location,)) from exc
+            raise self._corrupt(str(exc)) from exc
 
-    def _write(self, conn: sqlite3.Connection, text: str) -> None:
+    def _sizes_at(self, conn: sqlite3.Connection, version: int) -> tuple[int, int, bool]:
+        """Journal and snapshot bytes at ``version``, and whether this store read it whole.
+
+        Cached from the store's own last read or write (the engine loads, then writes,
+        then writes again); measured by SQLite in the rare case the cache is stale.
+        """
+        if self._sizes is not None and self._sizes[0] == version:
+            return self._sizes[1], self._sizes[2], True
+        with self._mapped_errors():
+            snapshot = conn.execute(f"SELECT length(CAST(data AS BLOB)) FROM {self.table} "
+                                    "WHERE id = 1").fetchone()
+            journal = conn.execute("SELECT coalesce(sum(length(CAST(ops AS BLOB))), 0) "
+                                   f"FROM {self.journal_table}").fetchone()
+        snapshot_bytes = int(snapshot[0] or 0) if snapshot is not None else 0
+        return int(journal[0] or 0), snapshot_bytes, False
+
+    def _write(self, conn: sqlite3.Connection, text: str) -> int:
+        """Replace the snapshot and empty the journal (inside ``_immediate``); new version."""
         with self._mapped_errors():
             conn.execute(
                 f"INSERT INTO {self.table} (id, data, version, updated_at) "
                 "VALUES (1, ?, 1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
                 "version = version + 1, updated_at = excluded.updated_at",
                 (text, time.time()))
+            conn.execute(f"DELETE FROM {self.journal_table}")
+        version = self._version(conn)
+        self._staged = (version, 0, _nbytes(text))
+        return version
 
     def _release(self) -> None:
         with self._mutex:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+if TYPE_CHECKING:
+    def _implements(store: SQLiteStore) -> JournaledStore:
+        """mypy checks here that the class satisfies the JournaledStore protocol."""
+        return store

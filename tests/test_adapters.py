@@ -304,19 +304,30 @@ def test_file_modes_new_0600_existing_kept(tmp_path: Path) -> None:
 def test_sqlite_layout_is_documented_single_row(tmp_path: Path) -> None:
     import sqlite3
 
+    from cascadeui.merge import DELETED
+
     db = tmp_path / "s.db"
     with SQLiteStore(db) as store:
         store.save({"a": 1})
         store.save({"a": 2})
+        assert store.save_changes([(("b", 5), "x"), (("a",), DELETED)], 2,
+                                  full=lambda: "unused") == 3
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute("SELECT id, data, version FROM cascadeui_state").fetchall()
+        journal = conn.execute("SELECT seq, ops FROM cascadeui_state_journal").fetchall()
+        columns = [(c[1], c[2], c[5]) for c in
+                   conn.execute("PRAGMA table_info(cascadeui_state_journal)")]
         meta = conn.execute("SELECT key, value FROM cascadeui_meta").fetchall()
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert rows == [(1, '{"a":2}', 2)]
-    assert meta == [("schema_version", "1")]
+    # The snapshot row is what the last full save wrote; the journal row is the append,
+    # its seq the version it made.
+    assert rows == [(1, '{"a":2}', 3)]
+    assert journal == [(3, '{"ops":[[["b",5],"x"],[["a"]]]}')]
+    assert columns == [("seq", "INTEGER", 1), ("ops", "TEXT", 0)]
+    assert meta == [("schema_version", "2")]
     assert mode == "wal"
 
 

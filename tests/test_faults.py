@@ -349,3 +349,23 @@ def test_redis_outage_campaign_small() -> None:
     assert max(detail["retry_delays"]) <= 0.4
     assert detail["flush_while_down_s"] < 2.0
     assert out.returncode == 0, out.stderr
+
+
+def test_sqlite_append_waits_for_the_write_lock_and_readers_never_wait(tmp_path: Path) -> None:
+    """save_changes takes the same write lock as every full write; a held one is a typed
+    error with nothing written, reads of the snapshot and its journal go on, and the
+    holder's SIGKILL frees it at once."""
+    where = str(tmp_path / "state.db")
+    with SQLiteStore(where, timeout=0.3) as store:
+        store.save({"application": {"v": 1}})
+        assert store.save_changes([(("application", "w"), 1)], 1, full=lambda: "x") == 2
+        with holder("sqlite", where) as proc:
+            result, took = timed(lambda: store.save_changes(
+                [(("application", "w"), 2)], 2, full=lambda: "x"))
+            assert isinstance(result, LockTimeoutError), result
+            assert took < 3.0
+            assert store.load_versioned() == ({"application": {"v": 1, "w": 1}}, 2)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        assert store.save_changes([(("application", "w"), 3)], 2, full=lambda: "x") == 3
+        assert store.load() == {"application": {"v": 1, "w": 3}}

@@ -506,3 +506,43 @@ def test_redis_garbage_journal_record(redis_store: tuple[RedisStore, redis.Redis
         assert_savable(result)
     finally:
         raw.delete(store.journal_key)
+
+
+# -- SQLite change journal -------------------------------------------------------------------
+
+_keys = st.text(max_size=3) | st.integers(-3, 300) | st.none() | st.booleans()
+_values = st.recursive(st.integers() | st.text(max_size=5) | st.none(),
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=6)
+_ops = st.lists(st.tuples(st.lists(_keys, max_size=4), st.booleans(), _values).map(
+    lambda t: [t[0], t[2]] if t[1] else [t[0]]), max_size=4)
+#: Records of the right shape with random paths (through lists, ints, missing keys...)
+#: and plain hostile bytes.
+journal_records = hostile | _ops.map(lambda ops: SER.serialize({"ops": ops}).encode())
+#: Generating records is slower than raw bytes: a loaded CI machine must not fail on it.
+FUZZ_JOURNAL = settings(FUZZ_IO, suppress_health_check=[
+    HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ_JOURNAL
+@given(data=journal_records, as_text=st.booleans())
+def test_sqlite_journal_record_fuzz(sqlite_row: tuple[SQLiteStore, Path], data: bytes,
+                                    as_text: bool) -> None:
+    store, path = sqlite_row
+    store.save(GOOD)  # a full write: an empty journal for each example
+    version = store.version()
+    assert store.save_changes([(("application", "name"), "x")], version,
+                              full=lambda: "unused") == version + 1
+    value: Any = data.decode("utf-8", "replace") if as_text else data
+    _poke(path, value, "UPDATE cascadeui_state_journal SET ops = ?")
+    result = outcome(store.load)
+    if isinstance(result, PersistenceError):
+        with pytest.raises(PersistenceError), store.transaction() as state:
+            state.clear()
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT ops FROM cascadeui_state_journal").fetchall() == [
+                (value,)]
+        finally:
+            conn.close()
+    assert_savable(result)
