@@ -91,6 +91,10 @@ def is_exactly(path: Path) -> Callable[[str], bool]:
     return lambda p: p == str(path)
 
 
+def is_journal(path: Path) -> Callable[[str], bool]:
+    return lambda p: p == f"{path}.journal"
+
+
 def is_lock(path: Path) -> Callable[[str], bool]:
     return lambda p: p == f"{path}.lock"
 
@@ -112,6 +116,12 @@ FAULTS: dict[str, tuple[str, int, Callable[[Path], Callable[[str], bool]]]] = {
     "eacces-lock": ("open", errno.EACCES, is_lock),
     "erofs-rotate": ("link,open,replace", errno.EROFS, is_rotation),
     "enospc-rotate": ("link,open", errno.ENOSPC, is_rotation),
+}
+
+#: Faults on the change journal's own files (the store's appends; a plain save has none).
+JOURNAL_FAULTS = {
+    "erofs-replace-journal": ("replace", errno.EROFS, is_journal),
+    "eio-fsync-journal": ("fsync", errno.EIO, is_journal),
 }
 
 
@@ -166,10 +176,13 @@ def test_disk_faults_keep_every_file_and_catch_up(
     anyio.run(main)
 
 
-@pytest.mark.parametrize("fault", ["enospc-fsync-temp", "erofs-replace-main", "eacces-lock"])
+# The store's first write is whole; later ones append to the change journal: creating it
+# (a temp file replaced into place) or, once it exists, appending (write + fsync).
+@pytest.mark.parametrize("fault", ["enospc-fsync-temp", "erofs-replace-journal",
+                                   "eio-fsync-journal", "eacces-lock"])
 def test_store_keeps_dispatching_through_disk_faults(
         fault: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    call, code, which = FAULTS[fault]
+    call, code, which = {**FAULTS, **JOURNAL_FAULTS}[fault]
     path = tmp_path / "state.json"
     logging.getLogger("cascadeui").setLevel(logging.CRITICAL)  # the expected retries
 
@@ -179,6 +192,10 @@ def test_store_keeps_dispatching_through_disk_faults(
                                        max_delay=0.05, retry_initial=0.02, retry_max=0.1)
         await store.dispatch("APPLICATION_SET", {"path": ["n"], "value": 0})
         assert await store.flush()
+        if fault == "eio-fsync-journal":  # the journal exists: the faults hit appends
+            await store.dispatch("APPLICATION_SET", {"path": ["m"], "value": 1})
+            assert await store.flush()
+            assert os.path.exists(f"{path}.journal")  # noqa: ASYNC240
         with failing(monkeypatch, call, code, which(path)) as refused:
             for i in range(1, 40):
                 await store.dispatch("APPLICATION_SET", {"path": ["n"], "value": i})

@@ -411,7 +411,7 @@ def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
         rows = conn.execute("SELECT count(*) FROM cascadeui_state").fetchone()[0]
         conn.close()
         assert {t for t in tables if not t.startswith("sqlite_")} <= {
-            "cascadeui_state", "cascadeui_meta"}, tables
+            "cascadeui_state", "cascadeui_meta", "cascadeui_state_journal"}, tables
         assert rows == 1
     else:
         raw = redis.Redis.from_url(request.getfixturevalue("redis_url"))
