@@ -4,20 +4,22 @@ Layout, schema version 2 (documented in docs/backends.md)::
 
     cascadeui_state(id INTEGER PRIMARY KEY,   -- always 1: the seed's single-row layout
                     data TEXT NOT NULL,       -- the snapshot: a StateSerializer document
-                    version INTEGER NOT NULL, -- +1 on every commit, appends included
-                    updated_at REAL NOT NULL) -- unix time of the last commit
+                    version INTEGER NOT NULL, -- the version of the snapshot's commit
+                    updated_at REAL NOT NULL) -- unix time of the snapshot's commit
     cascadeui_state_journal(seq INTEGER PRIMARY KEY,  -- the version its commit made
                             ops TEXT NOT NULL)        -- one record (adapters/journal.py)
     cascadeui_meta(key TEXT PRIMARY KEY, value TEXT)  -- schema_version = 2
 
 (``<table>_journal`` for another ``table``.) The state is the snapshot with every journal
-record applied in ``seq`` order. :meth:`SQLiteStore.save_changes` inserts one record and
-bumps the version in one transaction; every full write (``save``, ``save_if_version``,
-``transaction``, a compaction) replaces ``data`` and deletes every journal row in the same
-transaction, so no journal outlives the snapshot it was written against. Because a
-record's ``seq`` is the version its commit produced, the journal always holds exactly
-``version - n + 1 .. version``; anything else (the row rewritten by an older pycascadeui
-that does not know the journal, or a hand edit) is refused as corrupt, never applied.
+record applied in ``seq`` order, and its version is the last ``seq`` (the row's
+``version`` when the journal is empty). :meth:`SQLiteStore.save_changes` only inserts one
+record: it never touches the row, because SQLite rewrites a whole row (the 10 MB snapshot
+included) to change any of its columns. Every full write (``save``, ``save_if_version``,
+``transaction``, a compaction) replaces ``data`` with the next version and deletes every
+journal row in the same transaction, so no journal outlives the snapshot it was written
+against. The journal therefore always holds exactly ``version + 1 .. version + n`` of the
+row's ``version``; anything else (the row rewritten by an older pycascadeui that does not
+know the journal, or a hand edit) is refused as corrupt, never applied.
 
 A version-1 database (no journal table) is upgraded when first opened, in one
 ``BEGIN IMMEDIATE`` transaction, after the same checks that refuse a foreign database.
@@ -356,8 +358,6 @@ class SQLiteStore(BaseStore):
             with self._mapped_errors():
                 conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
                              (current + 1, record))
-                conn.execute(f"UPDATE {self.table} SET version = ?, updated_at = ? "
-                             "WHERE id = 1", (current + 1, time.time()))
             self._staged = (current + 1, journal_bytes + record_bytes, snapshot_bytes)
             return current + 1
 
@@ -396,10 +396,11 @@ class SQLiteStore(BaseStore):
             conn.execute("COMMIT")
 
     def _version(self, conn: sqlite3.Connection) -> int:
+        """The last journal record's ``seq``, else the row's version, else 0 (two lookups)."""
         with self._mapped_errors():
-            row = conn.execute(f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
-        if row is None:
-            return 0
+            row = conn.execute(
+                f"SELECT coalesce((SELECT max(seq) FROM {self.journal_table}), "
+                f"(SELECT version FROM {self.table} WHERE id = 1), 0)").fetchone()
         if type(row[0]) is not int:
             raise self._corrupt(f"table {self.table!r} holds version {row[0]!r}, not a number")
         return int(row[0])
@@ -432,11 +433,12 @@ class SQLiteStore(BaseStore):
         if type(version) is not int:
             raise self._corrupt(f"table {self.table!r} holds version {version!r}, not a number")
         seqs = [seq for seq, _ in records]
-        if seqs != list(range(version - len(seqs) + 1, version + 1)):
+        if seqs != list(range(version + 1, version + len(seqs) + 1)):
             raise self._corrupt(
                 f"journal {self.journal_table!r} holds records {seqs[0]!r}..{seqs[-1]!r} "
                 f"but the snapshot is at version {version}: they were not written against "
                 "it (the row rewritten by an older pycascadeui, or edited by hand?)")
+        version += len(seqs)
         state = self._decode_row(data)
         journal_bytes = 0
         for seq, ops in records:
@@ -479,14 +481,14 @@ class SQLiteStore(BaseStore):
 
     def _write(self, conn: sqlite3.Connection, text: str) -> int:
         """Replace the snapshot and empty the journal (inside ``_immediate``); new version."""
+        version = self._version(conn) + 1
         with self._mapped_errors():
             conn.execute(
                 f"INSERT INTO {self.table} (id, data, version, updated_at) "
-                "VALUES (1, ?, 1, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
-                "version = version + 1, updated_at = excluded.updated_at",
-                (text, time.time()))
+                "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+                "version = excluded.version, updated_at = excluded.updated_at",
+                (text, version, time.time()))
             conn.execute(f"DELETE FROM {self.journal_table}")
-        version = self._version(conn)
         self._staged = (version, 0, _nbytes(text))
         return version
 

@@ -322,9 +322,9 @@ def test_sqlite_layout_is_documented_single_row(tmp_path: Path) -> None:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    # The snapshot row is what the last full save wrote; the journal row is the append,
-    # its seq the version it made.
-    assert rows == [(1, '{"a":2}', 3)]
+    # The snapshot row is what the last full save wrote, with that save's version; the
+    # journal row is the append, its seq the version it made.
+    assert rows == [(1, '{"a":2}', 2)]
     assert journal == [(3, '{"ops":[[["b",5],"x"],[["a"]]]}')]
     assert columns == [("seq", "INTEGER", 1), ("ops", "TEXT", 0)]
     assert meta == [("schema_version", "2")]
