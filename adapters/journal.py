@@ -27,6 +27,7 @@ __all__ = [
     "JOURNAL_RATIO",
     "JournaledStore",
     "apply_record",
+    "apply_shared",
     "changes_between",
     "decode_record",
     "encode_record",
@@ -58,6 +59,19 @@ class JournaledStore(Protocol):
 
         :returns: the new version, or None when another writer committed since ``expected``.
         :raises SerializationError: a changed value cannot be stored (nothing written).
+        """
+        ...
+
+    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
+        """The records committed after version ``since`` (decoded ops, oldest first) and
+        the current version, read consistently; ``([], since)`` when nothing changed.
+
+        Lets a process that holds the document at ``since`` catch up with another
+        process's commits without loading the whole document. None when the journal no
+        longer holds every commit since then (a full write or compaction happened, or
+        ``since`` is a version this store cannot place): load the document instead.
+
+        :raises StateCorruptedError: a record since ``since`` does not decode.
         """
         ...
 
@@ -121,6 +135,44 @@ def apply_record(state: dict[str, Any], ops: list[list[Any]]) -> None:
         except TypeError:  # a non-dict parent, or an unhashable key
             raise StateCorruptedError(
                 f"journal record does not fit the snapshot at path {path!r}") from None
+
+
+def apply_shared(doc: Mapping[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
+    """``doc`` with one decoded record applied, as a new document; ``doc`` is unchanged.
+
+    Copies only the dicts along the changed paths and shares every other subtree with
+    ``doc`` (the store's snapshots are immutable), so it costs what the record changed.
+
+    :raises StateCorruptedError: as :func:`apply_record`.
+    """
+    new = dict(doc)
+    fresh = {id(new)}  # containers created here, safe to change in place
+    for op in ops:
+        path = op[0]
+        node: Any = new
+        try:
+            for key in path[:-1]:
+                child = node.get(key)
+                if child is None and key not in node:
+                    if len(op) == 1:
+                        break  # deleting below a missing dict: nothing to delete
+                    child = {}
+                elif type(child) is not dict:
+                    raise TypeError
+                if id(child) not in fresh:
+                    child = dict(child)
+                    fresh.add(id(child))
+                node[key] = child
+                node = child
+            else:
+                if len(op) == 2:
+                    node[path[-1]] = op[1]
+                else:
+                    node.pop(path[-1], None)
+        except TypeError:
+            raise StateCorruptedError(
+                f"journal record does not fit the snapshot at path {path!r}") from None
+    return new
 
 
 def should_compact(journal_bytes: int, record_bytes: int, snapshot_bytes: int) -> bool:

@@ -40,7 +40,7 @@ from .actions import (
     delete_in,
     set_in,
 )
-from .adapters import JournaledStore, SyncStore, VersionedStore, changes_between
+from .adapters import JournaledStore, SyncStore, VersionedStore, apply_shared, changes_between
 from .backends import AsyncBackend, StorageBackend, as_backend
 from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
 from .merge import merge3
@@ -757,7 +757,7 @@ class _Engine:
                 self.base, self.version, self.rewrite = doc, version, False
                 self.appended = self.appended or (journaled and expected != 0)
                 break
-            theirs, expected = await self._load_theirs(adapter)
+            theirs, expected = await self._load_theirs(adapter, stored, expected)
             stored, self.version = theirs, expected
             if expected == 0:
                 # The document vanished (a Redis restarted without persistence, a file
@@ -812,7 +812,7 @@ class _Engine:
                 self.durable = dict.fromkeys(PERSISTED_SLICES, _MISSING)
                 self.note_change()
                 return
-            theirs, version = await self._load_theirs(adapter)
+            theirs, version = await self._load_theirs(adapter, self.base, self.version)
         except PersistenceError as exc:
             log.warning("cannot check %r for changes from other processes: %s",
                         self.backend, exc)
@@ -827,8 +827,24 @@ class _Engine:
         await self.store.dispatch(STATE_RELOADED, {
             "state": result.merged, "base": current, "paths": result.theirs})
 
-    async def _load_theirs(self, adapter: VersionedStore) -> tuple[dict[str, Any], int]:
-        """The stored persisted slices (every one present) and their version."""
+    async def _load_theirs(self, adapter: VersionedStore, known: dict[str, Any],
+                           at: int) -> tuple[dict[str, Any], int]:
+        """The stored persisted slices (every one present) and their version.
+
+        ``known`` is the document at version ``at``. A journaled adapter that still holds
+        every commit since then returns just those records, applied to ``known`` sharing
+        its unchanged subtrees: catching up costs what the other process changed, not a
+        decode of the whole document. Otherwise the whole document is loaded.
+        """
+        if self.journaled and at:
+            assert isinstance(adapter, JournaledStore)
+            found = await anyio.to_thread.run_sync(adapter.load_changes, at)
+            if found is not None:
+                records, version = found
+                doc = known
+                for ops in records:
+                    doc = apply_shared(doc, ops)
+                return {name: doc.get(name, {}) for name in PERSISTED_SLICES}, version
         raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
         stored = _persisted_part(raw, self.backend)
         self.rewrite = self.rewrite or len(stored) != len(raw)

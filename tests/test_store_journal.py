@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
@@ -171,3 +172,62 @@ async def test_reopened_store_keeps_appending_on_the_loaded_document(target: Tar
         loaded = fresh.load()
     assert loaded["application"]["n"] == 2
     assert loaded["application"]["records"] == _big_records(200)
+
+
+class _Counted:
+    """Counts calls of one method of a real adapter (the call itself goes through)."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.calls = 0
+        inner = getattr(obj, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        setattr(obj, name, counted)
+
+
+async def _until(store: StateStore, check: Any) -> None:
+    """Wait (at most 5 s) until ``check()`` holds after some action of ``store``."""
+    done = anyio.Event()
+    unsubscribe = store.subscribe(lambda _state, _action: done.set() if check() else None)
+    try:
+        with anyio.fail_after(5):
+            if not check():
+                await done.wait()
+    finally:
+        unsubscribe()
+
+
+async def test_other_writers_commits_are_read_from_the_journal(target: Target) -> None:
+    """Catching up with another store's commits reads their records, not the document."""
+    writer, reader = StateStore(), StateStore()
+    await writer.enable_persistence(target.backend(), debounce=0, poll_interval=None)
+    await writer.dispatch(APPLICATION_SET, {"path": ["records"], "value": _big_records()})
+    assert await writer.flush()
+    backend = target.backend()
+    await reader.enable_persistence(backend, debounce=0, poll_interval=0.02)
+    records = reader.state["application"]["records"]
+    full_loads = _Counted(backend.store, "load_versioned")
+
+    for i in range(5):  # polled: each commit reaches the reader as its journal record
+        await writer.dispatch(APPLICATION_SET, {"path": ["n"], "value": i})
+        assert await writer.flush()
+    await _until(reader, lambda: reader.state["application"].get("n") == 4)
+    # Nothing reloaded whole: the big subtree is still the object the reader loaded.
+    assert reader.state["application"]["records"] is records
+    assert full_loads.calls == 0
+
+    # Both write: the reader's compare-and-set fails once, catches up, merges, appends.
+    await reader.dispatch(APPLICATION_SET, {"path": ["m"], "value": "reader"})
+    await writer.dispatch(APPLICATION_SET, {"path": ["n"], "value": 5})
+    assert await writer.flush()
+    assert await reader.flush()
+    assert reader.state["application"]["records"] is records
+    assert full_loads.calls == 0
+    with target.adapter() as fresh:
+        loaded = fresh.load()["application"]
+    assert (loaded["n"], loaded["m"]) == (5, "reader")
+    await reader.close()
+    await writer.close()
