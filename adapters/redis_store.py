@@ -13,7 +13,8 @@ The state is the snapshot with every journal record applied in order. ``load``,
 ``load_versioned`` and ``transaction`` read the three keys in one MULTI/EXEC, so they never
 mix a snapshot with another snapshot's journal. A journal whose snapshot is missing, a
 record that does not decode or does not fit raises StateCorruptedError: never a partial
-state.
+state. ``load_changes`` (catching up with another process) reads just the records after a
+version in one Lua script, and gives up (None) once a full write replaced their snapshot.
 
 Full writes (``save``, ``save_if_version``, ``transaction``, a compaction) take the lock
 (``SET NX PX``), then one Lua script checks that the token is still ours, writes the
@@ -134,6 +135,29 @@ else
   redis.call('PERSIST', KEYS[4])
 end
 return v
+"""
+
+# KEYS: snapshot, version, journal. ARGV: since. Returns {version, journal length, the
+# records after since...}, or nil when the journal no longer holds all of them (a full
+# write since, a missing snapshot, a key of another type, a non-integer counter).
+_CHANGES = """
+local raw = redis.call('GET', KEYS[2])
+local v = tonumber(raw or '0')
+local since = tonumber(ARGV[1])
+if v == nil or since < 0 or v < since then return nil end
+if v == 0 then return {'0', 0} end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return nil end
+local jkind = redis.call('TYPE', KEYS[3])['ok']
+if jkind ~= 'list' and jkind ~= 'none' then return nil end
+local n = redis.call('LLEN', KEYS[3])
+local count = v - since
+if count > n then return nil end
+local out = {raw, n}
+if count > 0 then
+  local records = redis.call('LRANGE', KEYS[3], -count, -1)
+  for i = 1, #records do out[i + 2] = records[i] end
+end
+return out
 """
 
 _RELEASE = """
@@ -274,6 +298,7 @@ class RedisStore(BaseStore):
                 location=self.location) from None
         self._commit = client.register_script(_COMMIT)
         self._append = client.register_script(_APPEND)
+        self._changes = client.register_script(_CHANGES)
         self._release_lock = client.register_script(_RELEASE)
         return client
 
@@ -390,6 +415,42 @@ class RedisStore(BaseStore):
             if should_compact(sizes.journal_bytes, len(record), sizes.snapshot_bytes):
                 return self._save_whole_if(full(), expected, records=sizes.records)
             return self._append_record(record, sizes, full)
+
+    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
+        """The records committed after version ``since`` and the current version.
+
+        The contract is :meth:`~cascadeui.adapters.JournaledStore.load_changes`'s. One Lua
+        script reads the version, the journal's length and the last ``version - since``
+        records; None when the journal holds fewer (a full write since), the snapshot is
+        missing, or the journal is not the one this store read at ``since``.
+
+        :raises StateCorruptedError: a record since ``since`` does not decode.
+        :raises StorageUnavailableError: the server is unreachable or failed.
+        """
+        with self._mapped_errors():
+            client = self._client  # built on first use, registering the scripts
+            reply = self._changes(keys=[self.key, self.version_key, self.journal_key],
+                                  args=[since], client=client)
+            if reply is None:
+                return None
+            version, length, texts = self._parse_version(reply[0]), int(reply[1]), reply[2:]
+            sizes = self._sizes  # the budget's inputs, if this store knows them at ``since``
+            if sizes is not None and sizes.version != since:
+                sizes = None
+            if sizes is not None and version - length != since - sizes.records:
+                return None  # not the journal read at ``since``: pushed behind its back
+            records = []
+            for index, text in enumerate(texts, start=length - len(texts)):
+                try:
+                    records.append(decode_record(self.serializer, text))
+                except StateCorruptedError as exc:
+                    raise self._corrupted(
+                        f"{self.journal_key!r} record {index} of {length}: {exc}") from exc
+            if sizes is not None and texts:  # the budget's cache follows, for appends
+                self._sizes = sizes._replace(
+                    version=version, records=length,
+                    journal_bytes=sizes.journal_bytes + sum(map(len, texts)))
+            return records, version
 
     # -- internals ---------------------------------------------------------------------
 
