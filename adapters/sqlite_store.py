@@ -29,8 +29,11 @@ journal. Schema versions above 2 are refused.
 Every write starts with ``BEGIN IMMEDIATE`` so a writer takes the write lock before it
 reads: a deferred ``BEGIN`` can fail with "database is locked" when its read lock must
 be upgraded. Every read takes the row and the journal in one read transaction, so it sees
-one commit. The store owns its connection (``check_same_thread=False``) behind a thread
-lock, because anyio may run consecutive calls on different worker threads.
+one commit. :meth:`SQLiteStore.load_changes` selects the row's ``version`` (not its
+``data``) and the journal rows after a given version, so a process catches up with
+another's commits without decoding the snapshot. The store owns its connection
+(``check_same_thread=False``) behind a thread lock, because anyio may run consecutive
+calls on different worker threads.
 """
 
 from __future__ import annotations
@@ -360,6 +363,62 @@ class SQLiteStore(BaseStore):
                              (current + 1, record))
             self._staged = (current + 1, journal_bytes + record_bytes, snapshot_bytes)
             return current + 1
+
+    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
+        """The records after version ``since`` and the current version, from one commit.
+
+        See :meth:`~cascadeui.adapters.JournaledStore.load_changes`. Selects the row's
+        ``version``, never its ``data``. None when there is no row, a full write happened
+        since ``since``, or ``since`` is past the current version.
+
+        :raises StateCorruptedError: the journal is out of step with the row, or a record
+            since ``since`` does not decode.
+        """
+        with self._connection() as conn:
+            with self._read_transaction(conn), self._mapped_errors():
+                row = conn.execute(
+                    f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
+                # Two subqueries: SQLite answers each from the b-tree's ends, but scans
+                # the whole table for min() and max() in one SELECT.
+                first, last = conn.execute(
+                    f"SELECT (SELECT min(seq) FROM {self.journal_table}), "
+                    f"(SELECT max(seq) FROM {self.journal_table})").fetchone()
+                records = conn.execute(
+                    f"SELECT seq, ops FROM {self.journal_table} WHERE seq > ? ORDER BY seq",
+                    (since,)).fetchall() if last is not None and last > since else []
+            if row is None:
+                return None
+            snapshot = row[0]
+            if type(snapshot) is not int:
+                raise self._corrupt(
+                    f"table {self.table!r} holds version {snapshot!r}, not a number")
+            current = snapshot if last is None else int(last)
+            if since < snapshot or since > current:
+                return None  # records before the full write are gone / not ours to place
+            seqs = [seq for seq, _ in records]
+            if (first is not None and first != snapshot + 1) or seqs != list(
+                    range(since + 1, current + 1)):
+                raise self._corrupt(
+                    f"journal {self.journal_table!r} holds {len(seqs)} records after "
+                    f"version {since} and records {first!r}..{current!r} in all, but the "
+                    f"snapshot is at version {snapshot}: they are not its unbroken "
+                    "sequel (edited by hand?)")
+            decoded: list[list[list[Any]]] = []
+            new_bytes = 0
+            for seq, ops in records:
+                if not isinstance(ops, (str, bytes)):
+                    raise self._corrupt(f"journal record {seq} in {self.journal_table!r} "
+                                        f"holds a {type(ops).__name__}, not a record")
+                try:
+                    decoded.append(decode_record(self.serializer, ops))
+                except StateCorruptedError as exc:
+                    raise self._corrupt(
+                        f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
+                new_bytes += _nbytes(ops)
+            sizes = self._sizes
+            if sizes is not None and sizes[0] == since:  # same snapshot, a longer journal
+                self._sizes = (current, sizes[1] + new_bytes, sizes[2])
+            return decoded, current
 
     # -- internals ---------------------------------------------------------------------
 
