@@ -19,6 +19,10 @@ Layout next to ``<path>``:
   sees a prefix of it.
 - ``<path>.lock``, the ``filelock`` every writer holds.
 
+A store that read or wrote the state at some version catches up with other processes'
+commits by reading only the journal bytes past the good end it saw
+(:meth:`FileStore.load_changes`), not the whole document.
+
 A load is the snapshot with every journal record applied in order. Every full write
 (``save``, ``save_if_version``, ``transaction``, a compaction) replaces the snapshot,
 then deletes the journal. A journal whose header does not name the current snapshot is
@@ -132,12 +136,15 @@ class _Journal:
     """One read of ``<path>.journal``: its good lines, and where the good part ends."""
 
     stat: os.stat_result
-    #: The snapshot its header names; None when even the header is a torn tail.
+    #: The snapshot its header names; None when even the header is a torn tail (or the
+    #: read started after the header).
     snapshot: _SnapshotId | None
     #: (line number, record text) of every good record line, in order.
     records: list[tuple[int, bytes]]
     #: Bytes up to the end of the last good line (the header included).
     end: int
+    #: Lines up to ``end`` (the header included).
+    lines: int
     #: The file did not change while it was read (size and mtime before == after).
     stable: bool
     #: A bad record line with data after it (raised only if the journal is applied).
@@ -146,7 +153,11 @@ class _Journal:
 
 @dataclass(frozen=True)
 class _Extent:
-    """What the last read or write under the lock saw: lets ``save_changes`` skip a read."""
+    """What the last read, write or catch-up under the lock saw.
+
+    Lets ``save_changes`` skip a read, and ``load_changes`` read only the journal bytes
+    committed since.
+    """
 
     version: int
     snapshot: _SnapshotId
@@ -155,13 +166,15 @@ class _Extent:
     journal: _JournalSig | None
     #: Good bytes of a journal bound to ``snapshot``; 0 when there is none (or it is stale).
     journal_end: int
+    #: Lines in those ``journal_end`` bytes (to number the lines read after them).
+    journal_lines: int
 
 
 class FileStore(BaseStore):
     """State in one JSON file plus its change journal, safe across threads and processes.
 
     Implements :class:`~cascadeui.adapters.VersionedStore` and
-    :class:`~cascadeui.adapters.JournaledStore` (:meth:`save_changes`).
+    :class:`~cascadeui.adapters.JournaledStore` (:meth:`save_changes`, :meth:`load_changes`).
 
     :param path: the JSON file (not a symlink); missing directories are created on save.
     :param backups: how many previous generations to keep (``.bak``, ``.bak.1``, ...).
@@ -258,7 +271,8 @@ class FileStore(BaseStore):
             self._extent = _Extent(
                 _version_of(st, journal.stat if journal is not None else None), snapshot,
                 st.st_size, _journal_sig(journal.stat) if journal is not None else None,
-                journal.end if journal is not None and bound else 0)
+                journal.end if journal is not None and bound else 0,
+                journal.lines if journal is not None and bound else 0)
         return True
 
     def _snapshot_moved(self, snapshot: _SnapshotId) -> bool:
@@ -319,8 +333,11 @@ class FileStore(BaseStore):
                                       tried=(str(path),)) from exc
         return state, st
 
-    def _read_journal(self) -> _Journal | None:
+    def _read_journal(self, start: int = 0, lines: int = 0) -> _Journal | None:
         """Read and check ``<path>.journal``; None when there is none.
+
+        ``start``: read only the bytes from this offset, the end of ``lines`` good lines
+        read before (no header check then).
 
         :raises StateCorruptedError: the header line is damaged (a damaged record line is
             raised when the journal is applied: a stale journal is never applied).
@@ -338,24 +355,30 @@ class FileStore(BaseStore):
         try:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
+                if start:
+                    fh.seek(start)
                 data = fh.read()
                 after = os.fstat(fh.fileno())
         except OSError as exc:
             raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
                                           location=str(path)) from exc
-        stable = len(data) == st.st_size and _journal_sig(after) == _journal_sig(st)
-        return self._scan(data, st, stable)
+        stable = (start + len(data) == st.st_size
+                  and _journal_sig(after) == _journal_sig(st))
+        return self._scan(data, st, stable, offset=start, lineno=lines)
 
-    def _scan(self, data: bytes, st: os.stat_result, stable: bool) -> _Journal:
+    def _scan(self, data: bytes, st: os.stat_result, stable: bool, *, offset: int = 0,
+              lineno: int = 0) -> _Journal:
         """Split journal bytes into the header's snapshot, the good records, and their end.
 
-        A bad or incomplete *last* line is a torn append and ends the good part; a bad
-        line followed by anything is damage (raised at once in the header, which names
-        the snapshot; recorded for a record line, so that a stale journal is skipped).
+        ``data`` starts at ``offset`` in the file, after ``lineno`` lines (0: at the
+        header). A bad or incomplete *last* line is a torn append and ends the good
+        part; a bad line followed by anything is damage (raised at once in the header,
+        which names the snapshot; recorded for a record line, so that a stale journal is
+        skipped).
         """
         snapshot: _SnapshotId | None = None
         records: list[tuple[int, bytes]] = []
-        pos, lineno, size = 0, 0, len(data)
+        pos, size, good = 0, len(data), lineno
         while pos < size:
             lineno += 1
             nl = data.find(b"\n", pos)
@@ -369,13 +392,13 @@ class FileStore(BaseStore):
                 damage = self._damaged(lineno, "checksum mismatch, and more data follows")
                 if lineno == 1:
                     raise damage
-                return _Journal(st, snapshot, records, pos, stable, damage)
+                return _Journal(st, snapshot, records, offset + pos, good, stable, damage)
             if lineno == 1:
                 snapshot = self._parse_header(payload)
             else:
                 records.append((lineno, payload))
-            pos = nl + 1
-        return _Journal(st, snapshot, records, pos, stable, None)
+            pos, good = nl + 1, lineno
+        return _Journal(st, snapshot, records, offset + pos, good, stable, None)
 
     def _parse_header(self, payload: bytes) -> _SnapshotId:
         try:
@@ -475,6 +498,74 @@ class FileStore(BaseStore):
         with self._locked():
             return self._load(locked=True), self.version()
 
+    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
+        """The journal records committed after version ``since``, and the current version.
+
+        See :meth:`~cascadeui.adapters.JournaledStore.load_changes`. ``since`` must be
+        the version of this store's last locked read, write or catch-up, whose extent
+        says where the good part of the journal ended: only the bytes after it are read
+        and decoded. Under the lock, as appends are: the records and the version are of
+        one state with no retry loop, and a torn tail stays out until it is complete.
+        ``([], since)`` without the lock when the version did not move.
+
+        :returns: None when ``since`` cannot be placed (another version, the snapshot or
+            the journal file replaced, the journal shorter): load the document instead.
+        :raises StateCorruptedError: a line since ``since`` is damaged or does not decode.
+        """
+        self._check_open()
+        if self.version() == since:
+            return [], since
+        with self._locked():
+            extent = self._extent
+            if extent is None or extent.version != since:
+                return None
+            return self._catch_up(extent)
+
+    def _catch_up(self, extent: _Extent) -> tuple[list[list[list[Any]]], int] | None:
+        """Decode the journal past ``extent`` and move the extent to its end (lock held).
+
+        With no journal bound to the snapshot at ``extent`` (none, stale, torn header),
+        every record of a journal now bound to it came after: it is read from the start.
+        """
+        try:
+            main = os.lstat(self.path)
+        except OSError:
+            return None
+        if _snapshot_id(main) != extent.snapshot:
+            return None  # a full write (save, compaction) replaced the snapshot
+        start = extent.journal_end
+        journal = self._read_journal(start, extent.journal_lines)
+        if journal is None:
+            if start:
+                return None
+            version = _version_of(main, None)
+            self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
+                                   None, 0, 0)
+            return [], version
+        if start and (extent.journal is None or journal.stat.st_ino != extent.journal[0]
+                      or journal.stat.st_size < start):
+            return None  # replaced (a torn tail rewritten away) or cut short
+        if not journal.stable:
+            return None  # written outside the lock while we read
+        records: list[list[list[Any]]] = []
+        end = lines = 0
+        if start or journal.snapshot == extent.snapshot:
+            if journal.damage is not None:
+                raise journal.damage
+            for lineno, text in journal.records:
+                try:
+                    records.append(_journal.decode_record(self.serializer, text))
+                except StateCorruptedError as exc:
+                    raise self._damaged(lineno, str(exc)) from exc
+            end, lines = journal.end, journal.lines
+            if not start or self._journal_good == extent.journal:
+                # Every record decodes; the caller applies them to the document it holds.
+                self._journal_good = _journal_sig(journal.stat)
+        version = _version_of(main, journal.stat)
+        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
+                               _journal_sig(journal.stat), end, lines)
+        return records, version
+
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                         encoded: str | None = None) -> int | None:
         """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
@@ -562,8 +653,9 @@ class FileStore(BaseStore):
         main, journal = os.lstat(self.path), os.lstat(self.journal_path)
         version = _version_of(main, journal)
         self._journal_good = _journal_sig(journal)
+        lines = 2 if extent.journal_end == 0 else extent.journal_lines + 1
         self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
-                               _journal_sig(journal), end)
+                               _journal_sig(journal), end, lines)
         return version
 
     def _good_part(self, extent: _Extent) -> bytes:
@@ -678,7 +770,7 @@ class FileStore(BaseStore):
                         exc.strerror or exc)
         main, journal = os.lstat(self.path), self._lstat_journal()
         self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
-                               _journal_sig(journal) if journal is not None else None, 0)
+                               _journal_sig(journal) if journal is not None else None, 0, 0)
 
     def _sweep_once(self) -> None:
         """Run :meth:`_sweep_stale_temps` before this store's first write (lock held)."""
