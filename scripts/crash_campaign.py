@@ -7,7 +7,9 @@ moment. Two writers exist:
 
 - ``adapter``: ``FileStore``/``SQLiteStore`` ``save()`` and ``transaction()`` directly;
 - ``store``: a :class:`~cascadeui.store.StateStore` with persistence enabled, dispatching
-  ``APPLICATION_SET`` and ``PERSISTENT_VIEW_REGISTERED`` and awaiting ``flush()``.
+  ``APPLICATION_SET`` and ``PERSISTENT_VIEW_REGISTERED`` and awaiting ``flush()``: its
+  writes are mostly change-journal appends (the padding changes every ``PAD_EVERY``
+  generations only), so a kill lands in appends, compactions and full writes.
 
 Before a save the writer writes ``S <n>`` to a pipe, and ``A <n>`` once the save returned
 success (``flush()`` returned True): the pipe keeps what the writer wrote even after
@@ -72,12 +74,19 @@ _EPOCH = datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))
 # -- the states written ------------------------------------------------------------------
 
 
+#: The padding changes every PAD_EVERY generations only, like a bot's bulk data: the
+#: store's other writes are small changes, so its change journal takes appends (and is
+#: compacted at least every PAD_EVERY generations, when the padding changes).
+PAD_EVERY = 50
+
+
 def expected_app(n: int, size: int) -> dict[str, Any]:
     """Generation ``n`` of the application slice: every field derives from ``n``."""
     digest = hashlib.sha256(f"gen-{n}".encode()).hexdigest()
+    pad = hashlib.sha256(f"pad-{n // PAD_EVERY}".encode()).hexdigest()
     return {"n": n, "digest": digest, "when": _EPOCH + timedelta(seconds=n),
             "tags": {n, n + 1, n + 2}, "by_user": {10**17 + i: f"{digest[i]}{n}" for i in range(8)},
-            "pair": (n, digest[:4]), "pad": (digest * (size // 64 + 1))[:size]}
+            "pair": (n, digest[:4]), "pad": (pad * (size // 64 + 1))[:size]}
 
 
 def expected_state(n: int, size: int) -> dict[str, Any]:

@@ -575,7 +575,12 @@ def test_sigkilled_appenders_never_lose_an_acknowledged_record(path: Path) -> No
         assert start >= acked, f"lost acknowledged records: {start} < {acked}"
         threading.Event().wait(rnd.uniform(0.005, 0.06))
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        # Read the rest through the same buffered file readline() used: communicate()
+        # would read the raw pipe and miss lines already in that buffer.
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
         printed = [int(x) for x in out.split()]
         assert "Traceback" not in err, err
         if printed:
