@@ -49,6 +49,15 @@ def test_smoke_run_covers_every_workload(tmp_path: Path, redis_url: str) -> None
     assert "raw limits" in table
 
 
+def test_compaction_stall_script_runs(redis_url: str) -> None:
+    proc = _run(str(BENCH / "compaction_stall.py"), "--size", "10KB", "--writes", "2",
+                "--redis-url", redis_url, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3])
+            for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {(b, m) for b in ("json", "sqlite", "redis") for m in ("append", "compact")} <= rows
+
+
 def test_arguments_are_checked_before_anything_runs(tmp_path: Path) -> None:
     proc = _run(str(BENCH / "run.py"), "--sizes", "10KB,huge", "--dry-run", timeout=60)
     assert proc.returncode != 0
