@@ -95,6 +95,8 @@ _SnapshotId = tuple[int, int, int]
 _JournalSig = tuple[int, int, int]
 
 _JOURNAL_FORMAT = 1
+#: Characters encoded and written at a time by a whole-document write.
+_WRITE_CHUNK = 1 << 20
 #: Lock-free reads that find the snapshot replaced under them retry this often, then lock.
 _READ_ATTEMPTS = 5
 
@@ -570,7 +572,7 @@ class FileStore(BaseStore):
                         encoded: str | None = None) -> int | None:
         """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
         self._check_open()
-        data = (self.serializer.serialize(state) if encoded is None else encoded).encode()
+        data = self.serializer.serialize(state) if encoded is None else encoded
         with self._locked():
             if self.version() != expected:
                 return None
@@ -603,7 +605,7 @@ class FileStore(BaseStore):
                 extent = self._inspect()
             if extent is None or _journal.should_compact(
                     extent.journal_end, len(line), extent.snapshot_bytes):
-                self._write(full().encode("utf-8"))
+                self._write(full())
                 return self.version()
             return self._append(extent, line)
 
@@ -745,7 +747,7 @@ class FileStore(BaseStore):
         finally:
             self._lock.release()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | str) -> None:
         """Write the new snapshot durably, rotate backups, replace the main file, drop the journal.
 
         The lock is held. Backups rotate only once the new bytes are fsynced in the temp
@@ -908,13 +910,20 @@ class FileStore(BaseStore):
                 fout.flush()
                 os.fsync(fout.fileno())
 
-    def _replace(self, data: bytes, before: Callable[[], None] | None = None) -> None:
+    def _replace(self, data: bytes | str,
+                 before: Callable[[], None] | None = None) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
                                    suffix=".tmp")  # mode 0600, O_EXCL: no symlink games
         try:
             with os.fdopen(fd, "wb") as fh:
                 self._keep_mode(fh.fileno())
-                fh.write(data)
+                if isinstance(data, bytes):
+                    fh.write(data)
+                else:
+                    # Encoded a slice at a time (UTF-8 of the slices joins to UTF-8 of the
+                    # whole): no 10 MB copy holds the GIL, each write lets the loop run.
+                    for start in range(0, len(data), _WRITE_CHUNK):
+                        fh.write(data[start:start + _WRITE_CHUNK].encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
             if before is not None:

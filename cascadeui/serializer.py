@@ -402,16 +402,25 @@ class SnapshotEncoder:
         if hit is not None and hit[0] is value:
             self._next[key] = hit
             return hit[1]
+        # One join per container: "[" + ",".join(...) + "]" would copy a large text twice
+        # more, and every copy of a fresh 10 MB buffer holds the GIL for its page faults.
+        parts: list[str] = []
         if tp is list:
-            text = "[" + ",".join(self._piece(v, depth + 1, (*path, i))
-                                  for i, v in enumerate(value)) + "]"
+            for i, v in enumerate(value):
+                parts += (",", self._piece(v, depth + 1, (*path, i)))
+            parts[:1] = ["["]  # the first separator becomes the opening bracket
+            parts.append("]")
+            text = "".join(parts) if value else "[]"
         elif not all(type(k) is str for k in value) or (
                 len(value) == 1 and next(iter(value)) in _TAGS):
             text = self.serializer.encode_value(value, depth=depth, path=path)  # $map / $dict
         else:
-            text = "{" + ",".join(
-                self.serializer._utf8_safe(_ENCODER.encode(k), k) + ":"
-                + self._piece(v, depth + 1, (*path, k)) for k, v in value.items()) + "}"
+            for k, v in value.items():
+                parts += (",", self.serializer._utf8_safe(_ENCODER.encode(k), k), ":",
+                          self._piece(v, depth + 1, (*path, k)))
+            parts[:1] = ["{"]
+            parts.append("}")
+            text = "".join(parts) if value else "{}"
         self._next[key] = (value, text)
         return text
 
