@@ -313,6 +313,23 @@ class FileStore(BaseStore):
 
     def _read(self, path: Path) -> tuple[dict[str, Any], os.stat_result]:
         """Decode one whole document (the snapshot or a backup) and the stat of what was read."""
+        data, st, _ = self._read_bytes(path)
+        try:
+            state = self.serializer.deserialize(data)
+        except StateCorruptedError as exc:
+            raise StateCorruptedError(f"{path}: {exc}", location=str(path),
+                                      tried=(str(path),)) from exc
+        return state, st
+
+    def _read_bytes(self, path: Path, start: int = 0
+                    ) -> tuple[bytes, os.stat_result, os.stat_result]:
+        """The bytes of ``path`` from ``start``, never through a symlink, and its stat
+        before and after the read.
+
+        :raises FileNotFoundError: no such file.
+        :raises ConfigurationError: ``path`` is a symlink.
+        :raises StorageUnavailableError: it cannot be read.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
         except FileNotFoundError:
@@ -324,16 +341,13 @@ class FileStore(BaseStore):
         try:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
+                if start:
+                    fh.seek(start)
                 data = fh.read()
+                return data, st, os.fstat(fh.fileno())
         except OSError as exc:
             raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
                                           location=str(path)) from exc
-        try:
-            state = self.serializer.deserialize(data)
-        except StateCorruptedError as exc:
-            raise StateCorruptedError(f"{path}: {exc}", location=str(path),
-                                      tried=(str(path),)) from exc
-        return state, st
 
     def _read_journal(self, start: int = 0, lines: int = 0) -> _Journal | None:
         """Read and check ``<path>.journal``; None when there is none.
@@ -345,25 +359,10 @@ class FileStore(BaseStore):
             raised when the journal is applied: a stale journal is never applied).
         :raises ConfigurationError: the journal path is a symlink.
         """
-        path = self.journal_path
         try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
+            data, st, after = self._read_bytes(self.journal_path, start)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            self._refuse_symlink(path, exc)
-            raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
-                                          location=str(path)) from exc
-        try:
-            with os.fdopen(fd, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if start:
-                    fh.seek(start)
-                data = fh.read()
-                after = os.fstat(fh.fileno())
-        except OSError as exc:
-            raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
-                                          location=str(path)) from exc
         stable = (start + len(data) == st.st_size
                   and _journal_sig(after) == _journal_sig(st))
         return self._scan(data, st, stable, offset=start, lineno=lines)

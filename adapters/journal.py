@@ -114,27 +114,7 @@ def apply_record(state: dict[str, Any], ops: list[list[Any]]) -> None:
     :raises StateCorruptedError: a parent on the path is not a dict: the record was not
         written against this snapshot.
     """
-    for op in ops:
-        path = op[0]
-        node: Any = state
-        try:
-            for key in path[:-1]:
-                child = node.get(key)
-                if child is None and key not in node:
-                    if len(op) == 1:
-                        break  # deleting below a missing dict: nothing to delete
-                    child = node[key] = {}
-                node = child
-                if type(node) is not dict:
-                    raise TypeError
-            else:
-                if len(op) == 2:
-                    node[path[-1]] = op[1]
-                else:
-                    node.pop(path[-1], None)
-        except TypeError:  # a non-dict parent, or an unhashable key
-            raise StateCorruptedError(
-                f"journal record does not fit the snapshot at path {path!r}") from None
+    _apply(state, ops, None)
 
 
 def apply_shared(doc: Mapping[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
@@ -146,33 +126,38 @@ def apply_shared(doc: Mapping[str, Any], ops: list[list[Any]]) -> dict[str, Any]
     :raises StateCorruptedError: as :func:`apply_record`.
     """
     new = dict(doc)
-    fresh = {id(new)}  # containers created here, safe to change in place
+    _apply(new, ops, {id(new)})
+    return new
+
+
+def _apply(state: dict[str, Any], ops: list[list[Any]], fresh: set[int] | None) -> None:
+    """Apply ``ops`` to ``state``; with ``fresh`` (ids of dicts made here), copy on write."""
     for op in ops:
         path = op[0]
-        node: Any = new
+        node: Any = state
         try:
             for key in path[:-1]:
                 child = node.get(key)
                 if child is None and key not in node:
                     if len(op) == 1:
                         break  # deleting below a missing dict: nothing to delete
-                    child = {}
+                    child = node[key] = {}
+                    if fresh is not None:
+                        fresh.add(id(child))
                 elif type(child) is not dict:
                     raise TypeError
-                if id(child) not in fresh:
-                    child = dict(child)
+                elif fresh is not None and id(child) not in fresh:
+                    child = node[key] = dict(child)
                     fresh.add(id(child))
-                node[key] = child
                 node = child
             else:
                 if len(op) == 2:
                     node[path[-1]] = op[1]
                 else:
                     node.pop(path[-1], None)
-        except TypeError:
+        except TypeError:  # a non-dict parent, or an unhashable key
             raise StateCorruptedError(
                 f"journal record does not fit the snapshot at path {path!r}") from None
-    return new
 
 
 def should_compact(journal_bytes: int, record_bytes: int, snapshot_bytes: int) -> bool:

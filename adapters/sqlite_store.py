@@ -403,18 +403,7 @@ class SQLiteStore(BaseStore):
                     f"version {since} and records {first!r}..{current!r} in all, but the "
                     f"snapshot is at version {snapshot}: they are not its unbroken "
                     "sequel (edited by hand?)")
-            decoded: list[list[list[Any]]] = []
-            new_bytes = 0
-            for seq, ops in records:
-                if not isinstance(ops, (str, bytes)):
-                    raise self._corrupt(f"journal record {seq} in {self.journal_table!r} "
-                                        f"holds a {type(ops).__name__}, not a record")
-                try:
-                    decoded.append(decode_record(self.serializer, ops))
-                except StateCorruptedError as exc:
-                    raise self._corrupt(
-                        f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-                new_bytes += _nbytes(ops)
+            decoded, new_bytes = self._decode_records(records)
             sizes = self._sizes
             if sizes is not None and sizes[0] == since:  # same snapshot, a longer journal
                 self._sizes = (current, sizes[1] + new_bytes, sizes[2])
@@ -499,19 +488,34 @@ class SQLiteStore(BaseStore):
                 "it (the row rewritten by an older pycascadeui, or edited by hand?)")
         version += len(seqs)
         state = self._decode_row(data)
-        journal_bytes = 0
+        decoded, journal_bytes = self._decode_records(records)
+        for (seq, _), ops in zip(records, decoded, strict=True):
+            try:
+                apply_record(state, ops)
+            except StateCorruptedError as exc:
+                raise self._corrupt(
+                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
+        self._sizes = (version, journal_bytes, _nbytes(data))
+        return state, version
+
+    def _decode_records(self, records: list[Any]) -> tuple[list[list[list[Any]]], int]:
+        """The decoded ops of ``(seq, ops)`` journal rows, and their bytes.
+
+        :raises StateCorruptedError: a row that is not a record, naming its ``seq``.
+        """
+        decoded: list[list[list[Any]]] = []
+        total = 0
         for seq, ops in records:
             if not isinstance(ops, (str, bytes)):
                 raise self._corrupt(f"journal record {seq} in {self.journal_table!r} holds "
                                     f"a {type(ops).__name__}, not a record")
             try:
-                apply_record(state, decode_record(self.serializer, ops))
+                decoded.append(decode_record(self.serializer, ops))
             except StateCorruptedError as exc:
                 raise self._corrupt(
                     f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-            journal_bytes += _nbytes(ops)
-        self._sizes = (version, journal_bytes, _nbytes(data))
-        return state, version
+            total += _nbytes(ops)
+        return decoded, total
 
     def _decode_row(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, (str, bytes)):
