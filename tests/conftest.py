@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from _helpers import started_redis_server
@@ -35,6 +36,21 @@ def redis_url() -> Iterator[str]:
 def redis_key() -> str:
     """A key no other test uses, so tests never need FLUSHDB."""
     return f"cascadeui-test:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def raw(redis_url: str, redis_key: str) -> Iterator[Any]:
+    """A plain redis-py client to look at (and tamper with) ``redis_key``'s keys; they
+    are removed afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.delete(*(f"{redis_key}{suffix}"
+                        for suffix in ("", ":journal", ":version", ":lock")))
+        client.close()
 
 
 # -- no blocking calls on the event loop (issue 2) -------------------------------------------

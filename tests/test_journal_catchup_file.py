@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import JournalWriter
 
 from cascadeui.adapters import FileStore
 from cascadeui.adapters import journal as journal_mod
@@ -25,27 +26,12 @@ from cascadeui.serializer import StateSerializer
 SER = StateSerializer()
 
 
-class Writer:
-    """A store and the document it holds at ``version`` (what the engine keeps)."""
-
-    def __init__(self, store: FileStore) -> None:
-        self.store = store
-        self.doc, self.version = store.load_versioned()
-        self.fulls = 0
-
-    def full(self) -> str:
-        self.fulls += 1
-        return SER.serialize(self.doc)
+class Writer(JournalWriter):
+    """A :class:`JournalWriter` whose commits must succeed."""
 
     def commit(self, changes: list[Change]) -> int:
-        for (*parents, leaf), value in changes:
-            node = self.doc
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        version = self.store.save_changes(changes, self.version, full=self.full)
+        version = super().commit(changes)
         assert version is not None
-        self.version = version
         return version
 
     def set_n(self, i: int) -> int:

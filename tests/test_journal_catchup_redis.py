@@ -21,18 +21,6 @@ SER = StateSerializer()
 
 
 @pytest.fixture
-def raw(redis_url: str, redis_key: str) -> Iterator[redis.Redis]:
-    """A plain client to look at (and tamper with) the keys; removes them afterwards."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.delete(*(f"{redis_key}{suffix}"
-                        for suffix in ("", ":journal", ":version", ":lock")))
-        client.close()
-
-
-@pytest.fixture
 def pair(redis_url: str, redis_key: str,
          raw: redis.Redis) -> Iterator[tuple[RedisStore, RedisStore]]:
     """Writer A and reader B on one key, holding ``{"application": {"n": -1}}`` at 1."""

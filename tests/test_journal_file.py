@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import JournalWriter, apply_changes
 
 from cascadeui.adapters import FileStore, JournaledStore
 from cascadeui.adapters import journal as journal_mod
@@ -44,45 +45,6 @@ SER = StateSerializer()
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def apply(doc: dict[str, Any], changes: list[Change]) -> None:
-    """What the store's document becomes with ``changes`` (the test's own model)."""
-    for path, value in changes:
-        node = doc
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        if value is DELETED:
-            node.pop(path[-1], None)
-        else:
-            node[path[-1]] = value
-
-
-class Writer:
-    """One engine-like writer: a document in memory, the version it was read at."""
-
-    def __init__(self, store: FileStore) -> None:
-        self.store = store
-        self.doc, self.version = store.load_versioned()
-        self.fulls = 0
-
-    def full(self) -> str:
-        self.fulls += 1
-        return SER.serialize(self.doc)
-
-    def commit(self, changes: list[Change]) -> int | None:
-        before = SER.deserialize(SER.serialize(self.doc))
-        apply(self.doc, changes)
-        try:
-            result = self.store.save_changes(changes, self.version, full=self.full)
-        except BaseException:
-            self.doc = before
-            raise
-        if result is None:
-            self.doc = before
-        else:
-            self.version = result
-        return result
 
 
 def journal_lines(path: Path) -> list[bytes]:
@@ -124,7 +86,7 @@ def test_is_a_journaled_store(path: Path) -> None:
 def test_many_appends_round_trip_through_a_fresh_store(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"name": "bot"}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         snapshot = path.read_bytes()
         for i in range(150):
             assert writer.commit(mixed_changes(i)) is not None
@@ -144,7 +106,7 @@ def test_many_appends_round_trip_through_a_fresh_store(path: Path) -> None:
 def test_version_changes_on_every_append(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         seen = {writer.version}
         for i in range(60):
             version = writer.commit([(("application", "n"), i % 2)])  # same size each time
@@ -158,7 +120,7 @@ def test_version_changes_on_every_append(path: Path) -> None:
 
 def test_nothing_stored_writes_the_whole_document(path: Path) -> None:
     with FileStore(path) as store:
-        writer = Writer(store)
+        writer = JournalWriter(store)
         assert writer.version == 0
         assert writer.commit([(("application", "n"), 1)]) is not None
         assert writer.fulls == 1
@@ -169,7 +131,7 @@ def test_nothing_stored_writes_the_whole_document(path: Path) -> None:
 def test_stale_expected_writes_nothing(path: Path) -> None:
     with FileStore(path) as a, FileStore(path) as b:
         a.save({"application": {"n": 0}})
-        wa, wb = Writer(a), Writer(b)
+        wa, wb = JournalWriter(a), JournalWriter(b)
         assert wa.commit([(("application", "n"), 1)]) is not None
         before = path.read_bytes(), Path(f"{path}.journal").read_bytes()
         version = a.version()
@@ -179,7 +141,7 @@ def test_stale_expected_writes_nothing(path: Path) -> None:
         assert a.version() == version
         assert wb.fulls == 0
         # The stale writer reloads and commits on top.
-        wb = Writer(b)
+        wb = JournalWriter(b)
         assert wb.commit([(("application", "m"), 2)]) is not None
     with FileStore(path) as fresh:
         assert fresh.load() == {"application": {"n": 1, "m": 2}}
@@ -188,7 +150,7 @@ def test_stale_expected_writes_nothing(path: Path) -> None:
 def test_empty_changes_write_nothing_and_keep_the_version(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         files = sorted(p.name for p in path.parent.iterdir())
         assert store.save_changes([], writer.version, full=writer.full) == writer.version
         assert sorted(p.name for p in path.parent.iterdir()) == files
@@ -198,7 +160,7 @@ def test_empty_changes_write_nothing_and_keep_the_version(path: Path) -> None:
 def test_unstorable_value_writes_nothing(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         writer.commit([(("application", "n"), 1)])
         before = Path(f"{path}.journal").read_bytes()
         with pytest.raises(SerializationError):
@@ -215,7 +177,7 @@ def test_compaction_when_the_budget_is_spent(path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(journal_mod, "JOURNAL_MIN_BYTES", 4000)
     with FileStore(path, backups=1) as store:
         store.save({"application": {"log": {}}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         compacted_at = []
         for i in range(200):
             journal_before = Path(f"{path}.journal")
@@ -243,7 +205,7 @@ def test_full_writes_empty_the_journal(path: Path, how: str) -> None:
     with FileStore(path, backups=1) as store:
         store.save({"application": {"n": 0}})
         snapshot = path.read_bytes()
-        writer = Writer(store)
+        writer = JournalWriter(store)
         for i in range(1, 4):
             writer.commit([(("application", "n"), i)])
         assert Path(f"{path}.journal").exists()
@@ -261,7 +223,7 @@ def test_full_writes_empty_the_journal(path: Path, how: str) -> None:
         assert Path(f"{path}.bak").read_bytes() == snapshot
         assert store.load() == {"application": {"n": 9}}
         # Appending again starts a journal bound to the new snapshot.
-        writer = Writer(store)
+        writer = JournalWriter(store)
         writer.commit([(("application", "m"), 1)])
     with FileStore(path) as fresh:
         assert fresh.load() == {"application": {"n": 9, "m": 1}}
@@ -272,11 +234,11 @@ def test_backup_fallback_never_applies_the_journal(path: Path,
     with FileStore(path, backups=1) as store:
         store.save({"application": {"gen": 1}})
         store.save({"application": {"gen": 2}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         writer.commit([(("application", "extra"), 1)])
     path.write_bytes(b"{ damaged")
     with FileStore(path, backups=1) as store:
-        writer = Writer(store)
+        writer = JournalWriter(store)
         assert writer.doc == {"application": {"gen": 1}}  # the backup, alone
         assert "loaded the backup" in caplog.text
         # The next commit cannot append to an unreadable snapshot: it writes the whole
@@ -296,7 +258,7 @@ def test_backup_fallback_never_applies_the_journal(path: Path,
 def test_stale_journal_is_ignored_then_removed(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         writer.commit([(("application", "n"), 1)])
         writer.commit([(("application", "old"), True)])
         old_journal = Path(f"{path}.journal").read_bytes()
@@ -305,7 +267,7 @@ def test_stale_journal_is_ignored_then_removed(path: Path) -> None:
         Path(f"{path}.journal").write_bytes(old_journal)
     with FileStore(path) as store:
         assert store.load() == {"application": {"n": 5}}
-        writer = Writer(store)
+        writer = JournalWriter(store)
         assert writer.doc == {"application": {"n": 5}}
         assert writer.commit([(("application", "m"), 1)]) is not None
         lines = journal_lines(path)
@@ -329,7 +291,7 @@ def test_stale_journal_is_ignored_then_removed(path: Path) -> None:
 def test_torn_tail_is_ignored_then_truncated(path: Path, tail: bytes) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         for i in range(1, 6):
             writer.commit([(("application", "n"), i), (("application", "log", i), "v")])
         acknowledged = writer.doc
@@ -338,7 +300,7 @@ def test_torn_tail_is_ignored_then_truncated(path: Path, tail: bytes) -> None:
         fh.write(tail)
     with FileStore(path) as store:
         assert store.load() == acknowledged
-        writer = Writer(store)
+        writer = JournalWriter(store)
         assert writer.doc == acknowledged
         assert writer.commit([(("application", "n"), 6)]) is not None
         assert writer.fulls == 0
@@ -357,10 +319,10 @@ def test_torn_tail_is_ignored_then_truncated(path: Path, tail: bytes) -> None:
 # -- damage --------------------------------------------------------------------------------
 
 
-def _damaged_store(path: Path) -> tuple[Writer, bytes]:
+def _damaged_store(path: Path) -> tuple[JournalWriter, bytes]:
     store = FileStore(path)
     store.save({"application": {"n": 0}})
-    writer = Writer(store)
+    writer = JournalWriter(store)
     for i in range(1, 5):
         writer.commit([(("application", "n"), i)])
     data = bytearray(Path(f"{path}.journal").read_bytes())
@@ -406,7 +368,7 @@ def test_full_save_sets_a_damaged_journal_aside(path: Path) -> None:
 def test_records_that_do_not_decode_or_fit_are_errors(path: Path, record: bytes) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        Writer(store).commit([(("application", "n"), 1)])
+        JournalWriter(store).commit([(("application", "n"), 1)])
         with open(f"{path}.journal", "ab") as fh:
             fh.write(line(record))
         with pytest.raises(StateCorruptedError, match=r"state\.json\.journal line 3"):
@@ -416,7 +378,7 @@ def test_records_that_do_not_decode_or_fit_are_errors(path: Path, record: bytes)
 def test_damaged_header_is_an_error(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         writer.commit([(("application", "n"), 1)])
         header, records = Path(f"{path}.journal").read_bytes().split(b"\n", 1)
         flipped = bytes([header[0] ^ 0x01]) + header[1:]
@@ -439,7 +401,7 @@ def test_symlink_at_the_journal_is_refused(path: Path, tmp_path: Path) -> None:
     target.write_bytes(b"precious")
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         Path(f"{path}.journal").symlink_to(target)
         with pytest.raises(ConfigurationError, match="symlink"):
             store.load()
@@ -456,11 +418,11 @@ def test_symlink_at_the_journal_is_refused(path: Path, tmp_path: Path) -> None:
 def test_journal_mode_is_private_or_follows_the_snapshot(path: Path) -> None:
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        Writer(store).commit([(("application", "n"), 1)])
+        JournalWriter(store).commit([(("application", "n"), 1)])
         assert Path(f"{path}.journal").stat().st_mode & 0o777 == 0o600
         os.chmod(path, 0o640)  # an operator opened the snapshot to a group
         store.save({"application": {"n": 2}})
-        Writer(store).commit([(("application", "n"), 3)])
+        JournalWriter(store).commit([(("application", "n"), 3)])
         assert Path(f"{path}.journal").stat().st_mode & 0o777 == 0o640
 
 
@@ -470,7 +432,7 @@ def test_stale_journal_temp_files_are_swept(path: Path) -> None:
     leftover = path.parent / ".state.json.journal.abc123.tmp"
     leftover.write_bytes(b"killed mid-create")
     with FileStore(path) as store:
-        Writer(store).commit([(("application", "n"), 1)])
+        JournalWriter(store).commit([(("application", "n"), 1)])
     assert not leftover.exists()
 
 
@@ -489,10 +451,10 @@ def test_lock_free_reads_only_see_committed_states(path: Path,
     def write() -> None:
         try:
             with FileStore(path) as store:
-                writer = Writer(store)
+                writer = JournalWriter(store)
                 for i in range(1, 400):
                     if i % 97 == 0:
-                        apply(writer.doc, [(("application", "n"), i),
+                        apply_changes(writer.doc, [(("application", "n"), i),
                                            (("application", "log", i), i)])
                         store.save(writer.doc)
                         writer.version = store.version()
@@ -657,7 +619,7 @@ def test_disk_faults_while_appending_keep_the_acknowledged_state(
     }[fault]
     with FileStore(path) as store:
         store.save({"application": {"n": 0}})
-        writer = Writer(store)
+        writer = JournalWriter(store)
         if fault != "enospc-create-journal":
             writer.commit([(("application", "n"), 1)])  # the journal exists: a real append
         acknowledged = SER.deserialize(SER.serialize(writer.doc))
@@ -676,7 +638,7 @@ def test_disk_faults_while_appending_keep_the_acknowledged_state(
         # it reloads and catches up.
         if fault != "enospc-create-journal":
             assert writer.commit([(("application", "n"), 2)]) is None
-        writer = Writer(store)
+        writer = JournalWriter(store)
         assert writer.commit([(("application", "n"), 2)]) is not None
     with FileStore(path) as fresh:
         assert fresh.load() == {"application": {"n": 2}}
@@ -709,7 +671,7 @@ def test_hostile_journal_bytes_are_typed_and_never_appended_over(tmp_path: Path)
         with FileStore(path) as store:
             store.save(GOOD)
             if how == "mutated":
-                writer = Writer(store)
+                writer = JournalWriter(store)
                 for i in range(3):
                     writer.commit([(("application", "guild", 123, "n"), i),
                                    (("application", "x", i), {i})])

@@ -32,18 +32,6 @@ from cascadeui.testing.redis_server import RedisServer, find_server_binary, free
 SER = StateSerializer()
 
 
-@pytest.fixture
-def raw(redis_url: str, redis_key: str) -> Iterator[redis.Redis]:
-    """A plain client to look at (and tamper with) the keys; removes them afterwards."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.delete(*(f"{redis_key}{suffix}"
-                        for suffix in ("", ":journal", ":version", ":lock")))
-        client.close()
-
-
 def mutate(doc: dict[str, Any], rng: random.Random, step: int) -> dict[str, Any]:
     """A new document from ``doc`` (copied where changed) with one random edit.
 
