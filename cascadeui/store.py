@@ -844,7 +844,8 @@ class _Engine:
                 doc = known
                 for ops in records:
                     doc = apply_shared(doc, ops)
-                return {name: doc.get(name, {}) for name in PERSISTED_SLICES}, version
+                stored = _persisted_part(doc, self.backend)  # slices must still be dicts
+                return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
         raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
         stored = _persisted_part(raw, self.backend)
         self.rewrite = self.rewrite or len(stored) != len(raw)
