@@ -6,7 +6,7 @@ backends in :mod:`cascadeui.persistence` run them in worker threads.
 
 from .base import BaseStore, SyncStore, VersionedStore
 from .file_store import FileStore
-from .journal import JournaledStore, apply_shared, changes_between
+from .journal import JournaledStore, apply_shared
 from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
@@ -19,6 +19,5 @@ __all__ = [
     "SyncStore",
     "VersionedStore",
     "apply_shared",
-    "changes_between",
     "redact_url",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cascadeui.errors import StateCorruptedError
-from cascadeui.merge import DELETED, Change, diff
+from cascadeui.merge import DELETED, Change
 from cascadeui.serializer import StateSerializer
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "JournaledStore",
     "apply_record",
     "apply_shared",
-    "changes_between",
     "decode_record",
     "encode_record",
     "should_compact",
@@ -74,11 +73,6 @@ class JournaledStore(Protocol):
         :raises StateCorruptedError: a record since ``since`` does not decode.
         """
         ...
-
-
-def changes_between(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
-    """The leaf changes from ``old`` to ``new``: O(changed paths) between shared snapshots."""
-    return diff(old, new)
 
 
 def encode_record(serializer: StateSerializer, changes: Sequence[Change]) -> str:

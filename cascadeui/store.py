@@ -23,7 +23,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import anyio.to_thread
 
@@ -40,10 +40,10 @@ from .actions import (
     delete_in,
     set_in,
 )
-from .adapters import JournaledStore, SyncStore, VersionedStore, apply_shared, changes_between
+from .adapters import JournaledStore, SyncStore, VersionedStore, apply_shared
 from .backends import AsyncBackend, StorageBackend, as_backend
 from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
-from .merge import merge3
+from .merge import diff, merge3
 from .serializer import SnapshotEncoder, StateSerializer
 
 __all__ = [
@@ -492,13 +492,13 @@ def _save_doc(adapter: VersionedStore, encoder: SnapshotEncoder | None,
     snapshots, so O(what changed)); it rewrites the whole document, encoded here on
     demand, when its journal is due for compaction. Other adapters get the whole document.
     """
+    if not (journaled and expected):
+        return _save_full(adapter, encoder, doc, expected)
+
     def full() -> str:
         return encoder.encode(doc) if encoder is not None else adapter.serializer.serialize(doc)
 
-    if journaled and expected:
-        assert isinstance(adapter, JournaledStore)
-        return adapter.save_changes(changes_between(stored, doc), expected, full=full)
-    return adapter.save_if_version(doc, expected, encoded=full() if encoder else None)
+    return cast(JournaledStore, adapter).save_changes(diff(stored, doc), expected, full=full)
 
 
 def _save_full(adapter: VersionedStore, encoder: SnapshotEncoder | None,
@@ -836,18 +836,18 @@ class _Engine:
         its unchanged subtrees: catching up costs what the other process changed, not a
         decode of the whole document. Otherwise the whole document is loaded.
         """
+        found = None
         if self.journaled and at:
-            assert isinstance(adapter, JournaledStore)
-            found = await anyio.to_thread.run_sync(adapter.load_changes, at)
-            if found is not None:
-                records, version = found
-                doc = known
-                for ops in records:
-                    doc = apply_shared(doc, ops)
-                stored = _persisted_part(doc, self.backend)  # slices must still be dicts
-                return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
-        raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
-        stored = _persisted_part(raw, self.backend)
+            found = await anyio.to_thread.run_sync(
+                cast(JournaledStore, adapter).load_changes, at)
+        if found is not None:
+            records, version = found
+            raw = known
+            for ops in records:
+                raw = apply_shared(raw, ops)
+        else:
+            raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
+        stored = _persisted_part(raw, self.backend)  # the slices must still be dicts
         self.rewrite = self.rewrite or len(stored) != len(raw)
         return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
 

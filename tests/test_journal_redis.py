@@ -23,9 +23,9 @@ import cascadeui.adapters.journal as journal
 import pytest
 import redis
 
-from cascadeui.adapters import JournaledStore, RedisStore, changes_between
+from cascadeui.adapters import JournaledStore, RedisStore
 from cascadeui.errors import LockTimeoutError, StateCorruptedError, StorageUnavailableError
-from cascadeui.merge import DELETED, Change
+from cascadeui.merge import DELETED, Change, diff
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.redis_server import RedisServer, find_server_binary, free_port
 
@@ -78,14 +78,14 @@ def test_round_trip_one_version_per_append(redis_url: str, redis_key: str,
     doc: dict[str, Any] = {"guild": {}}
     with RedisStore(redis_url, key=redis_key) as store:
         assert isinstance(store, JournaledStore)
-        version = store.save_changes(changes_between({}, doc), 0, full=whole(doc))
+        version = store.save_changes(diff({}, doc), 0, full=whole(doc))
         assert version == 1
         assert raw.get(redis_key) == SER.serialize(doc).encode()  # the first is a snapshot
         assert not raw.exists(store.journal_key)
         assert store.load_versioned() == (doc, 1)
         for step in range(60):
             new = mutate(doc, rng, step)
-            changes = changes_between(doc, new)
+            changes = diff(doc, new)
             if not changes:
                 continue
             result = store.save_changes(changes, version, full=whole(new))
@@ -152,7 +152,7 @@ def test_compaction_writes_the_whole_document(redis_url: str, redis_key: str,
         for step in range(1, 40):
             new = {**doc, "n": step, f"item{step}": {"v": "x" * 20}}
             before = raw.llen(store.journal_key)
-            version_new = store.save_changes(changes_between(doc, new), version,
+            version_new = store.save_changes(diff(doc, new), version,
                                              full=full_of(new))
             assert version_new == version + 1
             version, doc = version_new, new

@@ -26,7 +26,7 @@ import pytest
 
 from cascadeui.adapters import JournaledStore, SQLiteStore, journal, sqlite_store
 from cascadeui.errors import SerializationError, StateCorruptedError
-from cascadeui.merge import DELETED, Change
+from cascadeui.merge import DELETED, Change, diff
 from cascadeui.serializer import StateSerializer
 
 SER = StateSerializer()
@@ -50,7 +50,7 @@ def dump(path: Path) -> list[str]:
 def commit(store: SQLiteStore, old: dict[str, Any], new: dict[str, Any],
            expected: int) -> int | None:
     """What the engine does: append the diff, with the whole new document as fallback."""
-    return store.save_changes(journal.changes_between(old, new), expected,
+    return store.save_changes(diff(old, new), expected,
                               full=lambda: SER.serialize(new))
 
 
@@ -208,7 +208,7 @@ def test_the_journal_compacts_when_over_budget(db: Path,
                 fulls.append(n)
                 return SER.serialize(doc)
 
-            result = store.save_changes(journal.changes_between(state, new), version, full=full)
+            result = store.save_changes(diff(state, new), version, full=full)
             assert result == version + 1
             state, version = new, result
             rows = journal_rows(db)
