@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common import (
@@ -136,17 +137,7 @@ async def _ours(args: Any, app: dict[str, Any], ticker: Ticker,
     del app
     calls0, adapter0 = counter.calls, counter.adapter_calls
     failed0, afailed0 = counter.failed, counter.adapter_failed
-    reset_peak_rss()
-    ticker.start()
-    t0 = time.perf_counter()
-    for i in range(args.actions):
-        await store.dispatch("APPLICATION_SET", _action(i))
-    t_dispatched = time.perf_counter()
-    flushed = await store.flush()
-    t_durable = time.perf_counter()
-    lateness = await ticker.stop()
-    peak = peak_rss_bytes()
-    memory_state = {k: store.state.get(k) for k in ("application", "persistent_views")}
+    timed, flushed, memory_state = await _timed_burst(store, args.actions, ticker, store.flush)
     await store.close()
     check = _backend(args.backend, args.workdir, args.redis_url, key)
     try:
@@ -156,11 +147,9 @@ async def _ours(args: Any, app: dict[str, Any], ticker: Ticker,
         if args.backend == "redis":
             _redis_cleanup(args.redis_url, key)
     return {
-        "initial_ok": initial_ok, "flush_ok": flushed,
-        "dispatch_s": t_dispatched - t0, "durable_s": t_durable - t0,
+        "initial_ok": initial_ok, "flush_ok": flushed, **timed,
         "saves": counter.calls - calls0, "adapter_writes": counter.adapter_calls - adapter0,
         "failed_saves": (counter.failed - failed0) + (counter.adapter_failed - afailed0),
-        "lateness": lateness, "peak_rss": peak,
         "durable_equals_memory": _same(durable, memory_state),
     }
 
@@ -203,17 +192,8 @@ async def _peer(args: Any, app: dict[str, Any], ticker: Ticker,
     await _peer_settle(store)
     del app
     calls0, failed0 = counter.calls, counter.failed
-    reset_peak_rss()
-    ticker.start()
-    t0 = time.perf_counter()
-    for i in range(args.actions):
-        await store.dispatch("APPLICATION_SET", _action(i))
-    t_dispatched = time.perf_counter()
-    await _peer_settle(store)
-    t_durable = time.perf_counter()
-    lateness = await ticker.stop()
-    peak = peak_rss_bytes()
-    memory_state = {k: store.state.get(k) for k in ("application", "persistent_views")}
+    timed, _, memory_state = await _timed_burst(store, args.actions, ticker,
+                                                lambda: _peer_settle(store))
     check = _backend(args.backend, args.workdir, args.redis_url, key)
     durable = await check.load_state() or {}
     if hasattr(check, "close"):
@@ -223,15 +203,37 @@ async def _peer(args: Any, app: dict[str, Any], ticker: Ticker,
     if args.backend == "redis":
         _redis_cleanup(args.redis_url, key)
     return {
-        "initial_ok": True, "flush_ok": None,
-        "dispatch_s": t_dispatched - t0, "durable_s": t_durable - t0,
+        "initial_ok": True, "flush_ok": None, **timed,
         "saves": counter.calls - calls0, "failed_saves": counter.failed - failed0,
-        "lateness": lateness, "peak_rss": peak,
         "durable_equals_memory": _same(durable, memory_state),
     }
 
 
 # -- shared ------------------------------------------------------------------------------
+
+
+async def _timed_burst(store: Any, actions: int, ticker: Ticker,
+                       until_durable: Callable[[], Awaitable[Any]],
+                       ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The timed part, the same code for both implementations: ``actions`` dispatches, then
+    ``until_durable()``, under the ticker and a fresh peak-RSS mark.
+
+    :returns: the timings, lateness and peak RSS; what ``until_durable`` returned; the
+        persisted slices in memory at the end.
+    """
+    reset_peak_rss()
+    ticker.start()
+    t0 = time.perf_counter()
+    for i in range(actions):
+        await store.dispatch("APPLICATION_SET", _action(i))
+    t_dispatched = time.perf_counter()
+    outcome = await until_durable()
+    t_durable = time.perf_counter()
+    lateness = await ticker.stop()
+    timed = {"dispatch_s": t_dispatched - t0, "durable_s": t_durable - t0,
+             "lateness": lateness, "peak_rss": peak_rss_bytes()}
+    memory = {k: store.state.get(k) for k in ("application", "persistent_views")}
+    return timed, outcome, memory
 
 
 def _same(durable: dict[str, Any], memory: dict[str, Any]) -> bool:

@@ -51,8 +51,7 @@ def run(args: Any) -> dict[str, Any]:
     target = os.path.join(workdir, "raw.json")
     tmp = target + ".tmp"
 
-    def json_replace() -> None:
-        payload = json.dumps(state, separators=(",", ":")).encode()
+    def write_replace(payload: bytes) -> None:
         with open(tmp, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -60,13 +59,11 @@ def run(args: Any) -> dict[str, Any]:
         os.replace(tmp, target)
         _fsync_dir(workdir)
 
+    def json_replace() -> None:
+        write_replace(json.dumps(state, separators=(",", ":")).encode())
+
     def json_write_only() -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(workdir)
+        write_replace(blob)
 
     conn = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
