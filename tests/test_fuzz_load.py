@@ -234,6 +234,22 @@ def _poke(path: Path, value: Any, sql: str = "UPDATE cascadeui_state SET data = 
         conn.close()
 
 
+def _assert_refused_and_kept(store: SQLiteStore, path: Path, query: str,
+                             stored: list[tuple[Any, ...]]) -> None:
+    """A load either works (and the state saves again) or raises; then a transaction
+    refuses too and ``query`` still finds the bytes that could not be read."""
+    result = outcome(store.load)
+    if isinstance(result, PersistenceError):
+        with pytest.raises(PersistenceError), store.transaction() as state:
+            state.clear()
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute(query).fetchall() == stored
+        finally:
+            conn.close()
+    assert_savable(result)
+
+
 @FUZZ_IO
 @given(data=hostile, as_text=st.booleans())
 def test_sqlite_row_fuzz(sqlite_row: tuple[SQLiteStore, Path], data: bytes,
@@ -241,16 +257,7 @@ def test_sqlite_row_fuzz(sqlite_row: tuple[SQLiteStore, Path], data: bytes,
     store, path = sqlite_row
     value: Any = data.decode("utf-8", "replace") if as_text else data
     _poke(path, value)
-    result = outcome(store.load)
-    if isinstance(result, PersistenceError):
-        with pytest.raises(PersistenceError), store.transaction() as state:
-            state.clear()
-        conn = sqlite3.connect(path)
-        try:
-            assert conn.execute("SELECT data FROM cascadeui_state").fetchone()[0] == value
-        finally:
-            conn.close()
-    assert_savable(result)
+    _assert_refused_and_kept(store, path, "SELECT data FROM cascadeui_state", [(value,)])
 
 
 @pytest.mark.parametrize("sql", [
@@ -535,14 +542,5 @@ def test_sqlite_journal_record_fuzz(sqlite_row: tuple[SQLiteStore, Path], data: 
                               full=lambda: "unused") == version + 1
     value: Any = data.decode("utf-8", "replace") if as_text else data
     _poke(path, value, "UPDATE cascadeui_state_journal SET ops = ?")
-    result = outcome(store.load)
-    if isinstance(result, PersistenceError):
-        with pytest.raises(PersistenceError), store.transaction() as state:
-            state.clear()
-        conn = sqlite3.connect(path)
-        try:
-            assert conn.execute("SELECT ops FROM cascadeui_state_journal").fetchall() == [
-                (value,)]
-        finally:
-            conn.close()
-    assert_savable(result)
+    _assert_refused_and_kept(store, path, "SELECT ops FROM cascadeui_state_journal",
+                             [(value,)])
