@@ -24,30 +24,18 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import BACKENDS, Ticker, build_application, private_redis, size_bytes
+from w_dispatch import _backend
 
 from cascadeui.adapters import journal
-from cascadeui.backends import (
-    AsyncBackend,
-    FileStorageBackend,
-    RedisBackend,
-    SQLiteBackend,
-)
 from cascadeui.store import StateStore
-
-
-def _backend(kind: str, workdir: str, redis_url: str | None, key: str) -> AsyncBackend[Any]:
-    if kind == "json":
-        return FileStorageBackend(os.path.join(workdir, f"{key}.json"))
-    if kind == "sqlite":
-        return SQLiteBackend(os.path.join(workdir, f"{key}.db"))
-    assert redis_url is not None
-    return RedisBackend(url=redis_url, key=f"cascadeui-bench:{key}:{os.getpid()}")
 
 
 async def _run(kind: str, mode: str, app: dict[str, Any], writes: int, workdir: str,
                redis_url: str | None) -> dict[str, float]:
     store = StateStore()
-    backend = _backend(kind, workdir, redis_url, mode)
+    workdir = os.path.join(workdir, f"{kind}-{mode}")
+    os.makedirs(workdir)
+    backend = _backend(kind, workdir, redis_url, f"cascadeui-bench:{mode}:{os.getpid()}")
     await store.enable_persistence(backend, debounce=0, poll_interval=None)
     await store.dispatch("APPLICATION_SET", {"path": ["records"], "value": app["records"]})
     assert await store.flush()
