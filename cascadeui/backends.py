@@ -8,7 +8,11 @@ Error policy, by layer: adapters raise typed errors. :meth:`AsyncBackend.save_st
 returns ``False`` and logs the reason for a failure of the medium (I/O, server, lock
 timeout), because a bot must keep running; it still raises
 :class:`~cascadeui.errors.SerializationError` (a ``TypeError``), which is a bug in the
-caller's data, not an outage. :meth:`AsyncBackend.load_state` always raises.
+caller's data, not an outage. :meth:`AsyncBackend.load_state` always raises, and so do the
+versioned and journal coroutines the store's persistence engine uses
+(:meth:`~AsyncBackend.load_versioned`, :meth:`~AsyncBackend.save_if_version`,
+:meth:`~AsyncBackend.save_changes`, :meth:`~AsyncBackend.load_changes`): the engine
+classifies their errors itself (see :mod:`cascadeui.engine`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
@@ -25,8 +29,17 @@ from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore
+from cascadeui.adapters import (
+    FileStore,
+    JournaledStore,
+    RedisStore,
+    SQLiteStore,
+    SyncStore,
+    VersionedStore,
+)
 from cascadeui.errors import PersistenceError, SerializationError, StoreClosedError
+from cascadeui.merge import diff
+from cascadeui.serializer import SnapshotEncoder, StateSerializer
 
 __all__ = [
     "AsyncBackend",
@@ -63,6 +76,30 @@ class AsyncBackend(Generic[S]):
 
     def __init__(self, store: S) -> None:
         self.store: S = store
+        # Optional capabilities, detected once here rather than probed on every call
+        # (a runtime protocol check walks every member).
+        self._versioned: VersionedStore | None = (
+            store if isinstance(store, VersionedStore) else None)
+        self._journal: JournaledStore | None = (
+            store if isinstance(store, JournaledStore) and self._versioned is not None
+            else None)
+        probe = getattr(store, "version", None)
+        self._version: Callable[[], int] | None = probe if callable(probe) else None
+
+    @property
+    def versioned(self) -> bool:
+        """True when the adapter offers compare-and-set (``load_versioned``/``save_if_version``)."""
+        return self._versioned is not None
+
+    @property
+    def journaled(self) -> bool:
+        """True when the adapter can also append change records (``save_changes``)."""
+        return self._journal is not None
+
+    @property
+    def serializer(self) -> StateSerializer | None:
+        """The versioned adapter's serializer (None for an adapter without versions)."""
+        return self._versioned.serializer if self._versioned is not None else None
 
     @property
     def location(self) -> str:
@@ -144,11 +181,88 @@ class AsyncBackend(Generic[S]):
         """The adapter's cheap change counter (see each adapter's ``version()``).
 
         :raises TypeError: the adapter has no ``version()``.
+        :raises StorageUnavailableError: the medium cannot be reached.
         """
-        probe = getattr(self.store, "version", None)
-        if not callable(probe):
+        if self._version is None:
             raise TypeError(f"{type(self.store).__name__} has no version()")
-        return int(await anyio.to_thread.run_sync(probe))
+        return int(await anyio.to_thread.run_sync(self._version))
+
+    # -- versions and the change journal (the store's persistence engine) --------------
+
+    def _cas(self) -> VersionedStore:
+        if self._versioned is None:
+            raise TypeError(f"{type(self.store).__name__} has no load_versioned() / "
+                            "save_if_version()")
+        return self._versioned
+
+    async def load_versioned(self) -> tuple[dict[str, Any], int]:
+        """The stored state and the version it was read at, consistently (one thread call).
+
+        :raises TypeError: the adapter has no versions (see :attr:`versioned`).
+        :raises StateCorruptedError: stored data (and every backup) is unreadable.
+        :raises StorageUnavailableError: the medium cannot be reached.
+        """
+        return await anyio.to_thread.run_sync(self._cas().load_versioned)
+
+    async def save_if_version(self, state: Mapping[str, Any], expected: int, *,
+                              encoder: SnapshotEncoder | None = None) -> int | None:
+        """Rewrite ``state`` whole if the stored version is still ``expected``.
+
+        Encoding and writing are one worker-thread call; a whole write empties a journal.
+
+        :param encoder: an incremental encoder that reuses the text of subtrees unchanged
+            since its previous call (the state must never be changed in place).
+        :returns: the new version, or None (nothing written) when another writer
+            committed since ``expected``.
+        :raises SerializationError: ``state`` holds a value that cannot be stored.
+        :raises PersistenceError: the medium failed (the subclass says how).
+        """
+        adapter = self._cas()
+
+        def write() -> int | None:
+            encoded = encoder.encode(state) if encoder is not None else None
+            return adapter.save_if_version(state, expected, encoded=encoded)
+
+        return await anyio.to_thread.run_sync(write)
+
+    async def save_changes(self, before: Mapping[str, Any], after: Mapping[str, Any],
+                           expected: int, *,
+                           encoder: SnapshotEncoder | None = None) -> int | None:
+        """Append the changes from ``before`` (stored at ``expected``) to ``after``.
+
+        One worker-thread call finds the leaf changes (by identity between snapshots that
+        share unchanged subtrees, so it costs what changed) and appends them as one journal
+        record; when the journal is due for compaction the adapter rewrites ``after``
+        whole instead. An adapter without a journal rewrites ``after`` whole.
+
+        :returns: the new version, or None when another writer committed since ``expected``.
+        :raises SerializationError: a changed value cannot be stored (nothing written).
+        :raises PersistenceError: the medium failed (the subclass says how).
+        """
+        journal = self._journal
+        if journal is None:
+            return await self.save_if_version(after, expected, encoder=encoder)
+        serializer = self._cas().serializer
+
+        def full() -> str:
+            return encoder.encode(after) if encoder is not None else serializer.serialize(after)
+
+        def append() -> int | None:
+            return journal.save_changes(diff(before, after), expected, full=full)
+
+        return await anyio.to_thread.run_sync(append)
+
+    async def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
+        """The journal records committed after version ``since`` and the current version.
+
+        :returns: None when the journal no longer holds every commit since ``since``, or
+            the adapter keeps no journal: load the whole document instead.
+        :raises StateCorruptedError: a record since ``since`` does not decode.
+        :raises StorageUnavailableError: the medium cannot be reached.
+        """
+        if self._journal is None:
+            return None
+        return await anyio.to_thread.run_sync(self._journal.load_changes, since)
 
     async def aclose(self) -> None:
         """Release the adapter's connections and handles; idempotent."""

@@ -1,4 +1,4 @@
-"""The state store: reducers, middleware, subscribers, ``batch()``, and the persistence engine.
+"""The state store: reducers, middleware, subscribers, ``batch()``, and persistence.
 
 State is one dict of slices. ``application`` and ``persistent_views`` are persisted; ``views``
 and ``sessions`` are transient and never written. Reducers return new dicts along the path
@@ -6,11 +6,8 @@ they change and share the rest, so any state reference is a consistent snapshot 
 thread may serialize it while the loop goes on) and "did a persisted slice change" is two
 identity tests, whatever the size of the state.
 
-The persistence engine is one asyncio task per store: it coalesces changes (``debounce``
-after the last change, at most ``max_delay`` after the first unsaved one), writes one
-snapshot at a time (so an older snapshot never lands after a newer one), skips snapshots
-whose persisted slices are the ones already durable, and retries failures with capped
-exponential backoff without ever dropping the dirty state. See ``docs/store.md``.
+Writing is the job of the persistence engine (:mod:`cascadeui.engine`), one asyncio task
+per store, started by :meth:`StateStore.enable_persistence`. See ``docs/store.md``.
 """
 
 from __future__ import annotations
@@ -18,20 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, NamedTuple, cast
-
-import anyio.to_thread
+from typing import Any, NamedTuple
 
 from .actions import (
     BATCH_APPLIED,
     BUILTIN_REDUCERS,
     PERSISTED_SLICES,
-    STATE_RELOADED,
     STATE_RESTORED,
     TRANSIENT_SLICES,
     Action,
@@ -40,11 +33,9 @@ from .actions import (
     delete_in,
     set_in,
 )
-from .adapters import JournaledStore, SyncStore, VersionedStore, apply_shared
-from .backends import AsyncBackend, StorageBackend, as_backend
-from .errors import PersistenceError, StateCorruptedError, StorageUnavailableError
-from .merge import diff, merge3
-from .serializer import SnapshotEncoder, StateSerializer
+from .adapters import SyncStore
+from .backends import StorageBackend, as_backend
+from .engine import Engine, Timing, load_persisted, same_backend
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -72,8 +63,6 @@ Subscriber = Callable[[State, Action], Any]
 _SLICES = (*PERSISTED_SLICES, *TRANSIENT_SLICES)
 _APP, _VIEWS = PERSISTED_SLICES
 _MISSING: Any = object()
-#: Compare-and-set attempts per write before giving up until the next retry.
-_MAX_MERGE_ROUNDS = 20
 # Set while a reducer runs in this task: a reducer that dispatches would deadlock.
 _IN_REDUCER: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "cascadeui_in_reducer", default=False)
@@ -120,7 +109,7 @@ class StateStore:
         self._batch_actions: list[Action] = []
         #: +1 on every change of a persisted slice; the persistence engine's clock.
         self._generation = 0
-        self._engine: _Engine | None = None
+        self._engine: Engine | None = None
         for action_type, fn in BUILTIN_REDUCERS.items():
             self.register_reducer(action_type, fn)
 
@@ -361,38 +350,22 @@ class StateStore:
         """
         backend = as_backend(backend)
         if self._engine is not None:
-            if _same_backend(self._engine.backend, backend):
+            if same_backend(self._engine.backend, backend):
                 return
             raise RuntimeError(f"persistence is already enabled with {self._engine.backend!r};"
                                " await store.close() before enabling another backend")
-        timing = _Timing(debounce, max_delay, retry_initial, retry_max, poll_interval)
-        adapter = _versioned_adapter(backend)
-        version: int | None = None
-        if adapter is not None:
-            loaded, version = await anyio.to_thread.run_sync(adapter.load_versioned)
-        else:
-            loaded = await backend.load_state()
-        stored = _persisted_part(loaded, backend)
+        timing = Timing(debounce, max_delay, retry_initial, retry_max, poll_interval)
+        stored, version, rewrite = await load_persisted(backend)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")
         if stored:
             await self.dispatch(STATE_RESTORED, {"state": stored})
-        engine = _Engine(self, backend, timing)
-        # Durable = the objects the backend holds (identity compared later; a dispatch made
-        # by another task while the restore was notified is therefore still written). A
-        # slice the backend lacks counts as durable only while the memory copy is empty.
-        for name in PERSISTED_SLICES:
-            if name in stored:
-                engine.durable[name] = stored[name]
-            elif not self._state[name]:
-                engine.durable[name] = self._state[name]
-        engine.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
-        engine.version = version
-        engine.rewrite = len(stored) != len(loaded)  # keys to drop: a journal cannot
+        engine = Engine(self, backend, timing)
+        engine.adopt(stored, version, rewrite=rewrite)
         self._engine = engine
         engine.start()
 
-    def _live_engine(self) -> _Engine | None:
+    def _live_engine(self) -> Engine | None:
         """The engine, moved to the running loop if the loop it was started on is closed.
 
         Scripts and notebooks may drive the process-wide store from one ``asyncio.run`` after
@@ -401,13 +374,7 @@ class StateStore:
         """
         engine = self._engine
         if engine is not None and engine.loop.is_closed():
-            fresh = _Engine(self, engine.backend, engine.timing)
-            fresh.durable, fresh.base = engine.durable, engine.base
-            fresh.version, fresh.conflicts = engine.version, engine.conflicts
-            fresh.encoder, fresh.appended = engine.encoder, engine.appended
-            fresh.rewrite = engine.rewrite
-            fresh.rejected, fresh.rejected_error = engine.rejected, engine.rejected_error
-            self._engine = engine = fresh
+            self._engine = engine = engine.successor()
             engine.start()
         return engine
 
@@ -415,8 +382,12 @@ class StateStore:
         """Write the current persisted slices now (unless already durable) and wait.
 
         :returns: True once a snapshot at least as new as the state at the call is durable;
-            False when persistence is off or the write failed (logged; the background
-            writer keeps retrying).
+            False when persistence is off or the write failed: the failure, with its real
+            type, is in :attr:`last_write_error` (``StorageUnavailableError``,
+            ``LockTimeoutError``, ``StateCorruptedError``, ``ConfigurationError``,
+            ``StoreClosedError``: every ``PersistenceError`` but ``SerializationError``
+            is a storage failure), it is logged, and the writer keeps retrying with
+            capped backoff plus jitter.
         :raises SerializationError: the persisted slices hold a value the backend cannot
             store (a ``TypeError``: the bug is in the data; the previous durable state
             stays in the backend).
@@ -468,418 +439,12 @@ class StateStore:
         return f"<{type(self).__name__}{where}>"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Timing:
-    debounce: float
-    max_delay: float
-    retry_initial: float
-    retry_max: float
-    poll_interval: float | None = None
-
-    def __post_init__(self) -> None:
-        if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
-            raise ValueError("persistence timings must be >= 0 seconds")
-        if self.poll_interval is not None and self.poll_interval <= 0:
-            raise ValueError("poll_interval must be > 0 seconds, or None")
-
-
-def _save_doc(adapter: VersionedStore, encoder: SnapshotEncoder | None,
-              stored: dict[str, Any], doc: dict[str, Any], expected: int,
-              journaled: bool) -> int | None:
-    """Worker thread: compare-and-set ``doc`` over ``stored`` (the document at ``expected``).
-
-    A journaled adapter gets only the leaf changes (found by identity between the shared
-    snapshots, so O(what changed)); it rewrites the whole document, encoded here on
-    demand, when its journal is due for compaction. Other adapters get the whole document.
-    """
-    if not (journaled and expected):
-        return _save_full(adapter, encoder, doc, expected)
-
-    def full() -> str:
-        return encoder.encode(doc) if encoder is not None else adapter.serializer.serialize(doc)
-
-    return cast(JournaledStore, adapter).save_changes(diff(stored, doc), expected, full=full)
-
-
-def _save_full(adapter: VersionedStore, encoder: SnapshotEncoder | None,
-               doc: dict[str, Any], expected: int) -> int | None:
-    """Worker thread: rewrite ``doc`` whole (compare-and-set), which empties a journal."""
-    encoded = encoder.encode(doc) if encoder is not None else None
-    return adapter.save_if_version(doc, expected, encoded=encoded)
-
-
-def _versioned_adapter(backend: StorageBackend) -> VersionedStore | None:
-    """The compare-and-set adapter behind a backend, if it has one.
-
-    Only for an :class:`~cascadeui.backends.AsyncBackend` whose ``save_state`` and
-    ``load_state`` are not overridden: a subclass that customises them (metrics, another
-    format) gets exactly the calls it overrides, and last-writer-wins semantics.
-    """
-    adapter = getattr(backend, "store", None)
-    if not isinstance(backend, AsyncBackend) or not isinstance(adapter, VersionedStore):
-        return None
-    cls = type(backend)
-    if cls.save_state is not AsyncBackend.save_state or (
-            cls.load_state is not AsyncBackend.load_state):
-        return None
-    return adapter
-
-
-def _same_backend(a: StorageBackend, b: StorageBackend) -> bool:
-    """The same object, or the same built-in backend class on the same location."""
-    if a is b:
-        return True
-    location = getattr(a, "location", None)
-    return type(a) is type(b) and location is not None and location == getattr(
-        b, "location", None)
-
-
-def _persisted_part(loaded: Any, backend: StorageBackend) -> dict[str, Any]:
-    """The persisted slices of what a backend returned, checked; other keys are ignored."""
-    location = str(getattr(backend, "location", backend))
-    if not isinstance(loaded, dict):
-        raise StateCorruptedError(f"{location}: stored state is a {type(loaded).__name__}, "
-                                  "not a dict", location=location)
-    stored: dict[str, Any] = {}
-    for name in PERSISTED_SLICES:
-        if name in loaded:
-            if not isinstance(loaded[name], dict):
-                raise StateCorruptedError(
-                    f"{location}: stored slice {name!r} is a {type(loaded[name]).__name__}, "
-                    "not a dict", location=location)
-            stored[name] = loaded[name]
-    ignored = sorted(str(k) for k in loaded if k not in PERSISTED_SLICES)
-    if ignored:
-        # pycascadeui 2.x also wrote its transient "views"; they are dropped on next write.
-        log.info("ignoring stored keys %s from %s (not persisted slices)", ignored, location)
-    return stored
-
-
 def _deep_copy(value: Any) -> Any:
     if type(value) is dict:
         return {k: _deep_copy(v) for k, v in value.items()}
     if type(value) is list:
         return [_deep_copy(v) for v in value]
     return value
-
-
-class _Engine:
-    """The background writer of one store: one task, one snapshot in flight at a time."""
-
-    def __init__(self, store: StateStore, backend: StorageBackend, timing: _Timing) -> None:
-        self.store = store
-        self.backend = backend
-        self.timing = timing
-        #: Slice objects known to be in the backend (identity compared).
-        self.durable: dict[str, Any] = dict.fromkeys(PERSISTED_SLICES, _MISSING)
-        #: The persisted slices as last loaded or written: the common ancestor of a merge.
-        self.base: dict[str, Any] = {}
-        #: The backend version ``base`` was read at (None: not a versioned backend).
-        self.version: int | None = None
-        self.adapter = _versioned_adapter(backend)
-        #: Re-encodes only the subtrees that changed since the last write (issue 6); not
-        #: for a custom serializer class, whose own ``serialize`` must be the one used.
-        self.encoder = SnapshotEncoder(self.adapter.serializer) if (
-            self.adapter is not None and type(self.adapter.serializer) is StateSerializer
-        ) else None
-        #: The adapter appends changes to a journal (issue 6); ``appended`` is set once it
-        #: has since the last whole-document write, so close() can fold the journal in.
-        self.journaled = isinstance(self.adapter, JournaledStore)
-        self.appended = False
-        #: The stored document holds keys that are not persisted slices (pycascadeui 2.x
-        #: wrote its transient ``views``): the next write is whole, which drops them.
-        self.rewrite = False
-        self.conflicts = 0
-        #: Slices whose write failed with a data error: not retried until they change.
-        self.rejected: dict[str, Any] | None = None
-        self.rejected_error: BaseException | None = None
-        self.last_error: BaseException | None = None
-        self.first_change: float | None = None
-        self.last_change = 0.0
-        self.failures = 0
-        self.retry_at: float | None = None
-        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
-        self.stopping = False
-        self.loop = asyncio.get_running_loop()
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = self.loop.create_task(self._run(), name="cascadeui-store-writer")
-        self.task.add_done_callback(self._on_done)
-        if self.needs_write():
-            self.note_change()
-
-    def note_change(self) -> None:
-        """Hot path (every persisted change): O(1), wakes the writer on the first one only."""
-        now = self.loop.time()
-        self.last_change = now
-        if self.first_change is None:
-            self.first_change = now
-            self.wake.set()
-
-    def _matches(self, slices: dict[str, Any] | None) -> bool:
-        state = self.store.state
-        return slices is not None and all(state[n] is slices[n] for n in PERSISTED_SLICES)
-
-    def needs_write(self) -> bool:
-        return not self._matches(self.durable) and not self._matches(self.rejected)
-
-    def _rejection(self) -> BaseException:
-        return self.rejected_error or PersistenceError("the snapshot was rejected")
-
-    async def flush(self) -> bool:
-        if self._matches(self.durable):
-            return True
-        if self._matches(self.rejected):
-            raise self._rejection()
-        if self.task is None or self.task.done():
-            return False
-        waiter: asyncio.Future[bool] = self.loop.create_future()
-        self.waiters.append((self.store._generation, waiter))
-        self.wake.set()
-        try:
-            return await asyncio.shield(waiter)
-        finally:
-            if waiter in (w for _, w in self.waiters):
-                self.waiters = [(g, w) for g, w in self.waiters if w is not waiter]
-
-    async def stop(self) -> None:
-        self.stopping = True
-        self.wake.set()
-        if self.task is not None:
-            await asyncio.wait([self.task])
-
-    def _due(self) -> float:
-        """Loop time at which the next write may start."""
-        if self.stopping or self.waiters:
-            return 0.0
-        if self.retry_at is not None:
-            return self.retry_at
-        if self.first_change is None:
-            return self.loop.time()  # dirty without a recorded change (e.g. after enable)
-        return min(self.last_change + self.timing.debounce,
-                   self.first_change + self.timing.max_delay)
-
-    async def _run(self) -> None:
-        while not self.stopping:
-            if not self.needs_write():
-                self.first_change = None
-                self._resolve(self.store._generation,
-                              True if self._matches(self.durable) else self._rejection())
-                self.wake.clear()
-                poll = self.timing.poll_interval if self.adapter is not None else None
-                try:
-                    await asyncio.wait_for(self.wake.wait(), poll)
-                except asyncio.TimeoutError:
-                    await self._poll()
-                continue
-            if self.store._batch_depth and not self.waiters:
-                # A batch is open: its end is the one persistence step (it sets wake).
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            delay = self._due() - self.loop.time()
-            if delay > 0:
-                # New changes only move last_change; this wakes once per interval, not per
-                # dispatch. flush() and stop() set the event to cut the wait short.
-                self.wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
-                continue
-            await self._write_once()
-        self._resolve(self.store._generation, False)
-
-    async def _write_once(self) -> None:
-        state, generation = self.store.state, self.store._generation
-        snapshot = {name: state[name] for name in PERSISTED_SLICES}
-        first = self.first_change
-        self.first_change = None  # changes from now on start a new coalescing window
-        try:
-            written = await self.commit(snapshot)
-            error: BaseException | None = None
-        except (TypeError, ValueError) as exc:
-            # Bad data (SerializationError is a TypeError): retrying the same snapshot
-            # cannot help. Keep the previous durable state, wait for the data to change.
-            log.error("state not saved to %r, the data cannot be stored: %s", self.backend, exc)
-            self.rejected, self.rejected_error, self.last_error = snapshot, exc, exc
-            self.retry_at, self.failures = None, 0
-            self._resolve(generation, exc)
-            return
-        except Exception as exc:
-            written, error = None, exc
-        if written is not None:
-            self.durable, self.rejected, self.rejected_error = written, None, None
-            self.failures, self.retry_at, self.last_error = 0, None, None
-            self._resolve(generation, True)
-            return
-        self.failures += 1
-        backoff = min(self.timing.retry_initial * 2 ** (self.failures - 1),
-                      self.timing.retry_max)
-        self.retry_at = self.loop.time() + backoff
-        if self.first_change is None or (first is not None and first < self.first_change):
-            self.first_change = first if first is not None else self.loop.time()
-        reason = f"{type(error).__name__}: {error}" if error else "save_state returned False"
-        self.last_error = error or PersistenceError(f"save to {self.backend!r} failed")
-        # A traceback only for the unexpected: a storage error's message is its reason.
-        expected = error is None or isinstance(error, (PersistenceError, OSError))
-        log.error("state not saved to %r (%s); attempt %d, retrying in %.2fs",
-                  self.backend, reason, self.failures, backoff,
-                  exc_info=None if expected else error)
-        self._resolve(generation, False)
-
-    async def commit(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
-        """The one write step: persist ``snapshot`` (the persisted slices only).
-
-        :returns: the document now durable (``snapshot``, or ``snapshot`` merged with what
-            another process committed meanwhile), or None when the backend said no.
-
-        A built-in backend writes by compare-and-set on the version this store last read.
-        When another process committed since, its document is loaded and merged with ours
-        key path by key path (:func:`~cascadeui.merge.merge3`: their changes kept, ours on
-        top, a leaf both changed goes to us as the later writer, logged and counted), the
-        merge is written against the new version, and the merged slices are installed in
-        memory with a ``STATE_RELOADED`` action. Other backends get a whole-document
-        ``save_state``. The document is encoded by :class:`SnapshotEncoder`, which reuses
-        the text of every subtree unchanged since the last write (same object).
-        """
-        adapter, encoder = self.adapter, self.encoder
-        if adapter is None or self.version is None:
-            return snapshot if await self.backend.save_state(snapshot) else None
-        expected: int = self.version
-        stored = self.base  # what the backend holds at `expected`
-        doc, changed = snapshot, []
-        for _ in range(_MAX_MERGE_ROUNDS):
-            journaled = self.journaled and not self.rewrite
-            version = await anyio.to_thread.run_sync(_save_doc, adapter, encoder, stored, doc,
-                                                     expected, journaled)
-            if version is not None:
-                self.base, self.version, self.rewrite = doc, version, False
-                self.appended = self.appended or (journaled and expected != 0)
-                break
-            theirs, expected = await self._load_theirs(adapter, stored, expected)
-            stored, self.version = theirs, expected
-            if expected == 0:
-                # The document vanished (a Redis restarted without persistence, a file
-                # removed): that is lost data, not another writer's deletions. Write ours.
-                log.warning("%r holds no state any more; writing this store's state again",
-                            self.backend)
-                doc = snapshot
-                continue
-            result = merge3(self.base, snapshot, theirs)
-            doc, changed = result.merged, result.theirs
-            self._count_conflicts(result.conflicts)
-        else:
-            raise StorageUnavailableError(
-                f"{self.backend!r}: other writers kept moving the version; gave up after "
-                f"{_MAX_MERGE_ROUNDS} merge rounds (will retry)")
-        if doc is not snapshot:
-            await self.store.dispatch(STATE_RELOADED,
-                                      {"state": doc, "base": snapshot, "paths": changed})
-        return doc
-
-    async def compact(self) -> None:
-        """Rewrite the durable document whole, folding the journal in (on close).
-
-        After a clean shutdown the snapshot alone (the file, the row, the key) holds the
-        whole state, for tools that read it directly. Skipped when another process has
-        committed since (its own writes keep the journal bounded); failures are logged.
-        """
-        if not self.appended or self.adapter is None or self.version is None:
-            return
-        try:
-            version = await anyio.to_thread.run_sync(_save_full, self.adapter, self.encoder,
-                                                     self.base, self.version)
-        except (PersistenceError, TypeError, ValueError) as exc:
-            log.warning("could not compact the journal of %r on close: %s", self.backend, exc)
-            return
-        if version is not None:
-            self.version, self.appended = version, False
-
-    async def _poll(self) -> None:
-        """Load and install what another process committed, if the version moved."""
-        adapter = self.adapter
-        if adapter is None or self.version is None:
-            return
-        try:
-            version = await anyio.to_thread.run_sync(adapter.version)
-            if version == self.version:
-                return
-            if version == 0:  # the document vanished: lost data, write ours again
-                log.warning("%r holds no state any more; writing this store's state again",
-                            self.backend)
-                self.version = 0
-                self.durable = dict.fromkeys(PERSISTED_SLICES, _MISSING)
-                self.note_change()
-                return
-            theirs, version = await self._load_theirs(adapter, self.base, self.version)
-        except PersistenceError as exc:
-            log.warning("cannot check %r for changes from other processes: %s",
-                        self.backend, exc)
-            return
-        state = self.store.state
-        current = {name: state[name] for name in PERSISTED_SLICES}
-        result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
-        self.version = version
-        if not result.theirs:
-            return  # rewritten with the same content: what is durable is unchanged
-        self.base, self.durable = theirs, dict(theirs)
-        await self.store.dispatch(STATE_RELOADED, {
-            "state": result.merged, "base": current, "paths": result.theirs})
-
-    async def _load_theirs(self, adapter: VersionedStore, known: dict[str, Any],
-                           at: int) -> tuple[dict[str, Any], int]:
-        """The stored persisted slices (every one present) and their version.
-
-        ``known`` is the document at version ``at``. A journaled adapter that still holds
-        every commit since then returns just those records, applied to ``known`` sharing
-        its unchanged subtrees: catching up costs what the other process changed, not a
-        decode of the whole document. Otherwise the whole document is loaded.
-        """
-        found = None
-        if self.journaled and at:
-            found = await anyio.to_thread.run_sync(
-                cast(JournaledStore, adapter).load_changes, at)
-        if found is not None:
-            records, version = found
-            raw = known
-            for ops in records:
-                raw = apply_shared(raw, ops)
-        else:
-            raw, version = await anyio.to_thread.run_sync(adapter.load_versioned)
-        stored = _persisted_part(raw, self.backend)  # the slices must still be dicts
-        self.rewrite = self.rewrite or len(stored) != len(raw)
-        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
-
-    def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
-        if conflicts:
-            self.conflicts += len(conflicts)
-            shown = ", ".join(repr(list(p)) for p in conflicts[:5])
-            log.warning("%d key path(s) changed both here and by another process; this "
-                        "store's later write wins: %s%s", len(conflicts), shown,
-                        " ..." if len(conflicts) > 5 else "")
-
-    def _resolve(self, generation: int, outcome: bool | BaseException) -> None:
-        """Settle every flush() waiter whose state was in the snapshot just attempted."""
-        keep = []
-        for target, waiter in self.waiters:
-            if target > generation:
-                keep.append((target, waiter))
-            elif not waiter.done():
-                if isinstance(outcome, BaseException):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
-        self.waiters = keep
-
-    def _on_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the persistence writer of %r died", self.store,
-                      exc_info=task.exception())
-        for _, waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(False)
-        self.waiters = []
 
 
 _store: StateStore | None = None

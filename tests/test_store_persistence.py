@@ -20,7 +20,15 @@ from _helpers import started_redis_server
 
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
 from cascadeui.backends import FileStorageBackend, RedisBackend, SQLiteBackend
-from cascadeui.errors import SerializationError, StateCorruptedError, StorageUnavailableError
+from cascadeui.engine import Timing
+from cascadeui.errors import (
+    ConfigurationError,
+    PersistenceError,
+    SerializationError,
+    StateCorruptedError,
+    StorageUnavailableError,
+    StoreClosedError,
+)
 from cascadeui.store import Action, State, StateStore
 from cascadeui.testing.redis_server import RedisServer
 
@@ -288,6 +296,38 @@ async def test_raising_backend_is_logged_with_reason_and_retried(
     await wait_for(lambda: len(backend.snapshots) >= 3)
     assert await store.flush()
     assert "disk on fire" in caplog.text
+
+
+@pytest.mark.parametrize("failure", [
+    StateCorruptedError("garbled reply", location="x"),
+    ConfigurationError("the server refused the option"),
+    StoreClosedError("closed under us"),
+    StorageUnavailableError("gone"),
+], ids=lambda e: type(e).__name__)
+async def test_every_persistence_error_but_bad_data_is_a_retried_storage_failure(
+        tmp_path: Path, store: StateStore, failure: PersistenceError) -> None:
+    # StateCorruptedError and ConfigurationError are ValueErrors: they must not be taken
+    # for bad data (rejected until the data changes); only SerializationError is.
+    backend = await off_loop(CountingBackend, tmp_path / "s.json", fail_first=2,
+                             fail_with=failure)
+    await store.enable_persistence(backend, debounce=0.0, retry_initial=0.01)
+    await store.dispatch(APPLICATION_SET, {"path": ["a"], "value": 1})
+    assert not await store.flush()
+    assert store.last_write_error is failure  # its real type, for the caller to inspect
+    await wait_for(lambda: len(backend.snapshots) >= 3)  # retried by itself
+    assert await store.flush()
+    assert store.last_write_error is None
+    assert (await stored_at(tmp_path / "s.json"))["application"] == {"a": 1}
+
+
+def test_retry_delays_double_up_to_the_cap_with_bounded_jitter() -> None:
+    timing = Timing(0.0, 0.0, retry_initial=0.1, retry_max=1.0)
+    for failures, nominal in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (80, 1.0)]:
+        draws = [timing.backoff(failures) for _ in range(200)]
+        assert all(base == pytest.approx(nominal) for base, _ in draws)
+        jitters = [jitter for _, jitter in draws]
+        assert all(0.0 <= j <= 0.25 * nominal + 1e-12 for j in jitters)
+        assert len(set(jitters)) > 100  # spread out, not in step
 
 
 async def test_flush_interrupts_backoff_and_reports_failure(

@@ -1,0 +1,509 @@
+"""The persistence engine: one background writer per store, speaking only to its backend.
+
+The engine coalesces changes (``debounce`` after the last change, at most ``max_delay``
+after the first unsaved one), writes one snapshot at a time (so an older snapshot never
+lands after a newer one), skips snapshots whose persisted slices are the ones already
+durable, and retries failures with capped exponential backoff plus jitter without ever
+dropping the dirty state. See ``docs/store.md``.
+
+It reaches storage only through the backend: a built-in
+:class:`~cascadeui.backends.AsyncBackend` gives it compare-and-set writes, journal appends
+and catch-up reads (each one worker-thread call), so several processes can share a state;
+any other :class:`~cascadeui.backends.StorageBackend` gets whole ``save_state`` calls.
+
+Errors are classified by type, once, here:
+
+* bad data: :class:`~cascadeui.errors.SerializationError` (or a plain ``TypeError`` /
+  ``ValueError`` raised by a custom backend's own encoder). Retrying the same snapshot
+  cannot help: it is rejected until the data changes, and ``flush()`` raises it.
+* everything else, every other :class:`~cascadeui.errors.PersistenceError` included
+  (``StorageUnavailableError``, ``StateCorruptedError``, ``ConfigurationError``,
+  ``StoreClosedError``), is a storage failure: retried with capped backoff plus jitter, so
+  many processes do not hammer a dead server in step, and kept with its real type in
+  ``store.last_write_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from .actions import PERSISTED_SLICES, STATE_RELOADED
+from .adapters import apply_shared
+from .backends import AsyncBackend, StorageBackend
+from .errors import (
+    PersistenceError,
+    SerializationError,
+    StateCorruptedError,
+    StorageUnavailableError,
+)
+from .merge import merge3
+from .serializer import SnapshotEncoder, StateSerializer
+
+if TYPE_CHECKING:
+    from .store import StateStore
+
+__all__ = ["MISSING", "Engine", "Timing", "is_bad_data", "load_persisted", "same_backend"]
+
+log = logging.getLogger(__name__)
+
+#: A slice value no state holds: "nothing known to be durable".
+MISSING: Any = object()
+#: Compare-and-set attempts per write before giving up until the next retry.
+_MAX_MERGE_ROUNDS = 20
+#: Each retry delay is the capped exponential one times a factor drawn from this range, so
+#: processes that failed together do not retry together.
+_JITTER = (1.0, 1.25)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """The writer's timings, in seconds (checked once, at ``enable_persistence``)."""
+
+    debounce: float
+    max_delay: float
+    retry_initial: float
+    retry_max: float
+    poll_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
+            raise ValueError("persistence timings must be >= 0 seconds")
+        if self.poll_interval is not None and self.poll_interval <= 0:
+            raise ValueError("poll_interval must be > 0 seconds, or None")
+
+    def backoff(self, failures: int) -> tuple[float, float]:
+        """The delay before retry number ``failures`` (1-based), as (nominal, jitter).
+
+        The nominal delay doubles from ``retry_initial`` up to ``retry_max``; the jitter
+        adds up to a quarter of it at random, so processes that failed together (a server
+        restart) do not retry together.
+        """
+        nominal = min(self.retry_initial * 2.0 ** min(failures - 1, 60), self.retry_max)
+        return nominal, float(nominal * (random.uniform(*_JITTER) - 1.0))
+
+
+def is_bad_data(exc: BaseException) -> bool:
+    """True for an error that retrying the same snapshot cannot cure (see the module doc)."""
+    if isinstance(exc, SerializationError):
+        return True
+    # A custom backend's own json.dumps raises plain TypeError/ValueError on bad data; a
+    # PersistenceError that happens to be a ValueError (StateCorruptedError,
+    # ConfigurationError) is the medium's fault, not the data's.
+    return isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, PersistenceError)
+
+
+def versioned_backend(backend: StorageBackend) -> AsyncBackend[Any] | None:
+    """``backend`` when it offers compare-and-set writes the engine may use, else None.
+
+    Only for an :class:`~cascadeui.backends.AsyncBackend` whose ``save_state`` and
+    ``load_state`` are not overridden: a subclass that customises them (metrics, another
+    format) gets exactly the calls it overrides, and last-writer-wins semantics.
+    """
+    if not isinstance(backend, AsyncBackend) or not backend.versioned:
+        return None
+    cls = type(backend)
+    if cls.save_state is not AsyncBackend.save_state or (
+            cls.load_state is not AsyncBackend.load_state):
+        return None
+    return backend
+
+
+async def load_persisted(backend: StorageBackend) -> tuple[dict[str, Any], int | None, bool]:
+    """Load what ``backend`` holds: its persisted slices, their version, and whether the
+    stored document holds other keys too (then the next write must be whole to drop them).
+
+    :raises PersistenceError: the stored state cannot be loaded.
+    """
+    versioned = versioned_backend(backend)
+    version: int | None = None
+    if versioned is not None:
+        loaded, version = await versioned.load_versioned()
+    else:
+        loaded = await backend.load_state()
+    stored = persisted_part(loaded, backend)
+    return stored, version, len(stored) != len(loaded)
+
+
+def same_backend(a: StorageBackend, b: StorageBackend) -> bool:
+    """The same object, or the same built-in backend class on the same location."""
+    if a is b:
+        return True
+    location = getattr(a, "location", None)
+    return type(a) is type(b) and location is not None and location == getattr(
+        b, "location", None)
+
+
+def persisted_part(loaded: Any, backend: StorageBackend) -> dict[str, Any]:
+    """The persisted slices of what a backend returned, checked; other keys are ignored."""
+    location = str(getattr(backend, "location", backend))
+    if not isinstance(loaded, dict):
+        raise StateCorruptedError(f"{location}: stored state is a {type(loaded).__name__}, "
+                                  "not a dict", location=location)
+    stored: dict[str, Any] = {}
+    for name in PERSISTED_SLICES:
+        if name in loaded:
+            if not isinstance(loaded[name], dict):
+                raise StateCorruptedError(
+                    f"{location}: stored slice {name!r} is a {type(loaded[name]).__name__}, "
+                    "not a dict", location=location)
+            stored[name] = loaded[name]
+    ignored = sorted(str(k) for k in loaded if k not in PERSISTED_SLICES)
+    if ignored:
+        # pycascadeui 2.x also wrote its transient "views"; they are dropped on next write.
+        log.info("ignoring stored keys %s from %s (not persisted slices)", ignored, location)
+    return stored
+
+
+class Engine:
+    """The background writer of one store: one task, one snapshot in flight at a time."""
+
+    def __init__(self, store: StateStore, backend: StorageBackend, timing: Timing) -> None:
+        self.store = store
+        self.backend = backend
+        self.timing = timing
+        #: Slice objects known to be in the backend (identity compared).
+        self.durable: dict[str, Any] = dict.fromkeys(PERSISTED_SLICES, MISSING)
+        #: The persisted slices as last loaded or written: the common ancestor of a merge.
+        self.base: dict[str, Any] = {}
+        #: The backend version ``base`` was read at (None: not a versioned backend).
+        self.version: int | None = None
+        #: The compare-and-set backend (None: whole ``save_state`` calls only).
+        self.cas = versioned_backend(backend)
+        serializer = self.cas.serializer if self.cas is not None else None
+        #: Re-encodes only the subtrees that changed since the last write (issue 6); not
+        #: for a custom serializer class, whose own ``serialize`` must be the one used.
+        self.encoder = SnapshotEncoder(serializer) if (
+            serializer is not None and type(serializer) is StateSerializer) else None
+        #: The backend appends changes to a journal (issue 6); ``appended`` is set once it
+        #: has since the last whole-document write, so close() can fold the journal in.
+        self.journaled = self.cas is not None and self.cas.journaled
+        self.appended = False
+        #: The stored document holds keys that are not persisted slices (pycascadeui 2.x
+        #: wrote its transient ``views``): the next write is whole, which drops them.
+        self.rewrite = False
+        self.conflicts = 0
+        #: Slices whose write failed with a data error: not retried until they change.
+        self.rejected: dict[str, Any] | None = None
+        self.rejected_error: BaseException | None = None
+        self.last_error: BaseException | None = None
+        self.first_change: float | None = None
+        self.last_change = 0.0
+        self.failures = 0
+        self.retry_at: float | None = None
+        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self.stopping = False
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def adopt(self, stored: dict[str, Any], version: int | None, *, rewrite: bool) -> None:
+        """Take what :func:`load_persisted` found as the durable starting point.
+
+        Durable = the objects the backend holds (identity compared later; a dispatch made
+        by another task while the restore was notified is therefore still written). A
+        slice the backend lacks counts as durable only while the memory copy is empty.
+        """
+        state = self.store.state
+        for name in PERSISTED_SLICES:
+            if name in stored:
+                self.durable[name] = stored[name]
+            elif not state[name]:
+                self.durable[name] = state[name]
+        self.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
+        self.version = version
+        self.rewrite = rewrite  # keys to drop: a journal cannot
+
+    def successor(self) -> Engine:
+        """A new engine on the running loop that continues this one (same durable state)."""
+        fresh = Engine(self.store, self.backend, self.timing)
+        fresh.durable, fresh.base = self.durable, self.base
+        fresh.version, fresh.conflicts = self.version, self.conflicts
+        fresh.encoder, fresh.appended = self.encoder, self.appended
+        fresh.rewrite = self.rewrite
+        fresh.rejected, fresh.rejected_error = self.rejected, self.rejected_error
+        return fresh
+
+    def start(self) -> None:
+        self.task = self.loop.create_task(self._run(), name="cascadeui-store-writer")
+        self.task.add_done_callback(self._on_done)
+        if self.needs_write():
+            self.note_change()
+
+    def note_change(self) -> None:
+        """Hot path (every persisted change): O(1), wakes the writer on the first one only."""
+        now = self.loop.time()
+        self.last_change = now
+        if self.first_change is None:
+            self.first_change = now
+            self.wake.set()
+
+    def _matches(self, slices: dict[str, Any] | None) -> bool:
+        state = self.store.state
+        return slices is not None and all(state[n] is slices[n] for n in PERSISTED_SLICES)
+
+    def needs_write(self) -> bool:
+        return not self._matches(self.durable) and not self._matches(self.rejected)
+
+    def _rejection(self) -> BaseException:
+        return self.rejected_error or PersistenceError("the snapshot was rejected")
+
+    async def flush(self) -> bool:
+        """Write now unless durable and wait; see :meth:`StateStore.flush`."""
+        if self._matches(self.durable):
+            return True
+        if self._matches(self.rejected):
+            raise self._rejection()
+        if self.task is None or self.task.done():
+            return False
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        self.waiters.append((self.store._generation, waiter))
+        self.wake.set()
+        try:
+            return await asyncio.shield(waiter)
+        finally:
+            if waiter in (w for _, w in self.waiters):
+                self.waiters = [(g, w) for g, w in self.waiters if w is not waiter]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.task is not None:
+            await asyncio.wait([self.task])
+
+    def _due(self) -> float:
+        """Loop time at which the next write may start."""
+        if self.stopping or self.waiters:
+            return 0.0
+        if self.retry_at is not None:
+            return self.retry_at
+        if self.first_change is None:
+            return self.loop.time()  # dirty without a recorded change (e.g. after enable)
+        return min(self.last_change + self.timing.debounce,
+                   self.first_change + self.timing.max_delay)
+
+    async def _run(self) -> None:
+        while not self.stopping:
+            if not self.needs_write():
+                self.first_change = None
+                self._resolve(self.store._generation,
+                              True if self._matches(self.durable) else self._rejection())
+                self.wake.clear()
+                poll = self.timing.poll_interval if self.cas is not None else None
+                try:
+                    await asyncio.wait_for(self.wake.wait(), poll)
+                except asyncio.TimeoutError:
+                    await self._poll()
+                continue
+            if self.store._batch_depth and not self.waiters:
+                # A batch is open: its end is the one persistence step (it sets wake).
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            delay = self._due() - self.loop.time()
+            if delay > 0:
+                # New changes only move last_change; this wakes once per interval, not per
+                # dispatch. flush() and stop() set the event to cut the wait short.
+                self.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                continue
+            await self._write_once()
+        self._resolve(self.store._generation, False)
+
+    async def _write_once(self) -> None:
+        state, generation = self.store.state, self.store._generation
+        snapshot = {name: state[name] for name in PERSISTED_SLICES}
+        first = self.first_change
+        self.first_change = None  # changes from now on start a new coalescing window
+        error: BaseException | None = None
+        try:
+            written = await self.commit(snapshot)
+        except Exception as exc:
+            if is_bad_data(exc):
+                self._reject(snapshot, generation, exc)
+                return
+            written, error = None, exc
+        if written is not None:
+            self.durable, self.rejected, self.rejected_error = written, None, None
+            self.failures, self.retry_at, self.last_error = 0, None, None
+            self._resolve(generation, True)
+            return
+        self.failures += 1
+        backoff, jitter = self.timing.backoff(self.failures)
+        self.retry_at = self.loop.time() + backoff + jitter
+        if self.first_change is None or (first is not None and first < self.first_change):
+            self.first_change = first if first is not None else self.loop.time()
+        reason = f"{type(error).__name__}: {error}" if error else "save_state returned False"
+        self.last_error = error or PersistenceError(f"save to {self.backend!r} failed")
+        # A traceback only for the unexpected: a storage error's message is its reason.
+        expected = error is None or isinstance(error, (PersistenceError, OSError))
+        log.error("state not saved to %r (%s); attempt %d, retrying in %.2fs (+%.3fs jitter)",
+                  self.backend, reason, self.failures, backoff, jitter,
+                  exc_info=None if expected else error)
+        self._resolve(generation, False)
+
+    def _reject(self, snapshot: dict[str, Any], generation: int, exc: BaseException) -> None:
+        """Bad data: keep the previous durable state, wait for the data to change."""
+        log.error("state not saved to %r, the data cannot be stored: %s", self.backend, exc)
+        self.rejected, self.rejected_error, self.last_error = snapshot, exc, exc
+        self.retry_at, self.failures = None, 0
+        self._resolve(generation, exc)
+
+    async def commit(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """The one write step: persist ``snapshot`` (the persisted slices only).
+
+        :returns: the document now durable (``snapshot``, or ``snapshot`` merged with what
+            another process committed meanwhile), or None when the backend said no.
+
+        A built-in backend writes by compare-and-set on the version this store last read.
+        When another process committed since, its document is loaded and merged with ours
+        key path by key path (:func:`~cascadeui.merge.merge3`: their changes kept, ours on
+        top, a leaf both changed goes to us as the later writer, logged and counted), the
+        merge is written against the new version, and the merged slices are installed in
+        memory with a ``STATE_RELOADED`` action. Other backends get a whole-document
+        ``save_state``. The document is encoded by :class:`SnapshotEncoder`, which reuses
+        the text of every subtree unchanged since the last write (same object).
+        """
+        cas = self.cas
+        if cas is None or self.version is None:
+            return snapshot if await self.backend.save_state(snapshot) else None
+        expected: int = self.version
+        stored = self.base  # what the backend holds at `expected`
+        doc, changed = snapshot, []
+        for _ in range(_MAX_MERGE_ROUNDS):
+            journaled = self.journaled and not self.rewrite
+            if journaled and expected:
+                # Only the leaf changes are appended (the journal may compact instead).
+                version = await cas.save_changes(stored, doc, expected, encoder=self.encoder)
+            else:
+                version = await cas.save_if_version(doc, expected, encoder=self.encoder)
+            if version is not None:
+                self.base, self.version, self.rewrite = doc, version, False
+                self.appended = self.appended or (journaled and expected != 0)
+                break
+            theirs, expected = await self._load_theirs(stored, expected)
+            stored, self.version = theirs, expected
+            if expected == 0:
+                # The document vanished (a Redis restarted without persistence, a file
+                # removed): that is lost data, not another writer's deletions. Write ours.
+                log.warning("%r holds no state any more; writing this store's state again",
+                            self.backend)
+                doc = snapshot
+                continue
+            result = merge3(self.base, snapshot, theirs)
+            doc, changed = result.merged, result.theirs
+            self._count_conflicts(result.conflicts)
+        else:
+            raise StorageUnavailableError(
+                f"{self.backend!r}: other writers kept moving the version; gave up after "
+                f"{_MAX_MERGE_ROUNDS} merge rounds (will retry)")
+        if doc is not snapshot:
+            await self.store.dispatch(STATE_RELOADED,
+                                      {"state": doc, "base": snapshot, "paths": changed})
+        return doc
+
+    async def compact(self) -> None:
+        """Rewrite the durable document whole, folding the journal in (on close).
+
+        After a clean shutdown the snapshot alone (the file, the row, the key) holds the
+        whole state, for tools that read it directly. Skipped when another process has
+        committed since (its own writes keep the journal bounded); failures are logged.
+        """
+        if not self.appended or self.cas is None or self.version is None:
+            return
+        try:
+            version = await self.cas.save_if_version(self.base, self.version,
+                                                     encoder=self.encoder)
+        except (PersistenceError, TypeError, ValueError) as exc:
+            log.warning("could not compact the journal of %r on close: %s", self.backend, exc)
+            return
+        if version is not None:
+            self.version, self.appended = version, False
+
+    async def _poll(self) -> None:
+        """Load and install what another process committed, if the version moved."""
+        cas = self.cas
+        if cas is None or self.version is None:
+            return
+        try:
+            version = await cas.version()
+            if version == self.version:
+                return
+            if version == 0:  # the document vanished: lost data, write ours again
+                log.warning("%r holds no state any more; writing this store's state again",
+                            self.backend)
+                self.version = 0
+                self.durable = dict.fromkeys(PERSISTED_SLICES, MISSING)
+                self.note_change()
+                return
+            theirs, version = await self._load_theirs(self.base, self.version)
+        except PersistenceError as exc:
+            log.warning("cannot check %r for changes from other processes: %s",
+                        self.backend, exc)
+            return
+        state = self.store.state
+        current = {name: state[name] for name in PERSISTED_SLICES}
+        result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
+        self.version = version
+        if not result.theirs:
+            return  # rewritten with the same content: what is durable is unchanged
+        self.base, self.durable = theirs, dict(theirs)
+        await self.store.dispatch(STATE_RELOADED, {
+            "state": result.merged, "base": current, "paths": result.theirs})
+
+    async def _load_theirs(self, known: dict[str, Any],
+                           at: int) -> tuple[dict[str, Any], int]:
+        """The stored persisted slices (every one present) and their version.
+
+        ``known`` is the document at version ``at``. A journaled backend that still holds
+        every commit since then returns just those records, applied to ``known`` sharing
+        its unchanged subtrees: catching up costs what the other process changed, not a
+        decode of the whole document. Otherwise the whole document is loaded.
+        """
+        assert self.cas is not None
+        found = await self.cas.load_changes(at) if self.journaled and at else None
+        if found is not None:
+            records, version = found
+            raw = known
+            for ops in records:
+                raw = apply_shared(raw, ops)
+        else:
+            raw, version = await self.cas.load_versioned()
+        stored = persisted_part(raw, self.backend)  # the slices must still be dicts
+        self.rewrite = self.rewrite or len(stored) != len(raw)
+        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
+
+    def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
+        if conflicts:
+            self.conflicts += len(conflicts)
+            shown = ", ".join(repr(list(p)) for p in conflicts[:5])
+            log.warning("%d key path(s) changed both here and by another process; this "
+                        "store's later write wins: %s%s", len(conflicts), shown,
+                        " ..." if len(conflicts) > 5 else "")
+
+    def _resolve(self, generation: int, outcome: bool | BaseException) -> None:
+        """Settle every flush() waiter whose state was in the snapshot just attempted."""
+        keep = []
+        for target, waiter in self.waiters:
+            if target > generation:
+                keep.append((target, waiter))
+            elif not waiter.done():
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+        self.waiters = keep
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the persistence writer of %r died", self.store,
+                      exc_info=task.exception())
+        for _, waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(False)
+        self.waiters = []
