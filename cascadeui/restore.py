@@ -13,8 +13,10 @@ Restoring runs in two phases so that clicks route as early as possible:
    view store) and purged from state; any other failure keeps both the entry and the
    routing, because the message may well be fine.
 
-With ``verify="await"`` (the default) the call returns after phase 2 with the four lists;
-with ``verify="background"`` it returns after phase 1 and phase 2 runs in a task (see
+By default (``verify="auto"``) the call waits for phase 2 at most ``verify_budget`` seconds
+(1.5) from its start and lets the rest of the checks run in a task, so a bot with
+thousands of panels still connects to the gateway at once; ``verify="await"`` waits for
+every check and ``verify="background"`` does not wait at all (see
 :func:`setup_persistence`). The final lists sort every state key into exactly one of:
 
 - ``restored``: rebuilt with its identity, registered with ``bot.add_view``, message seen;
@@ -23,6 +25,13 @@ with ``verify="background"`` it returns after phase 1 and phase 2 runs in a task
   unrouted, purged from state, and the purge is flushed to the backend;
 - ``failed``: anything else (403, 5xx, a timeout, a network error, a constructor or
   validation error, a malformed entry); kept for the next start.
+
+A bot that runs only some of the shards (``shard_ids``/``shard_count`` on an
+``AutoShardedClient``, ``shard_id``/``shard_count`` on a ``Client``) restores only the
+panels whose guild lives on its shards (``(guild_id >> 22) % shard_count``; panels without
+a guild, and entries too malformed to tell, belong to shard 0). Other shards' panels are
+left untouched in the registry for the cluster that runs them, and this process paces its
+checks at its shards' share of the global limit, so all clusters together stay under it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import re
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -46,8 +56,8 @@ from .backends import FileStorageBackend, StorageBackend, as_backend
 from .store import StateStore, get_store
 from .views import PersistentView, get_view_class
 
-__all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "PERSISTENCE_VERIFIED", "RESTORE_FAILED",
-           "RestoreSummary", "setup_persistence"]
+__all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",
+           "RESTORE_FAILED", "RestoreSummary", "panel_shard", "setup_persistence"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,9 @@ PERSISTENCE_VERIFIED = "PERSISTENCE_VERIFIED"
 #: Message checks per second by default: under Discord's global limit of 50 requests per
 #: second, leaving room for the bot's other requests.
 DEFAULT_RATE_LIMIT = 45.0
+#: Seconds from the start of :func:`setup_persistence` that ``verify="auto"`` waits for the
+#: message checks before returning (the bot is offline until ``setup_hook`` returns).
+DEFAULT_VERIFY_BUDGET = 1.5
 
 #: Discord's "gone for good" answers: Unknown Channel, Unknown Message.
 GONE_CODES = frozenset({10003, 10008})
@@ -73,6 +86,7 @@ _YIELD_EVERY = 500  # attach this many views, then let the loop breathe
 
 Outcome = Literal["restored", "failed", "removed"]
 Lists = dict[str, list[str]]
+Verify = Literal["auto", "await", "background"]
 
 # bot -> the store whose close is chained to the bot's close
 _WRAPPED: weakref.WeakKeyDictionary[discord.Client, StateStore] = weakref.WeakKeyDictionary()
@@ -80,17 +94,75 @@ _TASKS: set[asyncio.Task[Any]] = set()
 
 
 class RestoreSummary(dict[str, list[str]]):
-    """What :func:`setup_persistence` returns: exactly the four lists, plus one attribute.
+    """What :func:`setup_persistence` returns: exactly the four lists, plus attributes.
 
-    ``verification`` is the task that checks the attached panels' messages. With
-    ``verify="await"`` it is already done when the call returns; with
-    ``verify="background"`` ``await summary.verification`` waits for the final four lists
-    (a plain dict, the same payload as the :data:`PERSISTENCE_VERIFIED` action). It is
-    None without a bot. Closing the bot cancels it (awaiting it then raises
-    ``asyncio.CancelledError``; nothing is purged).
+    ``verification`` is the task that checks the attached panels' messages. When it is
+    done at return (always with ``verify="await"``) the lists are final; otherwise
+    ``await summary.verification`` gives the final four lists (a plain dict, the same
+    payload as the :data:`PERSISTENCE_VERIFIED` action). It is None without a bot.
+    Closing the bot cancels it (awaiting it then raises ``asyncio.CancelledError``;
+    nothing is purged).
+
+    ``unverified`` names the panels listed under ``restored`` whose message check had
+    not finished at return: they route clicks, and the check may still find them gone.
+    ``other_shards`` names the registry entries left to the clusters running other shards.
     """
 
     verification: asyncio.Task[Lists] | None = None
+    unverified: list[str]
+    other_shards: list[str]
+
+    def __init__(self, lists: Mapping[str, list[str]] | None = None) -> None:
+        super().__init__(lists or {name: [] for name in _LISTS})
+        self.unverified = []
+        self.other_shards = []
+
+
+@dataclass(frozen=True)
+class _Shards:
+    """The shards this process runs, out of ``count``."""
+
+    ids: frozenset[int]
+    count: int
+
+    def owns(self, entry: Any) -> bool:
+        return panel_shard(entry, self.count) in self.ids
+
+
+def panel_shard(entry: Any, shard_count: int) -> int:
+    """The shard a registry entry's panel belongs to: its guild's, or 0 without a guild.
+
+    Discord's formula, ``(guild_id >> 22) % shard_count``. An entry without a valid guild
+    id (a DM panel, or a malformed entry that some cluster has to report) belongs to shard
+    0, so every entry has exactly one owner.
+    """
+    try:
+        guild_id = _parse_id(entry.get("guild_id") if isinstance(entry, Mapping) else None,
+                             optional=True)
+    except ValueError:
+        guild_id = None
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
+def _shards_of(bot: discord.Client) -> _Shards | None:
+    """The shards ``bot`` runs when it runs only some of them; None for all of them.
+
+    ``AutoShardedClient`` has ``shard_ids`` (None: every shard); a plain ``Client`` has
+    ``shard_id``. A ``shard_count`` of None (decided by Discord at connect, after
+    ``setup_hook``) or 1 means this process runs everything.
+    """
+    count = getattr(bot, "shard_count", None)
+    if not isinstance(count, int) or count <= 1:
+        return None
+    ids = getattr(bot, "shard_ids", None)
+    if ids is None and isinstance(getattr(bot, "shard_id", None), int):
+        ids = [bot.shard_id]
+    if ids is None:
+        return None
+    owned = frozenset(int(i) for i in ids)
+    if not owned or not all(0 <= i < count for i in owned):
+        raise ValueError(f"shard ids {sorted(owned)} do not fit shard_count={count}")
+    return None if len(owned) == count else _Shards(owned, count)
 
 
 async def setup_persistence(
@@ -101,7 +173,9 @@ async def setup_persistence(
     concurrency: int = 50,
     fetch_timeout: float = 10.0,
     rate_limit: float | None = DEFAULT_RATE_LIMIT,
-    verify: Literal["await", "background"] = "await",
+    verify: Verify = "auto",
+    verify_budget: float = DEFAULT_VERIFY_BUDGET,
+    rate_share: float | None = None,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -110,7 +184,8 @@ async def setup_persistence(
     already route clicks are reported as restored without another request.
 
     Every registered panel routes clicks before the first message check is sent; a panel
-    whose message turns out to be gone is unrouted and purged afterwards.
+    whose message turns out to be gone is unrouted and purged afterwards. A bot running
+    only some shards restores only its shards' panels (see the module docstring).
 
     :param bot: a ``discord.Client`` / ``commands.Bot``; None restores data only.
     :param file_path: a JSON file (:class:`~cascadeui.persistence.FileStorageBackend`).
@@ -125,18 +200,27 @@ async def setup_persistence(
         Discord's global 50 requests per second, so a large restore gets no HTTP 429s;
         Discord bans an IP for a while after 10,000 invalid requests in 10 minutes).
         None disables pacing (only for an API without a global limit, e.g. a test double).
-    :param verify: ``"await"`` (default): return once every message was checked, with the
-        final four lists. ``"background"``: return right after attaching; the summary
-        then lists every attached panel (including those already routing) under
-        ``restored``, malformed entries and failed constructors under ``failed``, unknown
-        classes under ``skipped``, and ``removed`` is empty. The checks go on in
-        ``summary.verification``; when they end, gone panels are unrouted and purged and
-        :data:`PERSISTENCE_VERIFIED` is dispatched with the final lists.
+        This is the budget of all the bot's processes together: see ``rate_share``.
+    :param verify: ``"auto"`` (default): wait for the message checks until
+        ``verify_budget`` seconds after the call started, then return and let the rest go
+        on in ``summary.verification`` (the bot cannot connect while ``setup_hook`` runs,
+        so a long wait keeps it offline). ``"await"``: return once every message was
+        checked. ``"background"``: return right after attaching. When the checks are not
+        finished at return, the summary lists the panels checked so far under their
+        outcome and every other attached panel (it routes clicks) under ``restored``,
+        named again in ``summary.unverified``; when the checks end, gone panels are
+        purged and :data:`PERSISTENCE_VERIFIED` is dispatched with the final lists.
+    :param verify_budget: seconds, from the start of the call, that ``verify="auto"``
+        waits for the checks.
+    :param rate_share: this process's share of ``rate_limit`` (0 < share <= 1). By
+        default the fraction of the shards it runs (``len(shard_ids) / shard_count``), or
+        1 for a bot that runs every shard, so clusters together stay under the limit.
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
     :raises ValueError: both ``file_path`` and ``backend``, ``concurrency < 1``, a
-        ``rate_limit`` that is not positive, or an unknown ``verify`` mode.
+        ``rate_limit`` or ``verify_budget`` or ``rate_share`` out of range, an unknown
+        ``verify`` mode, or shard ids that do not fit the bot's ``shard_count``.
     :raises PersistenceError: the stored state cannot be loaded; nothing is enabled.
     """
     _check_bot(bot)
@@ -148,8 +232,15 @@ async def setup_persistence(
     if rate_limit is not None and not rate_limit > 0:
         raise ValueError(f"rate_limit must be a positive number of requests per second "
                          f"or None, not {rate_limit!r}")
-    if verify not in ("await", "background"):
-        raise ValueError(f"verify must be 'await' or 'background', not {verify!r}")
+    if verify not in ("auto", "await", "background"):
+        raise ValueError(f"verify must be 'auto', 'await' or 'background', not {verify!r}")
+    if not verify_budget >= 0:
+        raise ValueError(f"verify_budget must be a number of seconds >= 0, not "
+                         f"{verify_budget!r}")
+    if rate_share is not None and not 0 < rate_share <= 1:
+        raise ValueError(f"rate_share must be in (0, 1], not {rate_share!r}")
+    shards = _shards_of(bot) if bot is not None else None
+    started = asyncio.get_running_loop().time()
     store = store if store is not None else get_store()
     owned = backend is None
     chosen: StorageBackend
@@ -158,28 +249,50 @@ async def setup_persistence(
     else:  # the constructor resolves the path against the cwd: not on the event loop
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
     await _enable(store, chosen, owned=owned)
-    summary = RestoreSummary({name: [] for name in _LISTS})
+    summary = RestoreSummary()
     if bot is None:
         return summary
     _chain_close(bot, store, chosen if owned and store.backend is chosen else None)
-    known, pending = await _attach(bot, store)
+    known, pending = await _attach(bot, store, shards, summary.other_shards)
+    if rate_limit is not None:
+        share = rate_share if rate_share is not None else (
+            len(shards.ids) / shards.count if shards is not None else 1.0)
+        rate_limit *= share
+    outcomes: dict[str, Outcome] = {}
     task = asyncio.get_running_loop().create_task(
-        _verify(bot, store, known, pending, concurrency=concurrency,
+        _verify(bot, store, known, pending, outcomes, concurrency=concurrency,
                 fetch_timeout=fetch_timeout, rate_limit=rate_limit),
         name="cascadeui-verify-panels")
     _track(task, bot)
     summary.verification = task
-    if verify == "background":
-        summary.update({name: list(known[name]) for name in _LISTS})
-        summary["restored"] += [key for key, _ in pending]
-        log.info("setup_persistence: %d panels attached, %d skipped, %d failed; checking "
-                 "%d messages in the background", len(summary["restored"]),
-                 len(summary["skipped"]), len(summary["failed"]), len(pending))
+    wait: float | None = {"await": None, "background": 0.0}.get(
+        verify, started + verify_budget - asyncio.get_running_loop().time())
+    if wait is None or wait > 0:
+        # asyncio.wait never cancels the task: a cancelled caller leaves it to close()
+        await asyncio.wait({task}, timeout=wait)
+    if task.done():
+        summary.update(task.result())
+        log.info("setup_persistence: %d restored, %d skipped, %d failed, %d removed%s",
+                 *(len(summary[k]) for k in _LISTS), _shard_note(shards, summary))
         return summary
-    summary.update(await asyncio.shield(task))  # a cancelled caller leaves it to close()
-    log.info("setup_persistence: %d restored, %d skipped, %d failed, %d removed",
-             *(len(summary[k]) for k in _LISTS))
+    summary.update({name: list(known[name]) for name in _LISTS})
+    for state_key, _ in pending:
+        outcome = outcomes.get(state_key)
+        summary[outcome or "restored"].append(state_key)
+        if outcome is None:
+            summary.unverified.append(state_key)
+    log.info("setup_persistence: %d panels attached, %d skipped, %d failed, %d removed; "
+             "checking %d messages in the background%s", len(summary["restored"]),
+             len(summary["skipped"]), len(summary["failed"]), len(summary["removed"]),
+             len(summary.unverified), _shard_note(shards, summary))
     return summary
+
+
+def _shard_note(shards: _Shards | None, summary: RestoreSummary) -> str:
+    if shards is None:
+        return ""
+    return (f" (shards {sorted(shards.ids)} of {shards.count}; "
+            f"{len(summary.other_shards)} panels left to other clusters)")
 
 
 def _check_bot(bot: object) -> None:
@@ -300,10 +413,11 @@ def _build(state_key: str, cls: type[PersistentView], ids: dict[str, Any],
     return view
 
 
-async def _attach(bot: discord.Client, store: StateStore,
-                  ) -> tuple[Lists, list[tuple[str, PersistentView]]]:
-    """Phase 1, no HTTP: rebuild and ``add_view`` every restorable panel.
+async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None,
+                  others: list[str]) -> tuple[Lists, list[tuple[str, PersistentView]]]:
+    """Phase 1, no HTTP: rebuild and ``add_view`` every restorable panel of our shards.
 
+    :param others: receives the state keys of other shards' panels (left untouched).
     :returns: the lists known without a request (panels already routing in this process
         under ``restored``; ``skipped``; ``failed``) and the attached panels to verify.
     """
@@ -316,6 +430,9 @@ async def _attach(bot: discord.Client, store: StateStore,
         for index, (state_key, entry) in enumerate(entries):
             if index and index % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            if shards is not None and not shards.owns(entry):
+                others.append(state_key)
+                continue
             view = _attach_one(bot, store, state_key, entry, live, known)
             if view is not None:
                 pending.append((state_key, view))
@@ -403,18 +520,24 @@ class _Pacer:
 
 
 async def _verify(bot: discord.Client, store: StateStore, known: Lists,
-                  pending: list[tuple[str, PersistentView]], *, concurrency: int,
-                  fetch_timeout: float, rate_limit: float | None) -> Lists:
-    """Phase 2: check every attached panel's message; unroute and purge the gone ones."""
+                  pending: list[tuple[str, PersistentView]], outcomes: dict[str, Outcome],
+                  *, concurrency: int, fetch_timeout: float, rate_limit: float | None,
+                  ) -> Lists:
+    """Phase 2: check every attached panel's message; unroute and purge the gone ones.
+
+    :param outcomes: filled in as the checks end, so an early return can report them.
+    """
     result: Lists = {name: list(known[name]) for name in _LISTS}
-    outcomes: dict[str, Outcome] = {}
     order = _by_channel(pending)
     pacer = _Pacer(rate_limit)
 
     async def worker() -> None:
         for state_key, view in order:  # one shared iterator: each panel is checked once
             await pacer.wait()
-            outcomes[state_key] = await _check(bot, view, fetch_timeout)
+            outcome = await _check(bot, view, fetch_timeout)
+            if outcome == "removed":
+                view.stop()  # discord.py's public way out of its view store: unrouted now
+            outcomes[state_key] = outcome
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)))))
     gone: list[tuple[str, PersistentView]] = []
@@ -422,7 +545,6 @@ async def _verify(bot: discord.Client, store: StateStore, known: Lists,
         outcome = outcomes[state_key]
         result[outcome].append(state_key)
         if outcome == "removed":
-            view.stop()  # discord.py's public way out of its view store: clicks stop routing
             gone.append((state_key, view))
         elif outcome == "restored" and type(view).on_restore is not PersistentView.on_restore:
             _schedule_on_restore(bot, view)

@@ -83,6 +83,8 @@ class DiscordDouble:
         self.global_rate_limit = global_rate_limit
         self.host = host
         self.requests: Counter[str] = Counter()
+        #: ``GET`` requests per message id (a sharded restore must fetch each message once).
+        self.message_fetches: Counter[int] = Counter()
         self.rate_limited = 0
         #: Requests being served right now, and the most ever served at once.
         self.in_flight = 0
@@ -375,6 +377,7 @@ class DiscordDouble:
         return err or _ok(self._create(ch, body or {}))  # type: ignore[arg-type]
 
     async def _get_message(self, p: list[str], body: Any, req: web.Request) -> web.Response:
+        self.message_fetches[int(p[3])] += 1
         ch, err = await self._lookup(int(p[1]), int(p[3]))
         return err or _ok(ch.messages[int(p[3])])  # type: ignore[union-attr]
 
