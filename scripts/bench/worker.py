@@ -23,6 +23,7 @@ from common import write_json
 
 WORKLOADS = {
     "dispatch": "w_dispatch",
+    "durable": "w_durable",
     "raw": "w_raw",
     "mp": "w_mp",
     "restart": "w_restart",
@@ -37,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="10KB")
     p.add_argument("--actions", type=int, default=1000)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--users", type=int, default=1)
+    p.add_argument("--api", choices=["auto", "durable", "flush"], default="auto")
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--per-proc", type=int, default=100)
     p.add_argument("--panels", type=int, default=100)
