@@ -66,3 +66,34 @@ def test_campaign_catches_a_writer_that_writes_in_place() -> None:
                                 "--max-delay", "0.2")
     assert lines[-1]["problems"] > 0
     assert rc == 1
+
+
+DURABLE_SCRIPT = REPO / "scripts" / "durable_campaign.py"
+
+
+def test_durable_users_lose_nothing_acknowledged_under_sigkill() -> None:
+    """Issue 11: 50 users making durable changes, the bot SIGKILLed (Redis: the server too).
+
+    The default (coalesced, not durable) bot in the same run loses what it acknowledged:
+    that proves the campaign sees a loss when there is one.
+    """
+    kills = 2
+    out = subprocess.run(
+        [sys.executable, str(DURABLE_SCRIPT), "--kills", str(kills), "--sizes", "10KB",
+         "--modes", "durable,default", "--max-run", "0.25"],
+        capture_output=True, text=True, timeout=240, check=False, cwd=REPO)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    campaigns = [c for c in lines if not c.get("summary")]
+    assert {(c["backend"], c["mode"]) for c in campaigns} == {
+        (b, m) for b in ("json", "sqlite", "redis") for m in ("durable", "default")}, out.stderr
+    for c in campaigns:
+        where = f"{c['backend']}/{c['mode']}"
+        assert c["problems"] == [], where
+        assert c["kills"] == kills, where
+        assert c["acked"] > 0, f"{where}: no change was acknowledged"
+        if c["mode"] == "durable":
+            assert c["lost"] == 0, where
+    assert sum(c["lost"] for c in campaigns if c["mode"] == "default") > 0
+    assert lines[-1]["summary"] is True
+    assert lines[-1]["durable_lost"] == 0
+    assert out.returncode == 0, out.stderr
