@@ -58,6 +58,24 @@ def test_compaction_stall_script_runs(redis_url: str) -> None:
     assert {(b, m) for b in ("json", "sqlite", "redis") for m in ("append", "compact")} <= rows
 
 
+def test_durable_script_runs(tmp_path: Path, redis_url: str) -> None:
+    """Issue 11's durable benchmark at smoke size: every cell runs, nothing is lost."""
+    out = tmp_path / "durable"
+    proc = _run(str(BENCH / "durable.py"), "--smoke", "--out", str(out), "--redis-url",
+                redis_url, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert {(r["backend"], r["users"]) for r in rows} == {
+        (b, u) for b in ("json", "sqlite", "redis") for u in (1, 10)}
+    for row in rows:
+        assert row["failures"] == 0
+        assert row["mismatches"] == 0
+        assert row["changes"] == (20 if row["users"] == 1 else 50)
+        assert row["raw_p50_ms"] > 0
+    assert "p99 / raw p50" in (out / "summary.md").read_text()
+
+
 def test_arguments_are_checked_before_anything_runs(tmp_path: Path) -> None:
     proc = _run(str(BENCH / "run.py"), "--sizes", "10KB,huge", "--dry-run", timeout=60)
     assert proc.returncode != 0
