@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,11 +72,17 @@ def set_path(state: dict[str, Any], path: list[str], value: Any) -> dict[str, An
 
 
 class Ticker:
-    """A 1 ms ``asyncio.sleep`` loop recording how late each wake-up is (seconds)."""
+    """A 1 ms ``asyncio.sleep`` loop recording how late each wake-up is (seconds).
+
+    Also records the process's CPU time over each tick: on a shared machine a late
+    wake-up may be the OS running someone else, and ``min(lateness, CPU)`` bounds the part
+    this process's own work (any of its threads, which share the GIL) can explain.
+    """
 
     def __init__(self, period: float = 0.001) -> None:
         self.period = period
         self.lateness: list[float] = []
+        self.cpu: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = False
 
@@ -83,8 +90,10 @@ class Ticker:
         loop = asyncio.get_running_loop()
         while not self._stop:
             due = loop.time() + self.period
+            cpu0 = time.process_time()
             await asyncio.sleep(self.period)
             self.lateness.append(max(0.0, loop.time() - due))
+            self.cpu.append(time.process_time() - cpu0)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -93,7 +102,10 @@ class Ticker:
         self._stop = True
         if self._task is not None:
             await self._task
-        return lateness_summary(self.lateness)
+        summary = lateness_summary(self.lateness)
+        bounded = [min(late, cpu) for late, cpu in zip(self.lateness, self.cpu, strict=True)]
+        summary["worst_cpu_bound_ms"] = max(bounded, default=0.0) * 1000
+        return summary
 
 
 def lateness_summary(samples: list[float]) -> dict[str, float]:

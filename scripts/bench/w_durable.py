@@ -8,9 +8,11 @@ from the call to its durable return is recorded; throughput is the changes over 
 from the first call to the last return. A 1 ms ticker records the loop's worst lateness
 meanwhile. Afterwards a fresh backend loads what is durable and it must equal memory.
 
-In the same process, just before, the raw medium's own small commit is timed
-(``--reps`` times): a 4 KB append + fsync for the JSON file; a one-row ``INSERT`` +
-``COMMIT`` in WAL with ``synchronous=FULL`` for SQLite; one ``RPUSH`` for Redis.
+In the same process the raw medium's own small commit is timed ``--reps`` times: a 4 KB
+append + fsync for the JSON file; a one-row ``INSERT`` + ``COMMIT`` in WAL with
+``synchronous=FULL`` for SQLite; one ``RPUSH`` for Redis. Blocks of raw commits and blocks
+of durable changes alternate (``CHUNKS`` of each), so on a shared machine both meet the
+same disk and CPU load.
 
 "Awaited until durable" is :func:`durable_dispatch`: ``dispatch(..., durable=True)`` when
 the store has it, else ``dispatch()`` then ``flush()`` (the same promise through the older
@@ -29,10 +31,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import Ticker, build_application, size_bytes
+from common import Ticker, build_application, lateness_summary, size_bytes
 
 #: Record bytes of the raw SQLite and Redis small commits: about one journal record.
 RAW_RECORD = 100
+#: Blocks of raw commits and of durable changes alternate this many times per cell.
+CHUNKS = 5
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -48,35 +52,28 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 # -- the raw medium's small commit -------------------------------------------------------
 
 
-def _time_reps(fn: Callable[[], None], reps: int) -> dict[str, float]:
-    for _ in range(3):
-        fn()  # warm-up: file creation, connection, page cache
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return percentiles(times)
-
-
-def raw_small_commit(kind: str, workdir: str, redis_url: str | None, key: str,
-                     reps: int) -> dict[str, Any]:
+class RawCommit:
     """The medium's own smallest durable commit, nothing of cascadeui in the path."""
-    if kind == "json":
-        path = os.path.join(workdir, "raw-append.log")
-        block = os.urandom(4096)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
+
+    def __init__(self, kind: str, workdir: str, redis_url: str | None, key: str) -> None:
+        self.kind = kind
+        self._close: list[Callable[[], Any]] = []
+        self.once: Callable[[], None]
+        if kind == "json":
+            self.what = "4 KB append + fsync"
+            block = os.urandom(4096)
+            fd = os.open(os.path.join(workdir, "raw-append.log"),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._close.append(lambda: os.close(fd))
+
             def append() -> None:
                 os.write(fd, block)
                 os.fsync(fd)
-            out = _time_reps(append, reps)
-        finally:
-            os.close(fd)
-        return {"what": "4 KB append + fsync", **out}
-    if kind == "sqlite":
-        conn = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
-        try:
+            self.once = append
+        elif kind == "sqlite":
+            self.what = "1-row INSERT + COMMIT (WAL, synchronous=FULL)"
+            conn = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
+            self._close.append(conn.close)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("CREATE TABLE IF NOT EXISTS j (seq INTEGER PRIMARY KEY, rec BLOB)")
@@ -86,23 +83,32 @@ def raw_small_commit(kind: str, workdir: str, redis_url: str | None, key: str,
                 conn.execute("BEGIN")
                 conn.execute("INSERT INTO j (rec) VALUES (?)", (row,))
                 conn.execute("COMMIT")
-            out = _time_reps(insert, reps)
-        finally:
-            conn.close()
-        return {"what": "1-row INSERT + COMMIT (WAL, synchronous=FULL)", **out}
-    if kind == "redis":
-        import redis
+            self.once = insert
+        elif kind == "redis":
+            import redis
 
-        client = redis.Redis.from_url(redis_url or "", socket_timeout=30)
-        raw_key = f"{key}:raw"
-        item = os.urandom(RAW_RECORD)
-        try:
-            out = _time_reps(lambda: client.rpush(raw_key, item) and None, reps)
-        finally:
-            client.delete(raw_key)
-            client.close()
-        return {"what": "1 RPUSH", **out}
-    raise ValueError(kind)
+            self.what = "1 RPUSH"
+            client = redis.Redis.from_url(redis_url or "", socket_timeout=30)
+            raw_key = f"{key}:raw"
+            item = os.urandom(RAW_RECORD)
+            self._close += [client.close, lambda: client.delete(raw_key)]
+            self.once = lambda: client.rpush(raw_key, item) and None
+        else:
+            raise ValueError(kind)
+        for _ in range(3):
+            self.once()  # warm-up: file creation, connection, page cache
+
+    def timed(self, reps: int) -> list[float]:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            self.once()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def close(self) -> None:
+        for fn in reversed(self._close):
+            fn()
 
 
 # -- durable dispatches ------------------------------------------------------------------
@@ -140,7 +146,7 @@ class _WriteCounter:
             setattr(adapter, name, wrapped)
 
 
-async def _cell(args: Any, app: dict[str, Any]) -> dict[str, Any]:
+async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any]:
     from w_dispatch import _backend, _redis_cleanup, _same
 
     from cascadeui.store import StateStore
@@ -166,9 +172,9 @@ async def _cell(args: Any, app: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     failures: list[str] = []
 
-    async def user(u: int) -> None:
+    async def user(u: int, first: int, count: int) -> None:
         path = ["counters", f"u{u}"]
-        for i in range(1, per_user + 1):
+        for i in range(first, first + count):
             t0 = time.perf_counter()
             try:
                 await durable_dispatch(store, api, "APPLICATION_SET",
@@ -178,13 +184,29 @@ async def _cell(args: Any, app: dict[str, Any]) -> dict[str, Any]:
                 continue
             latencies.append(time.perf_counter() - t0)
 
+    # Side by side on a shared machine: blocks of raw commits and of durable changes
+    # alternate, so both see the same disk and CPU weather. The ticker runs only while
+    # the users do (a raw commit blocks the loop by design).
     writes0 = counter.calls
-    ticker = Ticker()
-    ticker.start()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(user(u) for u in range(users)))
-    elapsed = time.perf_counter() - t0
-    stall = await ticker.stop()
+    elapsed, raw_times = 0.0, []
+    lateness, cpu = [], []
+    chunks = max(1, min(CHUNKS, per_user))
+    done_per_user = 0
+    for c in range(chunks):
+        raw_times += raw.timed(-(-args.reps // chunks))
+        count = per_user * (c + 1) // chunks - done_per_user
+        ticker = Ticker()
+        ticker.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(u, done_per_user + 1, count) for u in range(users)))
+        elapsed += time.perf_counter() - t0
+        await ticker.stop()
+        lateness += ticker.lateness
+        cpu += ticker.cpu
+        done_per_user += count
+    stall = lateness_summary(lateness)
+    stall["worst_cpu_bound_ms"] = max(
+        (min(a, b) for a, b in zip(lateness, cpu, strict=True)), default=0.0) * 1000
     writes = counter.calls - writes0
     memory = {k: store.state.get(k) for k in ("application", "persistent_views")}
     await store.close(close_backend=True)
@@ -203,14 +225,16 @@ async def _cell(args: Any, app: dict[str, Any]) -> dict[str, Any]:
         "latency": percentiles(latencies), "stall": stall, "writes": writes,
         "changes_per_write": done / writes if writes else None,
         "durable_equals_memory": _same(durable, memory),
+        "raw": {"what": raw.what, **percentiles(raw_times)},
     }
 
 
 def run(args: Any) -> dict[str, Any]:
     logging.getLogger("cascadeui").setLevel(logging.ERROR)
     key = f"{args.key_prefix}:durable-raw:{os.getpid()}"
-    raw = raw_small_commit(args.backend, args.workdir, args.redis_url, key, args.reps)
-    app = build_application(size_bytes(args.size))
-    out = asyncio.run(_cell(args, app))
-    out["raw"] = raw
-    return out
+    raw = RawCommit(args.backend, args.workdir, args.redis_url, key)
+    try:
+        app = build_application(size_bytes(args.size))
+        return asyncio.run(_cell(args, app, raw))
+    finally:
+        raw.close()
