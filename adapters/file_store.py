@@ -11,8 +11,11 @@ Layout next to ``<path>``:
 - ``<path>.journal``, the *change journal* (see :mod:`cascadeui.adapters.journal`): the
   commits appended after that snapshot by :meth:`FileStore.save_changes`, so a commit
   costs what changed instead of the whole document. Line 1 is a header binding the
-  journal to the snapshot it was started against, ``<crc> {"cascadeui_journal":1,
-  "snapshot":[st_ino, st_mtime_ns, st_size]}``; every further line is one record,
+  journal to the *content* of the snapshot it was started against, ``<crc>
+  {"cascadeui_journal":2,"snapshot":{"crc32":"<8 hex>","size":<bytes>}}`` (not its inode,
+  so copying both files by any means keeps every change; format 1, ``"snapshot":[st_ino,
+  st_mtime_ns, st_size]`` from earlier builds, is still read, and the next append rewrites
+  it as format 2); every further line is one record,
   ``<crc32 of the text, 8 hex digits> <record text>``. A journal is created whole (temp
   file, fsync, replace, directory fsync), then only ever appended to (``O_APPEND``,
   fsync) under the lock; it is never modified in place, so a lock-free reader always
@@ -26,8 +29,12 @@ commits by reading only the journal bytes past the good end it saw
 A load is the snapshot with every journal record applied in order. Every full write
 (``save``, ``save_if_version``, ``transaction``, a compaction) replaces the snapshot,
 then deletes the journal. A journal whose header does not name the current snapshot is
-*stale* (a crash between those two steps, or a hand-restored snapshot): readers ignore
-it and the next write removes it. A last line that is incomplete or fails its checksum
+never applied. When it names the newest backup (``.bak``: the snapshot the last full
+write replaced) it is the leftover of a crash between those two steps, whose records are
+in the new snapshot: readers ignore it and the next write removes it. Any other one (a
+snapshot restored or copied without its journal) is reported by the load (WARNING naming
+both files) and by ``cascadeui verify``, and the next write moves it aside to
+``<path>.journal.orphan-<timestamp>`` instead of deleting it. A last line that is incomplete or fails its checksum
 is an append that crashed before it was acknowledged: readers ignore it and the next
 append rewrites the journal without it. A bad line with more data after it is damage:
 :class:`~cascadeui.errors.StateCorruptedError` naming ``<path>.journal`` and the line,
@@ -93,8 +100,13 @@ _Signature = tuple[int, int, int, int]
 _SnapshotId = tuple[int, int, int]
 #: (inode, size, mtime_ns) of the journal file: every append grows it.
 _JournalSig = tuple[int, int, int]
+#: (CRC-32, length) of the snapshot's bytes: what a journal header binds to (format 2).
+#: Content, not the inode, so copying the snapshot and its journal together (cp, cp -p,
+#: shutil.copy2, a backup restored elsewhere) keeps every journaled change.
+_Digest = tuple[int, int]
 
-_JOURNAL_FORMAT = 1
+#: The header format this build writes; format 1 (bound to the inode) is still read.
+_JOURNAL_FORMAT = 2
 #: Characters encoded and written at a time by a whole-document write.
 _WRITE_CHUNK = 1 << 20
 #: Lock-free reads that find the snapshot replaced under them retry this often, then lock.
@@ -123,10 +135,37 @@ def _line(payload: bytes) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
-def _header(snapshot: _SnapshotId) -> bytes:
-    """The journal's first line, binding it to the snapshot ``(ino, mtime_ns, size)``."""
-    body = {"cascadeui_journal": _JOURNAL_FORMAT, "snapshot": list(snapshot)}
+def _digest(data: bytes, crc: int = 0, size: int = 0) -> _Digest:
+    """The (CRC-32, length) of a snapshot's bytes; ``crc``/``size``: of the bytes before."""
+    return (zlib.crc32(data, crc), size + len(data))
+
+
+def _header(digest: _Digest) -> bytes:
+    """The journal's first line, binding it to the snapshot whose bytes have ``digest``."""
+    body = {"cascadeui_journal": _JOURNAL_FORMAT,
+            "snapshot": {"crc32": f"{digest[0]:08x}", "size": digest[1]}}
     return _line(json.dumps(body, separators=(",", ":")).encode("ascii"))
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """The snapshot a journal header names: by content (format 2) or by inode (format 1,
+    written by earlier builds: ``[st_ino, st_mtime_ns, st_size]``)."""
+
+    format: int
+    digest: _Digest | None = None
+    inode: _SnapshotId | None = None
+
+    def binds(self, snapshot: _SnapshotId, digest: _Digest) -> bool:
+        """True if the journal was written against this snapshot."""
+        if self.format == 1:
+            return self.inode == snapshot
+        return self.digest == digest
+
+    def describe(self) -> str:
+        if self.digest is not None:
+            return f"a snapshot of {self.digest[1]} bytes with CRC-32 {self.digest[0]:08x}"
+        return f"the snapshot file with inode, mtime and size {list(self.inode or ())}"
 
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -140,7 +179,7 @@ class _Journal:
     stat: os.stat_result
     #: The snapshot its header names; None when even the header is a torn tail (or the
     #: read started after the header).
-    snapshot: _SnapshotId | None
+    snapshot: _Binding | None
     #: (line number, record text) of every good record line, in order.
     records: list[tuple[int, bytes]]
     #: Bytes up to the end of the last good line (the header included).
@@ -164,12 +203,16 @@ class _Extent:
     version: int
     snapshot: _SnapshotId
     snapshot_bytes: int
+    #: The snapshot's content, which a new journal header names.
+    digest: _Digest
     #: The journal file on disk at ``version`` (None: no journal file).
     journal: _JournalSig | None
     #: Good bytes of a journal bound to ``snapshot``; 0 when there is none (or it is stale).
     journal_end: int
     #: Lines in those ``journal_end`` bytes (to number the lines read after them).
     journal_lines: int
+    #: The header format of that journal (1: bound to the inode, rewritten on next append).
+    journal_format: int = _JOURNAL_FORMAT
 
 
 class FileStore(BaseStore):
@@ -203,6 +246,8 @@ class FileStore(BaseStore):
         self._journal_good: _JournalSig | None = None
         self._extent: _Extent | None = None
         self._swept = False
+        #: Journal files already reported as naming another snapshot (log once each).
+        self._reported: set[_JournalSig] = set()
 
     # -- paths -------------------------------------------------------------------------
 
@@ -236,46 +281,119 @@ class FileStore(BaseStore):
         first_error: PersistenceError | None = None
         for _ in range(_READ_ATTEMPTS):
             try:
-                state, st = self._read(self.path)
+                state, st, digest = self._read(self.path)
             except FileNotFoundError:
                 break
             except StateCorruptedError as exc:
                 tried.append(str(self.path))
                 first_error = exc
                 break
-            if self._settle(state, st, self._read_journal(), locked=locked):
+            if self._settle(state, st, digest, self._read_journal(), locked=locked):
                 return state
         else:  # the snapshot kept being replaced under a lock-free read: read under the lock
             with self._locked():
                 return self._load(locked=True)
         return self._load_backup(tried, first_error)
 
-    def _settle(self, state: dict[str, Any], st: os.stat_result, journal: _Journal | None,
-                *, locked: bool) -> bool:
+    def _settle(self, state: dict[str, Any], st: os.stat_result, digest: _Digest,
+                journal: _Journal | None, *, locked: bool) -> bool:
         """Apply ``journal`` to the snapshot ``state`` read with ``st`` if it belongs to it.
 
         False when a lock-free read must start over: the journal does not name this
         snapshot and the snapshot was replaced meanwhile (the journal may be the one of
-        its successor, or the successor's full write may have just deleted ours).
+        its successor, or the successor's full write may have just deleted ours). A
+        journal naming another snapshot is reported (:meth:`_report_unbound`), never
+        applied.
 
         :raises StateCorruptedError: the journal is damaged or does not fit the snapshot.
         """
         snapshot = _snapshot_id(st)
-        bound = journal is not None and journal.snapshot == snapshot
+        bound = journal is not None and journal.snapshot is not None and (
+            journal.snapshot.binds(snapshot, digest))
         if not bound and not locked and self._snapshot_moved(snapshot):
             return False
         if journal is not None and bound:
             self._apply(state, journal)
             if journal.stable:
                 self._journal_good = _journal_sig(journal.stat)
+        elif journal is not None and journal.snapshot is not None:
+            self._report_unbound(journal)
         self._known_good = _signature(st)
         if locked:
             self._extent = _Extent(
                 _version_of(st, journal.stat if journal is not None else None), snapshot,
-                st.st_size, _journal_sig(journal.stat) if journal is not None else None,
+                st.st_size, digest,
+                _journal_sig(journal.stat) if journal is not None else None,
                 journal.end if journal is not None and bound else 0,
-                journal.lines if journal is not None and bound else 0)
+                journal.lines if journal is not None and bound else 0,
+                journal.snapshot.format if journal is not None and bound
+                and journal.snapshot is not None else _JOURNAL_FORMAT)
         return True
+
+    def _report_unbound(self, journal: _Journal) -> None:
+        """Log, once per journal file, that ``<path>.journal`` names another snapshot.
+
+        A journal left by a full write interrupted between replacing the snapshot and
+        deleting the journal names the snapshot now at ``.bak``: its records are in the
+        new snapshot (INFO). Any other one (a snapshot copied, restored or replaced
+        without its journal) holds records this load does not apply: WARNING, and the
+        next write moves it aside instead of deleting it.
+        """
+        sig = _journal_sig(journal.stat)
+        if sig in self._reported:
+            return
+        self._reported.add(sig)
+        problem = self._unbound_problem(journal)
+        if problem is None:
+            log.info("%s is the journal of the previous snapshot (a full write was "
+                     "interrupted before deleting it); its records are in %s, ignoring it",
+                     self.journal_path, self.path)
+        else:
+            log.warning("%s", problem)
+
+    def _unbound_problem(self, journal: _Journal) -> str | None:
+        """What is wrong with a journal that does not name the snapshot at ``<path>``;
+        None when it is the harmless leftover of an interrupted full write."""
+        binding = journal.snapshot
+        if binding is None or self._is_leftover(binding):
+            return None
+        return (f"{self.journal_path} does not belong to the snapshot {self.path}: its header "
+                f"names {binding.describe()}, so its {len(journal.records)} record(s) are "
+                "not applied (was the snapshot replaced, restored or copied without this "
+                "journal?); the next write moves it aside to "
+                f"{self.journal_path}.orphan-<timestamp>")
+
+    def _is_leftover(self, binding: _Binding) -> bool:
+        """True if ``binding`` names the newest backup: the snapshot the last full write
+        replaced (it rotates the old snapshot to ``.bak`` before replacing it)."""
+        gens = self.backup_paths()
+        if not gens:
+            return False
+        try:
+            if binding.format == 1:
+                return _snapshot_id(os.lstat(gens[0])) == binding.inode
+            data, _, _ = self._read_bytes(gens[0])
+        except (OSError, PersistenceError):
+            return False
+        return _digest(data) == binding.digest
+
+    def journal_mismatch(self) -> str | None:
+        """Why ``<path>.journal`` does not belong to the snapshot at ``<path>``; None when
+        it does, when either file is missing, or when it is the harmless leftover of an
+        interrupted full write. For ``cascadeui verify``.
+
+        :raises StateCorruptedError: the journal's header is damaged.
+        """
+        self._check_open()
+        try:
+            data, st, _ = self._read_bytes(self.path)
+        except FileNotFoundError:
+            return None
+        journal = self._read_journal()
+        if journal is None or journal.snapshot is None or journal.snapshot.binds(
+                _snapshot_id(st), _digest(data)):
+            return None
+        return self._unbound_problem(journal)
 
     def _snapshot_moved(self, snapshot: _SnapshotId) -> bool:
         """True if ``<path>`` is no longer the snapshot a lock-free read started from."""
@@ -292,7 +410,7 @@ class FileStore(BaseStore):
         """
         for candidate in self.backup_paths():
             try:
-                state, _ = self._read(candidate)
+                state, _, _ = self._read(candidate)
             except FileNotFoundError:
                 continue
             except (StateCorruptedError, ConfigurationError) as exc:
@@ -311,15 +429,16 @@ class FileStore(BaseStore):
                 location=self.location, tried=tuple(tried)) from first_error
         return {}
 
-    def _read(self, path: Path) -> tuple[dict[str, Any], os.stat_result]:
-        """Decode one whole document (the snapshot or a backup) and the stat of what was read."""
+    def _read(self, path: Path) -> tuple[dict[str, Any], os.stat_result, _Digest]:
+        """Decode one whole document (the snapshot or a backup); the stat and the digest
+        of the bytes read."""
         data, st, _ = self._read_bytes(path)
         try:
             state = self.serializer.deserialize(data)
         except StateCorruptedError as exc:
             raise StateCorruptedError(f"{path}: {exc}", location=str(path),
                                       tried=(str(path),)) from exc
-        return state, st
+        return state, st, _digest(data)
 
     def _read_bytes(self, path: Path, start: int = 0
                     ) -> tuple[bytes, os.stat_result, os.stat_result]:
@@ -377,7 +496,7 @@ class FileStore(BaseStore):
         which names the snapshot; recorded for a record line, so that a stale journal is
         skipped).
         """
-        snapshot: _SnapshotId | None = None
+        snapshot: _Binding | None = None
         records: list[tuple[int, bytes]] = []
         pos, size, good = 0, len(data), lineno
         while pos < size:
@@ -401,18 +520,29 @@ class FileStore(BaseStore):
             pos, good = nl + 1, lineno
         return _Journal(st, snapshot, records, offset + pos, good, stable, None)
 
-    def _parse_header(self, payload: bytes) -> _SnapshotId:
+    def _parse_header(self, payload: bytes) -> _Binding:
+        """The snapshot a header line names: format 2 ``{"crc32": "<8 hex>", "size": n}``,
+        or format 1 ``[st_ino, st_mtime_ns, st_size]`` (earlier builds)."""
         try:
             header = json.loads(payload)
             fmt, snap = header["cascadeui_journal"], header["snapshot"]
         except (ValueError, TypeError, KeyError, RecursionError):
             raise self._damaged(1, "not a cascadeui journal header") from None
+        if fmt == 1:
+            if not (isinstance(snap, list) and len(snap) == 3
+                    and all(type(x) is int for x in snap)):
+                raise self._damaged(1, "the header names no snapshot")
+            return _Binding(1, inode=(snap[0], snap[1], snap[2]))
         if fmt != _JOURNAL_FORMAT:
             raise self._damaged(1, f"unsupported journal format {fmt!r}")
-        if not (isinstance(snap, list) and len(snap) == 3
-                and all(type(x) is int for x in snap)):
+        crc = snap.get("crc32") if isinstance(snap, dict) else None
+        size = snap.get("size") if isinstance(snap, dict) else None
+        if not (isinstance(crc, str) and len(crc) == 8 and type(size) is int and size >= 0):
             raise self._damaged(1, "the header names no snapshot")
-        return (snap[0], snap[1], snap[2])
+        try:
+            return _Binding(2, digest=(int(crc, 16), size))
+        except ValueError:
+            raise self._damaged(1, "the header names no snapshot") from None
 
     def _apply(self, state: dict[str, Any], journal: _Journal) -> None:
         """Apply every record of ``journal`` to ``state`` in order.
@@ -541,7 +671,7 @@ class FileStore(BaseStore):
                 return None
             version = _version_of(main, None)
             self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
-                                   None, 0, 0)
+                                   extent.digest, None, 0, 0)
             return [], version
         if start and (extent.journal is None or journal.stat.st_ino != extent.journal[0]
                       or journal.stat.st_size < start):
@@ -550,7 +680,11 @@ class FileStore(BaseStore):
             return None  # written outside the lock while we read
         records: list[list[list[Any]]] = []
         end = lines = 0
-        if start or journal.snapshot == extent.snapshot:
+        fmt = extent.journal_format
+        if not start and journal.snapshot is not None:
+            fmt = journal.snapshot.format
+        if start or (journal.snapshot is not None
+                     and journal.snapshot.binds(extent.snapshot, extent.digest)):
             if journal.damage is not None:
                 raise journal.damage
             for lineno, text in journal.records:
@@ -562,9 +696,11 @@ class FileStore(BaseStore):
             if not start or self._journal_good == extent.journal:
                 # Every record decodes; the caller applies them to the document it holds.
                 self._journal_good = _journal_sig(journal.stat)
+        elif journal.snapshot is not None:
+            self._report_unbound(journal)
         version = _version_of(main, journal.stat)
-        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
-                               _journal_sig(journal.stat), end, lines)
+        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes, extent.digest,
+                               _journal_sig(journal.stat), end, lines, fmt)
         return records, version
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
@@ -623,12 +759,12 @@ class FileStore(BaseStore):
         :raises StateCorruptedError: the journal is damaged: nothing may be appended.
         """
         try:
-            state, st = self._read(self.path)
+            state, st, digest = self._read(self.path)
         except FileNotFoundError:
             return None
         except StateCorruptedError:
             return None
-        self._settle(state, st, self._read_journal(), locked=True)
+        self._settle(state, st, digest, self._read_journal(), locked=True)
         return self._extent
 
     def _append(self, extent: _Extent, line: bytes) -> int | None:
@@ -637,7 +773,14 @@ class FileStore(BaseStore):
         head: bytes | None = None
         try:
             if extent.journal_end == 0:  # no journal for this snapshot (none, stale, torn)
-                head = _header(extent.snapshot)
+                if extent.journal is not None:
+                    self._set_unbound_journal_aside()
+                head = _header(extent.digest)
+            elif extent.journal_format != _JOURNAL_FORMAT:
+                # Written by an earlier build (bound to the inode): the same records under
+                # a header naming the snapshot's content, so a copy keeps them from now on.
+                good = self._good_part(extent)
+                head = _header(extent.digest) + good[good.index(b"\n") + 1:]
             elif extent.journal is not None and extent.journal[1] > extent.journal_end:
                 head = self._good_part(extent)  # a torn tail: a clean journal without it
             if head is not None:
@@ -655,7 +798,7 @@ class FileStore(BaseStore):
         version = _version_of(main, journal)
         self._journal_good = _journal_sig(journal)
         lines = 2 if extent.journal_end == 0 else extent.journal_lines + 1
-        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
+        self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes, extent.digest,
                                _journal_sig(journal), end, lines)
         return version
 
@@ -757,7 +900,7 @@ class FileStore(BaseStore):
         """
         self._sweep_once()
         try:
-            self._replace(data, before=self._make_room)
+            digest = self._replace(data, before=self._make_room)
         except OSError as exc:
             raise StorageUnavailableError(
                 f"cannot save {self.path}: {exc.strerror or exc}; the previous file is intact",
@@ -771,7 +914,8 @@ class FileStore(BaseStore):
                         exc.strerror or exc)
         main, journal = os.lstat(self.path), self._lstat_journal()
         self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
-                               _journal_sig(journal) if journal is not None else None, 0, 0)
+                               digest, _journal_sig(journal) if journal is not None else None,
+                               0, 0)
 
     def _sweep_once(self) -> None:
         """Run :meth:`_sweep_stale_temps` before this store's first write (lock held)."""
@@ -849,25 +993,53 @@ class FileStore(BaseStore):
         if self._journal_good == _journal_sig(jst):
             return
         try:
-            state, st = self._read(self.path)
+            state, st, digest = self._read(self.path)
         except FileNotFoundError:
-            return  # an orphan: it names no snapshot that exists
+            self._set_unbound_journal_aside()  # it names no snapshot that exists
+            return
         try:
             journal = self._read_journal()
-            if journal is not None and journal.snapshot == _snapshot_id(st):
+            if journal is None or journal.snapshot is None:
+                return
+            if journal.snapshot.binds(_snapshot_id(st), digest):
                 self._apply(state, journal)
+            else:
+                self._set_unbound_journal_aside(journal)
         except StateCorruptedError as exc:
             aside = self._corrupt_name(self.journal_path)
             os.replace(self.journal_path, aside)
             log.warning("%s; moved it aside to %s before saving", exc, aside)
 
-    def _corrupt_name(self, path: Path) -> Path:
-        """``<path>.corrupt-<UTC timestamp>``, unique (the lock is held while we look)."""
+    def _set_unbound_journal_aside(self, journal: _Journal | None = None) -> None:
+        """Before a write drops a journal that names another snapshot: keep its records.
+
+        Moved to ``<path>.journal.orphan-<timestamp>`` (WARNING), unless it is the
+        leftover of an interrupted full write, whose records are in the snapshot (then
+        the write deletes it as usual). Lock held.
+        """
+        try:
+            if journal is None:
+                journal = self._read_journal()
+        except StateCorruptedError:
+            return  # a damaged header names nothing to keep
+        if journal is None or journal.snapshot is None:
+            return
+        problem = self._unbound_problem(journal)
+        if problem is None:
+            return
+        aside = self._corrupt_name(self.journal_path, "orphan")
+        os.replace(self.journal_path, aside)
+        log.warning("%s does not belong to the snapshot %s (its header names %s); moved "
+                    "its %d record(s) aside to %s before writing", self.journal_path,
+                    self.path, journal.snapshot.describe(), len(journal.records), aside)
+
+    def _corrupt_name(self, path: Path, kind: str = "corrupt") -> Path:
+        """``<path>.<kind>-<UTC timestamp>``, unique (the lock is held while we look)."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        aside = Path(f"{path}.corrupt-{stamp}Z")
+        aside = Path(f"{path}.{kind}-{stamp}Z")
         n = 1
         while os.path.lexists(aside):
-            aside = Path(f"{path}.corrupt-{stamp}Z-{n}")
+            aside = Path(f"{path}.{kind}-{stamp}Z-{n}")
             n += 1
         return aside
 
@@ -910,7 +1082,8 @@ class FileStore(BaseStore):
                 os.fsync(fout.fileno())
 
     def _replace(self, data: bytes | str,
-                 before: Callable[[], None] | None = None) -> None:
+                 before: Callable[[], None] | None = None) -> _Digest:
+        """Put ``data`` at ``<path>`` atomically and durably; the digest of its bytes."""
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
                                    suffix=".tmp")  # mode 0600, O_EXCL: no symlink games
         try:
@@ -918,11 +1091,15 @@ class FileStore(BaseStore):
                 self._keep_mode(fh.fileno())
                 if isinstance(data, bytes):
                     fh.write(data)
+                    digest = _digest(data)
                 else:
                     # Encoded a slice at a time (UTF-8 of the slices joins to UTF-8 of the
                     # whole): no 10 MB copy holds the GIL, each write lets the loop run.
+                    digest = (0, 0)
                     for start in range(0, len(data), _WRITE_CHUNK):
-                        fh.write(data[start:start + _WRITE_CHUNK].encode("utf-8"))
+                        chunk = data[start:start + _WRITE_CHUNK].encode("utf-8")
+                        fh.write(chunk)
+                        digest = _digest(chunk, *digest)
                 fh.flush()
                 os.fsync(fh.fileno())
             if before is not None:
@@ -934,6 +1111,7 @@ class FileStore(BaseStore):
             raise
         self._fsync_dir()
         self._known_good = _signature(os.stat(self.path))
+        return digest
 
     def _keep_mode(self, fd: int) -> None:
         """Give the new file the permission bits of the main file (0644, ...)."""

@@ -10,6 +10,7 @@ parse it. Read-only commands never create a file or a database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -286,6 +287,11 @@ def _verify_medium(adapter: SyncStore, checks: list[tuple[str, bool, str]]
             ok = _readable(Path(info.path))
             checks.append((f"backup {info.index} decodes", ok,
                            info.path if ok else f"{info.path} is unreadable"))
+        if state is not None:
+            with contextlib.suppress(StateCorruptedError):  # "change journal applies" says it
+                mismatch = adapter.journal_mismatch()
+                checks.append(("change journal belongs to the snapshot", mismatch is None,
+                               mismatch or ""))
         return _verify_journal(adapter, state, checks)
     if isinstance(adapter, SQLiteStore):
         conn = sqlite_readonly(adapter.path)

@@ -273,8 +273,9 @@ def test_stale_journal_is_ignored_then_removed(path: Path) -> None:
         lines = journal_lines(path)
         assert len(lines) == 2
         assert old_journal not in Path(f"{path}.journal").read_bytes()
-        st = path.stat()
-        assert f"[{st.st_ino},{st.st_mtime_ns},{st.st_size}]".encode() in lines[0]
+        data = path.read_bytes()
+        assert f'"snapshot":{{"crc32":"{zlib.crc32(data):08x}","size":{len(data)}}}'.encode(
+            ) in lines[0]
     with FileStore(path) as fresh:
         assert fresh.load() == {"application": {"n": 5, "m": 1}}
     # A full write removes a stale journal too.
@@ -386,7 +387,10 @@ def test_damaged_header_is_an_error(path: Path) -> None:
         with pytest.raises(StateCorruptedError, match=r"journal line 1: checksum"):
             store.load()
         for bad, reason in [(b'{"x":1}', "not a cascadeui journal header"),
-                            (b'{"cascadeui_journal":2,"snapshot":[1,2,3]}', "format 2"),
+                            (b'{"cascadeui_journal":3,"snapshot":[1,2,3]}', "format 3"),
+                            (b'{"cascadeui_journal":2,"snapshot":[1,2,3]}', "names no snapshot"),
+                            (b'{"cascadeui_journal":2,"snapshot":{"crc32":"xyz","size":1}}',
+                             "names no snapshot"),
                             (b'{"cascadeui_journal":1,"snapshot":"me"}', "names no snapshot")]:
             Path(f"{path}.journal").write_bytes(line(bad) + records)
             with pytest.raises(StateCorruptedError, match=reason):
