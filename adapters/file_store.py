@@ -34,12 +34,12 @@ write replaced) it is the leftover of a crash between those two steps, whose rec
 in the new snapshot: readers ignore it and the next write removes it. Any other one (a
 snapshot restored or copied without its journal) is reported by the load (WARNING naming
 both files) and by ``cascadeui verify``, and the next write moves it aside to
-``<path>.journal.orphan-<timestamp>`` instead of deleting it. A last line that is incomplete or fails its checksum
-is an append that crashed before it was acknowledged: readers ignore it and the next
-append rewrites the journal without it. A bad line with more data after it is damage:
-:class:`~cascadeui.errors.StateCorruptedError` naming ``<path>.journal`` and the line,
-and nothing is ever appended after it (a full ``save()`` moves it aside to
-``<path>.journal.corrupt-<timestamp>`` before writing).
+``<path>.journal.orphan-<timestamp>`` instead of deleting it. A last line that is
+incomplete or fails its checksum is an append that crashed before it was acknowledged:
+readers ignore it and the next append rewrites the journal without it. A bad line with
+more data after it is damage: :class:`~cascadeui.errors.StateCorruptedError` naming
+``<path>.journal`` and the line, and nothing is ever appended after it (a full
+``save()`` moves it aside to ``<path>.journal.corrupt-<timestamp>`` before writing).
 
 ``.bak`` is the snapshot before the last *full* write, without the journal that was
 appended to it: backups rotate only on full writes, and the backup fallback (main file

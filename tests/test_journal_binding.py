@@ -135,7 +135,8 @@ def test_a_journal_of_another_snapshot_is_reported_and_kept(
         assert store.load() == {"application": {"n": 100}, "persistent_views": {}}
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, warnings
-        assert str(journal) in warnings[0] and str(path) in warnings[0]
+        assert str(journal) in warnings[0]
+        assert str(path) in warnings[0]
         assert "5 record(s) are not applied" in warnings[0]
         store.load()  # reported once per journal file, not on every read
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
@@ -147,7 +148,8 @@ def test_a_journal_of_another_snapshot_is_reported_and_kept(
         writer = JournalWriter(store)
         assert writer.commit([(("application", "m"), 1)]) is not None
     aside = list(tmp_path.glob("state.json.journal.orphan-*"))
-    assert len(aside) == 1 and aside[0].read_bytes() == records
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == records
     with FileStore(path) as fresh:
         assert fresh.load() == {"application": {"n": 100, "m": 1}, "persistent_views": {}}
     assert verify(path)[0] == 0
