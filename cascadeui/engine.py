@@ -6,6 +6,13 @@ lands after a newer one), skips snapshots whose persisted slices are the ones al
 durable, and retries failures with capped exponential backoff plus jitter without ever
 dropping the dirty state. See ``docs/store.md``.
 
+Durable dispatches (``dispatch(..., durable=True)``) are a group commit: a waiter asks for
+the state at its dispatch; the writer starts a write at once (no coalescing delay), every
+change that arrives while that write is in flight goes into the next one, and every waiter
+whose change a write held wakes when that write is durable. A failed write keeps its
+durable waiters waiting (retried with backoff) until a write lands or their
+``durable_timeout`` passes, then they get :class:`~cascadeui.errors.DurabilityTimeoutError`.
+
 It reaches storage only through the backend: a built-in
 :class:`~cascadeui.backends.AsyncBackend` gives it compare-and-set writes, journal appends
 and catch-up reads (each one worker-thread call), so several processes can share a state;
@@ -36,10 +43,12 @@ from .actions import PERSISTED_SLICES, STATE_RELOADED
 from .adapters import apply_shared
 from .backends import AsyncBackend, StorageBackend
 from .errors import (
+    DurabilityTimeoutError,
     PersistenceError,
     SerializationError,
     StateCorruptedError,
     StorageUnavailableError,
+    StoreClosedError,
 )
 from .merge import merge3
 from .serializer import SnapshotEncoder, StateSerializer
@@ -69,12 +78,15 @@ class Timing:
     retry_initial: float
     retry_max: float
     poll_interval: float | None = None
+    durable_timeout: float = 2.5
 
     def __post_init__(self) -> None:
         if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
             raise ValueError("persistence timings must be >= 0 seconds")
         if self.poll_interval is not None and self.poll_interval <= 0:
             raise ValueError("poll_interval must be > 0 seconds, or None")
+        if not self.durable_timeout > 0:
+            raise ValueError("durable_timeout must be > 0 seconds")
 
     def backoff(self, failures: int) -> tuple[float, float]:
         """The delay before retry number ``failures`` (1-based), as (nominal, jitter).
@@ -195,7 +207,14 @@ class Engine:
         self.last_change = 0.0
         self.failures = 0
         self.retry_at: float | None = None
+        #: flush() callers: (generation wanted, future); settled by the next attempt.
         self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        #: Durable dispatches: (generation wanted, future); settled only by a write that
+        #: holds their change (or a rejection, or the writer stopping), never by a failure.
+        self.durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: A durable waiter arrived since the last attempt: try again soon after a failure.
+        self.demand = False
+        self.failed_at = 0.0
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
@@ -221,6 +240,7 @@ class Engine:
     def successor(self) -> Engine:
         """A new engine on the running loop that continues this one (same durable state)."""
         fresh = Engine(self.store, self.backend, self.timing)
+        # Durable waiters of the old loop went with it (their futures cannot be woken).
         fresh.durable, fresh.base = self.durable, self.base
         fresh.version, fresh.conflicts = self.version, self.conflicts
         fresh.encoder, fresh.appended = self.encoder, self.appended
@@ -269,6 +289,42 @@ class Engine:
             if waiter in (w for _, w in self.waiters):
                 self.waiters = [(g, w) for g, w in self.waiters if w is not waiter]
 
+    async def wait_durable(self) -> None:
+        """Return once the current state's persisted slices are durable (group commit).
+
+        :raises DurabilityTimeoutError: not durable within ``timing.durable_timeout``.
+        :raises SerializationError: the state holds a value that cannot be stored.
+        :raises StoreClosedError: the writer stopped before the change was durable.
+        """
+        if self._matches(self.durable):
+            return
+        if self._matches(self.rejected):
+            raise self._rejection()
+        if self.task is None or self.task.done():
+            raise StoreClosedError(f"the writer of {self.backend!r} is stopped; the change "
+                                   "is not durable", location=self._location())
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.durable_waiters.append((self.store._generation, waiter))
+        self.demand = True
+        self.wake.set()
+        timeout = self.timing.durable_timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            error = self.last_error
+            reason = f"{type(error).__name__}: {error}" if error else "the writes were slow"
+            raise DurabilityTimeoutError(
+                f"change not stored in {self._location()} within {timeout:g} s ({reason}); "
+                "it is kept in memory and the writer keeps retrying",
+                timeout=timeout, location=self._location(), last_error=error) from error
+        finally:
+            if not waiter.done():
+                self.durable_waiters = [(g, w) for g, w in self.durable_waiters
+                                        if w is not waiter]
+
+    def _location(self) -> str:
+        return str(getattr(self.backend, "location", self.backend))
+
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
@@ -279,6 +335,14 @@ class Engine:
         """Loop time at which the next write may start."""
         if self.stopping or self.waiters:
             return 0.0
+        if self.durable_waiters:
+            # Group commit: no coalescing delay. After a failure, new durable demand may
+            # cut the backoff short, but attempts stay at least retry_initial apart.
+            if self.retry_at is None:
+                return 0.0
+            if self.demand:
+                return min(self.retry_at, self.failed_at + self.timing.retry_initial)
+            return self.retry_at
         if self.retry_at is not None:
             return self.retry_at
         if self.first_change is None:
@@ -299,7 +363,7 @@ class Engine:
                 except asyncio.TimeoutError:
                     await self._poll()
                 continue
-            if self.store._batch_depth and not self.waiters:
+            if self.store._batch_depth and not (self.waiters or self.durable_waiters):
                 # A batch is open: its end is the one persistence step (it sets wake).
                 self.wake.clear()
                 await self.wake.wait()
@@ -314,12 +378,16 @@ class Engine:
                 continue
             await self._write_once()
         self._resolve(self.store._generation, False)
+        if self._matches(self.durable):
+            self._resolve(self.store._generation, True)
+        self._abandon()
 
     async def _write_once(self) -> None:
         state, generation = self.store.state, self.store._generation
         snapshot = {name: state[name] for name in PERSISTED_SLICES}
         first = self.first_change
         self.first_change = None  # changes from now on start a new coalescing window
+        self.demand = False  # durable waiters arriving from now on need the next write
         error: BaseException | None = None
         try:
             written = await self.commit(snapshot)
@@ -335,7 +403,8 @@ class Engine:
             return
         self.failures += 1
         backoff, jitter = self.timing.backoff(self.failures)
-        self.retry_at = self.loop.time() + backoff + jitter
+        self.failed_at = self.loop.time()
+        self.retry_at = self.failed_at + backoff + jitter
         if self.first_change is None or (first is not None and first < self.first_change):
             self.first_change = first if first is not None else self.loop.time()
         reason = f"{type(error).__name__}: {error}" if error else "save_state returned False"
@@ -487,7 +556,11 @@ class Engine:
                         " ..." if len(conflicts) > 5 else "")
 
     def _resolve(self, generation: int, outcome: bool | BaseException) -> None:
-        """Settle every flush() waiter whose state was in the snapshot just attempted."""
+        """Settle the waiters whose state was in the snapshot just attempted.
+
+        flush() waiters get the outcome, success or failure. Durable waiters get success
+        or a rejection (bad data); a failed write (False) leaves them waiting for a retry.
+        """
         keep = []
         for target, waiter in self.waiters:
             if target > generation:
@@ -498,6 +571,27 @@ class Engine:
                 else:
                     waiter.set_result(outcome)
         self.waiters = keep
+        if outcome is False or not self.durable_waiters:
+            return
+        pending = []
+        for target, durable in self.durable_waiters:
+            if target > generation:
+                pending.append((target, durable))
+            elif not durable.done():
+                if isinstance(outcome, BaseException):
+                    durable.set_exception(outcome)
+                else:
+                    durable.set_result(None)
+        self.durable_waiters = pending
+
+    def _abandon(self) -> None:
+        """The writer stopped: no durable waiter may be told its change is stored."""
+        for _, durable in self.durable_waiters:
+            if not durable.done():
+                durable.set_exception(StoreClosedError(
+                    f"the writer of {self.backend!r} stopped before the change was durable",
+                    location=self._location()))
+        self.durable_waiters = []
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -507,3 +601,4 @@ class Engine:
             if not waiter.done():
                 waiter.set_result(False)
         self.waiters = []
+        self._abandon()

@@ -6,7 +6,8 @@
     ├── SerializationError (TypeError)        a value JSON cannot hold; ``path`` names it
     ├── StateCorruptedError (ValueError)      stored bytes that do not decode; ``tried``
     ├── StorageUnavailableError (OSError)     the medium failed: I/O error, server down
-    │   └── LockTimeoutError (TimeoutError)   a lock not had in time; ``lock`` names it
+    │   ├── LockTimeoutError (TimeoutError)   a lock not had in time; ``lock`` names it
+    │   └── DurabilityTimeoutError (TimeoutError)  a durable dispatch not stored in time
     ├── ConfigurationError (ValueError)       a bad URL, path or option
     └── StoreClosedError (RuntimeError)       a store used after ``close()``
 
@@ -20,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "ConfigurationError",
+    "DurabilityTimeoutError",
     "LockTimeoutError",
     "PersistenceError",
     "SerializationError",
@@ -96,6 +98,27 @@ class LockTimeoutError(StorageUnavailableError, TimeoutError):
         super().__init__(message, location=location)
         self.lock = lock
         self.timeout = timeout
+
+
+class DurabilityTimeoutError(StorageUnavailableError, TimeoutError):
+    """Raised by ``dispatch(..., durable=True)`` (and the panel helpers, durable by default)
+    when the change was not stored within ``timeout`` seconds: the writes failed (or were
+    too slow) and kept being retried until then.
+
+    The change is applied in memory and the writer keeps retrying it in the background,
+    but it was **not** acknowledged as durable: tell the user it was not saved.
+    ``timeout`` is the limit that passed; ``last_error`` is the latest write failure (also
+    the ``__cause__``), None when the writes were only slow.
+    """
+
+    timeout: float
+    last_error: BaseException | None
+
+    def __init__(self, message: str, *, timeout: float, location: str | None = None,
+                 last_error: BaseException | None = None) -> None:
+        super().__init__(message, location=location)
+        self.timeout = timeout
+        self.last_error = last_error
 
 
 class ConfigurationError(PersistenceError, ValueError):

@@ -24,6 +24,7 @@ from .backends import (
 )
 from .errors import (
     ConfigurationError,
+    DurabilityTimeoutError,
     LockTimeoutError,
     PersistenceError,
     SerializationError,
@@ -36,6 +37,7 @@ from .serializer import StateSerializer
 __all__ = [
     "AsyncBackend",
     "ConfigurationError",
+    "DurabilityTimeoutError",
     "FileStorageBackend",
     "LockTimeoutError",
     "PersistenceError",

@@ -176,6 +176,7 @@ async def setup_persistence(
     verify: Verify = "auto",
     verify_budget: float = DEFAULT_VERIFY_BUDGET,
     rate_share: float | None = None,
+    durable_timeout: float = 2.5,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -215,6 +216,10 @@ async def setup_persistence(
     :param rate_share: this process's share of ``rate_limit`` (0 < share <= 1). By
         default the fraction of the shards it runs (``len(shard_ids) / shard_count``), or
         1 for a bot that runs every shard, so clusters together stay under the limit.
+    :param durable_timeout: seconds a durable change (``set_data``, the panel helpers,
+        ``dispatch(..., durable=True)``) may wait for the backend before it raises
+        :class:`~cascadeui.errors.DurabilityTimeoutError` (see
+        :meth:`~cascadeui.store.StateStore.enable_persistence`).
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
@@ -248,7 +253,7 @@ async def setup_persistence(
         chosen = as_backend(backend)
     else:  # the constructor resolves the path against the cwd: not on the event loop
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
-    await _enable(store, chosen, owned=owned)
+    await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout)
     summary = RestoreSummary()
     if bot is None:
         return summary
@@ -309,10 +314,11 @@ def _check_bot(bot: object) -> None:
                     f"got {name}: {hint}")
 
 
-async def _enable(store: StateStore, backend: StorageBackend, *, owned: bool) -> None:
+async def _enable(store: StateStore, backend: StorageBackend, *, owned: bool,
+                  durable_timeout: float) -> None:
     current = store.backend
     if current is None:
-        await store.enable_persistence(backend)
+        await store.enable_persistence(backend, durable_timeout=durable_timeout)
         return
     if current is not backend:
         where = getattr(backend, "location", repr(backend))

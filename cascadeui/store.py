@@ -173,15 +173,28 @@ class StateStore:
 
     # -- dispatching -----------------------------------------------------------------
 
-    async def dispatch(self, action_type: str, payload: Any = None) -> State:
+    async def dispatch(self, action_type: str, payload: Any = None, *,
+                       durable: bool = False) -> State:
         """Run ``{"type": action_type, "payload": payload}`` through middleware and reducers.
 
         Subscribers are notified (at the end of the outermost ``batch()`` when one is open)
         and a change of a persisted slice is scheduled for writing.
 
+        :param durable: return only once the persisted slices as they are after this
+            action are stored in the backend (a group commit: concurrent durable
+            dispatches share writes). A failing write is retried with backoff until it
+            lands or ``durable_timeout`` (see :meth:`enable_persistence`) passes. Without
+            persistence there is no backend to wait for and it returns at once. False (the
+            default): return at once; the change is written within ``max_delay``.
         :returns: the state after the action.
         :raises ReducerError: a reducer broke the state contract (nothing applied).
         :raises RuntimeError: called from inside a reducer.
+        :raises DurabilityTimeoutError: ``durable`` and the change was not stored in time;
+            it stays applied in memory and the writer keeps retrying it, but it is not
+            durable (``last_error`` holds the storage failure, with its real type).
+        :raises SerializationError: ``durable`` and the persisted slices hold a value the
+            backend cannot store (the action stays applied in memory).
+        :raises StoreClosedError: ``durable`` and the store was closed before the write.
         """
         if not isinstance(action_type, str):
             raise TypeError(f"action_type must be a str, not {type(action_type).__name__}")
@@ -200,7 +213,16 @@ class StateStore:
                 self._batch_actions.extend(applied)
             else:
                 await self._notify(before, self._state, applied)
-        return self._state
+        state = self._state
+        if durable:
+            await self._wait_durable()
+        return state
+
+    async def _wait_durable(self) -> None:
+        """Wait until the persisted slices as they are now are stored (see ``dispatch``)."""
+        engine = self._live_engine() if self._engine is not None else None
+        if engine is not None:
+            await engine.wait_durable()
 
     def _call_chain(self, index: int, applied: list[Action], action: Action) -> Awaitable[State]:
         if index == len(self._middleware):
@@ -327,7 +349,8 @@ class StateStore:
     async def enable_persistence(self, backend: StorageBackend | SyncStore, *,
                                  debounce: float = 0.05, max_delay: float = 1.0,
                                  retry_initial: float = 0.1, retry_max: float = 30.0,
-                                 poll_interval: float | None = 0.5) -> None:
+                                 poll_interval: float | None = 0.5,
+                                 durable_timeout: float = 2.5) -> None:
         """Load the stored state, install its persisted slices, start the background writer.
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
@@ -343,10 +366,15 @@ class StateStore:
         :param poll_interval: seconds between checks for changes committed by other
             processes (built-in backends only); None turns the watch off. Writes merge
             with such changes whatever this is (see ``docs/multiprocess.md``).
+        :param durable_timeout: seconds a ``dispatch(..., durable=True)`` waits for its
+            change to be stored (retrying failed writes) before it raises
+            :class:`~cascadeui.errors.DurabilityTimeoutError`; the default leaves a bot
+            time to answer inside Discord's 3 s interaction window.
         :raises PersistenceError: the stored state cannot be loaded (``StateCorruptedError``,
             ``StorageUnavailableError``); nothing is enabled and the state is untouched.
         :raises RuntimeError: persistence is already enabled with another backend.
-        :raises ValueError: a timing parameter is negative.
+        :raises ValueError: a timing parameter is negative (``durable_timeout`` not
+            positive).
         """
         backend = as_backend(backend)
         if self._engine is not None:
@@ -354,7 +382,8 @@ class StateStore:
                 return
             raise RuntimeError(f"persistence is already enabled with {self._engine.backend!r};"
                                " await store.close() before enabling another backend")
-        timing = Timing(debounce, max_delay, retry_initial, retry_max, poll_interval)
+        timing = Timing(debounce, max_delay, retry_initial, retry_max, poll_interval,
+                        durable_timeout)
         stored, version, rewrite = await load_persisted(backend)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")

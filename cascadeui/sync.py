@@ -416,7 +416,9 @@ def dispatch(action_type: str, payload: Any = None, *,
     :raises RuntimeError: persistence is not set up (call :func:`setup_persistence`).
     :raises LoopReentryError: the store persists on the loop this thread is running;
         use ``await store.dispatch(...)`` and ``await store.flush()`` there.
-    :raises StorageUnavailableError: the write did not become durable.
+    :raises DurabilityTimeoutError: the write did not become durable within the store's
+        ``durable_timeout`` (a :class:`~cascadeui.errors.StorageUnavailableError`).
+    :raises SerializationError: the state holds a value the backend cannot store.
     """
     from cascadeui.store import get_store
 
@@ -428,11 +430,8 @@ def dispatch(action_type: str, payload: Any = None, *,
             "first (or `await store.dispatch(...)` for an in-memory store)")
 
     async def run() -> dict[str, Any]:
-        new_state: dict[str, Any] = await store.dispatch(action_type, payload)
-        if not await store.flush():
-            raise StorageUnavailableError(
-                f"{action_type}: the state was not written to {_where(backend)}",
-                location=_where(backend))
+        # A durable dispatch: failed writes are retried until durable_timeout passes.
+        new_state: dict[str, Any] = await store.dispatch(action_type, payload, durable=True)
         return new_state
 
     loop = _store_loop(store)

@@ -139,10 +139,18 @@ class PersistentView(discord.ui.View):
         found = panels.get(self.state_key, {}) if isinstance(panels, Mapping) else {}
         return MappingProxyType(found) if isinstance(found, dict) else MappingProxyType({})
 
-    async def set_data(self, key: str, value: Any) -> None:
-        """Set one field of :attr:`data` through the store (persisted like any action)."""
+    async def set_data(self, key: str, value: Any, *, durable: bool = True) -> None:
+        """Set one field of :attr:`data` through the store; return once it is stored.
+
+        :param durable: wait until the change is durable in the backend (the default, so
+            a panel answers its user only after the change is saved); False returns at
+            once and the change is written within the store's ``max_delay``.
+        :raises DurabilityTimeoutError: not stored within the store's ``durable_timeout``
+            (the change stays in memory and is retried): tell the user it was not saved.
+        """
         await self.store.dispatch(APPLICATION_SET,
-                                  {"path": [PANELS_KEY, self.state_key, key], "value": value})
+                                  {"path": [PANELS_KEY, self.state_key, key], "value": value},
+                                  durable=durable)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -172,24 +180,27 @@ class PersistentView(discord.ui.View):
                 "could never be restored, and discord.py gives its view a 15-minute timeout")
 
     async def send(self, destination: discord.abc.Messageable, content: str | None = None,
-                   **kwargs: Any) -> discord.Message:
+                   *, durable: bool = True, **kwargs: Any) -> discord.Message:
         """Send this panel to a channel (any Messageable) and record it in the registry.
 
         :param destination: a channel, thread, user, ``PartialMessageable`` ...
+        :param durable: return once the registry entry is stored (see :meth:`set_data`).
         :param kwargs: passed to ``destination.send`` (embed, files, ...).
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         """
         self._refuse_ephemeral(kwargs)
         self.check_persistent()
         message = await destination.send(content, view=self, **kwargs)
-        await self._record(message, guild_id=_guild_of(message))
+        await self._record(message, guild_id=_guild_of(message), durable=durable)
         return message
 
     async def respond(self, interaction: discord.Interaction[Any], content: str | None = None,
-                      **kwargs: Any) -> discord.Message:
+                      *, durable: bool = True, **kwargs: Any) -> discord.Message:
         """Send this panel as the answer to ``interaction`` (a follow-up if already answered).
 
         The panel belongs to ``interaction.user`` unless ``user_id`` was given.
+
+        :param durable: return once the registry entry is stored (see :meth:`set_data`).
 
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         """
@@ -209,10 +220,11 @@ class PersistentView(discord.ui.View):
                 message = await interaction.original_response()
         if self.user_id is None:
             self.user_id = interaction.user.id
-        await self._record(message, guild_id=interaction.guild_id)
+        await self._record(message, guild_id=interaction.guild_id, durable=durable)
         return message
 
-    async def _record(self, message: discord.Message, *, guild_id: int | None) -> None:
+    async def _record(self, message: discord.Message, *, guild_id: int | None,
+                      durable: bool) -> None:
         store = self.store
         previous = store.state["persistent_views"].get(self.state_key)
         self.message_id, self.channel_id, self.guild_id = (
@@ -227,6 +239,8 @@ class PersistentView(discord.ui.View):
             old_view.stop()
         if isinstance(previous, Mapping):
             await _detach(message, previous, self.message_id)
+        if durable:  # after the bookkeeping: a timeout must not leave the panel half-live
+            await store._wait_durable()
 
     def _bind(self, *, store: StateStore, message_id: int, channel_id: int,
               guild_id: int | None, user_id: int | None) -> None:
@@ -239,11 +253,13 @@ class PersistentView(discord.ui.View):
         """Remember this panel as the live one for its key (a re-send stops the old one)."""
         _LIVE[(id(self.store), self.state_key)] = self
 
-    async def exit(self) -> None:
+    async def exit(self, *, durable: bool = True) -> None:
         """Stop listening and remove this panel from the registry (its message stays).
 
         Only the entry that still points at this panel's message is removed, so exiting
         an old copy never unregisters the panel that replaced it.
+
+        :param durable: return once the removal is stored (see :meth:`set_data`).
         """
         store = self.store
         entry = store.state["persistent_views"].get(self.state_key)
@@ -253,7 +269,8 @@ class PersistentView(discord.ui.View):
         if _LIVE.get((id(store), self.state_key)) is self:
             del _LIVE[(id(store), self.state_key)]
         if mine:
-            await store.dispatch(PERSISTENT_VIEW_UNREGISTERED, {"state_key": self.state_key})
+            await store.dispatch(PERSISTENT_VIEW_UNREGISTERED, {"state_key": self.state_key},
+                                 durable=durable)
 
     # -- restoring -----------------------------------------------------------------------
 

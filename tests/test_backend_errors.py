@@ -29,6 +29,7 @@ from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
 from cascadeui.backends import AsyncBackend
 from cascadeui.errors import (
     ConfigurationError,
+    DurabilityTimeoutError,
     LockTimeoutError,
     PersistenceError,
     SerializationError,
@@ -441,9 +442,16 @@ def test_errors_pickle_with_their_fields() -> None:
         StateCorruptedError("bad", location="/x", tried=("/x", "/x.bak")),
         StorageUnavailableError("down", location="redis://h:1/0 key='k'"),
         LockTimeoutError("slow", lock="/x.lock", timeout=2.0, location="/x"),
+        DurabilityTimeoutError("not stored", timeout=2.5, location="/x"),
         ConfigurationError("url"),
         StoreClosedError("closed", location="/x"),
     ]
+    cause = StorageUnavailableError("disk gone", location="/x")
+    with_cause = DurabilityTimeoutError("not stored", timeout=2.5, location="/x",
+                                        last_error=cause)
+    back = pickle.loads(pickle.dumps(with_cause))
+    assert (type(back.last_error), str(back.last_error)) == (type(cause), str(cause))
+    assert (back.timeout, back.location) == (2.5, "/x")
     for err in errors:
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err)
