@@ -235,12 +235,18 @@ class RedisStore(BaseStore):
     :param ttl: seconds of expiry, set and refreshed on every save; ``None`` keeps it forever.
     :param lock_timeout: seconds to wait for the lock, and the lease of a held lock.
     :param socket_timeout: connect and read timeout in seconds.
+    :param client: a synchronous redis-py client you built instead of ``url``: a
+        ``redis.Redis``, ``Sentinel(...).master_for(name)`` or ``RedisCluster(...)``. It
+        stays yours: closing the store does not close it. With a ``RedisCluster`` the other
+        keys are named ``{key}:journal``, ``{key}:version`` and ``{key}:lock`` (unless
+        ``key`` has a hash tag already), so all of them live in ``key``'s slot and every
+        script can run.
     """
 
     def __init__(self, url: str = "redis://localhost", *, key: str = "cascadeui:state",
                  ttl: int | None = None, lock_timeout: float = 10.0,
                  socket_timeout: float = 5.0,
-                 serializer: StateSerializer | None = None) -> None:
+                 serializer: StateSerializer | None = None, client: Any = None) -> None:
         super().__init__(serializer=serializer)
         # redis-py is imported (about half a second) and the client built on first use,
         # in the worker thread: constructors run on the event loop and must not stall it.
@@ -251,17 +257,23 @@ class RedisStore(BaseStore):
             raise ConfigurationError(f"ttl must be a positive number of seconds, not {ttl!r}")
         if not key:
             raise ConfigurationError("key must be a non-empty string")
+        self._given = client
+        if client is not None:
+            url = _client_url(client)
         self.url = redact_url(url)
         self._secrets = url_secrets(url)
         self.key = key
         self.ttl = ttl
         self.lock_timeout = lock_timeout
         self.location = f"{self.url} key={key!r}"
-        self.version_key = f"{key}:version"
-        self.lock_key = f"{key}:lock"
-        self.journal_key = f"{key}:journal"
+        # In a cluster every key of one state must hash to one slot (the scripts touch all
+        # of them). A key without a hash tag hashes whole, so "{key}:x" lands in its slot.
+        base = f"{{{key}}}" if _is_cluster(client) and not _has_hash_tag(key) else key
+        self.version_key = f"{base}:version"
+        self.lock_key = f"{base}:lock"
+        self.journal_key = f"{base}:journal"
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in ("redis", "rediss", "unix"):
+        if scheme not in ("redis", "rediss", "unix", "redis-cluster", "redis-sentinel"):
             raise ConfigurationError(
                 f"bad Redis URL {self.url}: use redis://, rediss:// or unix://")
         self._raw_url = url
@@ -285,6 +297,10 @@ class RedisStore(BaseStore):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        if self._given is not None:
+            client = self._given
+            self._register_scripts(client)
+            return client
         try:
             # One quick retry (a pooled connection the server dropped), not redis-py's
             # default seconds of backoff: an outage must reach save_state fast.
@@ -296,11 +312,14 @@ class RedisStore(BaseStore):
             raise ConfigurationError(
                 f"bad Redis URL {self.url}: {redact_secret(str(exc), self._secrets)}",
                 location=self.location) from None
+        self._register_scripts(client)
+        return client
+
+    def _register_scripts(self, client: Any) -> None:
         self._commit = client.register_script(_COMMIT)
         self._append = client.register_script(_APPEND)
         self._changes = client.register_script(_CHANGES)
         self._release_lock = client.register_script(_RELEASE)
-        return client
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -676,6 +695,36 @@ class RedisStore(BaseStore):
     def _release(self) -> None:
         with self._build_lock:
             client, self._built = self._built, None
-        if client is not None:
+        if client is not None and client is not self._given:  # a given client stays theirs
             client.close()
             client.connection_pool.disconnect()
+
+
+def _is_cluster(client: Any) -> bool:
+    if client is None or "redis.cluster" not in sys.modules:
+        return False
+    import redis.cluster
+
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def _has_hash_tag(key: str) -> bool:
+    """Redis Cluster hashes only the part between the first ``{`` and the next ``}``."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
+def _client_url(client: Any) -> str:
+    """A URL naming where a user-built client points, for messages (never a password)."""
+    if _is_cluster(client):
+        node = client.get_default_node()
+        return f"redis-cluster://{node.host}:{node.port}"
+    pool = getattr(client, "connection_pool", None)
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # Sentinel(...).master_for(service)
+        return f"redis-sentinel://{service}"
+    kwargs = getattr(pool, "connection_kwargs", {})
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return (f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            f"/{kwargs.get('db', 0)}")

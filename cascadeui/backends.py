@@ -322,13 +322,15 @@ class RedisBackend(AsyncBackend[RedisStore]):
     :param url: Redis connection URL; a password in it never appears in reprs or logs.
     :param key: the key holding the state.
     :param ttl: optional expiry in seconds.
+    :param client: a redis-py client you built instead of ``url`` (``RedisCluster``,
+        ``Sentinel(...).master_for(...)``); it stays yours to close.
     """
 
     def __init__(self, url: str = "redis://localhost", key: str = "cascadeui:state",
                  ttl: int | None = None, *, lock_timeout: float = 10.0,
-                 socket_timeout: float = 5.0) -> None:
+                 socket_timeout: float = 5.0, client: Any = None) -> None:
         super().__init__(RedisStore(url, key=key, ttl=ttl, lock_timeout=lock_timeout,
-                                    socket_timeout=socket_timeout))
+                                    socket_timeout=socket_timeout, client=client))
         self.url = self.store.url
         self.key = key
         self.ttl = ttl

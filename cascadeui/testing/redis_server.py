@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -79,12 +80,16 @@ class RedisServer:
     :param appendonly: ``--appendonly yes`` (default: no persistence at all).
     :param fsync_always: with ``appendonly``, ``--appendfsync always``.
     :param timeout: seconds :meth:`start` waits for PING.
+    :param args: more server arguments, after ours (``("--cluster-enabled", "yes")``,
+        ``("--replicaof", host, port)``); a first argument naming a config file that ends
+        in ``.conf`` is passed first, as redis-server wants it (``--sentinel`` needs one).
     :raises FileNotFoundError: no ``binary`` given and none found.
     """
 
     def __init__(self, binary: str | None = None, *, port: int | None = None,
                  workdir: str | os.PathLike[str] | None = None, appendonly: bool = False,
-                 fsync_always: bool = False, timeout: float = 10.0) -> None:
+                 fsync_always: bool = False, timeout: float = 10.0,
+                 args: Sequence[str] = ()) -> None:
         found = binary or find_server_binary()
         if found is None:
             raise FileNotFoundError(
@@ -94,6 +99,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.fsync_always = fsync_always
         self.timeout = timeout
+        self.args = tuple(args)
         self._own_dir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="cascadeui-redis-")
                             if workdir is None else workdir)
@@ -111,11 +117,14 @@ class RedisServer:
         return self._proc is not None and self._proc.poll() is None
 
     def _argv(self) -> list[str]:
-        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+        extra = list(self.args)
+        conf = [extra.pop(0)] if extra and extra[0].endswith(".conf") else []
+        argv = [self.binary, *conf, "--port", str(self.port), "--bind", HOST, "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no"]
         if self.appendonly and self.fsync_always:
             argv += ["--appendfsync", "always"]
-        return [*argv, "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning"]
+        return [*argv, "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning",
+                *extra]
 
     def start(self) -> None:
         """Start the server and wait until it answers PING (a no-op when it runs).

@@ -1,0 +1,122 @@
+"""Redis beyond one server: a user-built client for a Redis Cluster and for Sentinel.
+
+Real servers on loopback ports (``cascadeui.testing.redis_topologies``): a three-master
+cluster formed with CLUSTER MEET/ADDSLOTSRANGE, and one master, one replica and three
+sentinels whose master is SIGKILLed while a store writes (issue 14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+import redis.sentinel
+
+from cascadeui.actions import APPLICATION_SET
+from cascadeui.adapters import RedisStore
+from cascadeui.persistence import RedisBackend
+from cascadeui.store import StateStore
+from cascadeui.testing.redis_topologies import RedisClusterServers, SentinelServers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    with RedisClusterServers(masters=3) as servers:
+        yield servers
+
+
+@pytest.fixture
+def cluster_client(cluster: RedisClusterServers) -> Iterator[Any]:
+    client = redis.cluster.RedisCluster(host=cluster.host, port=cluster.ports[0],
+                                        socket_timeout=2)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_cluster_keys_share_one_slot(cluster_client: Any) -> None:
+    store = RedisStore(client=cluster_client, key="bot:state")
+    keys = [store.key, store.journal_key, store.version_key, store.lock_key]
+    assert keys[1:] == ["{bot:state}:journal", "{bot:state}:version", "{bot:state}:lock"]
+    assert len({cluster_client.keyslot(k) for k in keys}) == 1
+    tagged = RedisStore(client=cluster_client, key="{bot}:state")
+    assert tagged.journal_key == "{bot}:state:journal"  # a hash tag of the user's is kept
+    plain = RedisStore("redis://127.0.0.1:1/0", key="bot:state")
+    assert plain.journal_key == "bot:state:journal"  # a single server's layout is unchanged
+    assert "redis-cluster://" in store.location
+
+
+def test_cluster_store_saves_journals_and_transacts(cluster_client: Any) -> None:
+    key = f"cascadeui:test:{time.monotonic_ns()}"
+    store = RedisStore(client=cluster_client, key=key)
+    try:
+        store.save({"application": {"n": 1}, "persistent_views": {}})
+        _doc, version = store.load_versioned()
+        whole = {"application": {"n": 2}, "persistent_views": {}}
+        new = store.save_changes([(("application", "n"), 2)], version,
+                                 full=lambda: store.serializer.serialize(whole))
+        assert new is not None
+        assert new > version
+        assert cluster_client.llen(store.journal_key) == 1  # an append, not a rewrite
+        records, now = store.load_changes(version) or ([], -1)
+        assert now == new
+        assert len(records) == 1  # one record: catching up reads it, not the document
+        with store.transaction() as state:
+            state["application"]["n"] += 1
+        assert store.load()["application"]["n"] == 3
+    finally:
+        store.close()
+    assert cluster_client.ping()  # the client stays the user's: closing the store kept it
+
+
+@pytest.mark.anyio
+async def test_a_store_on_a_cluster_persists_through_the_engine(cluster_client: Any) -> None:
+    key = f"cascadeui:engine:{time.monotonic_ns()}"
+    first = StateStore()
+    await first.enable_persistence(RedisBackend(client=cluster_client, key=key))
+    for n in range(20):
+        await first.dispatch(APPLICATION_SET, {"path": ["n"], "value": n})
+    assert await first.flush()
+    second = StateStore()
+    await second.enable_persistence(RedisBackend(client=cluster_client, key=key))
+    assert second.state["application"]["n"] == 19
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.anyio
+async def test_a_store_continues_on_the_promoted_replica() -> None:
+    with SentinelServers(replicas=1, sentinels=3, down_after_ms=800) as ha:
+        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
+        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        store = StateStore()
+        await store.enable_persistence(RedisBackend(client=client, key="ha:state"),
+                                       retry_initial=0.05, retry_max=0.5)
+        for n in range(10):
+            await store.dispatch(APPLICATION_SET, {"path": ["n"], "value": n})
+            assert await store.flush()
+        # Everything acknowledged so far reached the replica before the crash.
+        assert client.execute_command("WAIT", 1, 2000) == 1
+        await asyncio.to_thread(ha.kill_master)
+        await store.dispatch(APPLICATION_SET, {"path": ["after"], "value": True})
+        deadline = time.monotonic() + 20
+        while not await store.flush():  # the engine retries until the new master answers
+            assert time.monotonic() < deadline, store.last_write_error
+            await asyncio.sleep(0.1)
+        reader = StateStore()
+        await reader.enable_persistence(RedisBackend(client=client, key="ha:state"))
+        assert reader.state["application"] == {"n": 9, "after": True}
+        await reader.close()
+        await store.close()
+        client.close()
