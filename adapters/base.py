@@ -76,7 +76,7 @@ class BaseStore:
     location: str
 
     def __init__(self, *, serializer: StateSerializer | None = None) -> None:
-        self.serializer = serializer or StateSerializer()
+        self.serializer: StateSerializer = serializer or StateSerializer()
         self._closed = False
         self._lifecycle = threading.Lock()
 

@@ -90,7 +90,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FileStore"]
 
-log = logging.getLogger("cascadeui.adapters.file")
+log: logging.Logger = logging.getLogger("cascadeui.adapters.file")
 
 #: (inode, mtime_ns, ctime_ns, size): every full save makes a new inode while the old one
 #: still exists, so the signature of the main file changes on every full commit.
@@ -233,13 +233,13 @@ class FileStore(BaseStore):
         super().__init__(serializer=serializer)
         if backups < 0:
             raise ValueError("backups must be >= 0")
-        self.path = Path(os.fspath(path)).absolute()
-        self.location = str(self.path)
+        self.path: Path = Path(os.fspath(path)).absolute()
+        self.location: str = str(self.path)
         self.backups = backups
         self.lock_timeout = lock_timeout
-        self.lock_path = Path(f"{self.path}.lock")
+        self.lock_path: Path = Path(f"{self.path}.lock")
         #: The change journal appended after the snapshot at :attr:`path`.
-        self.journal_path = Path(f"{self.path}.journal")
+        self.journal_path: Path = Path(f"{self.path}.journal")
         self._lock = FileLock(self.lock_path, timeout=lock_timeout, mode=0o600)
         self._known_good: _Signature | None = None
         #: A journal file this store read (or wrote) whole and found good.

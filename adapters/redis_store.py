@@ -260,18 +260,18 @@ class RedisStore(BaseStore):
         self._given = client
         if client is not None:
             url = _client_url(client)
-        self.url = redact_url(url)
+        self.url: str = redact_url(url)
         self._secrets = url_secrets(url)
         self.key = key
         self.ttl = ttl
         self.lock_timeout = lock_timeout
-        self.location = f"{self.url} key={key!r}"
+        self.location: str = f"{self.url} key={key!r}"
         # In a cluster every key of one state must hash to one slot (the scripts touch all
         # of them). A key without a hash tag hashes whole, so "{key}:x" lands in its slot.
         base = f"{{{key}}}" if _is_cluster(client) and not _has_hash_tag(key) else key
-        self.version_key = f"{base}:version"
-        self.lock_key = f"{base}:lock"
-        self.journal_key = f"{base}:journal"
+        self.version_key: str = f"{base}:version"
+        self.lock_key: str = f"{base}:lock"
+        self.journal_key: str = f"{base}:journal"
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix", "redis-cluster", "redis-sentinel"):
             raise ConfigurationError(
@@ -547,10 +547,7 @@ class RedisStore(BaseStore):
 
     def _parse_version(self, reply: Any) -> int:
         """The version counter from its GET reply (0 when the key does not exist)."""
-        import redis.exceptions as rex
-
-        if isinstance(reply, rex.ResponseError):
-            self._check_reply(reply, f"{self.version_key!r} holds another Redis type")
+        self._check_reply(reply, f"{self.version_key!r} holds another Redis type")
         try:
             return int(reply) if reply is not None else 0
         except ValueError:  # garbage planted under the key (issue 7, test_fuzz_load)

@@ -107,11 +107,11 @@ class SQLiteStore(BaseStore):
         if not table.isidentifier():
             raise ValueError(f"table name must be an identifier, not {table!r}")
         raw = os.fspath(path)
-        self.path = raw if raw == ":memory:" else str(Path(raw).absolute())
-        self.location = f"sqlite:///{self.path}"
+        self.path: str = raw if raw == ":memory:" else str(Path(raw).absolute())
+        self.location: str = f"sqlite:///{self.path}"
         self.timeout = timeout
         self.table = table
-        self.journal_table = f"{table}_journal"
+        self.journal_table: str = f"{table}_journal"
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._mutex = threading.RLock()

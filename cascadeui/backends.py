@@ -23,6 +23,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
@@ -50,7 +51,7 @@ __all__ = [
     "as_backend",
 ]
 
-log = logging.getLogger("cascadeui.persistence")
+log: logging.Logger = logging.getLogger("cascadeui.persistence")
 
 S = TypeVar("S", bound=SyncStore)
 
@@ -160,20 +161,17 @@ class AsyncBackend(Generic[S]):
         worker.start()
         # Shielded waits: a cancelled caller still waits for the holder thread to finish,
         # so the lock is never left held by a transaction nobody will end.
-        with anyio.CancelScope(shield=True):
-            kind, value = await anyio.to_thread.run_sync(replies.get)
+        kind, value = await _shielded_get(replies)
         if kind == "error":
             raise value
         try:
             yield value
         except BaseException as exc:
             commands.put(exc)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(replies.get)
+            await _shielded_get(replies)
             raise
         commands.put(None)
-        with anyio.CancelScope(shield=True):
-            kind, value = await anyio.to_thread.run_sync(replies.get)
+        kind, value = await _shielded_get(replies)
         if kind == "error":
             raise value
 
@@ -281,6 +279,14 @@ class AsyncBackend(Generic[S]):
         return f"<{type(self).__name__} {self.location}>"
 
 
+async def _shielded_get(replies: queue.SimpleQueue[tuple[str, Any]]) -> tuple[str, Any]:
+    """The next reply of a transaction's holder thread, waited for even when cancelled."""
+    with anyio.CancelScope(shield=True):
+        return await anyio.to_thread.run_sync(replies.get)
+    # A shielded scope re-raises what its body raised; this only tells the type checkers.
+    raise AssertionError("unreachable")
+
+
 class _AbortError(Exception):
     """Internal: unwinds the adapter's transaction without committing."""
 
@@ -296,7 +302,7 @@ class FileStorageBackend(AsyncBackend[FileStore]):
     def __init__(self, file_path: str | os.PathLike[str], *, backups: int = 1,
                  lock_timeout: float = 10.0) -> None:
         super().__init__(FileStore(file_path, backups=backups, lock_timeout=lock_timeout))
-        self.file_path = self.store.path
+        self.file_path: Path = self.store.path
 
 
 class SQLiteBackend(AsyncBackend[SQLiteStore]):
@@ -311,7 +317,7 @@ class SQLiteBackend(AsyncBackend[SQLiteStore]):
     def __init__(self, db_path: str | os.PathLike[str] = "cascadeui.db", *,
                  timeout: float = 10.0) -> None:
         super().__init__(SQLiteStore(db_path, timeout=timeout))
-        self.db_path = self.store.path
+        self.db_path: str = self.store.path
 
 
 class RedisBackend(AsyncBackend[RedisStore]):
@@ -331,7 +337,7 @@ class RedisBackend(AsyncBackend[RedisStore]):
                  socket_timeout: float = 5.0, client: Any = None) -> None:
         super().__init__(RedisStore(url, key=key, ttl=ttl, lock_timeout=lock_timeout,
                                     socket_timeout=socket_timeout, client=client))
-        self.url = self.store.url
+        self.url: str = self.store.url
         self.key = key
         self.ttl = ttl
 

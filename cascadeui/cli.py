@@ -43,7 +43,7 @@ from cascadeui.serializer import StateSerializer
 
 __all__ = ["main"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 _WRITABLE_SLICES = ("application", "persistent_views")
 #: ``migrate`` shows its progress bar on a terminal from this source size up.

@@ -178,10 +178,12 @@ def set_path(state: dict[str, Any], path: str, value: Any) -> None:
         else:
             where = format_path([s.text for s in segs[:depth]])
             raise TypeError(f"{path}: {where} holds a {type(node).__name__}, not a container")
+        # Any again: node is a dict or a list here, and key is what _lookup found in it.
+        container: Any = node
         if last:
-            node[key] = value
+            container[key] = value
         else:
-            node = node[key]
+            node = container[key]
 
 
 # -- the snapshot ------------------------------------------------------------------------
@@ -360,7 +362,7 @@ class Snapshot:
         self.modified = modified
         self.version = version
         self.backups: list[BackupInfo] = list(backups or [])
-        self.taken_at = taken_at or datetime.now(timezone.utc)
+        self.taken_at: datetime = taken_at or datetime.now(timezone.utc)
 
     @property
     def application(self) -> Any:

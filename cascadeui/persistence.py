@@ -54,7 +54,7 @@ __all__ = [
     "migrate_storage",
 ]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 

@@ -59,7 +59,7 @@ from .views import PersistentView, get_view_class
 __all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",
            "RESTORE_FAILED", "RestoreSummary", "panel_shard", "setup_persistence"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 #: The JSON file used when neither ``file_path`` nor ``backend`` is given.
 DEFAULT_FILE = "cascadeui_state.json"

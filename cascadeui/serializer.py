@@ -371,7 +371,7 @@ class SnapshotEncoder:
 
     def __init__(self, serializer: StateSerializer | None = None, *, levels: int = 3,
                  wide: int = 64) -> None:
-        self.serializer = serializer or StateSerializer()
+        self.serializer: StateSerializer = serializer or StateSerializer()
         self.levels = levels
         self.wide = wide
         self._memo: dict[int, tuple[Any, str]] = {}

@@ -53,7 +53,7 @@ __all__ = [
     "set_in",
 ]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 #: ``middleware(action, call_next) -> new state``; ``call_next`` runs the rest of the chain.
 Middleware = Callable[[Action, Callable[[Action], Awaitable[State]]], Awaitable[State]]

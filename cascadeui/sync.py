@@ -54,7 +54,7 @@ __all__ = [
     "transaction",
 ]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Target = Any  # a backend, an adapter, or a path/URL string: checked at run time
@@ -280,6 +280,7 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
             with r.adapter.transaction() as state:
                 yield state
             return
+        factory: Callable[[], contextlib.AbstractAsyncContextManager[dict[str, Any]]] | None
         factory = getattr(r.backend, "transaction", None)
         if not callable(factory):
             raise TypeError(

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PersistentView", "get_view_class", "registered_views", "unregister_view_class"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[PersistentView]] = {}
 # (id(store), state_key) -> the live view sent or restored in this process

@@ -29,12 +29,13 @@ from types import TracebackType
 from typing import Any
 
 import discord
+import discord.http
 from aiohttp import web
 from discord.ext import commands
 
 __all__ = ["DiscordDouble", "Failure", "logged_in_bot", "mark_ready"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 #: Discord's JSON error codes the double answers with.
 UNKNOWN_CHANNEL = 10003
@@ -85,13 +86,13 @@ class DiscordDouble:
         self.requests: Counter[str] = Counter()
         #: ``GET`` requests per message id (a sharded restore must fetch each message once).
         self.message_fetches: Counter[int] = Counter()
-        self.rate_limited = 0
+        self.rate_limited: int = 0
         #: Requests being served right now, and the most ever served at once.
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.in_flight: int = 0
+        self.max_in_flight: int = 0
         self.callbacks: list[dict[str, Any]] = []
         self.channels: dict[int, _Channel] = {}
-        self.bot_user = self._user(_EPOCH + 1, "cascadeui-double", bot=True)
+        self.bot_user: dict[str, Any] = self._user(_EPOCH + 1, "cascadeui-double", bot=True)
         self.application_id = _EPOCH + 2
         self._ids = itertools.count(_EPOCH + 1000)
         self._failures: dict[tuple[str, int], Failure] = {}
@@ -101,7 +102,7 @@ class DiscordDouble:
         self._window: tuple[float, int] = (0.0, 0)
         self._runner: web.AppRunner | None = None
         self._saved_base: str | None = None
-        self.base_url = ""
+        self.base_url: str = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 

