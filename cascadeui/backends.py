@@ -84,7 +84,7 @@ class AsyncBackend(Generic[S]):
         self._journal: JournaledStore | None = (
             store if isinstance(store, JournaledStore) and self._versioned is not None
             else None)
-        probe = getattr(store, "version", None)
+        probe: Callable[[], int] | None = getattr(store, "version", None)
         self._version: Callable[[], int] | None = probe if callable(probe) else None
 
     @property

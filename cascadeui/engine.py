@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MISSING", "Engine", "Timing", "is_bad_data", "load_persisted", "same_backend"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 #: A slice value no state holds: "nothing known to be durable".
 MISSING: Any = object()

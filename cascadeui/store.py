@@ -293,6 +293,7 @@ class StateStore:
     async def _notify(self, old: State, new: State, applied: list[Action]) -> None:
         if not self._subs:
             return
+        action: Action
         if len(applied) == 1:
             action = applied[0]
             types = {action["type"]}
