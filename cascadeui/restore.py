@@ -154,9 +154,10 @@ def _shards_of(bot: discord.Client) -> _Shards | None:
     count = getattr(bot, "shard_count", None)
     if not isinstance(count, int) or count <= 1:
         return None
-    ids = getattr(bot, "shard_ids", None)
-    if ids is None and isinstance(getattr(bot, "shard_id", None), int):
-        ids = [bot.shard_id]
+    ids: list[int] | None = getattr(bot, "shard_ids", None)
+    shard_id = getattr(bot, "shard_id", None)
+    if ids is None and isinstance(shard_id, int):
+        ids = [shard_id]
     if ids is None:
         return None
     owned = frozenset(int(i) for i in ids)
