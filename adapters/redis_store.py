@@ -241,12 +241,18 @@ class RedisStore(BaseStore):
         keys are named ``{key}:journal``, ``{key}:version`` and ``{key}:lock`` (unless
         ``key`` has a hash tag already), so all of them live in ``key``'s slot and every
         script can run.
+    :param wait_aof: a commit returns only once the server has fsynced it to its
+        append-only file (``WAITAOF 1 0``, Redis 7.2+ / Valkey): a write survives a server
+        crash or power cut, not just a client crash. Needs ``appendonly yes`` on the server
+        (checked on first use: :class:`~cascadeui.errors.ConfigurationError` otherwise). Off
+        by default: Redis then acknowledges a write once it is in the server's memory.
     """
 
     def __init__(self, url: str = "redis://localhost", *, key: str = "cascadeui:state",
                  ttl: int | None = None, lock_timeout: float = 10.0,
                  socket_timeout: float = 5.0,
-                 serializer: StateSerializer | None = None, client: Any = None) -> None:
+                 serializer: StateSerializer | None = None, client: Any = None,
+                 wait_aof: bool = False) -> None:
         super().__init__(serializer=serializer)
         # redis-py is imported (about half a second) and the client built on first use,
         # in the worker thread: constructors run on the event loop and must not stall it.
@@ -278,6 +284,7 @@ class RedisStore(BaseStore):
                 f"bad Redis URL {self.url}: use redis://, rediss:// or unix://")
         self._raw_url = url
         self._socket_timeout = socket_timeout
+        self.wait_aof = wait_aof
         self._built: Any = None
         self._build_lock = threading.Lock()
         #: The compaction budget's inputs as of this store's last read or write.
@@ -320,6 +327,43 @@ class RedisStore(BaseStore):
         self._append = client.register_script(_APPEND)
         self._changes = client.register_script(_CHANGES)
         self._release_lock = client.register_script(_RELEASE)
+        if self.wait_aof:
+            self._check_aof(client)
+
+    def _check_aof(self, client: Any) -> None:
+        """Refuse ``wait_aof`` on a server without WAITAOF or without an append-only file."""
+        import redis.exceptions as rex
+
+        try:
+            info = client.info("persistence")
+            client.execute_command("WAITAOF", 0, 0, 1)  # unknown command before 7.2
+        except rex.ResponseError as exc:
+            raise ConfigurationError(
+                f"{self.location}: wait_aof needs WAITAOF (Redis 7.2+ or Valkey); the "
+                f"server says: {self._redacted(exc)}", location=self.location) from None
+        if not int(info.get("aof_enabled", 0)):
+            raise ConfigurationError(
+                f"{self.location}: wait_aof needs the server's append-only file "
+                "(appendonly yes)", location=self.location)
+
+    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> int:
+        """Run a commit script; with ``wait_aof``, also wait until the server fsynced it.
+
+        WAITAOF waits for the writes of the connection it is sent on, so both go in one
+        pipeline (one connection, one round trip).
+        """
+        if not self.wait_aof:
+            return int(script(keys=keys, args=args))
+        pipe = self._client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        wait_ms = max(1, int(self._socket_timeout * 800))  # answered before the socket gives up
+        pipe.execute_command("WAITAOF", 1, 0, wait_ms)
+        result, (local, _replicas) = pipe.execute()
+        if int(result) >= 0 and int(local) < 1:
+            raise StorageUnavailableError(
+                f"{self.location}: the commit was not fsynced to the append-only file "
+                f"within {wait_ms} ms", location=self.location)
+        return int(result)
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -585,9 +629,9 @@ class RedisStore(BaseStore):
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.001
         while True:
-            result = int(self._append(
-                keys=[self.key, self.version_key, self.lock_key, self.journal_key],
-                args=[sizes.version, sizes.records, record, self.ttl or 0]))
+            result = self._run_script(
+                self._append, [self.key, self.version_key, self.lock_key, self.journal_key],
+                [sizes.version, sizes.records, record, self.ttl or 0])
             if result == _BUSY:
                 delay = self._wait_for_lock(deadline, delay)
                 continue
@@ -615,12 +659,13 @@ class RedisStore(BaseStore):
 
         :returns: the new version.
         """
-        if len(data) > self.lua_max_bytes:
+        # WATCH/MULTI releases its connection at EXEC, before a WAITAOF could follow it.
+        if len(data) > self.lua_max_bytes and not self.wait_aof:
             result = self._write_watched(token, data)
         else:
-            result = int(self._commit(
-                keys=[self.key, self.version_key, self.lock_key, self.journal_key],
-                args=[token, data, self.ttl or 0]))
+            result = self._run_script(
+                self._commit, [self.key, self.version_key, self.lock_key, self.journal_key],
+                [token, data, self.ttl or 0])
         self._raise_for(result)
         self._sizes = _Sizes(result, 0, 0, len(data))
         return result

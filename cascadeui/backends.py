@@ -330,13 +330,19 @@ class RedisBackend(AsyncBackend[RedisStore]):
     :param ttl: optional expiry in seconds.
     :param client: a redis-py client you built instead of ``url`` (``RedisCluster``,
         ``Sentinel(...).master_for(...)``); it stays yours to close.
+    :param wait_aof: every commit waits until the server fsynced it to its append-only file
+        (``WAITAOF``, Redis 7.2+ / Valkey, ``appendonly yes``), so a durable dispatch
+        survives a server crash too. Off: Redis acknowledges what is in its memory, and is
+        only as durable as the server's own ``appendonly``/``appendfsync`` settings.
     """
 
     def __init__(self, url: str = "redis://localhost", key: str = "cascadeui:state",
                  ttl: int | None = None, *, lock_timeout: float = 10.0,
-                 socket_timeout: float = 5.0, client: Any = None) -> None:
+                 socket_timeout: float = 5.0, client: Any = None,
+                 wait_aof: bool = False) -> None:
         super().__init__(RedisStore(url, key=key, ttl=ttl, lock_timeout=lock_timeout,
-                                    socket_timeout=socket_timeout, client=client))
+                                    socket_timeout=socket_timeout, client=client,
+                                    wait_aof=wait_aof))
         self.url: str = self.store.url
         self.key = key
         self.ttl = ttl

