@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Power-cut campaign (issue 16): what was acknowledged survives losing every unsynced write.
+
+For each backend (the JSON file adapter, SQLite), a writer process runs under ``strace``
+(:mod:`cascadeui.testing.powercut`) and commits generation after generation through the
+adapter's whole protocol: journal appends (``save_changes``), compactions (the journal
+budget is lowered so one comes every few appends), full saves with ``.bak`` rotation,
+``transaction()``, ``save_if_version``, and closing and reopening the store (a new store
+appends to a journal it did not write; SQLite checkpoints and deletes its WAL). Before a
+call it marks ``start <g>``; once the call returned, ``ack <g>``.
+
+Every point between two recorded system calls is a power cut. For each cut, every crash
+state POSIX allows (unsynced writes dropped, a prefix of them kept, the next one torn or
+zeros; pending directory changes kept or lost in any combination) is written to a fresh
+directory and loaded with a fresh adapter. Each state must:
+
+- load, or raise a typed :class:`~cascadeui.errors.PersistenceError` leaving every file
+  as it was;
+- be exactly the state of one generation ``g`` with ``last ack <= g <= last start``:
+  nothing acknowledged lost, nothing torn or mixed;
+- take one more commit (``save_changes``) and read it back (a crash state is recoverable);
+- for the file: every ``.bak`` generation present is a whole state written earlier.
+
+Full size (the numbers in docs/reliability.md)::
+
+    .venv-test/bin/python scripts/powercut_campaign.py --cuts 1000
+
+Small size (what tests/test_powercut.py runs)::
+
+    .venv-test/bin/python scripts/powercut_campaign.py --cuts 40 --gens 12
+
+The last line is ``N cuts, M crash states, K acknowledged changes, L lost``; the line
+before it is a JSON summary. Exit status 1 if anything was lost or a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from cascadeui.errors import PersistenceError
+from cascadeui.merge import diff
+from cascadeui.serializer import StateSerializer
+from cascadeui.testing.powercut import (
+    CrashState,
+    Op,
+    crash_states,
+    materialise,
+    parse_trace,
+    record,
+)
+
+BACKENDS = ("file", "sqlite")
+NAMES = {"file": "state.json", "sqlite": "state.db"}
+#: The journal budget in the writer: a compaction every few appends.
+JOURNAL_BUDGET = 1500
+
+
+# -- the states written ---------------------------------------------------------------------
+
+
+def expected(g: int) -> dict[str, Any]:
+    """Generation ``g``: every field derives from ``g``, so a mixed state cannot pass."""
+    if g == 0:
+        return {}
+    app: dict[str, Any] = {"gen": g, "pad": f"{g // 4:04d}" * 80}
+    for k in range(5):  # slot k holds the last generation <= g that is k mod 5
+        last = g - ((g - k) % 5)
+        if last > 0:
+            app[f"slot{k}"] = last
+    if g % 3 == 0:
+        app["every_third"] = {"g": g, "set": {g, g + 1}}
+    return {"application": app}
+
+
+def generation(state: dict[str, Any]) -> int | None:
+    """The generation ``state`` is exactly, or None when it is none of them."""
+    if state == {}:
+        return 0
+    try:
+        g = state["application"]["gen"]
+    except (KeyError, TypeError):
+        return None
+    return g if isinstance(g, int) and state == expected(g) else None
+
+
+def schedule(g: int, rng: random.Random, backend: str) -> str:
+    """Which call commits generation ``g``: mostly appends, the rest of the protocol too."""
+    if g == 1:
+        return "save"
+    roll = rng.random()
+    if g % 10 == 0:
+        return "reopen"
+    if g % 10 == 5 and backend == "file":
+        return "tear"
+    if roll < 0.12:
+        return "save"
+    if roll < 0.20:
+        return "transaction"
+    if roll < 0.26:
+        return "cas"
+    return "append"
+
+
+# -- the writer (runs under strace) ---------------------------------------------------------
+
+
+#: Deliberately broken writers, to show the campaign notices a loss (``--sabotage``).
+SABOTAGE = {"file": ("no-fsync", "no-dir-fsync"), "sqlite": ("sync-normal", "sync-off")}
+
+
+def make_store(backend: str, path: Path, sabotage: str = "", backups: int = 2) -> Any:
+    from cascadeui.adapters import FileStore, SQLiteStore
+
+    if backend == "file":
+        return FileStore(path, backups=backups, lock_timeout=5.0)
+    store = SQLiteStore(path, timeout=5.0)
+    # A checkpoint every few commits, so cuts land in checkpoints too (SQLite's default
+    # is every 1000 pages). Test-only use of the store's connection.
+    with store._connection() as conn:
+        conn.execute("PRAGMA wal_autocheckpoint = 3")
+        if sabotage:  # NORMAL: WAL commits are not fsynced; OFF: nothing is
+            conn.execute(f"PRAGMA synchronous = {sabotage.split('-')[1].upper()}")
+    return store
+
+
+def sabotage_file(kind: str) -> None:
+    """Break the JSON file adapter in this (writer) process only."""
+    from cascadeui.adapters import FileStore
+
+    if kind == "no-fsync":
+        def skip(fd: int) -> None:
+            return None
+
+        os.fsync = skip
+    elif kind == "no-dir-fsync":
+        FileStore._fsync_dir = lambda self: None  # type: ignore[method-assign]
+
+
+def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -> None:
+    from cascadeui.adapters import journal
+
+    if sabotage and backend == "file":
+        sabotage_file(sabotage)
+
+    journal.JOURNAL_MIN_BYTES = JOURNAL_BUDGET  # should_compact reads it at each call
+    marks = os.open("/dev/null", os.O_WRONLY)
+
+    def mark(text: str) -> None:
+        os.write(marks, b"PCMARK " + text.encode())
+
+    ser = StateSerializer()
+    path = root / NAMES[backend]
+    rng = random.Random(seed)
+    backups = seed % 3  # 0, 1 or 2 .bak generations
+    store = make_store(backend, path, sabotage, backups)
+    current, version = store.load_versioned()
+    for g in range(1, gens + 1):
+        kind = schedule(g, rng, backend)
+        new = expected(g)
+        mark(f"start {g} {kind}")
+        if kind == "tear":
+            # What a writer killed mid-append leaves behind: half a record at the end of
+            # the journal and a temp file. The next store must append past the first
+            # (rewriting the journal without it) and sweep the second.
+            with open(path.with_name(path.name + ".journal"), "ab") as fh:
+                fh.write(b'0badc0de {"ops":[[["application","gen"],')
+            path.with_name(f".{path.name}.killed.tmp").write_bytes(b'{"half":')
+            kind = "reopen"
+        if kind == "reopen":
+            store.close()
+            store = make_store(backend, path, sabotage, backups)
+            current, version = store.load_versioned()
+            kind = "append"
+        if kind == "append":
+            result = store.save_changes(diff(current, new), version,
+                                        full=lambda new=new: ser.serialize(new))
+        elif kind == "save":
+            store.save(new)
+            result = store.version()
+        elif kind == "transaction":
+            with store.transaction() as state:
+                state.clear()
+                state.update(new)
+            result = store.version()
+        else:
+            result = store.save_if_version(new, version)
+        if result is None:
+            raise SystemExit(f"generation {g}: {kind} found the version moved")
+        mark(f"ack {g}")
+        if backend == "file":  # inode numbers, to rebind journal headers (see rebind)
+            for name in sorted(os.listdir(root)):
+                st = os.lstat(root / name)
+                mark(f"ino {name} {st.st_ino} {st.st_mtime_ns}")
+        current, version = new, result
+    store.close()
+
+
+# -- checking crash states ------------------------------------------------------------------
+
+
+def inode_map(ops: list[Op]) -> dict[tuple[int, int], int]:
+    """(real inode, mtime_ns) -> the trace's inode, from the writer's ``ino`` marks."""
+    entries: dict[str, int] = {}
+    found: dict[tuple[int, int], int] = {}
+    for op in ops:
+        if op.kind == "entry":
+            for p, ino in op.entries:
+                if ino is None:
+                    entries.pop(p, None)
+                else:
+                    entries[p] = ino
+        elif op.kind == "mark" and op.text.startswith("ino "):
+            _, name, real, mtime = op.text.split()
+            if name in entries:
+                found[int(real), int(mtime)] = entries[name]
+    return found
+
+
+def rebind(root: Path, paths: dict[int, Path], inodes: dict[tuple[int, int], int]) -> None:
+    """Point a journal header at the materialised copy of the snapshot it names.
+
+    The header binds a journal to its snapshot's (inode, mtime_ns, size). After a real
+    power cut those survive (they are the snapshot's own, fsynced metadata); a copy in a
+    fresh directory has a new inode number, so the header is rewritten to the copy's
+    (size kept: a torn copy must still not match). A header in another format (bound to
+    content, say) is left alone.
+    """
+    journal = root / (NAMES["file"] + ".journal")
+    if not journal.is_file():
+        return
+    data = journal.read_bytes()
+    nl = data.find(b"\n")
+    if nl < 9:
+        return
+    payload = data[9:nl]
+    try:
+        header = json.loads(payload)
+        ino, mtime, size = header["snapshot"]
+    except (ValueError, TypeError, KeyError):
+        return
+    if not all(isinstance(x, int) for x in (ino, mtime, size)):
+        return
+    trace_ino = inodes.get((ino, mtime))
+    if trace_ino is None or trace_ino not in paths:
+        return
+    target = paths[trace_ino]
+    os.utime(target, ns=(mtime, mtime))
+    header["snapshot"] = [os.lstat(target).st_ino, mtime, size]
+    new = json.dumps(header, separators=(",", ":")).encode("ascii")
+    journal.write_bytes(b"%08x %s\n" % (zlib.crc32(new), new) + data[nl + 1:])
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file and its bytes, but the lock file (a locked read creates it)."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())
+            if p.is_file() and not p.name.endswith(".lock")}
+
+
+def check_state(backend: str, root: Path) -> dict[str, Any]:
+    """Load one materialised crash state and try one more commit on it."""
+    ser = StateSerializer()
+    path = root / NAMES[backend]
+    before = _files(root)
+    store = make_store(backend, path) if backend == "file" else None
+    try:
+        if store is None:
+            store = make_store(backend, path)
+        state, version = store.load_versioned()
+    except PersistenceError as exc:
+        if store is not None:
+            store.close()
+        kept = backend != "file" or _files(root) == before
+        return {"result": "refused", "error": f"{type(exc).__name__}: {exc}", "kept": kept}
+    except Exception as exc:  # an untyped error is a finding
+        return {"result": "untyped", "error": f"{type(exc).__name__}: {exc}"}
+    g = generation(state)
+    out: dict[str, Any] = {"result": "loaded", "gen": g}
+    if backend == "file":
+        baks = []
+        for bak in sorted(root.glob(NAMES["file"] + ".bak*")):
+            if bak.name.endswith(".tmp"):
+                continue
+            try:
+                baks.append(generation(ser.deserialize(bak.read_bytes())))
+            except PersistenceError:
+                baks.append(None)
+        out["baks"] = baks
+    # One more commit, the way the store engine makes it, and a fresh read of it.
+    try:
+        after = {**state, "recovered": {"by": "powercut"}}
+        new_version = store.save_changes(diff(state, after), version,
+                                         full=lambda: ser.serialize(after))
+        store.close()
+        with make_store(backend, path) as again:
+            reread = again.load()
+        out["recovered"] = new_version is not None and reread == after
+    except Exception as exc:
+        out["recovered"] = False
+        out["recover_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def judge(res: dict[str, Any], acked: int, started: int) -> str | None:
+    """None if the state is acceptable after a cut between ``acked`` and ``started``."""
+    if res["result"] == "untyped":
+        return f"untyped error: {res['error']}"
+    if res["result"] == "refused":
+        if not res["kept"]:
+            return f"refused and changed the files: {res['error']}"
+        if acked:
+            return f"refused with {acked} generations acknowledged: {res['error']}"
+        return None
+    g = res["gen"]
+    if g is None:
+        return "the state is no generation that was written (torn or mixed)"
+    if g < acked:
+        return f"lost acknowledged generations: loaded {g}, acknowledged {acked}"
+    if g > started:
+        return f"loaded generation {g}, never started (last start {started})"
+    if not res.get("recovered"):
+        return f"cannot commit after the cut: {res.get('recover_error', 'reread differs')}"
+    for b in res.get("baks", []):
+        if b is None or b > started:
+            return f"a backup is not a whole written generation: {res['baks']}"
+    return None
+
+
+def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
+              budget: int, findings: list[dict[str, Any]],
+              cache: dict[str, dict[str, Any]], sabotage: str = "") -> dict[str, int]:
+    """Record one writer run, then check the crash states of up to ``budget`` cuts."""
+    root = work / f"{backend}-{seed}"
+    root.mkdir()
+    trace = work / f"{backend}-{seed}.trace"
+    argv = [sys.executable, os.path.abspath(__file__), "--worker", backend,
+            "--root", str(root), "--gens", str(gens), "--seed", str(seed)]
+    if sabotage:
+        argv += ["--sabotage", sabotage]
+    out = record(argv, trace)
+    if out.returncode != 0:
+        raise SystemExit(f"writer failed: {out.stderr.decode()[-2000:]}")
+    ops = parse_trace(trace.read_text(), root)
+    trace.unlink()
+    inodes = inode_map(ops) if backend == "file" else {}
+    acked = started = 0
+    marks_at: list[tuple[int, int]] = []
+    for op in ops:
+        if op.kind == "mark" and op.text.startswith("start "):
+            started = int(op.text.split()[1])
+        elif op.kind == "mark" and op.text.startswith("ack "):
+            acked = int(op.text.split()[1])
+        marks_at.append((acked, started))
+    counts = {"cuts": 0, "states": 0, "checks": 0, "acked": acked, "lost": 0,
+              "refused": 0}
+    state_dir = work / "state"
+    for i, states in crash_states(ops, limit=limit, seed=seed):
+        if counts["cuts"] >= budget:
+            break
+        counts["cuts"] += 1
+        ack, start = marks_at[i]
+        for st in states:
+            key = st.key()
+            res = cache.get(key)
+            if res is None:
+                res = cache[key] = _check(backend, st, state_dir, inodes)
+                counts["states"] += 1
+            counts["checks"] += 1
+            problem = judge(res, ack, start)
+            if res["result"] == "refused":
+                counts["refused"] += 1
+            if problem is not None:
+                counts["lost"] += 1
+                if len(findings) < 20:
+                    findings.append({"backend": backend, "seed": seed, "cut": i,
+                                     "acked": ack, "started": start, "problem": problem,
+                                     "how": st.how, "files": [e[0] for e in st.entries]})
+    shutil.rmtree(root, ignore_errors=True)
+    return counts
+
+
+def _check(backend: str, st: CrashState, state_dir: Path,
+           inodes: dict[tuple[int, int], int]) -> dict[str, Any]:
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir()
+    paths = materialise(st, state_dir)
+    if backend == "file":
+        rebind(state_dir, paths, inodes)
+    return check_state(backend, state_dir)
+
+
+def campaign(backend: str, cuts: int, gens: int, seed: int, limit: int,
+             work: Path, sabotage: str = "") -> dict[str, Any]:
+    findings: list[dict[str, Any]] = []
+    cache: dict[str, dict[str, Any]] = {}
+    total = {"cuts": 0, "states": 0, "checks": 0, "acked": 0, "lost": 0, "refused": 0,
+             "traces": 0}
+    t0 = time.monotonic()
+    n = 0
+    while total["cuts"] < cuts:
+        counts = run_trace(backend, work, gens, seed + n, limit, cuts - total["cuts"],
+                           findings, cache, sabotage)
+        n += 1
+        total["traces"] += 1
+        for k, v in counts.items():
+            total[k] += v
+    return {"backend": backend, **total, "seconds": round(time.monotonic() - t0, 1),
+            "findings": findings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cuts", type=int, default=1000, help="power cuts per backend")
+    ap.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    ap.add_argument("--gens", type=int, default=40, help="generations per recorded run")
+    ap.add_argument("--limit", type=int, default=24, help="crash states per cut at most")
+    ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--sabotage", default="",
+                    choices=("", *SABOTAGE["file"], *SABOTAGE["sqlite"]),
+                    help="break the writer on purpose (self-test: the campaign must see loss)")
+    ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        writer(args.worker, Path(args.root), args.gens, args.seed, args.sabotage)
+        return 0
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
+    if args.sabotage:
+        backends = tuple(b for b in backends if args.sabotage in SABOTAGE[b])
+    results = []
+    # Crash states are written and loaded thousands of times: on a tmpfs their fsyncs
+    # cost nothing (the recording does not depend on the file system it runs on).
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="cascadeui-powercut-", dir=shm) as tmp:
+        for backend in backends:
+            res = campaign(backend, args.cuts, args.gens, args.seed, args.limit, Path(tmp),
+                           args.sabotage)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    summary = {k: sum(r[k] for r in results)
+               for k in ("cuts", "states", "checks", "acked", "lost", "refused")}
+    print(json.dumps({"summary": True, **summary}))
+    print(f"{summary['cuts']} cuts, {summary['states']} crash states, "
+          f"{summary['acked']} acknowledged changes, {summary['lost']} lost")
+    return 1 if summary["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
