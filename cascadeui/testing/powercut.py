@@ -455,8 +455,10 @@ def _states_at(durable: dict[str, int], content: dict[int, bytes], dirs: frozens
         subsets += [tuple(j < k for j in range(n)) for k in range(n)]
         while len(subsets) < limit:
             subsets.append(tuple(rng.random() < 0.5 for _ in range(n)))
+    # Only files a crash state can name matter (a replaced journal's unsynced tail does not).
+    reachable = set(durable.values()) | {ino for p in pend_dir for _, ino in p.entries}
     variants = {ino: _variants(content.get(ino, b""), plist)
-                for ino, plist in pend_data.items() if plist}
+                for ino, plist in pend_data.items() if plist and ino in reachable}
     # The combinations of directory subsets and per-file contents: all of them when few.
     inos = sorted(variants)
     choices = [range(len(subsets)), *(range(len(variants[ino])) for ino in inos)]
