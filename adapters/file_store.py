@@ -912,6 +912,12 @@ class FileStore(BaseStore):
         except OSError as exc:  # harmless: it no longer names the snapshot, readers skip it
             log.warning("could not delete the stale journal %s: %s", self.journal_path,
                         exc.strerror or exc)
+        else:
+            # The unlink must be durable before the write is acknowledged: a header names
+            # the snapshot's bytes, so when the new snapshot has the very bytes of the old
+            # one (save(a) over a + journal a -> b), a power cut that kept the journal
+            # would apply it again and load b (issue 16, tests/test_powercut.py).
+            self._fsync_dir()
         main, journal = os.lstat(self.path), self._lstat_journal()
         self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
                                digest, _journal_sig(journal) if journal is not None else None,

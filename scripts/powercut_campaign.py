@@ -43,7 +43,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,6 @@ from cascadeui.merge import diff
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.powercut import (
     CrashState,
-    Op,
     crash_states,
     materialise,
     parse_trace,
@@ -197,67 +195,11 @@ def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -
         if result is None:
             raise SystemExit(f"generation {g}: {kind} found the version moved")
         mark(f"ack {g}")
-        if backend == "file":  # inode numbers, to rebind journal headers (see rebind)
-            for name in sorted(os.listdir(root)):
-                st = os.lstat(root / name)
-                mark(f"ino {name} {st.st_ino} {st.st_mtime_ns}")
         current, version = new, result
     store.close()
 
 
 # -- checking crash states ------------------------------------------------------------------
-
-
-def inode_map(ops: list[Op]) -> dict[tuple[int, int], int]:
-    """(real inode, mtime_ns) -> the trace's inode, from the writer's ``ino`` marks."""
-    entries: dict[str, int] = {}
-    found: dict[tuple[int, int], int] = {}
-    for op in ops:
-        if op.kind == "entry":
-            for p, ino in op.entries:
-                if ino is None:
-                    entries.pop(p, None)
-                else:
-                    entries[p] = ino
-        elif op.kind == "mark" and op.text.startswith("ino "):
-            _, name, real, mtime = op.text.split()
-            if name in entries:
-                found[int(real), int(mtime)] = entries[name]
-    return found
-
-
-def rebind(root: Path, paths: dict[int, Path], inodes: dict[tuple[int, int], int]) -> None:
-    """Point a journal header at the materialised copy of the snapshot it names.
-
-    The header binds a journal to its snapshot's (inode, mtime_ns, size). After a real
-    power cut those survive (they are the snapshot's own, fsynced metadata); a copy in a
-    fresh directory has a new inode number, so the header is rewritten to the copy's
-    (size kept: a torn copy must still not match). A header in another format (bound to
-    content, say) is left alone.
-    """
-    journal = root / (NAMES["file"] + ".journal")
-    if not journal.is_file():
-        return
-    data = journal.read_bytes()
-    nl = data.find(b"\n")
-    if nl < 9:
-        return
-    payload = data[9:nl]
-    try:
-        header = json.loads(payload)
-        ino, mtime, size = header["snapshot"]
-    except (ValueError, TypeError, KeyError):
-        return
-    if not all(isinstance(x, int) for x in (ino, mtime, size)):
-        return
-    trace_ino = inodes.get((ino, mtime))
-    if trace_ino is None or trace_ino not in paths:
-        return
-    target = paths[trace_ino]
-    os.utime(target, ns=(mtime, mtime))
-    header["snapshot"] = [os.lstat(target).st_ino, mtime, size]
-    new = json.dumps(header, separators=(",", ":")).encode("ascii")
-    journal.write_bytes(b"%08x %s\n" % (zlib.crc32(new), new) + data[nl + 1:])
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -351,15 +293,20 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
         raise SystemExit(f"writer failed: {out.stderr.decode()[-2000:]}")
     ops = parse_trace(trace.read_text(), root)
     trace.unlink()
-    inodes = inode_map(ops) if backend == "file" else {}
+    # A cut after ops[i] stands for any moment before the next file operation, so the
+    # marks written in between count: (last ack, last start) as of that next operation.
+    marks_at: list[tuple[int, int]] = [(0, 0)] * len(ops)
     acked = started = 0
-    marks_at: list[tuple[int, int]] = []
-    for op in ops:
+    last = -1
+    for i, op in enumerate(ops):
         if op.kind == "mark" and op.text.startswith("start "):
             started = int(op.text.split()[1])
         elif op.kind == "mark" and op.text.startswith("ack "):
             acked = int(op.text.split()[1])
-        marks_at.append((acked, started))
+        if op.kind != "mark":
+            last = i
+        if last >= 0:
+            marks_at[last] = (acked, started)
     counts = {"cuts": 0, "states": 0, "checks": 0, "acked": acked, "lost": 0,
               "refused": 0}
     state_dir = work / "state"
@@ -372,7 +319,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
             key = st.key()
             res = cache.get(key)
             if res is None:
-                res = cache[key] = _check(backend, st, state_dir, inodes)
+                res = cache[key] = _check(backend, st, state_dir)
                 counts["states"] += 1
             counts["checks"] += 1
             problem = judge(res, ack, start)
@@ -388,13 +335,10 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
     return counts
 
 
-def _check(backend: str, st: CrashState, state_dir: Path,
-           inodes: dict[tuple[int, int], int]) -> dict[str, Any]:
+def _check(backend: str, st: CrashState, state_dir: Path) -> dict[str, Any]:
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir()
-    paths = materialise(st, state_dir)
-    if backend == "file":
-        rebind(state_dir, paths, inodes)
+    materialise(st, state_dir)
     return check_state(backend, state_dir)
 
 

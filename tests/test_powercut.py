@@ -108,3 +108,55 @@ def test_parse_trace_reads_strace_lines(tmp_path: Path) -> None:
                      ("fsync", 1, 0, b"", ""), ("entry", -1, 0, b"", ""),
                      ("fsync", 0, 0, b"", ""), ("mark", -1, 0, b"", "ack 1"),
                      ("write", 1, 5, b"!", "")]
+
+
+# -- regressions: crash states the simulator found, replayed ---------------------------------
+
+_REVERT_WRITER = """
+import os, sys
+from cascadeui.adapters import FileStore
+from cascadeui.merge import diff
+from cascadeui.serializer import StateSerializer
+marks = os.open("/dev/null", os.O_WRONLY)
+store = FileStore(sys.argv[1], backups=1)
+a, b = {"application": {"mode": "a"}}, {"application": {"mode": "b"}}
+store.save(a)
+version = store.save_changes(diff(a, b), store.version(),
+                             full=lambda: StateSerializer().serialize(b))
+assert version is not None
+store.save(a)  # the same bytes as the snapshot the journal was bound to
+os.write(marks, b"PCMARK ack")
+"""
+
+
+def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) -> None:
+    """Found by the simulator once the journal header named the snapshot's content.
+
+    ``save(a)`` over the snapshot ``a`` plus a journal record ``a -> b`` writes the same
+    bytes as the snapshot, then unlinks the journal. Without a directory fsync after the
+    unlink, a cut may keep the journal, which still names those bytes: the load applied
+    it and returned ``b``, an acknowledged ``save(a)`` silently undone.
+    """
+    from cascadeui.adapters import FileStore
+    from cascadeui.testing.powercut import record
+
+    root = tmp_path / "live"
+    root.mkdir()
+    trace = tmp_path / "trace"
+    out = record([sys.executable, "-c", _REVERT_WRITER, str(root / "state.json")], trace)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    ops = parse_trace(trace.read_text(), root)
+    mark = next(i for i, op in enumerate(ops) if op.kind == "mark")
+    acked_from = max(i for i in range(mark) if ops[i].kind != "mark")  # the cut before it
+    checked = 0
+    for i, states in crash_states(ops, limit=256):
+        if i < acked_from:
+            continue
+        for n, st in enumerate(states):
+            where = tmp_path / f"cut{i}-{n}"
+            where.mkdir()
+            materialise(st, where)
+            with FileStore(where / "state.json") as store:
+                assert store.load() == {"application": {"mode": "a"}}, st.how
+            checked += 1
+    assert checked
