@@ -7,6 +7,7 @@ backends in :mod:`cascadeui.persistence` run them in worker threads.
 from .base import BaseStore, SyncStore, VersionedStore
 from .file_store import FileStore
 from .journal import JournaledStore, apply_shared
+from .postgres_store import PostgresStore
 from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
@@ -14,6 +15,7 @@ __all__ = [
     "BaseStore",
     "FileStore",
     "JournaledStore",
+    "PostgresStore",
     "RedisStore",
     "SQLiteStore",
     "SyncStore",

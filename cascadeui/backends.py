@@ -33,6 +33,7 @@ import anyio.to_thread
 from cascadeui.adapters import (
     FileStore,
     JournaledStore,
+    PostgresStore,
     RedisStore,
     SQLiteStore,
     SyncStore,
@@ -45,6 +46,7 @@ from cascadeui.serializer import SnapshotEncoder, StateSerializer
 __all__ = [
     "AsyncBackend",
     "FileStorageBackend",
+    "PostgresBackend",
     "RedisBackend",
     "SQLiteBackend",
     "StorageBackend",
@@ -346,6 +348,30 @@ class RedisBackend(AsyncBackend[RedisStore]):
         self.url: str = self.store.url
         self.key = key
         self.ttl = ttl
+
+
+class PostgresBackend(AsyncBackend[PostgresStore]):
+    """PostgreSQL backend: one snapshot row plus a change journal, one transaction per commit.
+
+    Needs ``pip install 'pycascadeui[postgres]'`` (psycopg 3).
+
+    :param url: a ``postgresql://user[:password]@host[:port]/dbname`` URL; a password in
+        it never appears in reprs, logs or errors.
+    :param table: the state table (its journal is ``<table>_journal``), created on first use.
+    :param timeout: seconds to wait for the write lock.
+    :param statement_timeout: seconds before the server cancels a statement (None: its
+        own setting).
+    :param connect_timeout: seconds to connect to (or hear back from) the server.
+    """
+
+    def __init__(self, url: str = "postgresql://localhost/postgres",
+                 table: str = "cascadeui_state", *, timeout: float = 10.0,
+                 statement_timeout: float | None = 30.0, connect_timeout: float = 5.0) -> None:
+        super().__init__(PostgresStore(url, table=table, timeout=timeout,
+                                       statement_timeout=statement_timeout,
+                                       connect_timeout=connect_timeout))
+        self.url = self.store.url
+        self.table = table
 
 
 def as_backend(obj: object) -> StorageBackend:

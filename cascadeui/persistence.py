@@ -17,6 +17,7 @@ from .adapters import redact_url
 from .backends import (
     AsyncBackend,
     FileStorageBackend,
+    PostgresBackend,
     RedisBackend,
     SQLiteBackend,
     StorageBackend,
@@ -41,6 +42,7 @@ __all__ = [
     "FileStorageBackend",
     "LockTimeoutError",
     "PersistenceError",
+    "PostgresBackend",
     "RedisBackend",
     "SQLiteBackend",
     "SerializationError",
@@ -87,7 +89,9 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     ``state.json`` or ``file:///abs/state.json``: :class:`FileStorageBackend`;
     ``sqlite:///relative.db``, ``sqlite:////abs.db`` or a ``.db``/``.sqlite`` path:
     :class:`SQLiteBackend`; ``redis://[:password@]host[:port][/db]?key=...&ttl=...``
-    (also ``rediss://``, ``unix://``): :class:`RedisBackend`.
+    (also ``rediss://``, ``unix://``): :class:`RedisBackend`;
+    ``postgresql://user@host:port/dbname?table=...`` (also ``postgres://``):
+    :class:`PostgresBackend`.
 
     :raises ConfigurationError: anything else (the message lists what is accepted).
     """
@@ -105,6 +109,13 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
                 f"ttl in {redact_url(text)} must be whole seconds, not {ttl_text!r}") from None
         plain = urlunsplit(parts._replace(query=urlencode(query)))
         return RedisBackend(plain, key=key, ttl=ttl)
+    if scheme in ("postgresql", "postgres"):
+        pg = urlsplit(text)
+        pairs = parse_qsl(pg.query, keep_blank_values=True)
+        tables = [v for k, v in pairs if k == "table"]
+        rest = urlencode([(k, v) for k, v in pairs if k != "table"])
+        return PostgresBackend(urlunsplit(pg._replace(query=rest)),
+                               table=tables[-1] if tables else "cascadeui_state")
     if scheme == "sqlite":
         path = text[len("sqlite:///"):] if text.lower().startswith("sqlite:///") else ""
         if not path:
@@ -115,7 +126,7 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     if scheme:
         raise ConfigurationError(
             f"unsupported URL scheme {scheme!r} in {redact_url(text)}: use a .json path, "
-            "file://, sqlite:///, a .db/.sqlite path, redis:// or rediss://")
+            "file://, sqlite:///, a .db/.sqlite path, redis://, rediss:// or postgresql://")
     suffix = Path(text).suffix.lower()
     if suffix == ".json":
         return FileStorageBackend(text)

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cascadeui.adapters import FileStore, JournaledStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, JournaledStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.merge import DELETED, Change
 from cascadeui.serializer import StateSerializer
+from cascadeui.testing.postgres_server import DEFAULT_URL as PG_DEFAULT_URL
+from cascadeui.testing.postgres_server import PostgresServer, PostgresServerError
+from cascadeui.testing.postgres_server import find_binaries as find_pg_binaries
 from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_server_binary
 
 
-def open_adapter(kind: str, where: str, key: str) -> FileStore | SQLiteStore | RedisStore:
-    """The plain adapter for a ``(kind, where, key)`` target of the multi-process tests."""
+def open_adapter(kind: str, where: str, key: str
+                 ) -> FileStore | SQLiteStore | RedisStore | PostgresStore:
+    """The plain adapter for a ``(kind, where, key)`` target of the multi-process tests
+    (``key`` is the table for PostgreSQL)."""
     if kind == "file":
         return FileStore(where)
     if kind == "sqlite":
         return SQLiteStore(where)
+    if kind == "postgres":
+        return PostgresStore(where, table=key)
     return RedisStore(where, key=key)
 
 
@@ -40,6 +49,43 @@ def started_redis_server(purpose: str, workdir: Path | None = None) -> RedisServ
         server.close()
         pytest.fail(str(exc))
     return server
+
+
+@contextlib.contextmanager
+def started_postgres(purpose: str) -> Iterator[tuple[str, PostgresServer | None]]:
+    """An admin URL of a PostgreSQL server (and the private server, if one was started).
+
+    ``CASCADEUI_TEST_POSTGRES_URL`` when set; else 127.0.0.1:5432 as ``postgres`` when it
+    answers; else a private server (initdb + postgres) for the block. Skips when none can
+    be had, but fails under ``CI=true`` (never skipped there).
+    """
+    import psycopg
+
+    given = os.environ.get("CASCADEUI_TEST_POSTGRES_URL")
+    if given:
+        yield given, None
+        return
+    try:
+        with psycopg.connect(PG_DEFAULT_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        yield PG_DEFAULT_URL, None
+        return
+    except psycopg.Error:
+        pass
+    if find_pg_binaries() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no PostgreSQL for {purpose} (CI=true: never skipped)")
+        pytest.skip("no PostgreSQL server reachable and no initdb/postgres binaries")
+    try:
+        server = PostgresServer()
+        server.start()
+    except PostgresServerError as exc:
+        server.close()
+        pytest.fail(str(exc))
+    try:
+        yield server.url, server
+    finally:
+        server.close()
 
 
 def apply_changes(doc: dict[str, Any], changes: list[Change]) -> None:

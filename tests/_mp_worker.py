@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cascadeui.actions import APPLICATION_SET, STATE_RELOADED
-from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.backends import (
+    AsyncBackend,
+    FileStorageBackend,
+    PostgresBackend,
+    RedisBackend,
+    SQLiteBackend,
+)
 from cascadeui.store import StateStore
 
 
@@ -27,6 +33,8 @@ def backend(kind: str, where: str, key: str, lock_timeout: float = 60.0) -> Asyn
         return FileStorageBackend(where, lock_timeout=lock_timeout)
     if kind == "sqlite":
         return SQLiteBackend(where, timeout=lock_timeout)
+    if kind == "postgres":
+        return PostgresBackend(where, table=key, timeout=lock_timeout)
     return RedisBackend(where, key=key, lock_timeout=lock_timeout)
 
 

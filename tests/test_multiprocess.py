@@ -1,4 +1,5 @@
-"""Many processes, one state (issue 4): real processes on real files, SQLite and Redis.
+"""Many processes, one state (issues 4, 13): real processes on real files, SQLite, Redis
+and PostgreSQL.
 
 - 8 processes x 250 ``transaction()`` increments, half through the async twin: 2,000.
 - A running store and a script committing other keys: both kept, and the store hears of
@@ -35,13 +36,15 @@ N = int(os.environ.get("CASCADEUI_MP_N", "40"))
 TARGET_DELAY = 1.0  # seconds, from the issue
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
-def target(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str,
-           redis_key: str) -> tuple[str, str, str]:
+@pytest.fixture(params=["file", "sqlite", "redis", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
+    """(kind, where, key): a file, a database file, a Redis key, a PostgreSQL table."""
     kind = request.param
-    where = {"file": str(tmp_path / "state.json"), "sqlite": str(tmp_path / "state.db"),
-             "redis": redis_url}[kind]
-    return kind, where, redis_key
+    if kind == "redis":
+        return kind, request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
+    if kind == "postgres":
+        return kind, request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+    return kind, str(tmp_path / ("state.json" if kind == "file" else "state.db")), ""
 
 
 def run_worker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
