@@ -42,6 +42,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -140,8 +141,10 @@ class PostgresStore(BaseStore):
         self._raw_url = url
         self._t = f'"{table}"'
         self._j = f'"{self.journal_table}"'
-        self._conn: Any = None
-        self._pid = 0
+        # [connection, pid that opened it]: a finalizer closes it if the store is dropped
+        # without close() (psycopg warns otherwise), never in a forked child.
+        self._held: list[Any] = [None, 0]
+        weakref.finalize(self, _close_held, self._held)
         self._mutex = threading.RLock()
         # The compaction budget's inputs, for the last commit this store read or wrote.
         self._sizes: _Sizes | None = None
@@ -183,13 +186,14 @@ class PostgresStore(BaseStore):
                 f"{self.location}: another thread held the store past {self.timeout:g}s",
                 lock=self.location, timeout=self.timeout, location=self.location)
         try:
-            conn = self._conn
-            if conn is None or conn.closed or self._pid != os.getpid():
-                # After fork() the parent's socket is shared: never use it, never close it.
-                self._conn = None
-                self._conn = self._open()
-                self._pid = os.getpid()
-            yield self._conn
+            conn, pid = self._held
+            if conn is None or conn.closed or pid != os.getpid():
+                # After fork() the parent's socket is shared: never use it, never close it
+                # (psycopg closes a connection only in the process that opened it).
+                self._held[:] = [None, 0]
+                conn = self._open()
+                self._held[:] = [conn, os.getpid()]
+            yield conn
         finally:
             self._mutex.release()
 
@@ -210,10 +214,7 @@ class PostgresStore(BaseStore):
 
     def _drop_connection(self) -> None:
         """Forget a connection the server dropped (the next call reconnects)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        _close_held(self._held)
 
     def _run(self, unit: Callable[[Any], Any]) -> Any:
         """Run ``unit(conn)`` on the store's connection, mapping errors.
@@ -525,9 +526,9 @@ class PostgresStore(BaseStore):
         """
         query = self._fetch_sql() if fetch else self._version_sql()
         self._staged, self._pending = None, []
-        cur = conn.execute(
-            f"BEGIN; LOCK TABLE {self._t} IN SHARE ROW EXCLUSIVE MODE; {query}")
         try:
+            cur = conn.execute(
+                f"BEGIN; LOCK TABLE {self._t} IN SHARE ROW EXCLUSIVE MODE; {query}")
             while cur.nextset():
                 pass
             got = self._split(cur.fetchall()) if fetch else self._checked_version(
@@ -668,10 +669,16 @@ class PostgresStore(BaseStore):
 
     def _release(self) -> None:
         with self._mutex:
-            if self._conn is not None and self._pid == os.getpid():
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-            self._conn = None
+            _close_held(self._held)
+
+
+def _close_held(held: list[Any]) -> None:
+    """Close the connection in ``held`` if this process opened it; empty ``held``."""
+    conn, pid = held
+    held[:] = [None, 0]
+    if conn is not None and pid == os.getpid():
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 if TYPE_CHECKING:

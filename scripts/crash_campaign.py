@@ -27,6 +27,12 @@ appendfsync always) is SIGKILLed at a random moment while a writer saves; the wr
 killed too (so its lock lease may be left behind), the server restarts on the same port
 and directory, and the same checks run. Prints one JSON line per campaign and a summary.
 
+For PostgreSQL (``--backends postgres``, not in the default set) the writer is SIGKILLed
+mid-transaction every round, and on every third round the server too: a private
+``postgres`` (initdb + postgres from PATH) is SIGKILLed (crash recovery on restart) and
+started again. Without the binaries, a scratch database on
+``CASCADEUI_TEST_POSTGRES_URL`` or 127.0.0.1:5432 is used and only writers are killed.
+
 Full size (the numbers in docs/reliability.md)::
 
     .venv/bin/python scripts/crash_campaign.py --kills 200
@@ -34,12 +40,17 @@ Full size (the numbers in docs/reliability.md)::
 Small size (what tests/test_reliability_crash.py runs)::
 
     .venv/bin/python scripts/crash_campaign.py --kills 6 --size 8000
+
+PostgreSQL::
+
+    .venv/bin/python scripts/crash_campaign.py --kills 60 --backends postgres
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +61,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -130,6 +142,10 @@ def make_adapter(backend: str, where: str, key: str) -> Any:
         return FileStore(where, backups=2, lock_timeout=5.0)
     if backend == "sqlite":
         return SQLiteStore(where, timeout=5.0)
+    if backend == "postgres":
+        from cascadeui.adapters import PostgresStore
+
+        return PostgresStore(where, table=key, timeout=5.0, connect_timeout=2.0)
     return RedisStore(where, key=key, lock_timeout=1.0, socket_timeout=1.0)
 
 
@@ -278,6 +294,26 @@ def spawn(backend: str, mode: str, where: str, key: str, size: int) -> tuple[int
     return pid, Pipe(r)
 
 
+@contextlib.contextmanager
+def postgres_target() -> Iterator[tuple[Any, str]]:
+    """(a private server or None, the URL of a scratch database on it), cleaned up after."""
+    from cascadeui.testing.postgres_server import (
+        DEFAULT_URL,
+        PostgresServer,
+        find_binaries,
+        scratch_database,
+    )
+
+    with contextlib.ExitStack() as stack:
+        server = None
+        if find_binaries() is not None:
+            server = stack.enter_context(PostgresServer())
+            admin = server.url
+        else:
+            admin = os.environ.get("CASCADEUI_TEST_POSTGRES_URL", DEFAULT_URL)
+        yield server, stack.enter_context(scratch_database(admin))
+
+
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -293,7 +329,7 @@ def verify(backend: str, where: str, key: str, size: int, mode: str) -> tuple[in
                 state = store.load()
                 break
             except PersistenceError as exc:
-                if backend != "redis" or time.monotonic() > deadline:
+                if backend not in ("redis", "postgres") or time.monotonic() > deadline:
                     return -1, [f"load failed after the kill: {exc}"]
                 time.sleep(0.02)  # the restarted server is loading its AOF
     finally:
@@ -321,7 +357,12 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
     started = time.monotonic()
     key = f"cascadeui-crash:{os.getpid()}:{mode}"
     redis: RedisServer | None = None
-    if backend == "redis":
+    pg: Any = None  # a private PostgresServer, the victim every third round
+    scope = contextlib.ExitStack()
+    if backend == "postgres":
+        pg, where = scope.enter_context(postgres_target())
+        key = f"crash_{mode}"
+    elif backend == "redis":
         redis = durable_redis(workdir / f"redis-{mode}")
         redis.workdir.mkdir()
         redis.start()
@@ -344,6 +385,9 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
                 if redis is not None:
                     redis.kill()  # the victim; the writer sees errors for a moment
                     time.sleep(rnd.uniform(0, 0.02))
+                if pg is not None and rnd_i % 3 == 2:
+                    pg.kill()
+                    time.sleep(rnd.uniform(0, 0.02))
             finally:
                 kill(pid)
             pipe.drain()
@@ -352,6 +396,8 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
                 problems.append(f"round {rnd_i}: writer crashed by itself: {errors}")
             if redis is not None:
                 redis.start()
+            if pg is not None and not pg.running:
+                pg.start()
             acked, attempted = pipe.last("A"), pipe.last("S")
             acked_total += sum(1 for line in pipe.lines if line.startswith("A "))
             in_flight += attempted > acked
@@ -370,6 +416,7 @@ def campaign(backend: str, mode: str, kills: int, size: int, max_delay: float,
     finally:
         if redis is not None:
             redis.kill()
+        scope.close()
     leftovers = sorted(p.name for p in workdir.iterdir()
                        if p.name.endswith(".tmp") or ".corrupt-" in p.name)
     lost = sum("older than" in p or "load failed" in p for p in problems)

@@ -18,15 +18,21 @@ import pytest
 import redis
 
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
+from cascadeui.backends import (
+    AsyncBackend,
+    FileStorageBackend,
+    PostgresBackend,
+    RedisBackend,
+    SQLiteBackend,
+)
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 
 # The checks read the media directly with blocking calls; the store under test does not.
 pytestmark = [pytest.mark.anyio, pytest.mark.allow_blocking]
 
-KINDS = ["json", "sqlite", "redis"]
+KINDS = ["json", "sqlite", "redis", "postgres"]
 
 
 @pytest.fixture
@@ -45,13 +51,23 @@ class Target:
             return FileStorageBackend(self.tmp_path / "state.json")
         if self.kind == "sqlite":
             return SQLiteBackend(self.tmp_path / "state.db")
+        if self.kind == "postgres":
+            return PostgresBackend(self.redis_url, table=self.key)
         return RedisBackend(url=self.redis_url, key=self.key)
 
-    def adapter(self) -> FileStore | SQLiteStore | RedisStore:
+    def _pg(self, query: str) -> Any:
+        import psycopg
+
+        with psycopg.connect(self.redis_url) as conn:
+            return conn.execute(query).fetchone()
+
+    def adapter(self) -> FileStore | SQLiteStore | RedisStore | PostgresStore:
         if self.kind == "json":
             return FileStore(self.tmp_path / "state.json")
         if self.kind == "sqlite":
             return SQLiteStore(self.tmp_path / "state.db")
+        if self.kind == "postgres":
+            return PostgresStore(self.redis_url, table=self.key)
         return RedisStore(self.redis_url, key=self.key)
 
     def snapshot(self) -> bytes:
@@ -65,6 +81,8 @@ class Target:
                            ).encode()
             finally:
                 conn.close()
+        if self.kind == "postgres":
+            return str(self._pg(f"SELECT data FROM {self.key}")[0]).encode()
         client = redis.Redis.from_url(self.redis_url)
         try:
             raw = client.get(self.key)
@@ -85,6 +103,8 @@ class Target:
                     "SELECT count(*) FROM cascadeui_state_journal").fetchone()[0])
             finally:
                 conn.close()
+        if self.kind == "postgres":
+            return int(self._pg(f"SELECT count(*) FROM {self.key}_journal")[0])
         client = redis.Redis.from_url(self.redis_url)
         try:
             return int(client.llen(f"{self.key}:journal"))
@@ -101,9 +121,15 @@ class Target:
 
 
 @pytest.fixture(params=KINDS)
-def target(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str,
-           redis_key: str) -> Iterator[Target]:
-    t = Target(request.param, tmp_path, redis_url, redis_key)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    kind = request.param
+    if kind == "postgres":  # the "url" is the database's, the "key" the table
+        where, key = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+    elif kind == "redis":
+        where, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
+    else:
+        where, key = "", ""
+    t = Target(kind, tmp_path, where, key)
     try:
         yield t
     finally:

@@ -1,0 +1,311 @@
+"""PostgresStore on a real server (issue 13): layout, journal, locking, typed errors,
+redaction, a client killed mid-transaction, a server restarted.
+
+The session's database is created with a random name and dropped at the end (conftest);
+each test uses its own table. The restart test starts a private server of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from _helpers import JournalWriter
+
+from cascadeui.adapters import PostgresStore, postgres_store
+from cascadeui.backends import PostgresBackend
+from cascadeui.errors import (
+    ConfigurationError,
+    LockTimeoutError,
+    StateCorruptedError,
+    StorageUnavailableError,
+)
+from cascadeui.persistence import backend_from_url
+from cascadeui.testing.postgres_server import PostgresServer, find_binaries, with_database
+
+SECRET = "s3cr3t-Pw"
+
+
+@pytest.fixture
+def store(postgres_url: str, pg_table: str) -> Iterator[PostgresStore]:
+    with PostgresStore(postgres_url, table=pg_table) as s:
+        yield s
+
+
+@pytest.fixture
+def sql(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection to the session's database."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        yield conn
+
+
+def dead_url(password: str = SECRET) -> str:
+    """A URL whose port nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"postgresql://cascade:{password}@127.0.0.1:{port}/nowhere"
+
+
+# -- layout and journal ------------------------------------------------------------------
+
+
+def test_layout_is_the_documented_row_and_journal(store: PostgresStore, pg_table: str,
+                                                  sql: psycopg.Connection[Any]) -> None:
+    store.save({"application": {"a": 1}})
+    row = sql.execute(f"SELECT id, data, version FROM {pg_table}").fetchall()
+    assert row == [(1, store.serializer.serialize({"application": {"a": 1}}), 1)]
+    comment = sql.execute("SELECT obj_description(%s::regclass, 'pg_class')",
+                          (pg_table,)).fetchone()
+    assert comment == (f"cascadeui state table, schema {postgres_store.SCHEMA_VERSION}",)
+    writer = JournalWriter(store)
+    assert writer.commit([(("application", "b"), 2)]) == 2
+    assert sql.execute(f"SELECT seq FROM {pg_table}_journal").fetchall() == [(2,)]
+    assert sql.execute(f"SELECT version FROM {pg_table}").fetchone() == (1,)  # untouched
+    assert store.load_versioned() == ({"application": {"a": 1, "b": 2}}, 2)
+    assert store.load_changes(1) == ([[[["application", "b"], 2]]], 2)
+    assert store.load_changes(0) is None  # before the snapshot: load it whole
+    store.save({"x": {}})  # a full write empties the journal in the same transaction
+    assert sql.execute(f"SELECT count(*) FROM {pg_table}_journal").fetchone() == (0,)
+    assert store.version() == 3
+
+
+def test_journal_compacts_past_its_budget(store: PostgresStore, pg_table: str,
+                                          sql: psycopg.Connection[Any]) -> None:
+    store.save({"application": {}})
+    writer = JournalWriter(store)
+    for i in range(200):  # 200 x ~1 KB > the 64 KB minimum budget
+        assert writer.commit([(("application", f"k{i}"), "x" * 1000)]) is not None
+    assert writer.fulls >= 1
+    journal = sql.execute(f"SELECT coalesce(sum(octet_length(ops)), 0) FROM {pg_table}_journal"
+                          ).fetchone()[0]
+    assert journal <= 64 * 1024
+    assert store.load() == writer.doc
+
+
+def test_stale_expected_version_writes_nothing(store: PostgresStore) -> None:
+    store.save({"a": {}})
+    assert store.save_if_version({"b": {}}, 0) is None
+    assert store.save_changes([(("a", "x"), 1)], 0, full=lambda: "{}") is None
+    assert store.load_versioned() == ({"a": {}}, 1)
+
+
+def test_hand_edited_journal_is_refused(store: PostgresStore, pg_table: str,
+                                        sql: psycopg.Connection[Any]) -> None:
+    store.save({"a": {}})
+    sql.execute(f"INSERT INTO {pg_table}_journal VALUES (5, '{{\"ops\": []}}')")
+    with pytest.raises(StateCorruptedError, match="not written against it"):
+        store.load()
+    with pytest.raises(StateCorruptedError, match="unbroken sequel"):
+        store.load_changes(1)
+    sql.execute(f"DELETE FROM {pg_table}_journal")
+    sql.execute(f"INSERT INTO {pg_table}_journal VALUES (2, 'not json')")
+    with pytest.raises(StateCorruptedError, match="journal record 2"):
+        store.load()
+
+
+def test_two_processes_creating_the_tables_at_once(postgres_url: str, pg_table: str) -> None:
+    errors: list[BaseException] = []
+
+    def first_use() -> None:
+        try:
+            with PostgresStore(postgres_url, table=pg_table) as s:
+                s.version()
+        except BaseException as exc:  # pragma: no cover - the failure being tested
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# -- not ours ------------------------------------------------------------------------------
+
+
+def test_foreign_table_is_refused_and_untouched(postgres_url: str, pg_table: str,
+                                                sql: psycopg.Connection[Any]) -> None:
+    sql.execute(f"CREATE TABLE {pg_table} (id integer PRIMARY KEY, name text)")
+    sql.execute(f"INSERT INTO {pg_table} VALUES (1, 'theirs')")
+    with PostgresStore(postgres_url, table=pg_table) as s, \
+            pytest.raises(StateCorruptedError, match="not a cascadeui table"):
+        s.load()
+    assert sql.execute(f"SELECT * FROM {pg_table}").fetchall() == [(1, "theirs")]
+    assert sql.execute("SELECT to_regclass(%s)", (f"{pg_table}_journal",)).fetchone() == (None,)
+
+
+def test_view_and_newer_schema_are_refused(postgres_url: str, pg_table: str,
+                                           sql: psycopg.Connection[Any]) -> None:
+    sql.execute(f"CREATE VIEW {pg_table} AS SELECT 1 AS id")
+    with PostgresStore(postgres_url, table=pg_table) as s, \
+            pytest.raises(StateCorruptedError, match="not a table"):
+        s.version()
+    sql.execute(f"DROP VIEW {pg_table}")
+    with PostgresStore(postgres_url, table=pg_table) as s:
+        s.save({"a": {}})
+    sql.execute(f"COMMENT ON TABLE {pg_table} IS 'cascadeui state table, schema 99'")
+    with PostgresStore(postgres_url, table=pg_table) as s, \
+            pytest.raises(StateCorruptedError, match="newer pycascadeui"):
+        s.load()
+
+
+def test_bad_table_names_are_refused() -> None:
+    for bad in ("Upper", "a-b", "x; DROP TABLE y", "", "a" * 56):
+        with pytest.raises(ConfigurationError):
+            PostgresStore("postgresql://localhost/db", table=bad)
+    with pytest.raises(ConfigurationError):
+        PostgresStore("mysql://localhost/db")
+
+
+# -- typed errors and redaction ------------------------------------------------------------
+
+
+def test_dead_server_is_storage_unavailable_without_the_password() -> None:
+    url = dead_url()
+    with PostgresStore(url, connect_timeout=2) as s:
+        assert SECRET not in repr(s) and "***" in repr(s)
+        for call in (s.load, s.version, lambda: s.save({"a": {}})):
+            with pytest.raises(StorageUnavailableError, match="unreachable") as info:
+                call()
+            assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+            assert info.value.location is not None and SECRET not in info.value.location
+            assert info.value.__cause__ is None  # psycopg's message stays out of tracebacks
+
+
+def test_missing_database_and_role_are_named(postgres_url: str) -> None:
+    with PostgresStore(with_database(postgres_url, "cascadeui_no_such_db")) as s, \
+            pytest.raises(StorageUnavailableError, match="no such database"):
+        s.load()
+    role_url = postgres_url.replace("postgres@", f"nobody_here:{SECRET}@", 1)
+    with PostgresStore(role_url) as s, pytest.raises(StorageUnavailableError) as info:
+        s.load()
+    assert "nobody_here" in str(info.value) and SECRET not in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_failed_save_logs_no_password(anyio_backend: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    url = dead_url()
+    backend = backend_from_url(url + "?table=t1")
+    assert isinstance(backend, PostgresBackend)
+    assert SECRET not in repr(backend) and backend.store.table == "t1"
+    with caplog.at_level(logging.DEBUG):
+        assert await backend.save_state({"a": {}}) is False
+    assert caplog.records and all(SECRET not in r.getMessage() for r in caplog.records)
+    await backend.aclose()
+
+
+def test_backend_from_url_schemes(postgres_url: str) -> None:
+    for scheme in ("postgresql", "postgres"):
+        url = postgres_url.replace("postgresql", scheme, 1) + "?table=from_url&sslmode=disable"
+        backend = backend_from_url(url)
+        assert isinstance(backend, PostgresBackend)
+        assert backend.store.table == "from_url"
+        assert "table=" not in backend.store.url and "sslmode=disable" in backend.store.url
+    assert backend_from_url(postgres_url).store.table == "cascadeui_state"  # type: ignore[attr-defined]
+
+
+def test_lock_timeout_and_statement_timeout(postgres_url: str, pg_table: str) -> None:
+    with PostgresStore(postgres_url, table=pg_table, timeout=0.3,
+                       statement_timeout=0.5) as s:
+        s.save({"a": {"n": 1}})
+        with psycopg.connect(postgres_url) as other:  # a writer holding the write lock
+            other.execute(f"LOCK TABLE {pg_table} IN SHARE ROW EXCLUSIVE MODE")
+            start = time.monotonic()
+            with pytest.raises(LockTimeoutError):
+                s.save({"a": {"n": 2}})
+            assert time.monotonic() - start < 3
+            assert s.load() == {"a": {"n": 1}}  # readers are not blocked by writers
+            other.rollback()
+        with psycopg.connect(postgres_url) as other:  # something holding every lock
+            other.execute(f"LOCK TABLE {pg_table} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StorageUnavailableError):
+                s.load()  # blocked: lock_timeout (0.3 s) or statement_timeout, typed
+            other.rollback()
+        with pytest.raises(StorageUnavailableError, match="statement_timeout"):
+            s._run(lambda conn: conn.execute("SELECT pg_sleep(5)"))
+        assert s.load() == {"a": {"n": 1}}  # the connection is still good
+
+
+# -- crashes -------------------------------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+from cascadeui.adapters import PostgresStore
+store = PostgresStore(sys.argv[1], table=sys.argv[2])
+with store.transaction() as st:
+    st["a"]["n"] = 999
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_client_killed_mid_transaction_leaves_nothing(postgres_url: str,
+                                                      store: PostgresStore) -> None:
+    store.save({"a": {"n": 1}})
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, postgres_url, store.table],
+                          stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    start = time.monotonic()
+    with store.transaction() as st:  # the server rolled back and released the lock
+        st["a"]["after"] = 2
+    assert time.monotonic() - start < 5
+    assert store.load() == {"a": {"n": 1, "after": 2}}
+
+
+@pytest.mark.slow
+def test_server_restart_is_survived(tmp_path: Path) -> None:
+    """A private server killed (a crash) and started again: the store reconnects, every
+    acknowledged commit is there, a call during the outage fails typed."""
+    if find_binaries() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no PostgreSQL binaries for the restart test (CI=true)")
+        pytest.skip("no initdb/postgres binaries")
+    with PostgresServer() as server:
+        with PostgresStore(server.url, connect_timeout=2) as s:
+            writer = JournalWriter(s)
+            for i in range(20):
+                assert writer.commit([(("application", f"k{i}"), i)]) is not None
+            server.kill()
+            with pytest.raises(StorageUnavailableError):
+                s.load()
+            server.start()
+            assert s.load() == writer.doc  # reconnects on its own
+            writer.version = s.version()
+            assert writer.commit([(("application", "after"), 1)]) is not None
+            server.stop()  # a clean shutdown drops the idle connection too
+            server.start()
+            assert s.load()["application"]["after"] == 1  # retried on a new connection
+
+
+@pytest.mark.slow
+def test_crash_campaign_on_postgres() -> None:
+    """scripts/crash_campaign.py, tiny: writers SIGKILLed mid-transaction, the server once
+    per mode; nothing acknowledged is lost."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "crash_campaign.py"
+    done = subprocess.run([sys.executable, str(script), "--kills", "3", "--size", "4000",
+                           "--backends", "postgres"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["kills"] == 6 and summary["lost"] == 0 and summary["problems"] == 0
+    assert summary["acked_saves"] > 0
