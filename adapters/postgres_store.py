@@ -514,6 +514,22 @@ class PostgresStore(BaseStore):
             self._sizes = (current, sizes[1] + new_bytes, sizes[2])
         return decoded, current
 
+    def exists(self) -> bool:
+        """True when the state table exists, checked without creating anything (for
+        read-only tools: a typo must not create tables).
+
+        :raises StorageUnavailableError: the server cannot be reached or refused us.
+        """
+        self._check_open()
+        conn = self.connect()
+        try:
+            with self._mapped_errors():
+                row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                   (f'"{self.table}"',)).fetchone()
+        finally:
+            conn.close()
+        return bool(row[0])
+
     # -- internals ---------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -407,7 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascadeui", parents=[common],
         description="Inspect, edit, migrate and check cascadeui state. TARGET is a path or "
-                    "URL: state.json, cascadeui.db, sqlite:///x.db, redis://host/0?key=k")
+                    "URL: state.json, cascadeui.db, sqlite:///x.db, redis://host/0?key=k, "
+                    "postgresql://user@host/db?table=t")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], text: str,

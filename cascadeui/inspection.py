@@ -26,7 +26,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore, redact_url
+from cascadeui.adapters import (
+    FileStore,
+    PostgresStore,
+    RedisStore,
+    SQLiteStore,
+    SyncStore,
+    redact_url,
+)
 from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
 
 __all__ = [
@@ -243,6 +250,8 @@ def _kind(adapter: object) -> str:
         return "sqlite"
     if isinstance(adapter, RedisStore):
         return "redis"
+    if isinstance(adapter, PostgresStore):
+        return "postgres"
     return type(adapter).__name__
 
 
@@ -321,6 +330,8 @@ def open_existing(target: str | os.PathLike[str]) -> SyncStore:
             if not Path(adapter.path).exists():
                 raise FileNotFoundError(f"{adapter.path}: no such database")
             _check_sqlite_table(adapter)
+        elif isinstance(adapter, PostgresStore) and not adapter.exists():
+            raise FileNotFoundError(f"{adapter.location}: no such table")
     except BaseException:
         adapter.close()
         raise

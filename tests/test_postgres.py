@@ -178,12 +178,15 @@ def test_bad_table_names_are_refused() -> None:
 def test_dead_server_is_storage_unavailable_without_the_password() -> None:
     url = dead_url()
     with PostgresStore(url, connect_timeout=2) as s:
-        assert SECRET not in repr(s) and "***" in repr(s)
+        assert SECRET not in repr(s)
+        assert "***" in repr(s)
         for call in (s.load, s.version, lambda: s.save({"a": {}})):
             with pytest.raises(StorageUnavailableError, match="unreachable") as info:
                 call()
-            assert SECRET not in str(info.value) and SECRET not in repr(info.value)
-            assert info.value.location is not None and SECRET not in info.value.location
+            assert SECRET not in str(info.value)
+            assert SECRET not in repr(info.value)
+            assert info.value.location is not None
+            assert SECRET not in info.value.location
             assert info.value.__cause__ is None  # psycopg's message stays out of tracebacks
 
 
@@ -194,7 +197,8 @@ def test_missing_database_and_role_are_named(postgres_url: str) -> None:
     role_url = postgres_url.replace("postgres@", f"nobody_here:{SECRET}@", 1)
     with PostgresStore(role_url) as s, pytest.raises(StorageUnavailableError) as info:
         s.load()
-    assert "nobody_here" in str(info.value) and SECRET not in str(info.value)
+    assert "nobody_here" in str(info.value)
+    assert SECRET not in str(info.value)
 
 
 @pytest.mark.anyio
@@ -204,10 +208,12 @@ async def test_failed_save_logs_no_password(anyio_backend: str,
     url = dead_url()
     backend = backend_from_url(url + "?table=t1")
     assert isinstance(backend, PostgresBackend)
-    assert SECRET not in repr(backend) and backend.store.table == "t1"
+    assert SECRET not in repr(backend)
+    assert backend.store.table == "t1"
     with caplog.at_level(logging.DEBUG):
         assert await backend.save_state({"a": {}}) is False
-    assert caplog.records and all(SECRET not in r.getMessage() for r in caplog.records)
+    assert caplog.records
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
     await backend.aclose()
 
 
@@ -217,7 +223,8 @@ def test_backend_from_url_schemes(postgres_url: str) -> None:
         backend = backend_from_url(url)
         assert isinstance(backend, PostgresBackend)
         assert backend.store.table == "from_url"
-        assert "table=" not in backend.store.url and "sslmode=disable" in backend.store.url
+        assert "table=" not in backend.store.url
+        assert "sslmode=disable" in backend.store.url
     assert backend_from_url(postgres_url).store.table == "cascadeui_state"  # type: ignore[attr-defined]
 
 
@@ -261,7 +268,8 @@ def test_client_killed_mid_transaction_leaves_nothing(postgres_url: str,
     store.save({"a": {"n": 1}})
     with subprocess.Popen([sys.executable, "-c", _HOLDER, postgres_url, store.table],
                           stdout=subprocess.PIPE, text=True) as holder:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
     start = time.monotonic()
@@ -279,21 +287,20 @@ def test_server_restart_is_survived(tmp_path: Path) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no PostgreSQL binaries for the restart test (CI=true)")
         pytest.skip("no initdb/postgres binaries")
-    with PostgresServer() as server:
-        with PostgresStore(server.url, connect_timeout=2) as s:
-            writer = JournalWriter(s)
-            for i in range(20):
-                assert writer.commit([(("application", f"k{i}"), i)]) is not None
-            server.kill()
-            with pytest.raises(StorageUnavailableError):
-                s.load()
-            server.start()
-            assert s.load() == writer.doc  # reconnects on its own
-            writer.version = s.version()
-            assert writer.commit([(("application", "after"), 1)]) is not None
-            server.stop()  # a clean shutdown drops the idle connection too
-            server.start()
-            assert s.load()["application"]["after"] == 1  # retried on a new connection
+    with PostgresServer() as server, PostgresStore(server.url, connect_timeout=2) as s:
+        writer = JournalWriter(s)
+        for i in range(20):
+            assert writer.commit([(("application", f"k{i}"), i)]) is not None
+        server.kill()
+        with pytest.raises(StorageUnavailableError):
+            s.load()
+        server.start()
+        assert s.load() == writer.doc  # reconnects on its own
+        writer.version = s.version()
+        assert writer.commit([(("application", "after"), 1)]) is not None
+        server.stop()  # a clean shutdown drops the idle connection too
+        server.start()
+        assert s.load()["application"]["after"] == 1  # retried on a new connection
 
 
 @pytest.mark.slow
@@ -307,5 +314,32 @@ def test_crash_campaign_on_postgres() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     summary = lines[-1]
-    assert summary["kills"] == 6 and summary["lost"] == 0 and summary["problems"] == 0
+    assert summary["kills"] == 6
+    assert summary["lost"] == 0
+    assert summary["problems"] == 0
     assert summary["acked_saves"] > 0
+
+
+def test_cli_redacts_the_password_and_creates_nothing(postgres_url: str, pg_table: str,
+                                                      sql: psycopg.Connection[Any]) -> None:
+    url = postgres_url.replace("postgres@", f"postgres:{SECRET}@", 1)  # trust: any password
+    cli = [sys.executable, "-m", "cascadeui"]
+    missing = subprocess.run([*cli, "inspect", f"{url}?table={pg_table}"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode != 0
+    assert "no such table" in missing.stderr
+    assert sql.execute("SELECT to_regclass(%s)", (pg_table,)).fetchone() == (None,)
+    done = subprocess.run([*cli, "set", f"{url}?table={pg_table}", "application.a", "1"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run([*cli, "inspect", f"{url}?table={pg_table}"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "a: int = 1" in shown.stdout
+    for out in (missing, done, shown):
+        assert SECRET not in out.stdout + out.stderr
+    dead = subprocess.run([*cli, "inspect", dead_url()], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert dead.returncode != 0
+    assert "unreachable" in dead.stderr
+    assert SECRET not in dead.stdout + dead.stderr
