@@ -480,6 +480,8 @@ def campaign(backend: str, size: str, mode: str, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:] == ["--zygote"]:
         return zygote()
+    # SIGTERM unwinds like Ctrl-C: the private redis-server, zygotes and temp dirs go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=200, help="SIGKILLs per campaign")
     parser.add_argument("--backends", default=",".join(BACKENDS))

@@ -129,6 +129,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "backend": backend, "size": size, "users": users, "runs": len(res),
             "api": res[0]["api"], "changes": res[0]["changes"],
             "durable_per_s": med(r["durable_per_s"] for r in res),
+            "cpu_us": med(r["cpu_us_per_change"] for r in res),
             "p50_ms": med(r["latency"]["p50_ms"] for r in res),
             "p99_ms": med(r["latency"]["p99_ms"] for r in res),
             "stall_ms": max(r["stall"]["worst_ms"] for r in res),
@@ -152,14 +153,16 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], failures: list[str], command: str) -> str:
     lines = [f"Command: `{command}`", "",
-             "| backend | size | users | durable changes | changes/s | p50 ms | p99 ms "
+             "| backend | size | users | durable changes | changes/s | CPU us/change "
+             "| p50 ms | p99 ms "
              "| worst stall ms (CPU-bound) | changes/write | raw commit p50 / p99 ms "
              "| p99 / raw p50 | lost | targets missed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['size']} | {r['users']} | {r['changes']:,} "
-            f"| {r['durable_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['durable_per_s']:,.0f} | {r['cpu_us']:.0f} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} "
             f"| {r['stall_ms']:.1f} ({r['stall_cpu_ms']:.1f}) | {r['changes_per_write']:.1f} "
             f"| {r['raw_p50_ms']:.2f} / {r['raw_p99_ms']:.2f} | {r['p99_over_raw']:.1f}x "
             f"| {r['failures'] + r['mismatches']} | {', '.join(r['missed']) or '-'} |")
@@ -168,7 +171,9 @@ def markdown(rows: list[dict[str, Any]], failures: list[str], command: str) -> s
         sorted({f"{r['backend']}: {r['raw_what']}" for r in rows})) + ".")
     lines.append(f"API: {', '.join(sorted({r['api'] for r in rows}))}. Worst stall: the "
                  "1 ms ticker's worst lateness; in brackets the part the process's own CPU "
-                 "time over that tick can explain (the rest is the machine running others).")
+                 "time over that tick can explain (the rest is the machine running others). "
+                 "CPU us/change: this process's CPU time (all threads) per durable change; "
+                 "1,000,000 / it is what one free core allows.")
     if failures:
         lines += ["", "**Runs that failed**", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"

@@ -188,7 +188,7 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
     # alternate, so both see the same disk and CPU weather. The ticker runs only while
     # the users do (a raw commit blocks the loop by design).
     writes0 = counter.calls
-    elapsed, raw_times = 0.0, []
+    elapsed, cpu_s, raw_times = 0.0, 0.0, []
     lateness, cpu = [], []
     chunks = max(1, min(CHUNKS, per_user))
     done_per_user = 0
@@ -197,9 +197,10 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
         count = per_user * (c + 1) // chunks - done_per_user
         ticker = Ticker()
         ticker.start()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(user(u, done_per_user + 1, count) for u in range(users)))
         elapsed += time.perf_counter() - t0
+        cpu_s += time.process_time() - c0
         await ticker.stop()
         lateness += ticker.lateness
         cpu += ticker.cpu
@@ -222,6 +223,9 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
         "api": api, "users": users, "changes": done, "failures": len(failures),
         "first_failures": failures[:3], "seconds": elapsed,
         "durable_per_s": done / elapsed if elapsed > 0 else None,
+        # CPU time of this process (all threads) per durable change: what the changes
+        # cost whatever else the machine runs; 1 / it is the rate one free core allows.
+        "cpu_us_per_change": cpu_s / done * 1e6 if done else None,
         "latency": percentiles(latencies), "stall": stall, "writes": writes,
         "changes_per_write": done / writes if writes else None,
         "durable_equals_memory": _same(durable, memory),
