@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api", choices=["auto", "durable", "flush"], default="auto",
                    help="auto: dispatch(durable=True) when the store has it, else "
                         "dispatch() + flush()")
+    p.add_argument("--gc", default="default",
+                   help="'default', 'freeze' or both ('default,freeze', run side by side): "
+                        "freeze calls gc.freeze() once the state is loaded, as a bot can at "
+                        "start, so the cyclic collector no longer scans the state")
     p.add_argument("--redis-url", default=None, help="a Redis to use instead of a private one")
     p.add_argument("--redis-aof", action="store_true",
                    help="the private redis-server runs with appendonly yes, appendfsync always")
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown backend(s) {bad}; choose from {list(BACKENDS)}")
     args.users = [int(u) for u in args.users.split(",") if u.strip()]
+    args.gc = [g.strip() for g in args.gc.split(",") if g.strip()]
+    if set(args.gc) - {"default", "freeze"}:
+        p.error(f"--gc: choose from default, freeze (not {args.gc})")
     args.actions_map = {}
     for item in filter(None, args.actions.split(",")):
         users, _, n = item.partition("=")
@@ -117,16 +124,19 @@ def verdicts(row: dict[str, Any]) -> list[str]:
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell: medians over its runs."""
-    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    cells: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
     for rec in records:
         if rec.get("ok"):
             p = rec["params"]
-            cells.setdefault((p["backend"], p["size"], p["users"]), []).append(rec["result"])
+            gc_mode = "freeze" if p.get("gc_freeze") else "default"
+            cells.setdefault((p["backend"], p["size"], p["users"], gc_mode), []).append(
+                rec["result"])
     rows = []
-    for (backend, size, users), res in cells.items():
+    for (backend, size, users, gc_mode), res in cells.items():
         med = statistics.median
         row = {
-            "backend": backend, "size": size, "users": users, "runs": len(res),
+            "backend": backend, "size": size, "users": users, "gc": gc_mode,
+            "runs": len(res),
             "api": res[0]["api"], "changes": res[0]["changes"],
             "durable_per_s": med(r["durable_per_s"] for r in res),
             "cpu_us": med(r["cpu_us_per_change"] for r in res),
@@ -134,6 +144,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "p99_ms": med(r["latency"]["p99_ms"] for r in res),
             "stall_ms": max(r["stall"]["worst_ms"] for r in res),
             "stall_cpu_ms": max(r["stall"]["worst_cpu_bound_ms"] for r in res),
+            "gc_worst_ms": max(r["gc"]["worst_ms"] for r in res),
+            "gc_gen2": sum(r["gc"]["gen2_runs"] for r in res),
             "changes_per_write": med(r["changes_per_write"] or 0 for r in res),
             "raw_what": res[0]["raw"]["what"],
             "raw_p50_ms": med(r["raw"]["p50_ms"] for r in res),
@@ -147,23 +159,26 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["missed"] = verdicts(row)
         rows.append(row)
     order = {b: i for i, b in enumerate(BACKENDS)}
-    rows.sort(key=lambda r: (order.get(r["backend"], 9), size_bytes(r["size"]), r["users"]))
+    rows.sort(key=lambda r: (order.get(r["backend"], 9), size_bytes(r["size"]), r["users"],
+                             r["gc"]))
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], failures: list[str], command: str) -> str:
     lines = [f"Command: `{command}`", "",
-             "| backend | size | users | durable changes | changes/s | CPU us/change "
+             "| backend | size | users | GC | durable changes | changes/s | CPU us/change "
              "| p50 ms | p99 ms "
-             "| worst stall ms (CPU-bound) | changes/write | raw commit p50 / p99 ms "
+             "| worst stall ms (CPU-bound) | worst GC pause ms (gen-2 runs) | changes/write "
+             "| raw commit p50 / p99 ms "
              "| p99 / raw p50 | lost | targets missed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['size']} | {r['users']} | {r['changes']:,} "
+            f"| {r['backend']} | {r['size']} | {r['users']} | {r['gc']} | {r['changes']:,} "
             f"| {r['durable_per_s']:,.0f} | {r['cpu_us']:.0f} | {r['p50_ms']:.2f} "
             f"| {r['p99_ms']:.2f} "
-            f"| {r['stall_ms']:.1f} ({r['stall_cpu_ms']:.1f}) | {r['changes_per_write']:.1f} "
+            f"| {r['stall_ms']:.1f} ({r['stall_cpu_ms']:.1f}) "
+            f"| {r['gc_worst_ms']:.1f} ({r['gc_gen2']}) | {r['changes_per_write']:.1f} "
             f"| {r['raw_p50_ms']:.2f} / {r['raw_p99_ms']:.2f} | {r['p99_over_raw']:.1f}x "
             f"| {r['failures'] + r['mismatches']} | {', '.join(r['missed']) or '-'} |")
     lines.append("")
@@ -173,7 +188,9 @@ def markdown(rows: list[dict[str, Any]], failures: list[str], command: str) -> s
                  "1 ms ticker's worst lateness; in brackets the part the process's own CPU "
                  "time over that tick can explain (the rest is the machine running others). "
                  "CPU us/change: this process's CPU time (all threads) per durable change; "
-                 "1,000,000 / it is what one free core allows.")
+                 "1,000,000 / it is what one free core allows. GC: the longest run of "
+                 "Python's cyclic collector (it holds the GIL) and how many full (gen-2) "
+                 "runs fell in the timed part.")
     if failures:
         lines += ["", "**Runs that failed**", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"
@@ -198,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for users in args.users:
                     for _ in range(args.reps):
-                        runner.worker("ours", "durable", backend=backend, size=size,
-                                      users=users, actions=args.actions_map.get(users, 1000),
-                                      reps=args.raw_reps, api=args.api)
+                        for gc_mode in args.gc:
+                            runner.worker("ours", "durable", backend=backend, size=size,
+                                          users=users,
+                                          actions=args.actions_map.get(users, 1000),
+                                          reps=args.raw_reps, api=args.api,
+                                          gc_freeze=int(gc_mode == "freeze"))
     rows = summarize(runner.records)
     failures = [f"{r['params']}: {r.get('error')}" for r in runner.records if not r.get("ok")]
     report = markdown(rows, failures, command)

@@ -22,6 +22,7 @@ API); the result names which one ran.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -129,6 +130,28 @@ async def durable_dispatch(store: Any, api: str, action_type: str, payload: Any)
         raise RuntimeError(f"flush() returned False: {store.last_write_error!r}")
 
 
+class _GCPauses:
+    """Wall time of the cyclic garbage collector's runs (it stops every thread's Python)."""
+
+    def __init__(self) -> None:
+        self.gen2: list[float] = []
+        self.worst = 0.0
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        took = time.perf_counter() - self._t0
+        self.worst = max(self.worst, took)
+        if info["generation"] == 2:
+            self.gen2.append(took)
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+
 class _WriteCounter:
     """Counts the adapter's commits (journal appends and whole writes)."""
 
@@ -184,6 +207,10 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
                 continue
             latencies.append(time.perf_counter() - t0)
 
+    if args.gc_freeze:  # what a bot can do once its state is loaded: no GC scans of it
+        gc.collect()
+        gc.freeze()
+    pauses = _GCPauses()
     # Side by side on a shared machine: blocks of raw commits and of durable changes
     # alternate, so both see the same disk and CPU weather. The ticker runs only while
     # the users do (a raw commit blocks the loop by design).
@@ -205,6 +232,7 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
         lateness += ticker.lateness
         cpu += ticker.cpu
         done_per_user += count
+    pauses.close()
     stall = lateness_summary(lateness)
     stall["worst_cpu_bound_ms"] = max(
         (min(a, b) for a, b in zip(lateness, cpu, strict=True)), default=0.0) * 1000
@@ -230,6 +258,8 @@ async def _cell(args: Any, app: dict[str, Any], raw: RawCommit) -> dict[str, Any
         "changes_per_write": done / writes if writes else None,
         "durable_equals_memory": _same(durable, memory),
         "raw": {"what": raw.what, **percentiles(raw_times)},
+        "gc": {"gen2_runs": len(pauses.gen2), "gen2_worst_ms": max(pauses.gen2, default=0) * 1e3,
+               "worst_ms": pauses.worst * 1e3, "frozen": bool(args.gc_freeze)},
     }
 
 

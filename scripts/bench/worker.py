@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--users", type=int, default=1)
     p.add_argument("--api", choices=["auto", "durable", "flush"], default="auto")
+    p.add_argument("--gc-freeze", type=int, default=0)
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--per-proc", type=int, default=100)
     p.add_argument("--panels", type=int, default=100)
