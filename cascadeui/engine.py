@@ -185,27 +185,27 @@ class Engine:
         #: The backend version ``base`` was read at (None: not a versioned backend).
         self.version: int | None = None
         #: The compare-and-set backend (None: whole ``save_state`` calls only).
-        self.cas = versioned_backend(backend)
+        self.cas: AsyncBackend[Any] | None = versioned_backend(backend)
         serializer = self.cas.serializer if self.cas is not None else None
         #: Re-encodes only the subtrees that changed since the last write (issue 6); not
         #: for a custom serializer class, whose own ``serialize`` must be the one used.
-        self.encoder = SnapshotEncoder(serializer) if (
+        self.encoder: SnapshotEncoder | None = SnapshotEncoder(serializer) if (
             serializer is not None and type(serializer) is StateSerializer) else None
         #: The backend appends changes to a journal (issue 6); ``appended`` is set once it
         #: has since the last whole-document write, so close() can fold the journal in.
-        self.journaled = self.cas is not None and self.cas.journaled
-        self.appended = False
+        self.journaled: bool = self.cas is not None and self.cas.journaled
+        self.appended: bool = False
         #: The stored document holds keys that are not persisted slices (pycascadeui 2.x
         #: wrote its transient ``views``): the next write is whole, which drops them.
-        self.rewrite = False
-        self.conflicts = 0
+        self.rewrite: bool = False
+        self.conflicts: int = 0
         #: Slices whose write failed with a data error: not retried until they change.
         self.rejected: dict[str, Any] | None = None
         self.rejected_error: BaseException | None = None
         self.last_error: BaseException | None = None
         self.first_change: float | None = None
-        self.last_change = 0.0
-        self.failures = 0
+        self.last_change: float = 0.0
+        self.failures: int = 0
         self.retry_at: float | None = None
         #: flush() callers: (generation wanted, future); settled by the next attempt.
         self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
@@ -213,11 +213,11 @@ class Engine:
         #: holds their change (or a rejection, or the writer stopping), never by a failure.
         self.durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
         #: A durable waiter arrived since the last attempt: try again soon after a failure.
-        self.demand = False
-        self.failed_at = 0.0
-        self.stopping = False
-        self.loop = asyncio.get_running_loop()
-        self.wake = asyncio.Event()
+        self.demand: bool = False
+        self.failed_at: float = 0.0
+        self.stopping: bool = False
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.wake: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def adopt(self, stored: dict[str, Any], version: int | None, *, rewrite: bool) -> None:

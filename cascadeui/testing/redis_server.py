@@ -99,7 +99,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.fsync_always = fsync_always
         self.timeout = timeout
-        self.args = tuple(args)
+        self.args: tuple[str, ...] = tuple(args)
         self._own_dir = workdir is None
         self.workdir: Path = Path(tempfile.mkdtemp(prefix="cascadeui-redis-")
                             if workdir is None else workdir)

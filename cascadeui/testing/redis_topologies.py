@@ -71,7 +71,8 @@ class RedisClusterServers:
         self.host = HOST
         self.timeout = timeout
         # The bus port is chosen too: its default, port + 10000, may be taken or above 65535.
-        self.bus_ports = [free_port() for _ in range(masters)]
+        self.bus_ports: list[int] = [free_port() for _ in range(masters)]
+        self.nodes: list[RedisServer]
         self.nodes = [RedisServer(args=("--cluster-enabled", "yes", "--cluster-config-file",
                                         "nodes.conf", "--cluster-node-timeout",
                                         str(node_timeout_ms), "--cluster-port", str(bus)))
@@ -129,7 +130,8 @@ class SentinelServers:
                  failover_timeout_ms: int = 3000, appendonly: bool = False,
                  timeout: float = 30.0) -> None:
         self.timeout = timeout
-        self.master = RedisServer(appendonly=appendonly, fsync_always=appendonly)
+        self.master: RedisServer = RedisServer(appendonly=appendonly, fsync_always=appendonly)
+        self.replicas: list[RedisServer]
         self.replicas = [RedisServer(appendonly=appendonly, fsync_always=appendonly,
                                      args=("--replicaof", HOST, str(self.master.port)))
                          for _ in range(replicas)]
