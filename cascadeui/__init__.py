@@ -14,18 +14,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .dynamic import DynamicPanel
     from .inspection import inspect
     from .restore import setup_persistence
     from .store import StateStore, get_store
-    from .views import PersistentView
+    from .views import PersistentLayoutView, PersistentView
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PersistentView", "StateStore", "__version__", "get_store", "inspect", "setup_persistence",
+    "DynamicPanel", "PersistentLayoutView", "PersistentView", "StateStore", "__version__",
+    "get_store", "inspect", "setup_persistence",
 ]
 
 _LAZY = {
+    "DynamicPanel": ".dynamic",
+    "PersistentLayoutView": ".views",
     "PersistentView": ".views",
     "StateStore": ".store",
     "get_store": ".store",

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import logging
 import os
@@ -51,10 +52,11 @@ from typing import Any, Literal
 import anyio.to_thread
 import discord
 
-from .actions import PERSISTENT_VIEWS_REMOVED
+from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .backends import FileStorageBackend, StorageBackend, as_backend
 from .store import StateStore, get_store
-from .views import PersistentView, get_view_class
+from .dynamic import registered_dynamic_items
+from .views import PersistentPanel, get_view_class
 
 __all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",
            "RESTORE_FAILED", "RestoreSummary", "panel_shard", "setup_persistence"]
@@ -111,11 +113,15 @@ class RestoreSummary(dict[str, list[str]]):
     verification: asyncio.Task[Lists] | None = None
     unverified: list[str]
     other_shards: list[str]
+    #: Names of the :class:`~cascadeui.dynamic.DynamicPanel` classes registered with
+    #: ``bot.add_dynamic_items`` (no request: they route by ``custom_id`` template).
+    dynamic_items: list[str]
 
     def __init__(self, lists: Mapping[str, list[str]] | None = None) -> None:
         super().__init__(lists or {name: [] for name in _LISTS})
         self.unverified = []
         self.other_shards = []
+        self.dynamic_items = []
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,7 @@ async def setup_persistence(
     if bot is None:
         return summary
     _chain_close(bot, store, chosen if owned and store.backend is chosen else None)
+    summary.dynamic_items = _add_dynamic_items(bot, store)
     known, pending = await _attach(bot, store, shards, summary.other_shards)
     if rate_limit is not None:
         share = rate_share if rate_share is not None else (
@@ -299,6 +306,16 @@ def _shard_note(shards: _Shards | None, summary: RestoreSummary) -> str:
         return ""
     return (f" (shards {sorted(shards.ids)} of {shards.count}; "
             f"{len(summary.other_shards)} panels left to other clusters)")
+
+
+def _add_dynamic_items(bot: discord.Client, store: StateStore) -> list[str]:
+    """Route every registered dynamic panel class and bind it to ``store``: no request."""
+    classes = list(registered_dynamic_items().values())
+    for cls in classes:
+        cls.bind_store(store)
+    if classes:
+        bot.add_dynamic_items(*classes)  # type: ignore[arg-type]
+    return [cls.__name__ for cls in classes]
 
 
 def _check_bot(bot: object) -> None:
@@ -407,9 +424,39 @@ def _identity(entry: Any) -> dict[str, Any]:
     return ids
 
 
-def _build(state_key: str, cls: type[PersistentView], ids: dict[str, Any],
-           store: StateStore) -> PersistentView:
-    view = cls.from_registry(state_key, **ids)
+def _upgraded(cls: type[PersistentPanel], state_key: str, entry: Mapping[str, Any],
+              upgrades: dict[str, dict[str, Any]]) -> Mapping[str, Any]:
+    """The entry at the class's :attr:`~PersistentPanel.version`, through its
+    ``migrate_entry`` when stored older (recorded in ``upgrades`` to be stored back).
+
+    :raises ValueError: the entry was stored by a newer version of the class, or the
+        migration returned something unusable.
+    """
+    stored = entry.get("version", 0)
+    if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
+        raise ValueError(f"version {stored!r} is not a version number")
+    if stored == cls.version:
+        return entry
+    if stored > cls.version:
+        raise ValueError(f"stored by version {stored} of {cls.__name__}, newer than this "
+                         f"code's version {cls.version}")
+    new = cls.migrate_entry(copy.deepcopy(dict(entry)), stored)
+    if not isinstance(new, dict) or new.get("class_name") != entry["class_name"]:
+        raise ValueError(f"{cls.__name__}.migrate_entry must return the entry dict with "
+                         "its class_name")
+    new["version"] = cls.version
+    upgrades[state_key] = new
+    return new
+
+
+def _build(state_key: str, cls: type[PersistentPanel], ids: dict[str, Any],
+           args: Any, store: StateStore) -> PersistentPanel:
+    if args is None:
+        view = cls.from_registry(state_key, **ids)
+    elif isinstance(args, dict):
+        view = cls.from_registry(state_key, args=args, **ids)
+    else:
+        raise ValueError(f"stored args is a {type(args).__name__}, not a dict")
     if not isinstance(view, cls):
         raise TypeError(f"{cls.__name__}.from_registry returned {type(view).__name__}")
     if view.state_key != state_key:
@@ -421,7 +468,7 @@ def _build(state_key: str, cls: type[PersistentView], ids: dict[str, Any],
 
 
 async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None,
-                  others: list[str]) -> tuple[Lists, list[tuple[str, PersistentView]]]:
+                  others: list[str]) -> tuple[Lists, list[tuple[str, PersistentPanel]]]:
     """Phase 1, no HTTP: rebuild and ``add_view`` every restorable panel of our shards.
 
     :param others: receives the state keys of other shards' panels (left untouched).
@@ -430,9 +477,10 @@ async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None
     """
     known: Lists = {name: [] for name in _LISTS}
     live = {v.state_key: v for v in bot.persistent_views
-            if isinstance(v, PersistentView) and not v.is_finished()}
-    pending: list[tuple[str, PersistentView]] = []
+            if isinstance(v, PersistentPanel) and not v.is_finished()}
+    pending: list[tuple[str, PersistentPanel]] = []
     entries = list(store.state["persistent_views"].items())
+    upgrades: dict[str, dict[str, Any]] = {}
     with _no_gc_pauses() if len(entries) > _YIELD_EVERY else contextlib.nullcontext():
         for index, (state_key, entry) in enumerate(entries):
             if index and index % _YIELD_EVERY == 0:
@@ -440,9 +488,16 @@ async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None
             if shards is not None and not shards.owns(entry):
                 others.append(state_key)
                 continue
-            view = _attach_one(bot, store, state_key, entry, live, known)
+            view = _attach_one(bot, store, state_key, entry, live, known, upgrades)
             if view is not None:
                 pending.append((state_key, view))
+    if upgrades:  # entries a panel class migrated: stored back at their new version
+        async with store.batch():
+            for state_key, entry in upgrades.items():
+                await store.dispatch(PERSISTENT_VIEW_REGISTERED,
+                                     {**entry, "state_key": state_key})
+        log.info("setup_persistence: %d registry entries upgraded by their panel class",
+                 len(upgrades))
     return known, pending
 
 
@@ -466,7 +521,8 @@ def _no_gc_pauses() -> Iterator[None]:
 
 
 def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: Any,
-                live: Mapping[str, PersistentView], known: Lists) -> PersistentView | None:
+                live: Mapping[str, PersistentPanel], known: Lists,
+                upgrades: dict[str, dict[str, Any]]) -> PersistentPanel | None:
     """Rebuild and route one panel; None (and the key sorted into ``known``) otherwise."""
     try:
         ids = _identity(entry)
@@ -476,8 +532,10 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         return None
     cls = get_view_class(entry["class_name"])
     if cls is None:
-        log.info("panel %r: class %r is not registered (not imported yet?); kept",
-                 state_key, entry["class_name"])
+        log.warning("panel %r: class %r is not registered, so its clicks get no answer "
+                    "until a restart that registers it; load the cog or import the module "
+                    "defining %s before setup_persistence. The entry is kept.",
+                    state_key, entry["class_name"], entry["class_name"])
         known["skipped"].append(state_key)
         return None
     current = live.get(state_key)
@@ -485,7 +543,8 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         known["restored"].append(state_key)  # already routing in this process
         return None
     try:
-        view = _build(state_key, cls, ids, store)
+        entry = _upgraded(cls, state_key, entry, upgrades)
+        view = _build(state_key, cls, ids, entry.get("args"), store)
         bot.add_view(view, message_id=ids["message_id"])
     except Exception:
         log.exception("panel %r: rebuilding %s failed; kept", state_key, cls.__name__)
@@ -495,11 +554,11 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
     return view
 
 
-def _by_channel(pending: list[tuple[str, PersistentView]],
-                ) -> Iterator[tuple[str, PersistentView]]:
+def _by_channel(pending: list[tuple[str, PersistentPanel]],
+                ) -> Iterator[tuple[str, PersistentPanel]]:
     """Round-robin over channels: discord.py serializes requests per channel bucket, so
     consecutive checks in different channels never queue behind each other."""
-    queues: dict[int | None, deque[tuple[str, PersistentView]]] = {}
+    queues: dict[int | None, deque[tuple[str, PersistentPanel]]] = {}
     for item in pending:
         queues.setdefault(item[1].channel_id, deque()).append(item)
     rounds = list(queues.values())
@@ -527,7 +586,7 @@ class _Pacer:
 
 
 async def _verify(bot: discord.Client, store: StateStore, known: Lists,
-                  pending: list[tuple[str, PersistentView]], outcomes: dict[str, Outcome],
+                  pending: list[tuple[str, PersistentPanel]], outcomes: dict[str, Outcome],
                   *, concurrency: int, fetch_timeout: float, rate_limit: float | None,
                   ) -> Lists:
     """Phase 2: check every attached panel's message; unroute and purge the gone ones.
@@ -547,20 +606,20 @@ async def _verify(bot: discord.Client, store: StateStore, known: Lists,
             outcomes[state_key] = outcome
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)))))
-    gone: list[tuple[str, PersistentView]] = []
+    gone: list[tuple[str, PersistentPanel]] = []
     for state_key, view in pending:
         outcome = outcomes[state_key]
         result[outcome].append(state_key)
         if outcome == "removed":
             gone.append((state_key, view))
-        elif outcome == "restored" and type(view).on_restore is not PersistentView.on_restore:
+        elif outcome == "restored" and type(view).on_restore is not PersistentPanel.on_restore:
             _schedule_on_restore(bot, view)
     await _purge(store, gone)
     await store.dispatch(PERSISTENCE_VERIFIED, {name: list(result[name]) for name in _LISTS})
     return result
 
 
-async def _purge(store: StateStore, gone: list[tuple[str, PersistentView]]) -> None:
+async def _purge(store: StateStore, gone: list[tuple[str, PersistentPanel]]) -> None:
     if not gone:
         return
     views = store.state["persistent_views"]
@@ -577,7 +636,7 @@ async def _purge(store: StateStore, gone: list[tuple[str, PersistentView]]) -> N
                     len(keys))
 
 
-async def _check(bot: discord.Client, view: PersistentView, fetch_timeout: float) -> Outcome:
+async def _check(bot: discord.Client, view: PersistentPanel, fetch_timeout: float) -> Outcome:
     """Fetch one panel's message and say what became of it."""
     channel_id, message_id = view.channel_id or 0, view.message_id or 0  # set by _bind
     key = view.state_key
@@ -601,7 +660,7 @@ async def _check(bot: discord.Client, view: PersistentView, fetch_timeout: float
     return "restored"
 
 
-def _schedule_on_restore(bot: discord.Client, view: PersistentView) -> None:
+def _schedule_on_restore(bot: discord.Client, view: PersistentPanel) -> None:
     task = asyncio.get_running_loop().create_task(
         _run_on_restore(bot, view), name=f"cascadeui-on-restore-{view.state_key}")
     _track(task, bot)
@@ -616,7 +675,7 @@ async def _when_ready(bot: discord.Client) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _run_on_restore(bot: discord.Client, view: PersistentView) -> None:
+async def _run_on_restore(bot: discord.Client, view: PersistentPanel) -> None:
     """Await readiness, then the hook; an exception is logged, kept and dispatched."""
     await _when_ready(bot)
     if bot.is_closed():

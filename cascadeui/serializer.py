@@ -21,13 +21,15 @@ Limits (docs/backends.md): nesting deeper than :data:`MAX_DEPTH`, integers above
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from itertools import chain, compress, repeat
 from operator import is_
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
 from .errors import SerializationError, StateCorruptedError
@@ -47,6 +49,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
                             check_circular=False)
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False,
                                   check_circular=False)
+P = ParamSpec("P")
+R = TypeVar("R")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -262,14 +266,34 @@ def _text(tag: str, value: Any) -> str:
     return value
 
 
+class _ClassOrInstance(Generic[P, R]):
+    """A method that also works called on the class, with a default instance.
+
+    pycascadeui 2.1.0 code calls ``StateSerializer.serialize(state)`` and
+    ``StateSerializer.deserialize(text)`` on the class itself (issue 15); on an instance
+    (and through ``super()``) it is an ordinary bound method.
+    """
+
+    def __init__(self, fn: Callable[Concatenate[Any, P], R]) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> Callable[P, R]:
+        if obj is None:
+            obj = owner() if owner is not None else StateSerializer()
+        return types.MethodType(self.fn, obj)
+
+
 class StateSerializer:
     """Turns a state dict into compact JSON text and back, exactly.
 
     Raises :class:`~cascadeui.errors.SerializationError` (a ``TypeError``) naming the key
     path for a value it cannot store, and :class:`~cascadeui.errors.StateCorruptedError`
-    (a ``ValueError``) for text that is not a state it wrote.
+    (a ``ValueError``) for text that is not a state it wrote. ``serialize`` and
+    ``deserialize`` also work called on the class, as pycascadeui 2.1.0 code does.
     """
 
+    @_ClassOrInstance
     def serialize(self, state: Mapping[str, Any]) -> str:
         """Encode ``state`` as compact JSON; nothing is partially written on error.
 
@@ -319,6 +343,7 @@ class StateSerializer:
             return _ASCII_ENCODER.encode(native)
         return text
 
+    @_ClassOrInstance
     def deserialize(self, text: str | bytes) -> dict[str, Any]:
         """Decode JSON text written by :meth:`serialize` (or plain JSON) into a dict.
 

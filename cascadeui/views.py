@@ -1,8 +1,15 @@
-"""PersistentView: a ``discord.ui.View`` whose panels survive restarts, and its class registry.
+"""Persistent panels: ``discord.ui.View`` and ``LayoutView`` panels that survive restarts.
+
+:class:`PersistentPanel` holds everything a persistent panel does (the registry entry,
+``state_key``, data, owner checks, send/detach, restore hooks) once;
+:class:`PersistentView` adds it to a classic ``discord.ui.View`` and
+:class:`PersistentLayoutView` to a Components V2 ``discord.ui.LayoutView``.
 
 Every concrete subclass registers itself under its class name when it is defined. The
 registry is the only way a stored entry becomes a view again: a class name read from
 storage selects among registered subclasses and nothing else (no import by name, no eval).
+A class whose components declared in its body lack an explicit ``custom_id`` is refused
+right there (``TypeError`` naming them), not first at ``send()``.
 
 Re-defining a class with the same module and qualified name (a module reload, a class
 built in a function called twice) replaces the registered class; a *different* class with a
@@ -15,39 +22,39 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import discord
+from discord.ui.view import BaseView
 
-from .actions import APPLICATION_SET, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
+from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
+from .panel_data import PANELS_KEY, PanelData
 
 if TYPE_CHECKING:
     from .store import StateStore
 
-__all__ = ["PersistentView", "get_view_class", "registered_views", "unregister_view_class"]
+__all__ = ["PANELS_KEY", "PersistentLayoutView", "PersistentPanel", "PersistentView",
+           "get_view_class", "registered_views", "unregister_view_class"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, type[PersistentView]] = {}
+_REGISTRY: dict[str, type[PersistentPanel]] = {}
 # (id(store), state_key) -> the live view sent or restored in this process
-_LIVE: weakref.WeakValueDictionary[tuple[int, str], PersistentView] = (
+_LIVE: weakref.WeakValueDictionary[tuple[int, str], PersistentPanel] = (
     weakref.WeakValueDictionary())
 
-V = TypeVar("V", bound="PersistentView")
-
-#: Top-level key of the ``application`` slice under which :attr:`PersistentView.data` lives.
-PANELS_KEY = "panels"
+V = TypeVar("V", bound="PersistentPanel")
 
 
-def registered_views() -> Mapping[str, type[PersistentView]]:
-    """A read-only view of the registry: class name -> PersistentView subclass."""
+def registered_views() -> Mapping[str, type[PersistentPanel]]:
+    """A read-only view of the registry: class name -> panel class (either kind)."""
     return MappingProxyType(_REGISTRY)
 
 
-def get_view_class(name: object) -> type[PersistentView] | None:
-    """The registered subclass called ``name``, or None (also for a non-string name)."""
+def get_view_class(name: object) -> type[PersistentPanel] | None:
+    """The registered panel class called ``name``, or None (also for a non-string name)."""
     return _REGISTRY.get(name) if isinstance(name, str) else None
 
 
@@ -56,20 +63,50 @@ def unregister_view_class(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _register(cls: type[PersistentView]) -> None:
+def _register(cls: type[PersistentPanel]) -> None:
     name = cls.__name__
     known = _REGISTRY.get(name)
     if known is not None and known is not cls and (
             (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)):
         raise TypeError(
-            f"a PersistentView named {name!r} is already registered by "
+            f"a persistent panel named {name!r} is already registered by "
             f"{known.__module__}.{known.__qualname__}; {cls.__module__}.{cls.__qualname__} "
             "would make stored panels ambiguous after a restart. Rename one of them, or "
             "pass register=False for a base class that is never sent.")
+    missing = list(_declared_without_custom_id(cls))
+    if missing:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__}: {', '.join(missing)} "
+            f"{'has' if len(missing) == 1 else 'have'} no explicit custom_id; after a restart "
+            "Discord would route its clicks nowhere. Give each one custom_id=\"...\" (or "
+            "pass register=False for a base class that is never sent).")
     if known is not None and known is not cls:
-        log.debug("PersistentView %s re-defined in %s; the new class replaces it",
+        log.debug("panel class %s re-defined in %s; the new class replaces it",
                   name, cls.__module__)
     _REGISTRY[name] = cls
+
+
+def _declared_without_custom_id(cls: type[BaseView]) -> Iterator[str]:
+    """Components declared in the class body (decorated callbacks, item attributes, and
+    their nested children) that are interactive but have no explicit ``custom_id``."""
+    for name, member in getattr(cls, "__view_children_items__", {}).items():
+        if isinstance(member, discord.ui.Item):
+            nested = member.walk_children() if member._has_children() else ()  # type: ignore[attr-defined]
+            for item in (member, *nested):
+                if not item.is_persistent():
+                    yield _describe(item, name)
+            continue
+        kwargs = getattr(member, "__discord_ui_model_kwargs__", None)
+        if isinstance(kwargs, Mapping) and "custom_id" in kwargs and (
+                kwargs["custom_id"] is None and kwargs.get("url") is None):
+            label = kwargs.get("label") or kwargs.get("placeholder")
+            yield f"{name}{f' ({label!r})' if label else ''}"
+
+
+def _describe(item: discord.ui.Item[Any], where: str | None = None) -> str:
+    label = getattr(item, "label", None) or getattr(item, "placeholder", None)
+    text = f"{type(item).__name__}{f' {label!r}' if label else ''}"
+    return f"{text} in {where}" if where else text
 
 
 def _id(value: int | str | None) -> int | None:
@@ -80,10 +117,12 @@ def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-class PersistentView(discord.ui.View):
-    """A view that never times out and is rebuilt by ``setup_persistence`` after a restart.
+class PersistentPanel(PanelData, BaseView):
+    """What every persistent panel has, whatever its discord.py view class.
 
-    Give every component an explicit ``custom_id``, send it with :meth:`send` or
+    Not used directly: subclass :class:`PersistentView` (a classic ``discord.ui.View``) or
+    :class:`PersistentLayoutView` (a Components V2 ``discord.ui.LayoutView``). Give every
+    interactive component an explicit ``custom_id``, send the panel with :meth:`send` or
     :meth:`respond`, and it is recorded under ``state["persistent_views"][state_key]``.
 
     :param state_key: the panel's unique key in the registry (a non-empty string).
@@ -98,6 +137,8 @@ class PersistentView(discord.ui.View):
     owner_only: ClassVar[bool] = False
     #: What a refused user is told (ephemerally); None: refuse silently.
     not_owner_message: ClassVar[str | None] = "This panel belongs to someone else."
+    #: The version of this class's stored arguments (see :meth:`migrate_entry`).
+    version: ClassVar[int] = 0
 
     def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -122,62 +163,39 @@ class PersistentView(discord.ui.View):
         self.restore_error: BaseException | None = None
         self._store = store
 
-    # -- the store -----------------------------------------------------------------------
-
-    @property
-    def store(self) -> StateStore:
-        """The store this panel records into."""
-        if self._store is None:
-            from .store import get_store
-            return get_store()
-        return self._store
-
-    @property
-    def data(self) -> Mapping[str, Any]:
-        """This panel's data: ``state["application"]["panels"][state_key]`` (read-only)."""
-        panels = self.store.state["application"].get(PANELS_KEY, {})
-        found = panels.get(self.state_key, {}) if isinstance(panels, Mapping) else {}
-        return MappingProxyType(found) if isinstance(found, dict) else MappingProxyType({})
-
-    async def set_data(self, key: str, value: Any, *, durable: bool = True) -> None:
-        """Set one field of :attr:`data` through the store; return once it is stored.
-
-        :param durable: wait until the change is durable in the backend (the default, so
-            a panel answers its user only after the change is saved); False returns at
-            once and the change is written within the store's ``max_delay``.
-        :raises DurabilityTimeoutError: not stored within the store's ``durable_timeout``
-            (the change stays in memory and is retried): tell the user it was not saved.
-        """
-        await self.store.dispatch(APPLICATION_SET,
-                                  {"path": [PANELS_KEY, self.state_key, key], "value": value},
-                                  durable=durable)
+    def _data_path(self) -> list[str]:
+        return [PANELS_KEY, self.state_key]
 
     # -- sending -------------------------------------------------------------------------
 
     def check_persistent(self) -> None:
         """Raise unless every component can be routed after a restart.
 
-        :raises ValueError: a component has no explicit ``custom_id`` (it is named), or
-            the view is already finished.
+        Walks nested items too (containers, sections, action rows).
+
+        :raises ValueError: an interactive component has no explicit ``custom_id`` (it is
+            named), or the view is already finished.
         """
         for item in self.walk_children():
             if not item.is_persistent():
-                label = getattr(item, "label", None) or getattr(item, "placeholder", None)
+                row = getattr(item, "row", None)
                 raise ValueError(
-                    f"{type(self).__name__}: component {type(item).__name__}"
-                    f"{f' {label!r}' if label else ''} (row {item.row}) has no explicit "
+                    f"{type(self).__name__}: component {_describe(item)}"
+                    f"{f' (row {row})' if row is not None else ''} has no explicit "
                     "custom_id; Discord would route its clicks nowhere after a restart")
         if self.is_finished():
             raise ValueError(f"{type(self).__name__} {self.state_key!r} is finished (exit() or "
                              "stop() was called); build a new one to send")
 
-    @staticmethod
-    def _refuse_ephemeral(kwargs: Mapping[str, Any]) -> None:
+    def _check_send(self, content: str | None, kwargs: Mapping[str, Any]) -> None:
+        """Refuse what could never be restored, before any request is made."""
         if kwargs.get("ephemeral"):
             raise ValueError(
-                "a PersistentView cannot be sent ephemerally: an ephemeral message cannot be "
-                "fetched or edited after its interaction token expires (15 minutes), so it "
-                "could never be restored, and discord.py gives its view a 15-minute timeout")
+                f"a {type(self).__name__} cannot be sent ephemerally: an ephemeral message "
+                "cannot be fetched or edited after its interaction token expires (15 "
+                "minutes), so it could never be restored, and discord.py gives its view a "
+                "15-minute timeout")
+        self.check_persistent()
 
     async def send(self, destination: discord.abc.Messageable, content: str | None = None,
                    *, durable: bool = True, **kwargs: Any) -> discord.Message:
@@ -188,11 +206,10 @@ class PersistentView(discord.ui.View):
         :param kwargs: passed to ``destination.send`` (embed, files, ...).
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         """
-        self._refuse_ephemeral(kwargs)
-        self.check_persistent()
-        message = await destination.send(content, view=self, **kwargs)
+        self._check_send(content, kwargs)
+        message = await destination.send(content, view=self, **kwargs)  # type: ignore[call-overload]
         await self._record(message, guild_id=_guild_of(message), durable=durable)
-        return message
+        return message  # type: ignore[no-any-return]
 
     async def respond(self, interaction: discord.Interaction[Any], content: str | None = None,
                       *, durable: bool = True, **kwargs: Any) -> discord.Message:
@@ -204,15 +221,16 @@ class PersistentView(discord.ui.View):
 
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         """
-        self._refuse_ephemeral(kwargs)
-        self.check_persistent()
+        self._check_send(content, kwargs)
         if content is not None:
             kwargs["content"] = content
         message: discord.Message
         if interaction.response.is_done():
-            message = await interaction.followup.send(view=self, wait=True, **kwargs)
+            message = await interaction.followup.send(
+                view=self, wait=True, **kwargs)  # type: ignore[call-overload]
         else:
-            answer = await interaction.response.send_message(view=self, **kwargs)
+            answer = await interaction.response.send_message(
+                view=self, **kwargs)  # type: ignore[call-overload]
             resource = answer.resource if answer is not None else None
             if isinstance(resource, discord.Message):
                 message = resource
@@ -229,10 +247,15 @@ class PersistentView(discord.ui.View):
         previous = store.state["persistent_views"].get(self.state_key)
         self.message_id, self.channel_id, self.guild_id = (
             message.id, message.channel.id, guild_id)
-        await store.dispatch(PERSISTENT_VIEW_REGISTERED, {
-            "state_key": self.state_key, "class_name": type(self).__name__,
-            "message_id": _text(self.message_id), "channel_id": _text(self.channel_id),
-            "guild_id": _text(self.guild_id), "user_id": _text(self.user_id)})
+        entry: dict[str, Any] = {"state_key": self.state_key, "class_name": type(self).__name__,
+                 "message_id": _text(self.message_id), "channel_id": _text(self.channel_id),
+                 "guild_id": _text(self.guild_id), "user_id": _text(self.user_id)}
+        if type(self).version:
+            entry["version"] = type(self).version
+        args = self.registry_args()
+        if args:
+            entry["args"] = dict(args)
+        await store.dispatch(PERSISTENT_VIEW_REGISTERED, entry)
         old_view = _LIVE.get((id(store), self.state_key))
         self._mark_live()
         if old_view is not None and old_view is not self:
@@ -274,16 +297,41 @@ class PersistentView(discord.ui.View):
 
     # -- restoring -----------------------------------------------------------------------
 
+    def registry_args(self) -> dict[str, Any]:
+        """Constructor arguments to store with the registry entry (``entry["args"]``).
+
+        Override it to rebuild a panel whose ``__init__`` needs more than ``state_key``:
+        the dict (JSON values) is recorded on send and handed back to
+        :meth:`from_registry` as ``args=`` after a restart. Default: nothing stored.
+        """
+        return {}
+
     @classmethod
     def from_registry(cls: type[V], state_key: str, *, message_id: int, channel_id: int,
-                      guild_id: int | None, user_id: int | None) -> V:
+                      guild_id: int | None, user_id: int | None,
+                      args: Mapping[str, Any] | None = None) -> V:
         """Rebuild the panel for ``state_key`` after a restart.
 
-        The default calls ``cls(state_key=state_key)``; override it when ``__init__``
-        needs more. The identity fields (message, channel, guild, user) are set on the
-        result afterwards either way.
+        The default calls ``cls(state_key=state_key, **args)``; override it when
+        ``__init__`` needs more. ``args`` is passed only when the entry stored some (see
+        :meth:`registry_args`). The identity fields (message, channel, guild, user) are set
+        on the result afterwards either way.
         """
-        return cls(state_key=state_key)
+        return cls(state_key=state_key, **(args or {}))
+
+    @classmethod
+    def migrate_entry(cls, entry: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Upgrade a stored registry entry written by an older :attr:`version` of the class.
+
+        Runs at restore for every entry whose stored ``version`` (0 when absent) is below
+        the class's :attr:`version`, before :meth:`from_registry`; the upgraded entry is
+        stored back. The default returns ``entry`` unchanged.
+
+        :param entry: a copy of the stored entry (ids as decimal strings, plus any fields
+            the class stored); return the entry to keep.
+        :param from_version: the version the entry was stored with.
+        """
+        return entry
 
     async def on_restore(self, bot: discord.Client) -> None:
         """Post-restart hook: runs once the bot is ready (caches filled), never during
@@ -303,6 +351,32 @@ class PersistentView(discord.ui.View):
                 f"message_id={self.message_id} user_id={self.user_id}>")
 
 
+class PersistentView(PersistentPanel, discord.ui.View, register=False):
+    """A classic ``discord.ui.View`` panel that never times out and survives restarts.
+
+    Everything is documented on :class:`PersistentPanel`.
+    """
+
+
+class PersistentLayoutView(PersistentPanel, discord.ui.LayoutView, register=False):
+    """A Components V2 ``discord.ui.LayoutView`` panel that survives restarts.
+
+    Build it like any ``LayoutView`` (containers, sections, text displays, action rows);
+    every interactive item, however deeply nested, needs an explicit ``custom_id``. Its
+    text lives in ``TextDisplay`` items: Discord refuses ``content`` and embeds on a
+    Components V2 message, so :meth:`send` refuses them before any request.
+    Everything else is documented on :class:`PersistentPanel`.
+    """
+
+    def _check_send(self, content: str | None, kwargs: Mapping[str, Any]) -> None:
+        super()._check_send(content, kwargs)
+        if content is not None or kwargs.get("content") or kwargs.get("embed") or (
+                kwargs.get("embeds")):
+            raise ValueError(
+                f"{type(self).__name__} is a Components V2 layout: Discord refuses content "
+                "and embeds on such a message; put the text in a discord.ui.TextDisplay")
+
+
 def _guild_of(message: discord.Message) -> int | None:
     if message.guild is not None:
         return message.guild.id
@@ -312,7 +386,13 @@ def _guild_of(message: discord.Message) -> int | None:
 
 async def _detach(message: discord.Message, previous: Mapping[str, Any],
                   new_id: int | None) -> None:
-    """Edit the message a state_key used before to carry no view; a gone message is fine."""
+    """Stop the message a state_key used before from showing live controls.
+
+    A classic panel's message is edited to carry no view. A Components V2 message is all
+    components (removing them would leave an empty message, which Discord refuses), so its
+    layout is fetched and re-sent with every interactive item disabled. A message that is
+    already gone is fine.
+    """
     try:
         old_mid, old_cid = int(previous["message_id"]), int(previous["channel_id"])
     except (KeyError, TypeError, ValueError):
@@ -320,8 +400,17 @@ async def _detach(message: discord.Message, previous: Mapping[str, Any],
     if old_mid == new_id:
         return
     channel = discord.PartialMessageable(state=message._state, id=old_cid)
+    old_class = get_view_class(previous.get("class_name"))
     try:
-        await channel.get_partial_message(old_mid).edit(view=None)
+        if old_class is not None and issubclass(old_class, discord.ui.LayoutView):
+            old = await channel.fetch_message(old_mid)
+            layout = discord.ui.LayoutView.from_message(old, timeout=None)
+            for item in layout.walk_children():
+                if hasattr(item, "disabled") and item.is_dispatchable():
+                    item.disabled = True
+            await old.edit(view=layout)
+        else:
+            await channel.get_partial_message(old_mid).edit(view=None)
     except discord.NotFound:
         log.debug("old panel message %s is gone; nothing to detach", old_mid)
     except discord.HTTPException as exc:

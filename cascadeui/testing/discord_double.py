@@ -11,7 +11,15 @@ header, which discord.py requires before it honours a 429).
 Only one double can be the target of ``Route.BASE`` at a time in a process (it is a class
 attribute of discord.py); :meth:`DiscordDouble.start` sets it and :meth:`close` restores it.
 Interactions have no gateway here: :meth:`DiscordDouble.click` builds a component
-interaction and hands it to the bot's connection state, then waits for the callback.
+interaction and hands it to the bot's connection state, then waits for the callback;
+:meth:`DiscordDouble.deliver_message` does the same for a user's message (MESSAGE_CREATE),
+so prefix commands run.
+
+Components V2 messages are checked as Discord checks them: with the ``IS_COMPONENTS_V2``
+flag (``1 << 15``) a message may carry no ``content`` or embeds and its top-level
+components may be layout components (containers, sections, text displays, ...); without
+it only action rows are allowed. A refused body gets Discord's 400 "Invalid Form Body"
+(code 50035). Every component without an ``id`` is numbered as Discord numbers them.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
@@ -41,6 +49,12 @@ log: logging.Logger = logging.getLogger(__name__)
 UNKNOWN_CHANNEL = 10003
 UNKNOWN_MESSAGE = 10008
 MISSING_ACCESS = 50001
+INVALID_FORM_BODY = 50035
+#: Message flag of a Components V2 message.
+IS_COMPONENTS_V2 = 1 << 15
+#: Component types allowed at the top level of a Components V2 message: action row,
+#: section, text display, thumbnail, media gallery, file, separator, container.
+_V2_TOP_LEVEL = frozenset({1, 9, 10, 11, 12, 13, 14, 17})
 
 _JSON = "application/json"  # discord.py only decodes this exact content type (no charset)
 _EPOCH = 1_300_000_000_000_000_000  # ids above 2**53, so a float or JS number would break them
@@ -236,10 +250,14 @@ class DiscordDouble:
     # -- interactions ----------------------------------------------------------------------
 
     async def click(self, bot: discord.Client, message_id: int, custom_id: str, *,
-                    user_id: int, component_type: int = 2, values: list[str] | None = None,
+                    user_id: int, component_type: int | None = None,
+                    values: list[str] | None = None,
                     timeout: float = 5.0) -> dict[str, Any] | None:
         """Deliver a component interaction to ``bot`` and wait for its callback body.
 
+        :param component_type: the clicked component's type; by default the type of the
+            component with ``custom_id`` on the message, however deeply nested (a button,
+            2, when the message has none).
         :returns: the JSON the bot POSTed to ``/interactions/{id}/{token}/callback``, or
             None when nothing answered within ``timeout`` (e.g. no view routes it).
         :raises LookupError: the message does not exist in the double.
@@ -247,6 +265,10 @@ class DiscordDouble:
         msg = self.message(message_id)
         if msg is None:
             raise LookupError(f"no message {message_id} in the double")
+        if component_type is None:
+            found = next((c for c in _walk(msg.get("components") or [])
+                          if c.get("custom_id") == custom_id), None)
+            component_type = int(found["type"]) if found is not None else 2
         channel = self.channels[int(msg["channel_id"])]
         iid = self.new_id()
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
@@ -277,6 +299,50 @@ class DiscordDouble:
             return None
         finally:
             self._waiters.pop(iid, None)
+
+    async def deliver_message(self, bot: discord.Client, channel_id: int, content: str, *,
+                              author_id: int, author_name: str | None = None
+                              ) -> dict[str, Any]:
+        """A user posts ``content`` in a channel: store it and hand the bot MESSAGE_CREATE.
+
+        The bot's ``on_message`` runs (a ``commands.Bot`` processes prefix commands; the
+        message carries its content, as with the message content intent). Commands run
+        in tasks: wait for what they send with :meth:`wait_for_message`.
+
+        :returns: the stored message payload (its ``"id"`` orders later messages).
+        :raises LookupError: the channel does not exist in the double.
+        """
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise LookupError(f"no channel {channel_id} in the double")
+        msg = self._create(channel, {"content": content})
+        user = self._user(author_id, author_name or f"user{author_id}")
+        msg["author"] = user
+        payload = dict(msg)
+        if channel.guild_id is not None:
+            payload["member"] = {"roles": [], "joined_at": _now(), "deaf": False,
+                                 "mute": False, "flags": 0}
+        bot._connection.parse_message_create(payload)  # type: ignore[arg-type]
+        return msg
+
+    async def wait_for_message(self, channel_id: int, *, after: int | str,
+                               timeout: float = 5.0) -> dict[str, Any]:
+        """The first message in a channel with an id above ``after`` (polled; the bot's
+        reply to :meth:`deliver_message`).
+
+        :raises TimeoutError: none appeared within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            channel = self.channels.get(channel_id)
+            later = sorted(mid for mid in (channel.messages if channel else ())
+                           if mid > int(after))
+            if later and channel is not None:
+                return channel.messages[later[0]]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no message in channel {channel_id} after {after} "
+                                   f"within {timeout}s")
+            await asyncio.sleep(0.01)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -375,6 +441,7 @@ class DiscordDouble:
 
     async def _send(self, p: list[str], body: Any, req: web.Request) -> web.Response:
         ch, err = await self._lookup(int(p[1]), None)
+        err = err or _invalid_body(body or {})
         return err or _ok(self._create(ch, body or {}))  # type: ignore[arg-type]
 
     async def _get_message(self, p: list[str], body: Any, req: web.Request) -> web.Response:
@@ -384,7 +451,10 @@ class DiscordDouble:
 
     async def _edit(self, p: list[str], body: Any, req: web.Request) -> web.Response:
         ch, err = await self._lookup(int(p[1]), int(p[3]))
-        return err or _ok(self._update(ch.messages[int(p[3])], body or {}))  # type: ignore[union-attr]
+        if err:
+            return err
+        msg = ch.messages[int(p[3])]  # type: ignore[union-attr]
+        return _invalid_body(body or {}, msg) or _ok(self._update(msg, body or {}))
 
     async def _delete(self, p: list[str], body: Any, req: web.Request) -> web.Response:
         ch, err = await self._lookup(int(p[1]), int(p[3]))
@@ -395,10 +465,15 @@ class DiscordDouble:
 
     async def _callback(self, p: list[str], body: Any, req: web.Request) -> web.Response:
         iid, kind, data = int(p[1]), int(body["type"]), body.get("data") or {}
+        origin = self._origins.get(p[2])
+        if kind in (4, 7):
+            before = self.message(origin[1]) if kind == 7 and origin is not None else None
+            invalid = _invalid_body(data, before)
+            if invalid is not None:
+                return invalid
         record = {"interaction_id": iid, "type": kind, "data": data}
         self.callbacks.append(record)
         waiter = self._waiters.get(iid)
-        origin = self._origins.get(p[2])
         message: dict[str, Any] | None = None
         if kind == 4 and origin is not None:  # CHANNEL_MESSAGE_WITH_SOURCE: a new message
             channel = self.channels.get(origin[0])
@@ -420,6 +495,9 @@ class DiscordDouble:
         origin = self._token_channel(p[2])
         if origin is None:
             return _error(404, 10015, "Unknown Webhook")
+        invalid = _invalid_body(body or {})
+        if invalid is not None:
+            return invalid
         msg = self._create(origin, body or {}, interaction_token=p[2])
         return _ok(msg) if req.query.get("wait") in ("true", "1", "True") else _no_content()
 
@@ -431,7 +509,7 @@ class DiscordDouble:
         msg = self._hook_message(p[2], p[4])
         if msg is None:
             return _error(404, UNKNOWN_MESSAGE, "Unknown Message")
-        return _ok(self._update(msg, body or {}))
+        return _invalid_body(body or {}, msg) or _ok(self._update(msg, body or {}))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -463,7 +541,8 @@ class DiscordDouble:
             "content": body.get("content") or "", "timestamp": _now(), "edited_timestamp": None,
             "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
             "attachments": [], "embeds": body.get("embeds") or [], "pinned": False,
-            "flags": int(body.get("flags") or 0), "components": body.get("components") or [],
+            "flags": int(body.get("flags") or 0),
+            "components": _numbered(body.get("components") or []),
         }
         if ch.guild_id is not None:
             msg["guild_id"] = str(ch.guild_id)
@@ -475,10 +554,13 @@ class DiscordDouble:
 
     @staticmethod
     def _update(msg: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        v2 = int(msg.get("flags") or 0) & IS_COMPONENTS_V2
         for key in ("content", "embeds", "components", "flags"):
             if key in body:
                 msg[key] = body[key] if body[key] is not None else ([] if key != "content"
                                                                      else "")
+        msg["components"] = _numbered(msg["components"])
+        msg["flags"] = int(msg["flags"] or 0) | v2  # Discord never drops this flag
         msg["edited_timestamp"] = _now()
         return msg
 
@@ -511,6 +593,50 @@ class DiscordDouble:
     def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
         return {"id": str(user_id), "username": name, "discriminator": "0",
                 "global_name": None, "avatar": None, "bot": bot}
+
+
+def _walk(components: list[Any]) -> Iterator[dict[str, Any]]:
+    """Every component, depth first (children, a section's accessory, nested rows)."""
+    for comp in components:
+        if not isinstance(comp, dict):
+            continue
+        yield comp
+        yield from _walk(comp.get("components") or [])
+        accessory = comp.get("accessory")
+        if isinstance(accessory, dict):
+            yield from _walk([accessory])
+
+
+def _numbered(components: list[Any]) -> list[Any]:
+    """Give every component without an ``id`` the next free number, as Discord does."""
+    used = {c["id"] for c in _walk(components) if isinstance(c.get("id"), int)}
+    counter = itertools.count(1)
+    for comp in _walk(components):
+        if not isinstance(comp.get("id"), int):
+            comp["id"] = next(n for n in counter if n not in used)
+    return components
+
+
+def _invalid_body(body: dict[str, Any], before: dict[str, Any] | None = None
+                  ) -> web.Response | None:
+    """Discord's 400 for a message body breaking the Components V2 rules, else None."""
+    flags = int(body.get("flags") or 0) | int((before or {}).get("flags") or 0)
+    components = body.get("components") or []
+    top = [c.get("type") for c in components if isinstance(c, dict)]
+    if flags & IS_COMPONENTS_V2:
+        if body.get("content") or body.get("embeds") or body.get("poll"):
+            return _error(400, INVALID_FORM_BODY, "Invalid Form Body: content, embeds and "
+                          "polls cannot be used with the IS_COMPONENTS_V2 flag")
+        if "components" in body and not components:
+            return _error(400, 50006, "Cannot send an empty message")
+        bad = [t for t in top if t not in _V2_TOP_LEVEL]
+    else:
+        bad = [t for t in top if t != 1]
+    if bad:
+        return _error(400, INVALID_FORM_BODY, f"Invalid Form Body: component type {bad[0]} "
+                      f"is not allowed at the top level"
+                      f"{'' if flags & IS_COMPONENTS_V2 else ' without IS_COMPONENTS_V2'}")
+    return None
 
 
 def _ok(data: Any) -> web.Response:
