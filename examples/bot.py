@@ -1,8 +1,9 @@
 """A real bot whose panels survive restarts: ``DISCORD_TOKEN=... python examples/bot.py``.
 
 Commands (message content intent needed for the prefix): ``!poll <question>`` posts a poll
-anyone may vote on; ``!ticket`` posts a ticket only its author may close. Stop the bot,
-start it again: old buttons still answer and the votes are still there. State lives in
+anyone may vote on; ``!ticket`` posts a ticket only its author may close; ``!status``
+posts a Components V2 status board (a ``PersistentLayoutView``). Stop the bot, start it
+again: old buttons still answer and the votes are still there. State lives in
 ``cascadeui.db`` (SQLite) next to where you run it.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from cascadeui import PersistentView, setup_persistence
+from cascadeui import PersistentLayoutView, PersistentView, setup_persistence
 from cascadeui.persistence import SQLiteBackend
 
 log = logging.getLogger("example-bot")
@@ -60,6 +61,22 @@ class SupportTicket(PersistentView):
         log.info("ticket %s is back (owner %s)", self.state_key, self.user_id)
 
 
+class StatusBoard(PersistentLayoutView):
+    """A Components V2 layout: text, a container, and a row whose button counts checks."""
+
+    title = discord.ui.TextDisplay("## Status board")
+    box = discord.ui.Container(discord.ui.TextDisplay("Everything is running."),
+                               accent_colour=discord.Colour.green())
+    row = discord.ui.ActionRow()
+
+    @row.button(label="Checked", style=discord.ButtonStyle.primary, custom_id="status:check")
+    async def check(self, interaction: discord.Interaction[Any],
+                    button: discord.ui.Button[Any]) -> None:
+        checks = int(self.data.get("checks", 0)) + 1
+        await self.set_data("checks", checks)
+        await interaction.response.send_message(f"Checked {checks} times.", ephemeral=True)
+
+
 class PanelBot(commands.Bot):
     def __init__(self) -> None:
         intents = discord.Intents.default()
@@ -87,6 +104,12 @@ async def ticket(ctx: commands.Context[PanelBot]) -> None:
     """Open (or move) the author's ticket: one per member, re-sending detaches the old one."""
     await SupportTicket(state_key=f"ticket:{ctx.author.id}", user_id=ctx.author.id).send(
         ctx.channel, f"Ticket for {ctx.author.mention}")
+
+
+@bot.command()
+async def status(ctx: commands.Context[PanelBot]) -> None:
+    """Post the channel's status board (a Components V2 layout: no message content)."""
+    await StatusBoard(state_key=f"status:{ctx.channel.id}").send(ctx.channel)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cascadeui.store import get_store, reset_store
-from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
+from cascadeui.testing.discord_double import IS_COMPONENTS_V2, DiscordDouble, logged_in_bot
 from cascadeui.views import unregister_view_class
 
 
@@ -56,6 +56,13 @@ def test_example_bot_runs_against_the_double(tmp_path: Path,
             panel = module.VotePanel(state_key="poll:1")
             msg = await panel.send(bot.get_partial_messageable(cid), "Lunch?")
             answer = await double.click(bot, msg.id, "poll:yes", user_id=5)
+            # A prefix command, delivered as Discord would: it posts the layout panel.
+            sent = await double.deliver_message(bot, cid, "!status", author_id=5)
+            board = await double.wait_for_message(cid, after=sent["id"])
+            assert board["flags"] & IS_COMPONENTS_V2
+            checked = await double.click(bot, int(board["id"]), "status:check", user_id=5)
+            assert checked is not None
+            assert checked["data"]["content"] == "Checked 1 times."
             await bot.close()
             return answer, get_store().state["application"]
     try:
@@ -63,6 +70,7 @@ def test_example_bot_runs_against_the_double(tmp_path: Path,
     finally:
         unregister_view_class("VotePanel")
         unregister_view_class("SupportTicket")
+        unregister_view_class("StatusBoard")
         reset_store()
     assert answer is not None
     assert answer["data"]["content"] == "Counted. yes 1 / no 0"
