@@ -326,7 +326,7 @@ class DiscordDouble:
         return msg
 
     async def wait_for_message(self, channel_id: int, *, after: int | str,
-                               timeout: float = 5.0) -> dict[str, Any]:
+                               timeout: float = 10.0) -> dict[str, Any]:
         """The first message in a channel with an id above ``after`` (polled; the bot's
         reply to :meth:`deliver_message`).
 
