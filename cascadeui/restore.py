@@ -54,8 +54,8 @@ import discord
 
 from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .backends import FileStorageBackend, StorageBackend, as_backend
-from .store import StateStore, get_store
 from .dynamic import registered_dynamic_items
+from .store import StateStore, get_store
 from .views import PersistentPanel, get_view_class
 
 __all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",

@@ -57,7 +57,8 @@ def test_example_bot_runs_against_the_double(tmp_path: Path,
             msg = await panel.send(bot.get_partial_messageable(cid), "Lunch?")
             answer = await double.click(bot, msg.id, "poll:yes", user_id=5)
             # A prefix command, delivered as Discord would: it posts the layout panel.
-            sent = await double.deliver_message(bot, cid, "!status", author_id=5)
+            sent = await double.deliver_message(bot, cid, "!status", author_id=5,
+                                              command=True)
             board = await double.wait_for_message(cid, after=sent["id"])
             assert board["flags"] & IS_COMPONENTS_V2
             checked = await double.click(bot, int(board["id"]), "status:check", user_id=5)

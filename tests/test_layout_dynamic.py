@@ -317,7 +317,8 @@ async def test_a_delivered_message_runs_a_prefix_command_that_sends_a_layout_pan
         cid = double.add_channel(guild_id=double.new_id())
         await logged_in_bot(double, bot=bot)
         try:
-            sent = await double.deliver_message(bot, cid, "!counter", author_id=VOTER)
+            sent = await double.deliver_message(bot, cid, "!counter", author_id=VOTER,
+                                              command=True)
             reply = await double.wait_for_message(cid, after=sent["id"])
             assert reply["flags"] & IS_COMPONENTS_V2
             assert f"c:{sent['id']}" in store.state["persistent_views"]
@@ -332,3 +333,20 @@ def test_data_key_is_the_captured_ids() -> None:
     assert VoteButton(7, "yes").data_key == "7"
     assert re.fullmatch(VoteButton.__discord_ui_compiled_template__, "vote:7:no")
     assert CounterPanel  # the shared module still registers the classic panels
+
+
+async def test_a_delivered_command_that_fails_raises_its_error() -> None:
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.none(), help_command=None)
+
+    @bot.command()
+    async def boom(ctx: commands.Context[commands.Bot]) -> None:
+        raise RuntimeError("boom")
+
+    async with DiscordDouble() as double:
+        cid = double.add_channel()
+        await logged_in_bot(double, bot=bot)
+        try:
+            with pytest.raises(commands.CommandInvokeError, match="boom"):
+                await double.deliver_message(bot, cid, "!boom", author_id=VOTER, command=True)
+        finally:
+            await bot.close()

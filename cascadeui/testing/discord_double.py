@@ -301,28 +301,61 @@ class DiscordDouble:
             self._waiters.pop(iid, None)
 
     async def deliver_message(self, bot: discord.Client, channel_id: int, content: str, *,
-                              author_id: int, author_name: str | None = None
+                              author_id: int, author_name: str | None = None,
+                              command: bool = False, timeout: float = 10.0
                               ) -> dict[str, Any]:
         """A user posts ``content`` in a channel: store it and hand the bot MESSAGE_CREATE.
 
         The bot's ``on_message`` runs (a ``commands.Bot`` processes prefix commands; the
-        message carries its content, as with the message content intent). Commands run
-        in tasks: wait for what they send with :meth:`wait_for_message`.
+        message carries its content, as with the message content intent).
 
+        :param command: wait until the ``commands.Bot`` has finished the command this
+            message invokes (its ``command_completion``), so whatever it sent is in the
+            double *and* registered in the bot (a panel's view routes clicks). Without
+            it the command runs in a task: poll with :meth:`wait_for_message`.
         :returns: the stored message payload (its ``"id"`` orders later messages).
         :raises LookupError: the channel does not exist in the double.
+        :raises commands.CommandError: with ``command=True``, the command failed.
+        :raises TimeoutError: with ``command=True``, it did not finish within ``timeout``.
         """
         channel = self.channels.get(channel_id)
         if channel is None:
             raise LookupError(f"no channel {channel_id} in the double")
         msg = self._create(channel, {"content": content})
-        user = self._user(author_id, author_name or f"user{author_id}")
-        msg["author"] = user
+        msg["author"] = self._user(author_id, author_name or f"user{author_id}")
         payload = dict(msg)
         if channel.guild_id is not None:
             payload["member"] = {"roles": [], "joined_at": _now(), "deaf": False,
                                  "mute": False, "flags": 0}
-        bot._connection.parse_message_create(payload)  # type: ignore[arg-type]
+        done: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future())
+
+        def mine(ctx: commands.Context[Any], *_: Any) -> bool:
+            return ctx.message.id == int(msg["id"])
+
+        async def finished(ctx: commands.Context[Any]) -> None:
+            if mine(ctx) and not done.done():
+                done.set_result(None)
+
+        async def failed(ctx: commands.Context[Any], error: BaseException) -> None:
+            if mine(ctx) and not done.done():
+                done.set_result(error)
+
+        if command:
+            if not isinstance(bot, commands.Bot):
+                raise TypeError("command=True needs a commands.Bot")
+            bot.add_listener(finished, "on_command_completion")
+            bot.add_listener(failed, "on_command_error")
+        try:
+            bot._connection.parse_message_create(payload)  # type: ignore[arg-type]
+            if command:
+                error = await asyncio.wait_for(done, timeout)
+                if error is not None:
+                    raise error
+        finally:
+            if command and isinstance(bot, commands.Bot):
+                bot.remove_listener(finished, "on_command_completion")
+                bot.remove_listener(failed, "on_command_error")
         return msg
 
     async def wait_for_message(self, channel_id: int, *, after: int | str,
