@@ -39,6 +39,7 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
+from . import shutdown
 from .actions import PERSISTED_SLICES, STATE_RELOADED
 from .adapters import apply_shared
 from .backends import AsyncBackend, StorageBackend
@@ -215,6 +216,9 @@ class Engine:
         #: A durable waiter arrived since the last attempt: try again soon after a failure.
         self.demand: bool = False
         self.failed_at: float = 0.0
+        #: The store's generation the last durable write held (unsaved changes = the
+        #: generations since, for the shutdown WARNING).
+        self.saved_generation: int = store._generation
         self.stopping: bool = False
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.wake: asyncio.Event = asyncio.Event()
@@ -236,6 +240,7 @@ class Engine:
         self.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
         self.version = version
         self.rewrite = rewrite  # keys to drop: a journal cannot
+        self.saved_generation = self.store._generation
 
     def successor(self) -> Engine:
         """A new engine on the running loop that continues this one (same durable state)."""
@@ -246,11 +251,13 @@ class Engine:
         fresh.encoder, fresh.appended = self.encoder, self.appended
         fresh.rewrite = self.rewrite
         fresh.rejected, fresh.rejected_error = self.rejected, self.rejected_error
+        fresh.saved_generation = self.saved_generation
         return fresh
 
     def start(self) -> None:
         self.task = self.loop.create_task(self._run(), name="cascadeui-store-writer")
         self.task.add_done_callback(self._on_done)
+        shutdown.watch(self)
         if self.needs_write():
             self.note_change()
 
@@ -325,6 +332,76 @@ class Engine:
     def _location(self) -> str:
         return str(getattr(self.backend, "location", self.backend))
 
+    # -- shutdown (see cascadeui.shutdown) ---------------------------------------------
+
+    async def final_write(self, why: str) -> None:
+        """Write what is pending now, retrying for up to ``durable_timeout`` seconds.
+
+        Only for the writer task itself, or once it is gone: it writes inline. A WARNING
+        names what is still unsaved afterwards.
+        """
+        deadline = self.loop.time() + self.timing.durable_timeout
+        while self.needs_write():
+            await self._write_once()
+            wait = min((self.retry_at or 0.0) - self.loop.time(),
+                       deadline - self.loop.time())
+            if not self.needs_write() or self.loop.time() >= deadline:
+                break
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self.warn_unsaved(why)
+
+    async def drain(self, why: str, *, warn: bool = True) -> None:
+        """Write what is pending through the running writer, and what arrives meanwhile,
+        for up to ``durable_timeout`` seconds; then (``warn``) WARN about what is not."""
+        if self.task is None or self.task.done():
+            await self.final_write(why)
+            return
+        deadline = self.loop.time() + self.timing.durable_timeout
+        while self.needs_write() and self.loop.time() < deadline:
+            try:  # a durable wait: failed writes are retried until durable_timeout passes
+                await self.wait_durable()
+            except (PersistenceError, TypeError, ValueError):
+                break
+        if warn:
+            self.warn_unsaved(why)
+
+    def save_at_exit(self) -> None:
+        """Interpreter exit: write what is pending through this engine's loop or a new one."""
+        if not self.needs_write():
+            return
+        budget = self.timing.durable_timeout + 1.0
+        if self.loop.is_running():  # in another thread (sync API, a bot in a thread)
+            future = asyncio.run_coroutine_threadsafe(self.drain("interpreter exit"),
+                                                      self.loop)
+            try:
+                future.result(budget)
+            except Exception:
+                self.warn_unsaved("interpreter exit")
+            return
+
+        async def write_on_new_loop() -> None:
+            fresh = self.successor()
+            await fresh.final_write("interpreter exit")
+            self.durable, self.saved_generation = fresh.durable, fresh.saved_generation
+            fresh.warned = self.warned = True  # said once, by final_write
+
+        asyncio.run(write_on_new_loop())
+
+    #: The shutdown WARNING was logged for this engine (said once).
+    warned: bool = False
+
+    def warn_unsaved(self, why: str) -> None:
+        """Log a WARNING naming how many changes are not saved and where (once)."""
+        if not self.needs_write() or self.warned:
+            return
+        self.warned = True
+        count = max(1, self.store._generation - self.saved_generation)
+        reason = self.rejected_error if self._matches(self.rejected) else self.last_error
+        log.warning("%d change(s) to the persisted state were NOT saved to %s before %s "
+                    "(%s); they are lost", count, self._location(), why,
+                    f"{type(reason).__name__}: {reason}" if reason else "no write finished")
+
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
@@ -351,6 +428,22 @@ class Engine:
                    self.first_change + self.timing.max_delay)
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            # The loop is ending (asyncio.run() returning, Ctrl-C, bot.run() returning):
+            # asyncio cancels every task. Write what is pending before going.
+            if not self.stopping:
+                # Taken: the cancellation was delivered here (3.11+ counts it, and a
+                # pending count would make anyio's worker-thread waits cancel at once).
+                task = asyncio.current_task()
+                uncancel = getattr(task, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
+                await self.final_write("its event loop ended")
+            raise
+
+    async def _serve(self) -> None:
         while not self.stopping:
             if not self.needs_write():
                 self.first_change = None
@@ -397,6 +490,7 @@ class Engine:
                 return
             written, error = None, exc
         if written is not None:
+            self.saved_generation = generation
             self.durable, self.rejected, self.rejected_error = written, None, None
             self.failures, self.retry_at, self.last_error = 0, None, None
             self._resolve(generation, True)
