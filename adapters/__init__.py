@@ -4,7 +4,16 @@ They need no event loop: call them from scripts, threads and notebooks. The asyn
 backends in :mod:`cascadeui.persistence` run them in worker threads.
 """
 
-from .base import BaseStore, SyncStore, VersionedStore
+from .base import (
+    BackupInfo,
+    BackupStore,
+    BaseStore,
+    Check,
+    DescribedStore,
+    StoreInfo,
+    SyncStore,
+    VersionedStore,
+)
 from .file_store import FileStore
 from .journal import JournaledStore, apply_shared
 from .postgres_store import PostgresStore
@@ -12,12 +21,17 @@ from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
 __all__ = [
+    "BackupInfo",
+    "BackupStore",
     "BaseStore",
+    "Check",
+    "DescribedStore",
     "FileStore",
     "JournaledStore",
     "PostgresStore",
     "RedisStore",
     "SQLiteStore",
+    "StoreInfo",
     "SyncStore",
     "VersionedStore",
     "apply_shared",

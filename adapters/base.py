@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from cascadeui.errors import StoreClosedError
 from cascadeui.serializer import StateSerializer
@@ -19,7 +21,16 @@ from cascadeui.serializer import StateSerializer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BaseStore", "SyncStore", "VersionedStore"]
+__all__ = [
+    "BackupInfo",
+    "BackupStore",
+    "BaseStore",
+    "Check",
+    "DescribedStore",
+    "StoreInfo",
+    "SyncStore",
+    "VersionedStore",
+]
 
 
 @runtime_checkable
@@ -69,11 +80,113 @@ class VersionedStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BackupInfo:
+    """One backup generation an adapter keeps: ``index`` 0 is the newest.
+
+    ``path`` is where it lives (a file path for the JSON adapter), for people to read.
+    """
+
+    index: int
+    path: str
+    size: int
+    modified: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields."""
+        return {"index": self.index, "path": self.path, "size": self.size,
+                "modified": self.modified.isoformat()}
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What an adapter says about its medium, without decoding the state (``describe()``).
+
+    Sizes are bytes on the medium: ``size`` is everything a load reads (the snapshot and
+    its change journal), ``snapshot_size`` and ``journal_size`` the two parts.
+    """
+
+    #: ``file``, ``sqlite``, ``redis``, ``memory``... (the adapter's :attr:`BaseStore.kind`).
+    kind: str
+    #: Where the state lives, password redacted.
+    location: str
+    #: The medium holds a stored state (or a backup to fall back to).
+    exists: bool
+    #: The adapter's ``version()`` now (None where it has none or it cannot be read).
+    version: int | None = None
+    size: int | None = None
+    snapshot_size: int | None = None
+    journal_size: int | None = None
+    #: When the stored state last changed (None where the medium does not say).
+    modified: datetime | None = None
+    backups: tuple[BackupInfo, ...] = ()
+    #: Set when the adapter's last ``load()`` did not read the main copy (a backup it fell
+    #: back to because the main copy is missing or unreadable): which copy it read.
+    read_from: str | None = None
+    #: Medium-specific facts worth showing (the Redis TTL, the SQLite table...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Check(NamedTuple):
+    """One line of a health report (``check()``): what was checked, whether it passed, why."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class DescribedStore(Protocol):
+    """What read-only tools (``inspect``, ``cascadeui verify``) ask an adapter."""
+
+    kind: ClassVar[str]
+
+    def exists(self) -> bool:
+        """True when the medium holds a state; read-only, never creates anything.
+
+        :raises StateCorruptedError: the medium is something else's (a foreign database).
+        :raises StorageUnavailableError: it cannot be reached, or is not usable at all.
+        """
+        ...
+
+    def describe(self) -> StoreInfo:
+        """Where and how big the stored state is, its version and backups; read-only."""
+        ...
+
+    def check(self) -> tuple[list[Check], dict[str, Any] | None]:
+        """Check the stored bytes themselves, never falling back to a backup.
+
+        :returns: the checks (journal included) and the state a load returns, or None
+            when the main copy does not load.
+        """
+        ...
+
+
+@runtime_checkable
+class BackupStore(Protocol):
+    """An adapter whose medium keeps backup generations (the JSON file's ``.bak``)."""
+
+    def list_backups(self) -> list[BackupInfo]:
+        """The generations that exist, newest first; never follows a link."""
+        ...
+
+    def read_backup(self, index: int) -> dict[str, Any]:
+        """Decode generation ``index``.
+
+        :raises StateNotFoundError: there is no such generation.
+        :raises ConfigurationError: it is a link or not a regular file (never read).
+        :raises StateCorruptedError: it does not decode.
+        """
+        ...
+
+
 class BaseStore:
     """Lifecycle shared by the built-in adapters: context manager, idempotent close, repr."""
 
     #: Where the state lives, for messages and reprs; never holds a password.
     location: str
+    #: The medium's short name in descriptions (``StoreInfo.kind``).
+    kind: ClassVar[str] = "custom"
 
     def __init__(self, *, serializer: StateSerializer | None = None) -> None:
         self.serializer: StateSerializer = serializer or StateSerializer()

@@ -20,7 +20,8 @@ Layout next to ``<path>``:
   file, fsync, replace, directory fsync), then only ever appended to (``O_APPEND``,
   fsync) under the lock; it is never modified in place, so a lock-free reader always
   sees a prefix of it.
-- ``<path>.lock``, the ``filelock`` every writer holds.
+- ``<path>.lock``, the lock file every writer holds (:class:`~.locks.PathLock`: a lock
+  whose file is unlinked or replaced while held admits no second holder).
 
 A store that read or wrote the state at some version catches up with other processes'
 commits by reading only the journal bytes past the good end it saw
@@ -57,33 +58,35 @@ existing file keeps its permission bits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import stat
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from filelock import FileLock
-from filelock import Timeout as FileLockTimeout
 
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
     PersistenceError,
     StateCorruptedError,
+    StateNotFoundError,
     StorageUnavailableError,
 )
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from . import journal as _journal
-from .base import BaseStore
+from .base import BackupInfo, BaseStore, Check, StoreInfo
+from .locks import LockUnavailableError, PathLock
 
 if TYPE_CHECKING:
     from .journal import JournaledStore
@@ -170,6 +173,16 @@ class _Binding:
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+#: Opening a FIFO planted at a state path must fail fast, not wait for a writer forever.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_FILE_KINDS = {stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+               stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+               stat.S_IFLNK: "symlink"}
+
+
+def _what(mode: int) -> str:
+    """``directory``, ``FIFO``... for a file mode that is not a regular file."""
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "special file")
 
 
 @dataclass(frozen=True)
@@ -222,16 +235,20 @@ class FileStore(BaseStore):
     :class:`~cascadeui.adapters.JournaledStore` (:meth:`save_changes`, :meth:`load_changes`).
 
     :param path: the JSON file (not a symlink); missing directories are created on save.
-    :param backups: how many previous generations to keep (``.bak``, ``.bak.1``, ...).
+    :param backups: how many previous generations to keep (``.bak``, ``.bak.1``, ...);
+        None keeps as many as already exist next to the file, at least one (what tools
+        use, so a script never prunes a bot's deeper backup history).
     :param lock_timeout: seconds to wait for ``<path>.lock`` before
         :class:`~cascadeui.errors.LockTimeoutError`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, backups: int = 1,
+    kind = "file"
+
+    def __init__(self, path: str | os.PathLike[str], *, backups: int | None = 1,
                  lock_timeout: float = 10.0,
                  serializer: StateSerializer | None = None) -> None:
         super().__init__(serializer=serializer)
-        if backups < 0:
+        if backups is not None and backups < 0:
             raise ValueError("backups must be >= 0")
         self.path: Path = Path(os.fspath(path)).absolute()
         self.location: str = str(self.path)
@@ -240,7 +257,7 @@ class FileStore(BaseStore):
         self.lock_path: Path = Path(f"{self.path}.lock")
         #: The change journal appended after the snapshot at :attr:`path`.
         self.journal_path: Path = Path(f"{self.path}.journal")
-        self._lock = FileLock(self.lock_path, timeout=lock_timeout, mode=0o600)
+        self._lock = PathLock(self.lock_path, timeout=lock_timeout)
         self._known_good: _Signature | None = None
         #: A journal file this store read (or wrote) whole and found good.
         self._journal_good: _JournalSig | None = None
@@ -248,14 +265,146 @@ class FileStore(BaseStore):
         self._swept = False
         #: Journal files already reported as naming another snapshot (log once each).
         self._reported: set[_JournalSig] = set()
+        #: The backup the last load fell back to (None: it read the main file).
+        self._read_from: str | None = None
 
     # -- paths -------------------------------------------------------------------------
 
     def backup_paths(self) -> list[Path]:
         """The backup generations, newest first (whether or not they exist)."""
-        return [Path(f"{self.path}.bak" + (f".{i}" if i else "")) for i in range(self.backups)]
+        count = self.backups
+        if count is None:
+            count = max([1, *(index + 1 for index, _ in self._existing_backups())])
+        return [self._backup_path(i) for i in range(count)]
 
-    # -- reading -----------------------------------------------------------------------
+    def _backup_path(self, index: int) -> Path:
+        return Path(f"{self.path}.bak" + (f".{index}" if index else ""))
+
+    def _existing_backups(self) -> list[tuple[int, Path]]:
+        """(index, path) of every ``<name>.bak[.N]`` next to the file, newest first."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.bak(?:\.([1-9]\d*))?")
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            m = pattern.fullmatch(name)
+            if m:
+                found.append((int(m.group(1) or 0), self.path.parent / name))
+        return sorted(found)
+
+    # -- what readers ask (inspect, the CLI) ---------------------------------------------
+
+    def exists(self) -> bool:
+        """True when the file, or a backup to fall back to, exists; no I/O beyond ``lstat``."""
+        self._check_open()
+        return os.path.lexists(self.path) or bool(self._existing_backups())
+
+    def list_backups(self) -> list[BackupInfo]:
+        """The ``.bak`` generations next to the file, newest first (``lstat``: a link is
+        listed as what it is, never followed)."""
+        self._check_open()
+        found = []
+        for index, path in self._existing_backups():
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            found.append(BackupInfo(index, str(path), st.st_size,
+                                    datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+        return found
+
+    def read_backup(self, index: int) -> dict[str, Any]:
+        """Decode backup generation ``index`` (0 is ``.bak``), never through a link.
+
+        :raises StateNotFoundError: no such generation.
+        :raises ConfigurationError: it is a symlink or not a regular file.
+        :raises StateCorruptedError: it does not decode.
+        """
+        self._check_open()
+        path = self._backup_path(index)
+        try:
+            return self._read(path)[0]
+        except FileNotFoundError:
+            have = ", ".join(str(i) for i, _ in self._existing_backups()) or "none"
+            raise StateNotFoundError(f"no backup {index} at {path} (available: {have})",
+                                     location=str(path)) from None
+
+    def describe(self) -> StoreInfo:
+        """Sizes of the snapshot and its journal, last change, backups (``lstat`` only).
+
+        ``version`` is None: a file's ``version()`` is an opaque change token.
+        """
+        self._check_open()
+        main = self._lstat(self.path)
+        journal = self._lstat(self.journal_path)
+        parts = [st for st in (main, journal) if st is not None]
+        backups = tuple(self.list_backups())
+        return StoreInfo(
+            kind=self.kind, location=self.location, exists=main is not None or bool(backups),
+            size=sum(st.st_size for st in parts) if main is not None else None,
+            snapshot_size=main.st_size if main is not None else None,
+            journal_size=journal.st_size if journal is not None else 0,
+            modified=datetime.fromtimestamp(max(st.st_mtime for st in parts), timezone.utc)
+            if main is not None else None,
+            backups=backups, read_from=self._read_from)
+
+    def _lstat(self, path: Path) -> os.stat_result | None:
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailableError(f"cannot stat {path}: {exc.strerror or exc}",
+                                          location=self.location) from exc
+
+    def check(self) -> tuple[list[Check], dict[str, Any] | None]:
+        """The main file decodes, every backup decodes, the journal applies (no fallback).
+
+        Lock-free: a read that finds the snapshot replaced under it starts over.
+        """
+        self._check_open()
+        checks: list[Check] = []
+        state: dict[str, Any] | None = None
+        for _ in range(_READ_ATTEMPTS):
+            checks, state = self._check_main()
+            if state is None or checks[-1].ok or not checks[-1].detail.startswith("moved"):
+                break
+        for info in self.list_backups():
+            try:
+                self.read_backup(info.index)
+                checks.append(Check(f"backup {info.index} decodes", True, info.path))
+            except PersistenceError as exc:
+                checks.append(Check(f"backup {info.index} decodes", False, str(exc)))
+        return checks, state
+
+    def _check_main(self) -> tuple[list[Check], dict[str, Any] | None]:
+        try:
+            state, st, digest = self._read(self.path)
+        except FileNotFoundError:
+            return [Check("main file exists", False, f"{self.path} is missing")], None
+        except PersistenceError as exc:
+            return [Check("main file decodes", False, str(exc))], None
+        checks = [Check("main file decodes", True, str(self.path))]
+        try:
+            journal = self._read_journal()
+            if self._snapshot_moved(_snapshot_id(st)):
+                return [*checks, Check("change journal applies", False, "moved")], state
+            problem = None
+            if journal is None or journal.snapshot is None:
+                detail = "no journal"
+            elif not journal.snapshot.binds(_snapshot_id(st), digest):
+                problem = self._unbound_problem(journal)
+                detail = "it names another snapshot: not applied"
+            else:
+                self._apply(state, journal)
+                detail = f"{len(journal.records)} record(s) after the snapshot"
+        except PersistenceError as exc:
+            return [*checks, Check("change journal applies", False, str(exc))], None
+        return [*checks, Check("change journal belongs to the snapshot", problem is None,
+                               problem or ""),
+                Check("change journal applies", True, detail)], state
 
     def load(self) -> dict[str, Any]:
         """Return the stored state (snapshot + journal); fall back to the newest valid backup.
@@ -289,11 +438,15 @@ class FileStore(BaseStore):
                 first_error = exc
                 break
             if self._settle(state, st, digest, self._read_journal(), locked=locked):
-                return state
+                return self._settled(state)
         else:  # the snapshot kept being replaced under a lock-free read: read under the lock
             with self._locked():
                 return self._load(locked=True)
         return self._load_backup(tried, first_error)
+
+    def _settled(self, state: dict[str, Any]) -> dict[str, Any]:
+        self._read_from = None
+        return state
 
     def _settle(self, state: dict[str, Any], st: os.stat_result, digest: _Digest,
                 journal: _Journal | None, *, locked: bool) -> bool:
@@ -422,6 +575,7 @@ class FileStore(BaseStore):
                             self.path, first_error.args[0] if first_error else "", candidate)
             else:
                 log.warning("%s is missing; loaded the backup %s instead", self.path, candidate)
+            self._read_from = str(candidate)
             return state
         if tried:
             raise StateCorruptedError(
@@ -449,14 +603,7 @@ class FileStore(BaseStore):
         :raises ConfigurationError: ``path`` is a symlink.
         :raises StorageUnavailableError: it cannot be read.
         """
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            self._refuse_symlink(path, exc)
-            raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
-                                          location=str(path)) from exc
+        fd = self._open_regular(path, os.O_RDONLY)
         try:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
@@ -467,6 +614,36 @@ class FileStore(BaseStore):
         except OSError as exc:
             raise StorageUnavailableError(f"cannot read {path}: {exc.strerror or exc}",
                                           location=str(path)) from exc
+
+    def _open_regular(self, path: Path, flags: int) -> int:
+        """``os.open`` a regular file: never through a link, never blocking on a FIFO.
+
+        :raises FileNotFoundError: no such file.
+        :raises ConfigurationError: a symlink, a FIFO, a directory... (named).
+        :raises StorageUnavailableError: it cannot be opened.
+        """
+        try:
+            fd = os.open(path, flags | _O_NOFOLLOW | _O_BINARY | _O_NONBLOCK)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            self._refuse_symlink(path, exc)
+            if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader, a dir
+                self._refuse_special(path, os.lstat(path))
+            raise StorageUnavailableError(f"cannot open {path}: {exc.strerror or exc}",
+                                          location=str(path)) from exc
+        try:
+            self._refuse_special(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _refuse_special(self, path: Path, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigurationError(
+                f"{path} is a {_what(st.st_mode)}, not a regular file; cascadeui reads and "
+                "writes only regular files (move it away)", location=str(path))
 
     def _read_journal(self, start: int = 0, lines: int = 0) -> _Journal | None:
         """Read and check ``<path>.journal``; None when there is none.
@@ -767,8 +944,21 @@ class FileStore(BaseStore):
         self._settle(state, st, digest, self._read_journal(), locked=True)
         return self._extent
 
+    def _check_lock_held(self) -> None:
+        """Right before a commit: the lock file must still be the one we locked.
+
+        :raises LockTimeoutError: it was unlinked or replaced while held (another process
+            may hold the new one): nothing is written.
+        """
+        if not self._lock.held():
+            raise LockTimeoutError(
+                f"{self.lock_path} was removed or replaced while this writer held it; "
+                "nothing was written (another process may be writing now: retry)",
+                lock=str(self.lock_path), timeout=self.lock_timeout, location=self.location)
+
     def _append(self, extent: _Extent, line: bytes) -> int | None:
         """Append ``line`` to the journal bound to ``extent.snapshot``, durably (lock held)."""
+        self._check_lock_held()
         self._sweep_once()
         head: bytes | None = None
         try:
@@ -805,12 +995,10 @@ class FileStore(BaseStore):
     def _good_part(self, extent: _Extent) -> bytes:
         """The first ``journal_end`` bytes of the journal: its header and good records."""
         try:
-            fd = os.open(self.journal_path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY)
-        except OSError as exc:
-            self._refuse_symlink(self.journal_path, exc)
-            raise StorageUnavailableError(
-                f"cannot read {self.journal_path}: {exc.strerror or exc}",
-                location=self.location) from exc
+            fd = self._open_regular(self.journal_path, os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise StorageUnavailableError(f"cannot read {self.journal_path}: it vanished",
+                                          location=self.location) from exc
         with os.fdopen(fd, "rb") as fh:
             return fh.read(extent.journal_end)
 
@@ -820,11 +1008,7 @@ class FileStore(BaseStore):
         On a failed write or fsync the journal is rewritten without the line (best
         effort), so an unacknowledged record never stays visible.
         """
-        try:
-            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | _O_NOFOLLOW | _O_BINARY)
-        except OSError as exc:
-            self._refuse_symlink(self.journal_path, exc)
-            raise
+        fd = self._open_regular(self.journal_path, os.O_WRONLY | os.O_APPEND)
         try:
             st = os.fstat(fd)
             if extent.journal is None or (st.st_ino, st.st_size) != (
@@ -869,11 +1053,16 @@ class FileStore(BaseStore):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if os.path.isdir(self.path):  # else a .lock is left next to a directory
+            raise ConfigurationError(
+                f"{self.path} is a directory, not a state file (name a file in it, e.g. "
+                f"{self.path / 'cascadeui_state.json'})", location=self.location)
         try:
-            # filelock polls every 50 ms by default: under contention that idles the
-            # lock most of the time (4 writers: 3x fewer commits per second).
-            self._lock.acquire(poll_interval=0.005)
-        except FileLockTimeout:
+            # Polls every 5 ms: filelock's default 50 ms idled the lock most of the time
+            # under contention (4 writers: 3x fewer commits per second).
+            self._lock.timeout = self.lock_timeout
+            self._lock.acquire()
+        except LockUnavailableError:
             raise LockTimeoutError(
                 f"could not lock {self.lock_path} within {self.lock_timeout:g}s "
                 "(another process is writing, or a writer hangs)",
@@ -948,11 +1137,13 @@ class FileStore(BaseStore):
                     os.unlink(self.path.parent / name)
 
     def _make_room(self) -> None:
-        """Just before a full write replaces ``<path>``: keep what did not load, rotate."""
+        """Just before a full write replaces ``<path>``: keep what did not load, rotate;
+        last, check the lock is still ours (the replace follows at once)."""
         self._refuse_journal_symlink()
         aside = self._set_aside_if_corrupt()
         self._set_journal_aside_if_unreadable(aside)
         self._rotate()
+        self._check_lock_held()
 
     def _refuse_journal_symlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):

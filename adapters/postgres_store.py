@@ -44,6 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -57,7 +58,7 @@ from cascadeui.errors import (
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
-from .base import BaseStore
+from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
 from .redis_store import redact_secret, redact_url, url_secrets
 
@@ -105,6 +106,8 @@ class PostgresStore(BaseStore):
     :param connect_timeout: seconds to connect, and to wait for an unanswered send
         (``tcp_user_timeout``), so a dead server fails calls instead of hanging them.
     """
+
+    kind = "postgres"
 
     def __init__(self, url: str = "postgresql://localhost/postgres", *,
                  table: str = "cascadeui_state", timeout: float = 10.0,
@@ -529,6 +532,50 @@ class PostgresStore(BaseStore):
         finally:
             conn.close()
         return bool(row[0])
+
+    def describe(self) -> StoreInfo:
+        """Version, snapshot and journal bytes, last commit time; creates nothing."""
+        if not self.exists():
+            return StoreInfo(kind=self.kind, location=self.location, exists=False,
+                             extra={"table": self.table})
+        conn = self.connect()
+        try:
+            with self._mapped_errors():
+                row = conn.execute(
+                    f"SELECT (SELECT octet_length(data) FROM {self._t} WHERE id = 1), "
+                    f"(SELECT updated_at FROM {self._t} WHERE id = 1), "
+                    f"(SELECT count(*) FROM {self._j}), "
+                    f"(SELECT coalesce(sum(octet_length(ops)), 0) FROM {self._j}), "
+                    f"({self._version_sql()})").fetchone()
+        finally:
+            conn.close()
+        snapshot, updated, count, journal, version = row
+        return StoreInfo(
+            kind=self.kind, location=self.location, exists=True, version=int(version),
+            size=int(snapshot or 0) + int(journal), snapshot_size=int(snapshot or 0),
+            journal_size=int(journal),
+            modified=datetime.fromtimestamp(float(updated), timezone.utc)
+            if updated is not None else None,
+            extra={"table": self.table, "journal_records": int(count)})
+
+    def check(self) -> tuple[list[Check], dict[str, Any] | None]:
+        """The row is there and decodes, the journal follows it and applies; creates nothing."""
+        if not self.exists():
+            return [Check("state table exists", False, f"no table {self.table!r}")], None
+        conn = self.connect()
+        try:
+            with self._mapped_errors():
+                row, records = self._fetch(conn)
+        finally:
+            conn.close()
+        if row is None:
+            return [Check("state row present", False, "the table holds no state")], None
+        try:
+            state, version = self._assemble(row, records)
+        except StateCorruptedError as exc:
+            return [Check("state row and change journal decode", False, str(exc))], None
+        return [Check("state row and change journal decode", True,
+                      f"{len(records)} record(s) after the snapshot; version {version}")], state
 
     # -- internals ---------------------------------------------------------------------
 

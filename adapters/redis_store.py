@@ -62,7 +62,7 @@ from cascadeui.errors import (
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
-from .base import BaseStore
+from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
 
 __all__ = ["RedisStore", "redact_secret", "redact_url", "url_secrets"]
@@ -160,6 +160,19 @@ end
 return out
 """
 
+# KEYS: snapshot, journal, version. Returns {exists, snapshot bytes, journal records,
+# journal bytes, version or false, pttl}: what describe() shows, summed on the server.
+_DESCRIBE = """
+local n = redis.call('EXISTS', KEYS[1]) + redis.call('EXISTS', KEYS[2])
+local size, count, bytes = 0, 0, 0
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then size = redis.call('STRLEN', KEYS[1]) end
+if redis.call('TYPE', KEYS[2])['ok'] == 'list' then
+  count = redis.call('LLEN', KEYS[2])
+  for _, r in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do bytes = bytes + #r end
+end
+return {n, size, count, bytes, redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[1])}
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -248,6 +261,8 @@ class RedisStore(BaseStore):
         by default: Redis then acknowledges a write once it is in the server's memory.
     """
 
+    kind = "redis"
+
     def __init__(self, url: str = "redis://localhost", *, key: str = "cascadeui:state",
                  ttl: int | None = None, lock_timeout: float = 10.0,
                  socket_timeout: float = 5.0,
@@ -326,6 +341,7 @@ class RedisStore(BaseStore):
         self._commit = client.register_script(_COMMIT)
         self._append = client.register_script(_APPEND)
         self._changes = client.register_script(_CHANGES)
+        self._describe = client.register_script(_DESCRIBE)
         self._release_lock = client.register_script(_RELEASE)
         if self.wait_aof:
             self._check_aof(client)
@@ -375,7 +391,11 @@ class RedisStore(BaseStore):
             yield
         except PersistenceError:
             raise
+        except (rex.AuthenticationError, rex.AuthenticationWrongNumberOfArgsError) as exc:
+            raise self._auth_error(exc) from None
         except rex.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise self._auth_error(exc) from None
             if "WRONGTYPE" in str(exc):
                 raise StateCorruptedError(
                     f"{self.location}: the key holds another Redis type, not a string "
@@ -389,8 +409,59 @@ class RedisStore(BaseStore):
                 f"{self.location}: {type(exc).__name__}: {self._redacted(exc)}",
                 location=self.location) from None
 
+    def _auth_error(self, exc: BaseException) -> StorageUnavailableError:
+        """redis-py's raw HELLO/AUTH text, turned into what to change in the URL."""
+        if self._secrets:
+            hint = ("the server refused the password in the URL (check it, and the user "
+                    "name if the server uses ACLs: redis://USER:PASSWORD@host:port/db)")
+        else:
+            hint = ("the server requires a password: add it to the URL, "
+                    "redis://:PASSWORD@host:port/db (or redis://USER:PASSWORD@... with ACLs)")
+        return StorageUnavailableError(f"{self.location}: {hint} [{self._redacted(exc)}]",
+                                       location=self.location)
+
     def _redacted(self, exc: BaseException) -> str:
         return redact_secret(str(exc), self._secrets)
+
+    # -- what readers ask (inspect, the CLI) ---------------------------------------------
+
+    def exists(self) -> bool:
+        """True when a snapshot or journal is stored under the key (an expired state and a
+        key never written are both False)."""
+        with self._mapped_errors():
+            return bool(self._client.exists(self.key, self.journal_key))
+
+    def describe(self) -> StoreInfo:
+        """Snapshot and journal bytes, version and TTL, summed on the server (one script)."""
+        with self._mapped_errors():
+            client = self._client
+            found, snapshot, count, journal, version, pttl = self._describe(
+                keys=[self.key, self.journal_key, self.version_key], client=client)
+            try:
+                current: int | None = self._parse_version(version)
+            except StateCorruptedError:
+                current = None
+        extra: dict[str, Any] = {"key": self.key, "journal_records": int(count)}
+        if int(pttl) > 0:
+            extra["expires_in_s"] = round(int(pttl) / 1000, 1)
+        return StoreInfo(kind=self.kind, location=self.location, exists=bool(found),
+                         version=current, size=int(snapshot) + int(journal),
+                         snapshot_size=int(snapshot), journal_size=int(journal), extra=extra)
+
+    def check(self) -> tuple[list[Check], dict[str, Any] | None]:
+        """The snapshot and every journal record decode and apply; the counter is sane."""
+        checks: list[Check] = []
+        try:
+            with self._mapped_errors():
+                state, version = self._read()
+            checks.append(Check("state decodes", True, "snapshot and change journal"))
+        except StateCorruptedError as exc:
+            return [Check("state decodes", False, str(exc))], None
+        try:
+            checks.append(Check("version counter", True, f"version {self._parse_version(version)}"))
+        except StateCorruptedError as exc:
+            checks.append(Check("version counter", False, str(exc)))
+        return checks, state
 
     # -- the contract ------------------------------------------------------------------
 

@@ -42,10 +42,12 @@ import contextlib
 import importlib.util
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +59,7 @@ from cascadeui.errors import (
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
-from .base import BaseStore
+from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
 
 if TYPE_CHECKING:
@@ -94,6 +96,8 @@ class SQLiteStore(BaseStore):
         :class:`~cascadeui.errors.LockTimeoutError`.
     :param table: the state table's name; its journal is ``<table>_journal``.
     """
+
+    kind = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0,
                  table: str = "cascadeui_state",
@@ -148,8 +152,9 @@ class SQLiteStore(BaseStore):
             try:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             except FileExistsError:
-                pass
+                self._refuse_directory()
             except OSError as exc:
+                self._refuse_directory()
                 raise StorageUnavailableError(
                     f"{self.location}: cannot create the database: {exc.strerror or exc}",
                     location=self.location) from exc
@@ -167,6 +172,129 @@ class SQLiteStore(BaseStore):
             conn.close()
             raise
         return conn
+
+    def _refuse_directory(self) -> None:
+        """SQLite says only "disk I/O error" for a directory: say what is wrong."""
+        try:
+            is_dir = stat.S_ISDIR(os.stat(self.path).st_mode)
+        except OSError:
+            return
+        if is_dir:
+            raise StorageUnavailableError(
+                    f"{self.location}: {self.path} is a directory, not a database file "
+                    f"(name a file, e.g. {Path(self.path) / 'cascadeui.db'})",
+                    location=self.location)
+
+    # -- what readers ask (inspect, the CLI): read-only, never creating anything ---------
+
+    @contextlib.contextmanager
+    def _readonly(self) -> Iterator[sqlite3.Connection | None]:
+        """A read-only connection to an existing database file (None: no file).
+
+        Inspecting must never create a file, a table, or switch the journal mode.
+        """
+        self._check_open()
+        if self.path == ":memory:":  # only this store's own connection sees it
+            with self._connection() as conn:
+                yield conn
+            return
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:
+            raise StorageUnavailableError(f"{self.location}: {exc.strerror or exc}",
+                                          location=self.location) from exc
+        self._refuse_directory()
+        with self._mapped_errors():
+            conn = sqlite3.connect(Path(self.path).as_uri() + "?mode=ro", uri=True,
+                                   timeout=self.timeout, isolation_level=None)
+        try:
+            with self._mapped_errors():
+                tables = {str(r[0]) for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if self.table not in tables:
+                others = sorted(t for t in tables if not t.startswith("sqlite_"))
+                if others:
+                    raise self._corrupt(
+                        f"holds the tables {', '.join(others[:5])} but no {self.table!r}: "
+                        "not a cascadeui database (refusing to add tables to it)")
+                yield None
+                return
+            self._schema_work(conn)  # a foreign or newer layout is refused here
+            yield conn
+        finally:
+            conn.close()
+
+    def exists(self) -> bool:
+        """True when the database holds the cascadeui table; read-only.
+
+        :raises StateCorruptedError: the file is not SQLite, or holds other tables and not
+            ours (a foreign database: nothing is ever added to it through this check).
+        :raises StorageUnavailableError: the path is a directory, or cannot be read.
+        """
+        with self._readonly() as conn:
+            return conn is not None
+
+    def describe(self) -> StoreInfo:
+        """Version, snapshot and journal bytes, last commit time; read-only."""
+        with self._readonly() as conn:
+            if conn is None:
+                return StoreInfo(kind=self.kind, location=self.location, exists=False,
+                                 extra={"table": self.table})
+            with self._read_transaction(conn), self._mapped_errors():
+                row = conn.execute(f"SELECT length(CAST(data AS BLOB)), updated_at FROM "
+                                   f"{self.table} WHERE id = 1").fetchone()
+                journal = conn.execute(
+                    "SELECT count(*), coalesce(sum(length(CAST(ops AS BLOB))), 0) "
+                    f"FROM {self.journal_table}").fetchone()
+                version = self._version(conn)
+        snapshot = int(row[0] or 0) if row is not None else 0
+        modified = None
+        if row is not None and isinstance(row[1], (int, float)):
+            modified = datetime.fromtimestamp(float(row[1]), timezone.utc)
+        on_disk = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                on_disk += os.stat(self.path + suffix).st_size
+        return StoreInfo(
+            kind=self.kind, location=self.location, exists=True, version=version,
+            size=snapshot + int(journal[1]), snapshot_size=snapshot,
+            journal_size=int(journal[1]), modified=modified,
+            extra={"table": self.table, "journal_records": int(journal[0]),
+                   "file_bytes": on_disk or None})
+
+    def check(self) -> tuple[list[Check], dict[str, Any] | None]:
+        """``PRAGMA integrity_check``, the row is there and decodes, the journal applies."""
+        checks: list[Check] = []
+        with self._readonly() as conn:
+            if conn is None:
+                return [Check("database exists", False,
+                              f"{self.path} holds no {self.table!r} table")], None
+            try:
+                with self._mapped_errors():
+                    result = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+                checks.append(Check("sqlite integrity_check", result == "ok", result))
+                with self._read_transaction(conn):
+                    row, records = self._fetch(conn)
+            except StateCorruptedError as exc:
+                return [*checks, Check("sqlite readable", False, str(exc))], None
+        if row is None:
+            return [*checks, Check("state row present", False, "the table holds no state")], \
+                None
+        try:
+            self._decode_row(row[0])
+            checks.append(Check("state row decodes", True, f"version {row[1]}"))
+        except StateCorruptedError as exc:
+            return [*checks, Check("state row decodes", False, str(exc))], None
+        try:
+            state, version = self._assemble(row, records)
+        except StateCorruptedError as exc:
+            return [*checks, Check("change journal applies", False, str(exc))], None
+        return [*checks, Check("change journal applies", True,
+                               f"{len(records)} record(s) after the snapshot; version "
+                               f"{version}")], state
 
     # -- schema ------------------------------------------------------------------------
 

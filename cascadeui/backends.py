@@ -51,6 +51,7 @@ __all__ = [
     "SQLiteBackend",
     "StorageBackend",
     "as_backend",
+    "save_or_log",
 ]
 
 log: logging.Logger = logging.getLogger("cascadeui.persistence")
@@ -69,6 +70,20 @@ class StorageBackend(Protocol):
     async def load_state(self) -> dict[str, Any]:
         """Return the saved state, an empty dict when nothing was saved."""
         ...
+
+
+def save_or_log(store: SyncStore, state: Mapping[str, Any], where: str) -> bool:
+    """The save-failure policy, in one place: True once saved, False (logged) when the
+    medium failed; a caller's bug (:class:`~cascadeui.errors.SerializationError`) or a
+    closed store raises."""
+    try:
+        store.save(state)
+    except (SerializationError, StoreClosedError):
+        raise
+    except (PersistenceError, OSError) as exc:
+        log.error("save to %s failed: %s", where, exc)
+        return False
+    return True
 
 
 class AsyncBackend(Generic[S]):
@@ -115,14 +130,7 @@ class AsyncBackend(Generic[S]):
         :raises SerializationError: ``state`` holds a value JSON cannot store.
         :raises StoreClosedError: the backend was closed.
         """
-        try:
-            await anyio.to_thread.run_sync(self.store.save, state)
-        except (SerializationError, StoreClosedError):
-            raise
-        except (PersistenceError, OSError) as exc:
-            log.error("save to %s failed: %s", self.location, exc)
-            return False
-        return True
+        return await anyio.to_thread.run_sync(save_or_log, self.store, state, self.location)
 
     async def load_state(self) -> dict[str, Any]:
         """Return the saved state, ``{}`` when nothing was saved.
@@ -297,11 +305,12 @@ class FileStorageBackend(AsyncBackend[FileStore]):
     """JSON file backend: atomic replace, fsync, ``.bak`` rotation, a file lock.
 
     :param file_path: the JSON file.
-    :param backups: previous generations to keep (``.bak``, ``.bak.1``, ...).
+    :param backups: previous generations to keep (``.bak``, ``.bak.1``, ...); None keeps
+        as many as already exist (at least one).
     :param lock_timeout: seconds to wait for ``<file_path>.lock``.
     """
 
-    def __init__(self, file_path: str | os.PathLike[str], *, backups: int = 1,
+    def __init__(self, file_path: str | os.PathLike[str], *, backups: int | None = 1,
                  lock_timeout: float = 10.0) -> None:
         super().__init__(FileStore(file_path, backups=backups, lock_timeout=lock_timeout))
         self.file_path: Path = self.store.path

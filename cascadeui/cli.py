@@ -13,33 +13,36 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
-import sqlite3
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from cascadeui import sync
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore, SyncStore
-from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
+from cascadeui.adapters import BackupStore, Check, DescribedStore, SyncStore
+from cascadeui.entries import entry_problem
+from cascadeui.errors import (
+    ConfigurationError,
+    PersistenceError,
+    SerializationError,
+    StateCorruptedError,
+)
 from cascadeui.inspection import (
     _human_bytes,
-    _medium,
-    file_backups,
     format_path,
     get_path,
     inspect,
-    open_existing,
     parse_path,
-    redacted,
     set_path,
-    sqlite_readonly,
 )
 from cascadeui.serializer import StateSerializer
+from cascadeui.targets import open_store, redacted
 
 __all__ = ["main"]
 
@@ -48,6 +51,8 @@ log: logging.Logger = logging.getLogger(__name__)
 _WRITABLE_SLICES = ("application", "persistent_views")
 #: ``migrate`` shows its progress bar on a terminal from this source size up.
 PROGRESS_THRESHOLD = 1 << 20
+#: A write that has waited this long for a lock says so on stderr.
+LOCK_NOTE_AFTER = 1.0
 
 
 class UsageError(Exception):
@@ -59,13 +64,67 @@ def _encoded(value: Any) -> Any:
     return json.loads(StateSerializer().serialize({"v": value}))["v"]
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number and cannot be stored")
+
+
 def _decoded(text: str) -> Any:
-    """Parse a JSON value, honouring the serializer's tags (``{"$set": [1, 2]}``)."""
+    """Parse a JSON value, honouring the serializer's tags (``{"$set": [1, 2]}``).
+
+    :raises UsageError: not one JSON value, ``NaN``/``Infinity``, a bad tag: the VALUE
+        is to blame, never the stored state.
+    """
     try:
-        json.loads(text)  # one whole JSON value, nothing smuggled after it
+        json.loads(text, parse_constant=_no_constant)  # one whole value, nothing after it
     except ValueError as exc:
         raise UsageError(f"VALUE is not JSON ({exc}); quote strings: '\"text\"'") from None
-    return StateSerializer().deserialize('{"v": ' + text + "}")["v"]
+    serializer = StateSerializer()
+    try:
+        value = serializer.deserialize('{"v": ' + text + "}")["v"]
+        serializer.serialize({"v": value})
+    except (StateCorruptedError, SerializationError) as exc:
+        reason = str(exc).removeprefix("stored state is not valid: ")
+        raise UsageError(f"VALUE {_clip(text)} cannot be stored: {reason}") from None
+    if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - guarded above
+        raise UsageError(f"VALUE {text} cannot be stored: not a finite number")
+    return value
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _open_for_write(target: str) -> SyncStore:
+    """The adapter ``set``/``delete``/``migrate`` write to: created if missing, but a
+    foreign database or a directory is refused before anything is made."""
+    adapter = open_store(target)
+    try:
+        if isinstance(adapter, DescribedStore):
+            adapter.exists()  # raises for what must never be written to
+    except BaseException:
+        adapter.close()
+        raise
+    return adapter
+
+
+@contextlib.contextmanager
+def _lock_note(command: str, target: str) -> Iterator[None]:
+    """After :data:`LOCK_NOTE_AFTER` seconds of waiting, say on stderr what we wait for."""
+    done = threading.Event()
+
+    def note() -> None:
+        if not done.wait(LOCK_NOTE_AFTER):
+            print(f"cascadeui {command} {redacted(target)}: waiting for the write lock "
+                  "(another process is writing; giving up after the lock timeout, 10 s by "
+                  "default)", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=note, name="cascadeui-lock-note", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _print_json(data: Any, out: TextIO, indent: int | None = 2) -> None:
@@ -87,7 +146,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     parse_path(args.path)
-    adapter = open_existing(args.target)
+    adapter = open_store(args.target, existing=True)
     try:
         state = adapter.load()
     finally:
@@ -96,17 +155,35 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_set(args: argparse.Namespace) -> int:
-    segs = parse_path(args.path)
+def _writable(path: str) -> list[Any]:
+    segs = parse_path(path)
     if segs[0].quoted or segs[0].text not in _WRITABLE_SLICES or len(segs) < 2:
-        raise UsageError(f"PATH {args.path!r} must start with application. or "
+        raise UsageError(f"PATH {path!r} must start with application. or "
                          "persistent_views. and name a key (other keys are not persisted)")
+    return segs
+
+
+def _check_panels(state: dict[str, Any], segs: list[Any]) -> None:
+    """A change under ``persistent_views.KEY`` must leave an entry restore accepts."""
+    if segs[0].text != "persistent_views":
+        return
+    views = state.get("persistent_views", {})
+    for key in (k for k in views if str(k) == segs[1].text):
+        problem = entry_problem(views[key])
+        if problem is not None:
+            raise UsageError(f"persistent_views.{format_path([key])} would not restore "
+                             f"({problem}); every start would report it as failed")
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    segs = _writable(args.path)
     value = _decoded(args.value)
-    adapter = sync.open_adapter(args.target)
+    adapter = _open_for_write(args.target)
     try:
-        with sync.transaction(adapter) as state:
+        with _lock_note(args.command, args.target), sync.transaction(adapter) as state:
             state.setdefault(segs[0].text, {})
             set_path(state, args.path, value)
+            _check_panels(state, segs)
     finally:
         adapter.close()
     if args.json:
@@ -117,8 +194,47 @@ def cmd_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    _writable(args.path)
+    adapter = open_store(args.target, existing=True)
+    try:
+        with _lock_note(args.command, args.target), sync.transaction(adapter) as state:
+            removed = delete_path(state, args.path)
+    finally:
+        adapter.close()
+    if args.json:
+        _print_json({"target": redacted(args.target), "path": args.path,
+                     "removed": _encoded(removed)}, sys.stdout)
+    else:
+        print(f"deleted {args.path} from {redacted(args.target)}")
+    return 0
+
+
+def delete_path(state: dict[str, Any], path: str) -> Any:
+    """Remove the key (or list item) at PATH; return what it held.
+
+    :raises KeyError: nothing there.
+    """
+    segs = parse_path(path)
+    parent_path = format_path([s.text for s in segs[:-1]]) if len(segs) > 1 else ""
+    if len(segs) > 1:
+        quoted = [f'"{s.text}"' if s.quoted else s.text for s in segs[:-1]]
+        parent = get_path(state, ".".join(quoted))
+    else:
+        parent = state
+    get_path(state, path)  # KeyError naming the missing segment
+    last = segs[-1]
+    if isinstance(parent, dict):
+        number = last.as_int()
+        key: Any = number if number is not None and number in parent else last.text
+        return parent.pop(key)
+    if isinstance(parent, list):
+        return parent.pop(int(last.text))
+    raise KeyError(f"{path}: {parent_path} holds a {type(parent).__name__}")
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
-    adapter = open_existing(args.target)
+    adapter = open_store(args.target, existing=True)
     try:
         document = adapter.load()
     finally:
@@ -128,20 +244,21 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    source = open_existing(args.source)
+    source = open_store(args.source, existing=True)
     target: SyncStore | None = None
     try:
-        target = sync.open_adapter(args.target)
-        if not args.force and target.load():
+        target = _open_for_write(args.target)
+        holds = target.exists() if isinstance(target, DescribedStore) else bool(target.load())
+        if not args.force and holds:
             raise _CommandError(args.target, "the target already holds state; pass --force to "
                                         "replace it")
-        size = _medium(source).size
+        size = source.describe().size if isinstance(source, DescribedStore) else None
         show = args.progress == "always" or (
             args.progress == "auto" and sys.stderr.isatty()
             and (size or 0) >= PROGRESS_THRESHOLD)
         bar = _ProgressBar(sys.stderr, size) if show else None
         started = time.perf_counter()
-        copied = sync._copy(source, target, bar, strict=True)
+        copied = sync.migrate_storage(source, target, progress=bar, strict=True)
         seconds = time.perf_counter() - started
     finally:
         source.close()
@@ -179,11 +296,15 @@ class _ProgressBar:
         self.out.flush()
 
 
+def _kind(adapter: object) -> str:
+    return str(getattr(adapter, "kind", None) or type(adapter).__name__)
+
+
 def cmd_backups(args: argparse.Namespace) -> int:
-    adapter = open_existing(args.target)
+    adapter = open_store(args.target, existing=True)
     try:
-        if not isinstance(adapter, FileStore):
-            note = f"the {type(adapter).__name__} backend keeps no backup files"
+        if not isinstance(adapter, BackupStore):
+            note = f"the {_kind(adapter)} backend keeps no backup files"
             if args.json:
                 _print_json({"target": redacted(args.target), "backups": [],
                              "note": note}, sys.stdout)
@@ -191,9 +312,13 @@ def cmd_backups(args: argparse.Namespace) -> int:
                 print(note)
             return 0
         rows = []
-        for info in file_backups(adapter.path):
+        for info in adapter.list_backups():
             row = info.to_dict()
-            row["readable"] = _readable(Path(info.path))
+            try:
+                adapter.read_backup(info.index)
+                row["readable"], row["problem"] = True, None
+            except PersistenceError as exc:
+                row["readable"], row["problem"] = False, str(exc)
             rows.append(row)
     finally:
         adapter.close()
@@ -209,32 +334,24 @@ def cmd_backups(args: argparse.Namespace) -> int:
     return 0
 
 
-def _readable(path: Path) -> bool:
-    try:
-        StateSerializer().deserialize(path.read_bytes())
-    except (OSError, StateCorruptedError):
-        return False
-    return True
-
-
 def cmd_restore_backup(args: argparse.Namespace) -> int:
-    adapter = open_existing(args.target)
+    adapter = open_store(args.target, existing=True)
     try:
-        if not isinstance(adapter, FileStore):
-            raise _CommandError(args.target, f"the {type(adapter).__name__} backend keeps no "
-                                        "backups; only JSON files do")
-        found = {b.index: b for b in file_backups(adapter.path)}
+        if not isinstance(adapter, BackupStore):
+            raise _CommandError(args.target, f"the {_kind(adapter)} backend keeps no "
+                                             "backups; only JSON files do")
+        found = {b.index: b for b in adapter.list_backups()}
         if args.n not in found:
             have = ", ".join(str(i) for i in sorted(found)) or "none"
             raise _CommandError(args.target, f"no backup {args.n} (available: {have})")
         path = Path(found[args.n].path)
         try:
-            restored = StateSerializer().deserialize(path.read_bytes())
-        except StateCorruptedError as exc:
-            raise _CommandError(args.target, f"backup {args.n} ({path}) is unreadable: {exc}") \
-                from None
-        with adapter.transaction() as state:  # locked; the current file rotates to .bak
-            state.clear()
+            restored = adapter.read_backup(args.n)  # never through a link or a FIFO
+        except PersistenceError as exc:
+            raise _CommandError(args.target, f"backup {args.n} ({path}) is unreadable: "
+                                             f"{exc}") from None
+        with _lock_note(args.command, args.target), sync.transaction(adapter) as state:
+            state.clear()  # locked; the current file rotates to .bak
             state.update(restored)
     finally:
         adapter.close()
@@ -248,136 +365,72 @@ def cmd_restore_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    checks: list[tuple[str, bool, str]] = []
-    adapter = open_existing(args.target)
+    adapter = open_store(args.target, existing=True)
     try:
-        state = _verify_medium(adapter, checks)
+        checks, state = _verify_medium(adapter)
     finally:
         adapter.close()
     if state is not None:
         _verify_shape(state, checks)
-    problems = [c for c in checks if not c[1]]
+    problems = [c for c in checks if not c.ok]
     if args.json:
         _print_json({"target": redacted(args.target), "ok": not problems,
-                     "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in checks]},
-                    sys.stdout)
+                     "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail}
+                                for c in checks]}, sys.stdout)
     else:
         for name, ok, detail in checks:
             print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if detail else ""))
+        count = len(problems)
         print(f"{redacted(args.target)}: "
-              + (f"{len(problems)} problem(s)" if problems else "no problems found"))
+              + (f"{count} problem{'s' if count != 1 else ''}" if problems
+                 else "no problems found"))
     return 1 if problems else 0
 
 
-def _verify_medium(adapter: SyncStore, checks: list[tuple[str, bool, str]]
-                   ) -> dict[str, Any] | None:
-    """Check the stored bytes themselves (no fallback to a backup); return the state."""
-    serializer = StateSerializer()
-    state: dict[str, Any] | None = None
-    if isinstance(adapter, FileStore):
-        if adapter.path.exists():
-            try:
-                state = serializer.deserialize(adapter.path.read_bytes())
-                checks.append(("main file decodes", True, str(adapter.path)))
-            except StateCorruptedError as exc:
-                checks.append(("main file decodes", False, str(exc)))
-        else:
-            checks.append(("main file exists", False, f"{adapter.path} is missing"))
-        for info in file_backups(adapter.path):
-            ok = _readable(Path(info.path))
-            checks.append((f"backup {info.index} decodes", ok,
-                           info.path if ok else f"{info.path} is unreadable"))
-        if state is not None:
-            with contextlib.suppress(StateCorruptedError):  # "change journal applies" says it
-                mismatch = adapter.journal_mismatch()
-                checks.append(("change journal belongs to the snapshot", mismatch is None,
-                               mismatch or ""))
-        return _verify_journal(adapter, state, checks)
-    if isinstance(adapter, SQLiteStore):
-        conn = sqlite_readonly(adapter.path)
-        try:
-            result = conn.execute("PRAGMA integrity_check").fetchone()[0]
-            checks.append(("sqlite integrity_check", result == "ok", str(result)))
-            row = conn.execute(f"SELECT data, version FROM {adapter.table} WHERE id = 1"
-                               ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            checks.append(("sqlite readable", False, str(exc)))
-            return None
-        finally:
-            conn.close()
-        if row is None:
-            checks.append(("state row present", False, "the table holds no state"))
-            return None
-        try:
-            state = serializer.deserialize(row[0])
-            checks.append(("state row decodes", True, f"version {row[1]}"))
-        except StateCorruptedError as exc:
-            checks.append(("state row decodes", False, str(exc)))
-        return _verify_journal(adapter, state, checks)
+def _verify_medium(adapter: SyncStore) -> tuple[list[Check], dict[str, Any] | None]:
+    """The adapter's own checks of the stored bytes (no fallback to a backup)."""
+    if isinstance(adapter, DescribedStore):
+        return adapter.check()
     try:
-        state = adapter.load()
-        checks.append(("state decodes", True, ""))
+        return [Check("state decodes", True)], adapter.load()
     except StateCorruptedError as exc:
-        checks.append(("state decodes", False, str(exc)))
-        return None
-    if isinstance(adapter, RedisStore):
-        try:
-            adapter.version()
-            checks.append(("version counter", True, ""))
-        except (StateCorruptedError, ValueError) as exc:
-            checks.append(("version counter", False, str(exc)))
-    if not state:
-        checks.append(("state present", False, "nothing stored"))
-    return state
+        return [Check("state decodes", False, str(exc))], None
 
 
-def _verify_journal(adapter: SyncStore, snapshot: dict[str, Any] | None,
-                    checks: list[tuple[str, bool, str]]) -> dict[str, Any] | None:
-    """Apply the change journal to a snapshot that decoded; the state a load returns."""
-    if snapshot is None:
-        return None
-    try:
-        state = adapter.load()
-    except StateCorruptedError as exc:
-        checks.append(("change journal applies", False, str(exc)))
-        return None
-    checks.append(("change journal applies", True,
-                   "" if state == snapshot else "the journal holds changes after the snapshot"))
-    return state
-
-
-def _verify_shape(state: dict[str, Any], checks: list[tuple[str, bool, str]]) -> None:
+def _verify_shape(state: dict[str, Any], checks: list[Check]) -> None:
     """Check what the store will accept on restore, and the exact round trip."""
+    checks.append(Check("state present", bool(state),
+                        "" if state else "nothing stored (the state is empty)"))
     extra = sorted(str(k) for k in state if k not in _WRITABLE_SLICES)
-    checks.append(("top-level slices", True,
-                   "ignored on restore: " + ", ".join(extra) if extra else ""))
+    checks.append(Check("top-level slices", True,
+                        "ignored on restore: " + ", ".join(extra) if extra else ""))
     for name in _WRITABLE_SLICES:
         value = state.get(name, {})
-        checks.append((f"{name} is a dict", isinstance(value, dict),
-                       "" if isinstance(value, dict) else f"it is a {type(value).__name__}"))
+        checks.append(Check(f"{name} is a dict", isinstance(value, dict),
+                            "" if isinstance(value, dict) else f"it is {_a(value)}"))
     views = state.get("persistent_views", {})
     if isinstance(views, dict):
-        bad = [format_path([k]) for k, v in views.items() if not _view_ok(v)]
-        checks.append(("persistent view entries", not bad,
-                       f"{len(views)} entries" if not bad else
-                       "malformed: " + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else "")))
+        bad = [f"{format_path([k])} ({problem})" for k, v in views.items()
+               if (problem := entry_problem(v)) is not None]
+        checks.append(Check("persistent view entries", not bad,
+                            _count(len(views), "entry", "entries") if not bad else
+                            "would not restore: " + ", ".join(bad[:10])
+                            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")))
     serializer = StateSerializer()
     try:
         same = serializer.deserialize(serializer.serialize(state)) == state
-        checks.append(("serializer round trip", same, "" if same else "values change"))
+        checks.append(Check("serializer round trip", same, "" if same else "values change"))
     except (TypeError, ValueError) as exc:
-        checks.append(("serializer round trip", False, str(exc)))
+        checks.append(Check("serializer round trip", False, str(exc)))
 
 
-def _view_ok(entry: Any) -> bool:
-    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-        return False
-    for field in ("message_id", "channel_id", "guild_id", "user_id"):
-        value = entry.get(field)
-        if value is not None and not (isinstance(value, str) and value.isdigit()) and not (
-                isinstance(value, int) and not isinstance(value, bool)):
-            return False
-    return True
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -414,6 +467,7 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Callable[[argparse.Namespace], int], text: str,
             *arguments: tuple[str, dict[str, Any]]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(usage=p.print_usage)
         for flag, options in arguments:
             p.add_argument(flag, **options)
         p.set_defaults(func=fn)
@@ -428,6 +482,8 @@ def _parser() -> argparse.ArgumentParser:
     add("set", cmd_set, "set PATH to a JSON VALUE (locked read-modify-write)", target, path,
         ("value", {"metavar": "VALUE", "help": "JSON; serializer tags such as "
                                                '{"$set": [1]} are honoured'}))
+    add("delete", cmd_delete, "remove the key at PATH (locked read-modify-write)", target,
+        path)
     dump = add("dump", cmd_dump, "print the whole state as JSON", target)
     dump.add_argument("--compact", action="store_true", help="one line, no indentation")
     migrate = add("migrate", cmd_migrate, "copy the state to another backend and verify it",
@@ -438,7 +494,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="progress bar on stderr (auto: a terminal and >= 1 MB)")
     add("backups", cmd_backups, "list the backup generations of a JSON state file", target)
     add("restore-backup", cmd_restore_backup,
-        "make backup N (0 = newest .bak) the current state; the current one becomes .bak",
+        "make backup N (0 = the newest) the current state; the current one becomes backup 0",
         target, ("n", {"metavar": "N", "type": int, "nargs": "?", "default": 0}))
     add("verify", cmd_verify, "check the stored state's integrity (exit 1 on problems)",
         target)
@@ -490,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigurationError) as exc:
         if args.debug:
             traceback.print_exc()
-        parser.print_usage(sys.stderr)
+        getattr(args, "usage", parser.print_usage)(sys.stderr)
         print(_error_line(args, exc, _target_of(args)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@
     PersistenceError
     ├── SerializationError (TypeError)        a value JSON cannot hold; ``path`` names it
     ├── StateCorruptedError (ValueError)      stored bytes that do not decode; ``tried``
+    ├── StateNotFoundError (FileNotFoundError) a reader was pointed at a store holding nothing
     ├── StorageUnavailableError (OSError)     the medium failed: I/O error, server down
     │   ├── LockTimeoutError (TimeoutError)   a lock not had in time; ``lock`` names it
     │   └── DurabilityTimeoutError (TimeoutError)  a durable dispatch not stored in time
@@ -26,6 +27,7 @@ __all__ = [
     "PersistenceError",
     "SerializationError",
     "StateCorruptedError",
+    "StateNotFoundError",
     "StorageUnavailableError",
     "StoreClosedError",
 ]
@@ -81,6 +83,12 @@ class StateCorruptedError(PersistenceError, ValueError):
                  tried: tuple[str, ...] = ()) -> None:
         super().__init__(message, location=location)
         self.tried = tried
+
+
+class StateNotFoundError(PersistenceError, FileNotFoundError):
+    """Raised by read-only tools (``inspect``, the CLI) for a target that holds no state:
+    a missing file or database, a Redis key never written. The same error for every
+    medium, so a typo is never shown as an empty state."""
 
 
 class StorageUnavailableError(PersistenceError, OSError):

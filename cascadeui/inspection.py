@@ -17,24 +17,15 @@ from __future__ import annotations
 import html
 import itertools
 import json
-import os
 import re
-import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from cascadeui.adapters import (
-    FileStore,
-    PostgresStore,
-    RedisStore,
-    SQLiteStore,
-    SyncStore,
-    redact_url,
-)
-from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
+from cascadeui.adapters import BackupInfo, DescribedStore
+from cascadeui.errors import ConfigurationError
+from cascadeui.targets import redacted, resolve
 
 __all__ = [
     "MAX_CHILDREN",
@@ -196,165 +187,6 @@ def set_path(state: dict[str, Any], path: str, value: Any) -> None:
 # -- the snapshot ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BackupInfo:
-    """One backup generation: ``index`` 0 is ``.bak`` (the newest)."""
-
-    index: int
-    path: str
-    size: int
-    modified: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly fields."""
-        return {"index": self.index, "path": self.path, "size": self.size,
-                "modified": self.modified.isoformat()}
-
-
-def file_backups(path: Path) -> list[BackupInfo]:
-    """The ``.bak`` generations that exist next to ``path``, newest first."""
-    found: list[BackupInfo] = []
-    pattern = re.compile(re.escape(path.name) + r"\.bak(?:\.(\d+))?")
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        m = pattern.fullmatch(entry.name)
-        if not m:
-            continue
-        try:
-            st = entry.stat()
-        except OSError:
-            continue
-        found.append(BackupInfo(int(m.group(1) or 0), str(entry), st.st_size,
-                                datetime.fromtimestamp(st.st_mtime, timezone.utc)))
-    return sorted(found, key=lambda b: b.index)
-
-
-def redacted(text: str) -> str:
-    """``text`` with any URL password hidden; paths and ``sqlite:///`` URLs unchanged.
-
-    ``redact_url`` re-assembles what it parses, which would fold ``sqlite:////abs.db``
-    into ``sqlite://abs.db``; only strings that can carry a secret go through it.
-    """
-    if "://" in text and ("@" in text or "?" in text):
-        return redact_url(text)
-    return text
-
-
-def _kind(adapter: object) -> str:
-    if isinstance(adapter, FileStore):
-        return "file"
-    if isinstance(adapter, SQLiteStore):
-        return "sqlite"
-    if isinstance(adapter, RedisStore):
-        return "redis"
-    if isinstance(adapter, PostgresStore):
-        return "postgres"
-    return type(adapter).__name__
-
-
-def sqlite_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection: inspecting must never create a file or a table."""
-    return sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True, timeout=5)
-
-
-@dataclass
-class _Medium:
-    size: int | None = None
-    modified: datetime | None = None
-    version: int | None = None
-    backups: list[BackupInfo] = field(default_factory=list)
-
-
-def _medium(adapter: object) -> _Medium:
-    """What the medium says about the stored document, without loading it."""
-    info = _Medium()
-    if isinstance(adapter, FileStore):
-        try:
-            st = os.stat(adapter.path)
-            info.size = st.st_size
-            info.modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
-        except OSError:
-            pass
-        info.backups = file_backups(adapter.path)
-    elif isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
-        try:
-            conn = sqlite_readonly(adapter.path)
-            try:
-                row = conn.execute(
-                    f"SELECT length(CAST(data AS BLOB)), version, updated_at "
-                    f"FROM {adapter.table} WHERE id = 1").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            row = None
-        if row is not None:
-            info.size, info.version = int(row[0]), int(row[1])
-            info.modified = datetime.fromtimestamp(float(row[2]), timezone.utc)
-    elif isinstance(adapter, RedisStore):
-        # The adapter exposes no size; STRLEN on its own client is one cheap round trip.
-        client = getattr(adapter, "_client", None)
-        if client is not None:
-            try:
-                info.size = int(client.strlen(adapter.key))
-            except Exception:  # the load below reports an unreachable server properly
-                info.size = None
-    # A JSON file's version() is an opaque change token (a hash), not a counter: not shown.
-    if (info.version is None and not isinstance(adapter, FileStore)
-            and callable(getattr(adapter, "version", None))):
-        try:
-            info.version = int(adapter.version())  # type: ignore[attr-defined]
-        except (PersistenceError, OSError, TypeError, ValueError):
-            info.version = None
-    return info
-
-
-def open_existing(target: str | os.PathLike[str]) -> SyncStore:
-    """The adapter for a path/URL that must already hold a cascadeui state.
-
-    Read-only commands use it so that a typo never creates an empty database.
-
-    :raises FileNotFoundError: the JSON file (and its backups) or the database is missing.
-    :raises StateCorruptedError: the SQLite file has no cascadeui table.
-    """
-    from cascadeui.sync import open_adapter
-
-    adapter = open_adapter(target)
-    try:
-        if isinstance(adapter, FileStore):
-            if not adapter.path.exists() and not file_backups(adapter.path):
-                raise FileNotFoundError(f"{adapter.path}: no such state file")
-        elif isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
-            if not Path(adapter.path).exists():
-                raise FileNotFoundError(f"{adapter.path}: no such database")
-            _check_sqlite_table(adapter)
-        elif isinstance(adapter, PostgresStore) and not adapter.exists():
-            raise FileNotFoundError(f"{adapter.location}: no such table")
-    except BaseException:
-        adapter.close()
-        raise
-    return adapter
-
-
-def _check_sqlite_table(adapter: SQLiteStore) -> None:
-    try:
-        conn = sqlite_readonly(adapter.path)
-        try:
-            row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                               (adapter.table,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise StateCorruptedError(f"{adapter.location}: {exc}", location=adapter.location,
-                                  tried=(adapter.location,)) from exc
-    if row is None:
-        raise StateCorruptedError(
-            f"{adapter.location}: no {adapter.table!r} table (not a cascadeui database)",
-            location=adapter.location, tried=(adapter.location,))
-
-
 class Snapshot:
     """The state of one backend at one moment, for reading, displaying and diffing.
 
@@ -365,8 +197,13 @@ class Snapshot:
     def __init__(self, state: Mapping[str, Any], *, backend: str, location: str,
                  size: int | None = None, modified: datetime | None = None,
                  version: int | None = None, backups: list[BackupInfo] | None = None,
-                 taken_at: datetime | None = None) -> None:
+                 taken_at: datetime | None = None, journal_size: int | None = None,
+                 read_from: str | None = None) -> None:
         self.state: dict[str, Any] = dict(state)
+        #: Bytes of the change journal, included in ``size`` (None: the medium has none).
+        self.journal_size = journal_size
+        #: The copy the state was read from when it was not the main one (a backup).
+        self.read_from = read_from
         self.backend = backend
         self.location = location
         self.size = size
@@ -423,6 +260,8 @@ class Snapshot:
             },
             "application": summary,
             "backups": [b.to_dict() for b in self.backups],
+            "journal_size": self.journal_size,
+            "read_from": self.read_from,
         }
 
     def diff(self, other: Snapshot | Mapping[str, Any]) -> StateDiff:
@@ -433,10 +272,18 @@ class Snapshot:
         return result
 
     def _header(self) -> list[tuple[str, str]]:
+        size = _human_bytes(self.size)
+        if self.journal_size and self.size is not None:
+            size += (f" (snapshot {_human_bytes(self.size - self.journal_size)} + change "
+                     f"journal {_human_bytes(self.journal_size)})")
+        read = [("read from", f"{self.read_from} (the main copy is missing or unreadable; "
+                              "the size and times above are the main copy's)")
+                ] if self.read_from else []
         return [
             ("backend", self.backend),
             ("location", self.location),
-            ("size", _human_bytes(self.size)),
+            *read,
+            ("size", size),
             ("last modified", _when(self.modified)),
             ("version", "n/a" if self.version is None else str(self.version)),
             ("snapshot taken", _when(self.taken_at)),
@@ -655,35 +502,37 @@ def _when(moment: datetime | None) -> str:
 def inspect(target: Any) -> Snapshot:
     """Read ``target`` once and return a :class:`Snapshot` of it.
 
-    :param target: a backend, a sync adapter, a path or URL (which must exist: inspecting
-        never creates a file), or a plain state dict.
-    :raises FileNotFoundError: a path that holds no state.
+    :param target: a backend, a sync adapter, a path or URL (which must hold a state:
+        inspecting never creates a file), or a plain state dict.
+    :raises StateNotFoundError: a path or URL that holds no state (a ``FileNotFoundError``).
     :raises PersistenceError: the state cannot be read (corrupt, server down).
     """
-    from cascadeui.backends import AsyncBackend
-    from cascadeui.sync import load_state
-
     taken = datetime.now(timezone.utc)
     if isinstance(target, Mapping):
         return Snapshot(target, backend="memory", location="<in memory>", taken_at=taken)
-    if isinstance(target, (str, os.PathLike)):
-        adapter = open_existing(target)
-        try:
-            return _snapshot_of(adapter, load_state(adapter), taken)
-        finally:
+    resolved = resolve(target, existing=True)
+    adapter = resolved.adapter
+    try:
+        if adapter is None:  # a custom async backend: read on cascadeui's private loop
+            from cascadeui.sync import load_state
+
+            where = str(getattr(target, "location", type(target).__name__))
+            return Snapshot(load_state(resolved.backend), backend=type(target).__name__,
+                            location=redacted(where), taken_at=taken)
+        return _snapshot_of(adapter, adapter.load(), taken)
+    finally:
+        if resolved.owned and adapter is not None:
             adapter.close()
-    adapter = target.store if isinstance(target, AsyncBackend) else target
-    state = load_state(target)
-    if not callable(getattr(adapter, "load", None)):  # a custom async backend
-        where = str(getattr(target, "location", type(target).__name__))
-        return Snapshot(state, backend=type(target).__name__, location=redacted(where),
-                        taken_at=taken)
-    return _snapshot_of(adapter, state, taken)
 
 
 def _snapshot_of(adapter: Any, state: dict[str, Any], taken: datetime) -> Snapshot:
-    info = _medium(adapter)
-    location = redacted(str(getattr(adapter, "location", type(adapter).__name__)))
-    return Snapshot(state, backend=_kind(adapter), location=location, size=info.size,
-                    modified=info.modified, version=info.version, backups=info.backups,
-                    taken_at=taken)
+    """The snapshot of a loaded state, with what the adapter says about its medium."""
+    if not isinstance(adapter, DescribedStore):  # a custom sync adapter
+        location = str(getattr(adapter, "location", type(adapter).__name__))
+        return Snapshot(state, backend=type(adapter).__name__, location=redacted(location),
+                        taken_at=taken)
+    info = adapter.describe()  # after the load: it says which copy the load read
+    return Snapshot(state, backend=info.kind, location=redacted(info.location),
+                    size=info.size, modified=info.modified, version=info.version,
+                    backups=list(info.backups), taken_at=taken,
+                    journal_size=info.journal_size, read_from=info.read_from)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .adapters import redact_url
+import anyio.to_thread
+
 from .backends import (
     AsyncBackend,
     FileStorageBackend,
@@ -30,10 +30,12 @@ from .errors import (
     PersistenceError,
     SerializationError,
     StateCorruptedError,
+    StateNotFoundError,
     StorageUnavailableError,
     StoreClosedError,
 )
 from .serializer import StateSerializer
+from .targets import backend_for
 
 __all__ = [
     "AsyncBackend",
@@ -47,6 +49,7 @@ __all__ = [
     "SQLiteBackend",
     "SerializationError",
     "StateCorruptedError",
+    "StateNotFoundError",
     "StateSerializer",
     "StorageBackend",
     "StorageUnavailableError",
@@ -58,29 +61,66 @@ __all__ = [
 
 log: logging.Logger = logging.getLogger(__name__)
 
-_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+#: ``progress(done_steps, total_steps, what)``, called as a migration goes.
+Progress = Callable[[int, int, str], None]
 
 
 async def migrate_storage(source: object, target: object) -> bool:
     """Copy the state from ``source`` to ``target`` (any backends or sync adapters).
 
-    Reads the target back and compares before returning True; never modifies the source.
+    Reads the target back and compares before returning True; never modifies the source,
+    and touches the target only once the source was read and holds something.
 
-    :returns: False when the source holds nothing or the target did not take the copy.
+    :returns: False (logged) when the source holds nothing or the target did not take the
+        copy.
     :raises PersistenceError: the source cannot be read.
     """
-    src, dst = as_backend(source), as_backend(target)
+    return await copy_state(as_backend(source), as_backend(target))
+
+
+async def copy_state(src: StorageBackend, dst: StorageBackend, *,
+                     progress: Progress | None = None, strict: bool = False) -> bool:
+    """The one implementation of ``migrate_storage`` (the sync twin runs it too).
+
+    :param progress: ``progress(done, 3, what)`` after each step.
+    :param strict: raise the target's error instead of logging it and returning False.
+    """
+    def step(done: int, what: str) -> None:
+        if progress is not None:
+            progress(done, 3, what)
+
+    step(0, "reading the source")
     state = await src.load_state()
     if not state:
-        log.info("migrate_storage: %r holds no state; nothing copied", src)
+        log.warning("migrate_storage: %s holds no state (missing or empty); nothing copied",
+                    _where(src))
         return False
-    if not await dst.save_state(state):
+    step(1, "writing the target")
+    try:
+        if strict and isinstance(dst, AsyncBackend):
+            await anyio.to_thread.run_sync(dst.store.save, state)
+        elif not await dst.save_state(state):
+            raise StorageUnavailableError(f"{_where(dst)} did not take the copy",
+                                          location=_where(dst))
+        step(2, "verifying the copy")
+        copied = await dst.load_state()
+        if copied != state:
+            raise StorageUnavailableError(
+                f"{_where(dst)} read back different state than was written",
+                location=_where(dst))
+    except (SerializationError, StoreClosedError):
+        raise
+    except (PersistenceError, OSError) as exc:
+        if strict:
+            raise
+        log.error("migrate_storage: %s", exc)
         return False
-    copied = await dst.load_state()
-    if copied != state:
-        log.error("migrate_storage: %r read back different state than was written", dst)
-        return False
+    step(3, "done")
     return True
+
+
+def _where(backend: object) -> str:
+    return str(getattr(backend, "location", None) or type(backend).__name__)
 
 
 def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
@@ -91,47 +131,8 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     :class:`SQLiteBackend`; ``redis://[:password@]host[:port][/db]?key=...&ttl=...``
     (also ``rediss://``, ``unix://``): :class:`RedisBackend`;
     ``postgresql://user@host:port/dbname?table=...`` (also ``postgres://``):
-    :class:`PostgresBackend`.
+    :class:`PostgresBackend`. The registry of schemes is :data:`cascadeui.targets.SCHEMES`.
 
     :raises ConfigurationError: anything else (the message lists what is accepted).
     """
-    text = os.fspath(url)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in ("redis", "rediss", "unix"):
-        parts = urlsplit(text)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        key = query.pop("key", "cascadeui:state")
-        ttl_text = query.pop("ttl", None)
-        try:
-            ttl = int(ttl_text) if ttl_text else None
-        except ValueError:
-            raise ConfigurationError(
-                f"ttl in {redact_url(text)} must be whole seconds, not {ttl_text!r}") from None
-        plain = urlunsplit(parts._replace(query=urlencode(query)))
-        return RedisBackend(plain, key=key, ttl=ttl)
-    if scheme in ("postgresql", "postgres"):
-        pg = urlsplit(text)
-        pairs = parse_qsl(pg.query, keep_blank_values=True)
-        tables = [v for k, v in pairs if k == "table"]
-        rest = urlencode([(k, v) for k, v in pairs if k != "table"])
-        return PostgresBackend(urlunsplit(pg._replace(query=rest)),
-                               table=tables[-1] if tables else "cascadeui_state")
-    if scheme == "sqlite":
-        path = text[len("sqlite:///"):] if text.lower().startswith("sqlite:///") else ""
-        if not path:
-            raise ConfigurationError(f"{text!r}: write sqlite:///relative.db or sqlite:////abs.db")
-        return SQLiteBackend(unquote(path))
-    if scheme == "file":
-        return FileStorageBackend(unquote(urlsplit(text).path))
-    if scheme:
-        raise ConfigurationError(
-            f"unsupported URL scheme {scheme!r} in {redact_url(text)}: use a .json path, "
-            "file://, sqlite:///, a .db/.sqlite path, redis://, rediss:// or postgresql://")
-    suffix = Path(text).suffix.lower()
-    if suffix == ".json":
-        return FileStorageBackend(text)
-    if suffix in _SQLITE_SUFFIXES:
-        return SQLiteBackend(text)
-    raise ConfigurationError(
-        f"cannot tell the backend of {text!r}: name a .json or .db/.sqlite file, "
-        "or use a file://, sqlite:/// or redis:// URL")
+    return backend_for(url)

@@ -42,7 +42,6 @@ import copy
 import gc
 import logging
 import os
-import re
 import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -55,6 +54,8 @@ import discord
 from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .backends import FileStorageBackend, StorageBackend, as_backend
 from .dynamic import registered_dynamic_items
+from .entries import entry_identity
+from .entries import parse_id as _parse_id
 from .store import StateStore, get_store
 from .views import PersistentPanel, get_view_class
 
@@ -81,8 +82,6 @@ DEFAULT_VERIFY_BUDGET = 1.5
 
 #: Discord's "gone for good" answers: Unknown Channel, Unknown Message.
 GONE_CODES = frozenset({10003, 10008})
-_SNOWFLAKE = re.compile(r"[1-9][0-9]{0,19}")
-_MAX_ID = 2**64 - 1
 _LISTS = ("restored", "skipped", "failed", "removed")
 _YIELD_EVERY = 500  # attach this many views, then let the loop breathe
 
@@ -391,37 +390,8 @@ def _done(task: asyncio.Task[Any]) -> None:
         log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
-def _parse_id(value: Any, *, optional: bool) -> int | None:
-    """A snowflake from a stored entry (decimal string or int); ValueError when it is not."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an id")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _SNOWFLAKE.fullmatch(value):
-        number = int(value)
-    else:
-        raise ValueError(f"{value!r} is not an id")
-    if not 0 < number <= _MAX_ID:
-        raise ValueError(f"{value!r} is out of the snowflake range")
-    return number
-
-
-def _identity(entry: Any) -> dict[str, Any]:
-    """The checked fields of a registry entry; ValueError names what is wrong."""
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"entry is a {type(entry).__name__}, not a dict")
-    if not isinstance(entry.get("class_name"), str):
-        raise ValueError("class_name is missing or not a string")
-    ids: dict[str, Any] = {}
-    for name, optional in (("message_id", False), ("channel_id", False),
-                           ("guild_id", True), ("user_id", True)):
-        try:
-            ids[name] = _parse_id(entry.get(name), optional=optional)
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-    return ids
+#: The one entry check, shared with ``cascadeui verify`` and ``cascadeui set``.
+_identity = entry_identity
 
 
 def _upgraded(cls: type[PersistentPanel], state_key: str, entry: Mapping[str, Any],

@@ -21,27 +21,22 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from cascadeui.adapters import FileStore, SyncStore
-from cascadeui.backends import AsyncBackend, StorageBackend
-from cascadeui.errors import (
-    PersistenceError,
-    SerializationError,
-    StorageUnavailableError,
-    StoreClosedError,
-)
+from cascadeui.adapters import SyncStore
+from cascadeui.backends import save_or_log
+from cascadeui.errors import StorageUnavailableError
+from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
 
 __all__ = [
     "LoopReentryError",
@@ -156,21 +151,6 @@ _loop = _LoopThread()
 
 # -- resolving targets ------------------------------------------------------------------
 
-_BAK_RE = re.compile(r"\.bak(?:\.(\d+))?$")
-
-
-def _backup_generations(path: Path) -> int:
-    """How many ``.bak`` generations exist next to ``path`` (the highest index + 1)."""
-    count = 0
-    with contextlib.suppress(OSError):
-        for entry in path.parent.iterdir():
-            if not entry.name.startswith(path.name + ".bak"):
-                continue
-            m = _BAK_RE.fullmatch(entry.name[len(path.name):])
-            if m:
-                count = max(count, int(m.group(1) or 0) + 1)
-    return count
-
 
 def open_adapter(target: str | os.PathLike[str]) -> SyncStore:
     """Build the synchronous adapter a path or URL names (the caller closes it).
@@ -180,41 +160,12 @@ def open_adapter(target: str | os.PathLike[str]) -> SyncStore:
 
     :raises ConfigurationError: the string names no supported backend.
     """
-    from cascadeui.persistence import backend_from_url
-
-    backend = backend_from_url(target)
-    store: SyncStore = backend.store
-    if isinstance(store, FileStore):
-        gens = _backup_generations(store.path)
-        if gens > store.backups:
-            store.close()
-            store = FileStore(store.path, backups=gens, lock_timeout=store.lock_timeout)
-    return store
-
-
-class _Resolved(NamedTuple):
-    adapter: SyncStore | None  # called directly in this thread
-    backend: StorageBackend | None  # async-only: called through the private loop
-    owned: bool  # built here from a string: close it afterwards
-
-
-def _resolve(target: Target) -> _Resolved:
-    if isinstance(target, (str, os.PathLike)):
-        return _Resolved(open_adapter(target), None, True)
-    if isinstance(target, AsyncBackend):
-        return _Resolved(target.store, None, False)
-    if callable(getattr(target, "load", None)) and callable(getattr(target, "save", None)):
-        return _Resolved(target, None, False)
-    if isinstance(target, StorageBackend):
-        return _Resolved(None, target, False)
-    raise TypeError(
-        f"{type(target).__name__} is not a storage target: pass a path or URL, a backend "
-        "(async save_state/load_state) or a sync adapter (load/save)")
+    return open_store(target)
 
 
 @contextlib.contextmanager
-def _opened(target: Target) -> Iterator[_Resolved]:
-    resolved = _resolve(target)
+def _opened(target: Target) -> Iterator[Resolved]:
+    resolved = resolve(target)
     try:
         yield resolved
     finally:
@@ -235,14 +186,14 @@ def load_state(backend: Target) -> dict[str, Any]:
     with _opened(backend) as r:
         if r.adapter is not None:
             return r.adapter.load()
-        assert r.backend is not None
         return _loop.call(r.backend.load_state, what="backend.load_state()")
 
 
 def save_state(backend: Target, state: Mapping[str, Any]) -> bool:
     """Write ``state``; True on success, False (logged) when the medium failed.
 
-    Same policy as the async ``save_state``: a bot-style caller keeps running.
+    Same policy as the async ``save_state`` (one implementation): a bot-style caller
+    keeps running.
 
     :param backend: a backend, an adapter, or a path/URL string.
     :param state: the whole state to store.
@@ -250,17 +201,9 @@ def save_state(backend: Target, state: Mapping[str, Any]) -> bool:
     :raises StoreClosedError: the backend was closed.
     """
     with _opened(backend) as r:
-        if r.backend is not None:
+        if r.adapter is None:
             return bool(_loop.call(r.backend.save_state, state, what="backend.save_state()"))
-        assert r.adapter is not None
-        try:
-            r.adapter.save(state)
-        except (SerializationError, StoreClosedError):
-            raise
-        except (PersistenceError, OSError) as exc:
-            log.error("save to %s failed: %s", _where(r.adapter), exc)
-            return False
-        return True
+        return save_or_log(r.adapter, state, _where(r.adapter))
 
 
 @contextlib.contextmanager
@@ -294,64 +237,32 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
             yield state
 
 
-def _copy(source: Target, target: Target, progress: Progress | None, *,
-          strict: bool) -> bool:
-    """The body of :func:`migrate_storage`; ``strict`` raises where it would return False."""
-    def step(done: int, what: str) -> None:
-        if progress is not None:
-            progress(done, 3, what)
-
-    step(0, "reading the source")
-    state = load_state(source)
-    if not state:
-        log.info("migrate_storage: %s holds no state; nothing copied", _where(source))
-        return False
-    step(1, "writing the target")
-    try:
-        with _opened(target) as r:
-            if r.adapter is not None:
-                r.adapter.save(state)
-                step(2, "verifying the copy")
-                copied = r.adapter.load()
-            else:
-                assert r.backend is not None
-                if not _loop.call(r.backend.save_state, state, what="backend.save_state()"):
-                    raise StorageUnavailableError(f"{_where(target)} did not take the copy")
-                step(2, "verifying the copy")
-                copied = _loop.call(r.backend.load_state, what="backend.load_state()")
-        if copied != state:
-            raise StorageUnavailableError(
-                f"{_where(target)} read back different state than was written")
-    except (SerializationError, StoreClosedError):
-        raise
-    except (PersistenceError, OSError) as exc:
-        if strict:
-            raise
-        log.error("migrate_storage: %s", exc)
-        return False
-    step(3, "done")
-    return True
-
-
 def migrate_storage(source: Target, target: Target, *,
-                    progress: Progress | None = None) -> bool:
+                    progress: Progress | None = None, strict: bool = False) -> bool:
     """Copy the state from ``source`` to ``target`` and read it back to compare.
 
-    Never modifies the source.
+    The blocking twin of :func:`cascadeui.persistence.migrate_storage` (the same code, run
+    on cascadeui's private loop). Never modifies the source, and touches the target only
+    once the source was read and holds something.
 
     :param source: a backend, an adapter, or a path/URL string.
     :param target: the same kinds; its current state is replaced.
     :param progress: optional ``progress(done_steps, total_steps, what)`` callback.
+    :param strict: raise the target's error instead of logging it and returning False.
     :returns: False (logged) when the source holds nothing or the target did not take
         the copy.
     :raises PersistenceError: the source cannot be read.
     """
-    return _copy(source, target, progress, strict=False)
+    from cascadeui.persistence import copy_state
+
+    with _opened(source) as src, _opened(target) as dst:
+        run = functools.partial(copy_state, src.backend, dst.backend, progress=progress,
+                                strict=strict)
+        return bool(_loop.call(run, what="migrate_storage(...)"))
 
 
 def _where(target: object) -> str:
     if isinstance(target, (str, os.PathLike)):
-        from cascadeui.inspection import redacted
         return redacted(os.fspath(target))
     store = getattr(target, "store", target)
     return str(getattr(store, "location", type(target).__name__))
@@ -384,8 +295,7 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
             "cascadeui.setup_persistence(bot, ...)` in setup_hook")
 
     if isinstance(backend, (str, os.PathLike)):
-        from cascadeui.persistence import backend_from_url
-        backend = backend_from_url(backend)
+        backend = backend_for(backend)
 
     async def run() -> dict[str, list[str]]:
         result: dict[str, list[str]] = await async_setup(bot, file_path=file_path,

@@ -152,7 +152,8 @@ def test_verify_passes_a_good_store_and_fails_a_damaged_one(
     views = {"application": {}, "persistent_views": {"k": {"message_id": "x"}}}
     sync.save_state(str(tmp_path / "odd.db"), views)
     out, _ = run(capsys, "verify", str(tmp_path / "odd.db"), check=1)
-    assert "FAIL persistent view entries: malformed: k" in out
+    assert ("FAIL persistent view entries: would not restore: k (class_name is missing or "
+            "not a string)") in out
 
 
 def test_verify_applies_the_change_journal(
@@ -164,7 +165,7 @@ def test_verify_applies_the_change_journal(
         assert store.save_changes([(("application", "extra"), 7)], version,
                                   full=lambda: "unused") is not None
     out, _ = run(capsys, "verify", str(path))
-    assert "ok   change journal applies: the journal holds changes after the snapshot" in out
+    assert "ok   change journal applies: 1 record(s) after the snapshot" in out
     assert json.loads(run(capsys, "get", str(path), "application.extra", "--json")[0]) == 7
     journal = Path(f"{path}.journal")
     lines = journal.read_bytes().splitlines(keepends=True)
@@ -215,12 +216,12 @@ def test_failures_are_one_line_and_debug_adds_the_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     proc = cli("get", "nothing.db", "application", cwd=tmp_path, check=1)
-    assert proc.stderr == "cascadeui get nothing.db: no such database\n"
+    assert proc.stderr == "cascadeui get nothing.db: no state stored here\n"
     assert list(tmp_path.iterdir()) == []  # a read never creates the database
     monkeypatch.chdir(tmp_path)
     _, err = run(capsys, "get", "nothing.db", "application", "--debug", check=1)
     assert "Traceback" in err
-    assert "FileNotFoundError" in err
+    assert "StateNotFoundError" in err
     sync.save_state(str(tmp_path / "s.json"), STATE)
     _, err = run(capsys, "get", "s.json", "application.nope", check=1)
     assert err.strip().endswith("no 'nope' under application (a dict)")
@@ -242,7 +243,7 @@ def test_every_command_is_documented() -> None:
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert commands is not None
     assert sorted(commands) == sorted(
-        ["inspect", "get", "set", "dump", "migrate", "backups", "restore-backup", "verify",
-         "demo"])
+        ["inspect", "get", "set", "delete", "dump", "migrate", "backups", "restore-backup",
+         "verify", "demo"])
     for name in commands:
         assert f"cascadeui {name}" in docs, name
