@@ -35,7 +35,6 @@ from anyio.from_thread import BlockingPortal
 
 from cascadeui.adapters import SyncStore
 from cascadeui.backends import save_or_log
-from cascadeui.errors import StorageUnavailableError
 from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
 
 __all__ = [
