@@ -259,6 +259,15 @@ class RedisStore(BaseStore):
         crash or power cut, not just a client crash. Needs ``appendonly yes`` on the server
         (checked on first use: :class:`~cascadeui.errors.ConfigurationError` otherwise). Off
         by default: Redis then acknowledges a write once it is in the server's memory.
+    :param min_replicas: acknowledge a write only once at least this many replicas hold it
+        (``WAIT``, after a marker write to ``<key>:ack``; 0, the default, acknowledges
+        when the master has it). Replication is asynchronous: without this, a write the
+        master acknowledged can be lost when a replica that missed it is promoted. A write
+        that does not reach enough replicas within ``replica_timeout`` raises
+        :class:`~cascadeui.errors.StorageUnavailableError` and stays unconfirmed: every
+        later call of this store first waits for the replicas again, so a retry cannot
+        acknowledge it by reading it back. Not with a ``RedisCluster`` client.
+    :param replica_timeout: seconds ``WAIT`` waits for the replicas.
     """
 
     kind = "redis"
@@ -267,7 +276,8 @@ class RedisStore(BaseStore):
                  ttl: int | None = None, lock_timeout: float = 10.0,
                  socket_timeout: float = 5.0,
                  serializer: StateSerializer | None = None, client: Any = None,
-                 wait_aof: bool = False) -> None:
+                 wait_aof: bool = False, min_replicas: int = 0,
+                 replica_timeout: float = 1.0) -> None:
         super().__init__(serializer=serializer)
         # redis-py is imported (about half a second) and the client built on first use,
         # in the worker thread: constructors run on the event loop and must not stall it.
@@ -293,6 +303,16 @@ class RedisStore(BaseStore):
         self.version_key: str = f"{base}:version"
         self.lock_key: str = f"{base}:lock"
         self.journal_key: str = f"{base}:journal"
+        self.ack_key = f"{base}:ack"
+        if min_replicas < 0 or replica_timeout <= 0:
+            raise ConfigurationError("min_replicas must be >= 0 and replica_timeout > 0")
+        if min_replicas and _is_cluster(client):
+            raise ConfigurationError("min_replicas is not supported with a RedisCluster "
+                                     "client (WAIT runs per shard)")
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        #: A write reached the master but not yet ``min_replicas`` replicas.
+        self._unconfirmed = False
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix", "redis-cluster", "redis-sentinel"):
             raise ConfigurationError(
@@ -388,6 +408,8 @@ class RedisStore(BaseStore):
 
         self._check_open()
         try:
+            if self._unconfirmed:  # never let a read or a retry acknowledge it first
+                self._confirm_replicas()
             yield
         except PersistenceError:
             raise
@@ -717,6 +739,7 @@ class RedisStore(BaseStore):
             self._raise_for(result)
             self._sizes = sizes._replace(version=result, records=sizes.records + 1,
                                          journal_bytes=sizes.journal_bytes + len(record))
+            self._confirm_replicas()
             return result
 
     #: Documents up to this size commit through the Lua script (one round trip). Larger ones
@@ -739,7 +762,32 @@ class RedisStore(BaseStore):
                 [token, data, self.ttl or 0])
         self._raise_for(result)
         self._sizes = _Sizes(result, 0, 0, len(data))
+        self._confirm_replicas()
         return result
+
+    def _confirm_replicas(self) -> None:
+        """Wait until ``min_replicas`` replicas hold every write this store made so far.
+
+        ``WAIT`` counts the writes of its own connection only, and a pooled client may
+        run the next command on another one: a marker write and ``WAIT`` go together in
+        one pipeline, and since the replication stream is ordered, a replica that has the
+        marker has every earlier write.
+
+        :raises StorageUnavailableError: fewer replicas within ``replica_timeout``.
+        """
+        if not self.min_replicas:
+            return
+        self._unconfirmed = True
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self.ack_key, b"1", px=10_000)
+        pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000))
+        _, acked = pipe.execute()
+        if int(acked) < self.min_replicas:
+            raise StorageUnavailableError(
+                f"{self.location}: the write reached {acked} of the {self.min_replicas} "
+                f"replicas asked for within {self.replica_timeout:g}s; not acknowledged",
+                location=self.location)
+        self._unconfirmed = False
 
     def _raise_for(self, result: int) -> None:
         """Raise the error a script's negative result stands for (a version passes)."""

@@ -345,15 +345,20 @@ class RedisBackend(AsyncBackend[RedisStore]):
         (``WAITAOF``, Redis 7.2+ / Valkey, ``appendonly yes``), so a durable dispatch
         survives a server crash too. Off: Redis acknowledges what is in its memory, and is
         only as durable as the server's own ``appendonly``/``appendfsync`` settings.
+    :param min_replicas: acknowledge writes only once this many replicas hold them
+        (``WAIT``); see :class:`~cascadeui.adapters.RedisStore`.
+    :param replica_timeout: seconds to wait for those replicas.
     """
 
     def __init__(self, url: str = "redis://localhost", key: str = "cascadeui:state",
                  ttl: int | None = None, *, lock_timeout: float = 10.0,
                  socket_timeout: float = 5.0, client: Any = None,
-                 wait_aof: bool = False) -> None:
+                 wait_aof: bool = False, min_replicas: int = 0,
+                 replica_timeout: float = 1.0) -> None:
         super().__init__(RedisStore(url, key=key, ttl=ttl, lock_timeout=lock_timeout,
                                     socket_timeout=socket_timeout, client=client,
-                                    wait_aof=wait_aof))
+                                    wait_aof=wait_aof, min_replicas=min_replicas,
+                                    replica_timeout=replica_timeout))
         self.url: str = self.store.url
         self.key = key
         self.ttl = ttl

@@ -8,6 +8,7 @@ sentinels whose master is SIGKILLed while a store writes (issue 14).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import redis.sentinel
 
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.adapters import RedisStore
+from cascadeui.errors import DurabilityTimeoutError, StorageUnavailableError
 from cascadeui.persistence import RedisBackend
 from cascadeui.store import StateStore
 from cascadeui.testing.redis_topologies import RedisClusterServers, SentinelServers
@@ -120,3 +122,108 @@ async def test_a_store_continues_on_the_promoted_replica() -> None:
         await reader.close()
         await store.close()
         client.close()
+
+
+async def _durable_users(store: StateStore, users: int, per_user: int,
+                         acked: list[tuple[int, int]]) -> None:
+    async def user(u: int) -> None:
+        for i in range(per_user):
+            try:
+                await store.dispatch(APPLICATION_SET, {"path": [f"u{u}", f"c{i}"], "value": i},
+                                     durable=True)
+            except DurabilityTimeoutError:
+                continue
+            acked.append((u, i))
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(user(u) for u in range(users)))
+
+
+@pytest.mark.anyio
+async def test_replica_acknowledged_changes_survive_a_failover() -> None:
+    with SentinelServers(replicas=2, sentinels=3, down_after_ms=800) as ha:
+        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
+        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        store = StateStore()
+        await store.enable_persistence(
+            RedisBackend(client=client, key="ha:wait", min_replicas=1, replica_timeout=0.5),
+            retry_initial=0.05, retry_max=0.3, durable_timeout=15)
+        acked: list[tuple[int, int]] = []
+        users = asyncio.ensure_future(_durable_users(store, 5, 60, acked))
+        await asyncio.sleep(0.3)
+        before = len(acked)
+        await asyncio.to_thread(ha.kill_master)
+        await users
+        assert before > 0
+        assert len(acked) > before  # it went on after the failover, on the promoted replica
+        reader = StateStore()
+        await reader.enable_persistence(RedisBackend(client=client, key="ha:wait"))
+        app = reader.state["application"]
+        lost = [(u, i) for u, i in acked if app.get(f"u{u}", {}).get(f"c{i}") != i]
+        assert lost == []
+        await reader.close()
+        await store.close()
+        client.close()
+
+
+def test_what_asynchronous_replication_loses_and_min_replicas_refuses() -> None:
+    with SentinelServers(replicas=1, sentinels=3, down_after_ms=800) as ha:
+        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
+        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        plain = RedisStore(client=client, key="ha:lost")
+        careful = RedisStore(client=client, key="ha:kept", min_replicas=1, replica_timeout=0.3)
+        plain.save({"application": {"n": 1}})
+        careful.save({"application": {"n": 1}})
+        replica = ha.replicas[0]
+        assert replica._proc is not None
+        # Cut the replication link, and freeze the replica before it reconnects (it tries
+        # once a second): from now on the master's writes reach no replica.
+        master = redis.Redis(port=ha.master.port)
+        for _ in range(20):
+            redis.Redis(port=replica.port).execute_command("CLIENT", "KILL", "TYPE", "master")
+            replica._proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.1)
+            if master.info("replication")["connected_slaves"] == 0:
+                break
+            replica._proc.send_signal(signal.SIGCONT)  # it reconnected first: again
+        else:
+            pytest.fail("could not cut the replication link")
+        try:
+            plain.save({"application": {"n": 2}})  # acknowledged by the master alone
+            with pytest.raises(StorageUnavailableError, match="0 of the 1 replicas"):
+                careful.save({"application": {"n": 2}})  # not acknowledged
+            with pytest.raises(StorageUnavailableError):  # nor by reading it back
+                careful.load()
+            ha.master.kill()
+        finally:
+            replica._proc.send_signal(signal.SIGCONT)
+        _wait_promoted(ha, replica.port)
+        # The promoted replica never got the plain store's acknowledged write.
+        assert _retry(plain.load) == {"application": {"n": 1}}
+        plain.close()
+        careful.close()
+        client.close()
+
+
+def _retry(fn: Any) -> Any:
+    """``fn()`` once the sentinels and the promoted replica agree (a few seconds at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return fn()
+        except StorageUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _wait_promoted(ha: SentinelServers, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if ha.master_port() == port:
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the replica was not promoted")
