@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cascadeui.errors import StateCorruptedError
 from cascadeui.merge import DELETED, Change
-from cascadeui.serializer import StateSerializer
+from cascadeui.serializer import StateSerializer, check_depth
 
 __all__ = [
     "JOURNAL_MIN_BYTES",
@@ -75,11 +75,24 @@ class JournaledStore(Protocol):
         ...
 
 
+#: How deep a record nests the value of an op (``{"ops": [[path, value]]}``): a value
+#: below a longer path must also be checked at its depth in the document.
+_RECORD_VALUE_DEPTH = 3
+
+
 def encode_record(serializer: StateSerializer, changes: Sequence[Change]) -> str:
     """One journal record's text.
 
-    :raises SerializationError: a value or key cannot be stored; nothing is returned.
+    Every value is held to the document's depth limit at its own path (the record alone
+    would count from its own top), so whatever loads from snapshot + journal can always be
+    written whole again.
+
+    :raises SerializationError: a value or key cannot be stored, or would nest deeper than
+        :data:`~cascadeui.serializer.MAX_DEPTH` levels in the document; nothing is returned.
     """
+    for path, value in changes:
+        if len(path) > _RECORD_VALUE_DEPTH and value is not DELETED:
+            check_depth(value, len(path), path)
     ops = [[list(path)] if value is DELETED else [list(path), value]
            for path, value in changes]
     return serializer.serialize({"ops": ops})

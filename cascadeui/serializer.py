@@ -25,7 +25,7 @@ import functools
 import json
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from itertools import chain, compress, repeat
 from operator import is_
@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from .errors import SerializationError, StateCorruptedError
 
-__all__ = ["MAX_DEPTH", "SnapshotEncoder", "StateSerializer"]
+__all__ = ["MAX_DEPTH", "SnapshotEncoder", "StateSerializer", "check_depth"]
 
 #: Deepest nesting accepted on save; deeper states raise instead of overflowing the stack.
 MAX_DEPTH = 200
@@ -56,6 +56,40 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _fmt_path(path: list[Any]) -> str:
     return "state" + "".join(f"[{p!r}]" for p in path)
+
+
+def check_depth(value: Any, depth: int, path: Sequence[Any]) -> None:
+    """Raise unless ``value``, found ``depth`` levels down a state at ``path``, nests
+    within :data:`MAX_DEPTH` levels counted from the top of the state, as a whole write
+    counts them.
+
+    A change stored on its own (a journal record, an ``APPLICATION_SET``) is checked here
+    so that the state it builds can always be written whole again. Walks only the
+    containers inside ``value`` (scalars are skipped), iteratively.
+
+    :param path: the key path from the top of the state (for the message).
+    :raises SerializationError: too deep; ``path`` names the first container past it.
+    """
+    if type(value) in _FAST_LEAVES:
+        return
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, depth, ())]
+    while stack:
+        obj, level, where = stack.pop()
+        if level >= MAX_DEPTH:
+            at = _fmt_path([*path, *where])
+            raise SerializationError(f"{at}: nesting deeper than {MAX_DEPTH} levels",
+                                     path=at)
+        if isinstance(obj, Mapping):
+            items: Any = obj.items()
+        elif isinstance(obj, (list, tuple)):
+            items = enumerate(obj)
+        elif isinstance(obj, (set, frozenset)):
+            items = ((None, v) for v in obj)
+        else:
+            continue  # a datetime, an enum ...: one level, checked above
+        for key, child in items:
+            if type(child) not in _FAST_LEAVES:
+                stack.append((child, level + 1, (*where, key)))
 
 
 class _UnstorableError(Exception):
