@@ -38,7 +38,9 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
         double.load(spec["world"])
 
         async def hook(bot: Any) -> None:
-            out["result"] = await setup_persistence(bot, backend=backend,
+            # The test asserts the final lists: wait for every check (not the default's
+            # 1.5 s budget, which a loaded machine may exceed).
+            out["result"] = await setup_persistence(bot, backend=backend, verify="await",
                                                     fetch_timeout=spec["fetch_timeout"])
 
         bot = await logged_in_bot(double, setup_hook=hook)

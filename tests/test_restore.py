@@ -48,7 +48,13 @@ async def double() -> AsyncIterator[DiscordDouble]:
 
 async def start_bot(double: DiscordDouble, store: StateStore, **kwargs: Any,
                     ) -> tuple[commands.Bot, dict[str, list[str]]]:
-    """A bot that calls setup_persistence in its setup_hook, like a real one."""
+    """A bot that calls setup_persistence in its setup_hook, like a real one.
+
+    The checks are awaited (``verify="await"``) unless a test says otherwise: these tests
+    assert the final lists, which the default ``"auto"`` may leave to the background on a
+    loaded machine (the default's own tests are in test_shards.py).
+    """
+    kwargs.setdefault("verify", "await")
     out: dict[str, list[str]] = {}
 
     async def hook(bot: commands.Bot) -> None:
@@ -373,7 +379,8 @@ async def test_clicks_route_before_messages_are_checked(double: DiscordDouble,
     out: dict[str, list[str]] = {}
 
     async def hook(b: commands.Bot) -> None:
-        out.update(await setup_persistence(b, file_path=path, store=store, fetch_timeout=5))
+        out.update(await setup_persistence(b, file_path=path, store=store, fetch_timeout=5,
+                                           verify="await"))
 
     login = asyncio.get_running_loop().create_task(
         logged_in_bot(double, bot=bot, setup_hook=hook))
@@ -409,7 +416,8 @@ async def test_pacer_stays_under_the_global_rate_limit(tmp_path: Path) -> None:
         path = tmp_path / "s.json"
         await seed(double, path, [f"p{i}" for i in range(120)], chans)
         started = time.monotonic()
-        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=90)
+        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=90,
+                                      verify="await")
         elapsed = time.monotonic() - started
         await bot.close()
         assert len(result["restored"]) == 120
@@ -417,7 +425,8 @@ async def test_pacer_stays_under_the_global_rate_limit(tmp_path: Path) -> None:
         assert double.requests[GET_MESSAGE] == 120
         assert elapsed >= 119 / 90 - 0.05  # the starts really were spaced 1/90 s apart
         # The same restore unpaced: the double does punish a burst (so 0 above means something).
-        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=None)
+        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=None,
+                                      verify="await")
         await bot.close()
         assert len(result["restored"]) == 120
         assert double.rate_limited > 0
