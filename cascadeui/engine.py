@@ -210,9 +210,15 @@ class Engine:
         self.retry_at: float | None = None
         #: flush() callers: (generation wanted, future); settled by the next attempt.
         self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
-        #: Durable dispatches: (generation wanted, future); settled only by a write that
-        #: holds their change (or a rejection, or the writer stopping), never by a failure.
-        self.durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Durable dispatches: (generation wanted, future, deadline); settled only by a write
+        #: that holds their change (or a rejection, the writer stopping, or the deadline),
+        #: never by a failure. In arrival order, so deadlines only grow.
+        self.durable_waiters: list[tuple[int, asyncio.Future[None], float]] = []
+        #: One timer for all durable deadlines, at the oldest pending one: a timer (and a
+        #: shielded wait_for) per dispatch cost a quarter of a durable change's CPU and
+        #: sent enough short-lived objects to the oldest GC generation to trigger full
+        #: collections, which stall the loop (scripts/bench/durable.py).
+        self.expiry: asyncio.TimerHandle | None = None
         #: A durable waiter arrived since the last attempt: try again soon after a failure.
         self.demand: bool = False
         self.failed_at: float = 0.0
@@ -311,23 +317,39 @@ class Engine:
             raise StoreClosedError(f"the writer of {self.backend!r} is stopped; the change "
                                    "is not durable", location=self._location())
         waiter: asyncio.Future[None] = self.loop.create_future()
-        self.durable_waiters.append((self.store._generation, waiter))
+        deadline = self.loop.time() + self.timing.durable_timeout
+        self.durable_waiters.append((self.store._generation, waiter, deadline))
+        if self.expiry is None:
+            self.expiry = self.loop.call_at(deadline, self._expire)
         self.demand = True
         self.wake.set()
+        # Not shielded: a cancelled caller cancels its own future, which every settling
+        # path skips (done), and it leaves the list with the next write or deadline.
+        await waiter
+
+    def _expire(self) -> None:
+        """The timer: fail the durable waiters past their deadline, re-arm for the next."""
+        self.expiry = None
+        now = self.loop.time()
+        keep = []
         timeout = self.timing.durable_timeout
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
+        for target, waiter, deadline in self.durable_waiters:
+            if waiter.done():
+                continue
+            if deadline > now:
+                keep.append((target, waiter, deadline))
+                continue
             error = self.last_error
             reason = f"{type(error).__name__}: {error}" if error else "the writes were slow"
-            raise DurabilityTimeoutError(
+            exc = DurabilityTimeoutError(
                 f"change not stored in {self._location()} within {timeout:g} s ({reason}); "
                 "it is kept in memory and the writer keeps retrying",
-                timeout=timeout, location=self._location(), last_error=error) from error
-        finally:
-            if not waiter.done():
-                self.durable_waiters = [(g, w) for g, w in self.durable_waiters
-                                        if w is not waiter]
+                timeout=timeout, location=self._location(), last_error=error)
+            exc.__cause__, exc.__suppress_context__ = error, True  # as `raise ... from`
+            waiter.set_exception(exc)
+        self.durable_waiters = keep
+        if keep:
+            self.expiry = self.loop.call_at(keep[0][2], self._expire)
 
     def _location(self) -> str:
         return str(getattr(self.backend, "location", self.backend))
@@ -668,9 +690,9 @@ class Engine:
         if outcome is False or not self.durable_waiters:
             return
         pending = []
-        for target, durable in self.durable_waiters:
+        for target, durable, deadline in self.durable_waiters:
             if target > generation:
-                pending.append((target, durable))
+                pending.append((target, durable, deadline))
             elif not durable.done():
                 if isinstance(outcome, BaseException):
                     durable.set_exception(outcome)
@@ -680,7 +702,10 @@ class Engine:
 
     def _abandon(self) -> None:
         """The writer stopped: no durable waiter may be told its change is stored."""
-        for _, durable in self.durable_waiters:
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        for _, durable, _ in self.durable_waiters:
             if not durable.done():
                 durable.set_exception(StoreClosedError(
                     f"the writer of {self.backend!r} stopped before the change was durable",
