@@ -16,6 +16,7 @@ from .base import (
 )
 from .file_store import FileStore
 from .journal import JournaledStore, apply_shared
+from .memory_store import MemoryStore
 from .postgres_store import PostgresStore
 from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
@@ -28,6 +29,7 @@ __all__ = [
     "DescribedStore",
     "FileStore",
     "JournaledStore",
+    "MemoryStore",
     "PostgresStore",
     "RedisStore",
     "SQLiteStore",

@@ -87,7 +87,11 @@ class PathLock:
     def _lock_file(self, deadline: float) -> int:
         """Open, lock and verify the file at the path; retry until ``deadline``."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+            except FileNotFoundError:  # the state's directory does not exist yet
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
             if fcntl is None:  # pragma: no cover
                 return fd
             try:

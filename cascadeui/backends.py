@@ -33,6 +33,7 @@ import anyio.to_thread
 from cascadeui.adapters import (
     FileStore,
     JournaledStore,
+    MemoryStore,
     PostgresStore,
     RedisStore,
     SQLiteStore,
@@ -46,6 +47,7 @@ from cascadeui.serializer import SnapshotEncoder, StateSerializer
 __all__ = [
     "AsyncBackend",
     "FileStorageBackend",
+    "MemoryBackend",
     "PostgresBackend",
     "RedisBackend",
     "SQLiteBackend",
@@ -403,3 +405,14 @@ def as_backend(obj: object) -> StorageBackend:
         f"{type(obj).__name__} is not a storage backend: implement async save_state(state) "
         "and load_state(), or sync save(state) and load()")
 
+
+class MemoryBackend(AsyncBackend[MemoryStore]):
+    """In-memory backend for tests and examples: backends of one ``name`` share one state
+    inside the process (``memory://NAME``); nothing survives the process.
+
+    :param name: the shared state's name (None: a state private to this backend).
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(MemoryStore(name))
+        self.name = self.store.name

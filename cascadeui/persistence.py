@@ -17,6 +17,7 @@ import anyio.to_thread
 from .backends import (
     AsyncBackend,
     FileStorageBackend,
+    MemoryBackend,
     PostgresBackend,
     RedisBackend,
     SQLiteBackend,
@@ -43,6 +44,7 @@ __all__ = [
     "DurabilityTimeoutError",
     "FileStorageBackend",
     "LockTimeoutError",
+    "MemoryBackend",
     "PersistenceError",
     "PostgresBackend",
     "RedisBackend",
@@ -131,7 +133,8 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     :class:`SQLiteBackend`; ``redis://[:password@]host[:port][/db]?key=...&ttl=...``
     (also ``rediss://``, ``unix://``): :class:`RedisBackend`;
     ``postgresql://user@host:port/dbname?table=...`` (also ``postgres://``):
-    :class:`PostgresBackend`. The registry of schemes is :data:`cascadeui.targets.SCHEMES`.
+    :class:`PostgresBackend`; ``memory://NAME``: :class:`MemoryBackend`. The registry of
+    schemes is :data:`cascadeui.targets.SCHEMES`.
 
     :raises ConfigurationError: anything else (the message lists what is accepted).
     """

@@ -22,6 +22,7 @@ from .adapters import DescribedStore, SyncStore, redact_url
 from .backends import (
     AsyncBackend,
     FileStorageBackend,
+    MemoryBackend,
     PostgresBackend,
     RedisBackend,
     SQLiteBackend,
@@ -77,6 +78,13 @@ def _postgres(text: str, tools: bool) -> AsyncBackend[Any]:
                            table=tables[-1] if tables else "cascadeui_state")
 
 
+def _memory(text: str, tools: bool) -> AsyncBackend[Any]:
+    name = unquote(text.split("://", 1)[1])
+    if not name:
+        raise ConfigurationError("memory:// needs a name: memory://NAME")
+    return MemoryBackend(name)
+
+
 def _file(text: str, tools: bool) -> AsyncBackend[Any]:
     path = unquote(urlsplit(text).path) if "://" in text else text
     return FileStorageBackend(path, backups=None if tools else 1)
@@ -91,6 +99,7 @@ SCHEMES: dict[str, Builder] = {
     "file": _file,
     "postgresql": _postgres,
     "postgres": _postgres,
+    "memory": _memory,
 }
 #: File suffix of a plain path -> backend builder.
 SUFFIXES: dict[str, Builder] = {

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _helpers import started_postgres, started_redis_server
+
+from cascadeui.adapters import BaseStore, MemoryStore
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +78,26 @@ def postgres_url() -> Iterator[str]:
 def pg_table() -> str:
     """A table name no other test uses (its journal is ``<name>_journal``)."""
     return f"t_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def new_store(request: pytest.FixtureRequest, tmp_path: Path
+              ) -> Iterator[Callable[[str], BaseStore]]:
+    """``new_store(kind)``: a store of ``kind`` (see ``_helpers.STORE_BUILDERS``); every
+    call in one test opens the same medium. All are closed afterwards."""
+    from _helpers import STORE_BUILDERS
+
+    opened: list[BaseStore] = []
+
+    def build(kind: str) -> BaseStore:
+        store = STORE_BUILDERS[kind](request, tmp_path)
+        opened.append(store)
+        return store
+
+    yield build
+    for store in opened:
+        store.close()
+    MemoryStore.forget(f"test:{tmp_path}")
 
 
 # -- no blocking calls on the event loop (issue 2) -------------------------------------------

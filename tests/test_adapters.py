@@ -23,12 +23,12 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+from _helpers import STORE_BUILDERS, STORE_KINDS
 from blockbuster import BlockingError
 
 from cascadeui.adapters import (
     BaseStore,
     FileStore,
-    PostgresStore,
     RedisStore,
     SQLiteStore,
     SyncStore,
@@ -46,7 +46,7 @@ from cascadeui.persistence import (
 
 pytestmark = pytest.mark.anyio
 
-KINDS = ("file", "sqlite", "redis", "postgres")
+KINDS = STORE_KINDS
 LAYERS = (("sync", "asyncio"), ("async", "asyncio"), ("async", "trio"))
 
 RICH: dict[str, Any] = {
@@ -72,23 +72,8 @@ RICH: dict[str, Any] = {
 }
 
 
-def make_store(kind: str, tmp_path: Path, redis_url: str, redis_key: str) -> BaseStore:
-    if kind == "file":
-        return FileStore(tmp_path / "state.json")
-    if kind == "sqlite":
-        return SQLiteStore(tmp_path / "state.db")
-    if kind == "postgres":
-        return PostgresStore(redis_url, table=redis_key)
-    return RedisStore(redis_url, key=redis_key)
-
-
-def server_target(kind: str, request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(url, key) for make_store: a Redis key, or a PostgreSQL database and table."""
-    if kind == "redis":
-        return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
-    if kind == "postgres":
-        return request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
-    return "", ""
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> BaseStore:
+    return STORE_BUILDERS[kind](request, tmp_path)
 
 
 class Api:
@@ -141,8 +126,7 @@ def anyio_backend(combo: tuple[str, str, str]) -> str:
 def api(combo: tuple[str, str, str], tmp_path: Path, request: pytest.FixtureRequest
         ) -> Iterator[Api]:
     kind, layer, _ = combo
-    url, key = server_target(kind, request)
-    store = make_store(kind, tmp_path, url, key)
+    store = make_store(kind, request, tmp_path)
     yield Api(store, layer)
     store.close()
 
@@ -272,8 +256,7 @@ async def test_repr_names_location(api: Api) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_sync_context_manager_without_event_loop(kind: str, tmp_path: Path,
                                                  request: pytest.FixtureRequest) -> None:
-    url, key = server_target(kind, request)
-    with make_store(kind, tmp_path, url, key) as store:
+    with make_store(kind, request, tmp_path) as store:
         assert isinstance(store, SyncStore)
         store.save({"a": {1, 2}})
         with store.transaction() as st:
