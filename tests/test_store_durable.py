@@ -227,6 +227,26 @@ async def test_waiters_during_an_outage_succeed_once_the_medium_is_back(
     assert found["application"]["u"] == {i: i for i in range(5)}
 
 
+async def test_a_cancelled_durable_dispatch_stops_waiting_and_the_change_is_still_written(
+        outage_server: RedisServer, redis_key: str, store: StateStore) -> None:
+    backend = RedisBackend(outage_server.url, key=redis_key, socket_timeout=0.5)
+    await store.enable_persistence(backend, retry_initial=0.05, retry_max=0.2,
+                                   durable_timeout=5.0, poll_interval=None)
+    await anyio.to_thread.run_sync(outage_server.stop)
+    user = asyncio.ensure_future(store.dispatch(
+        APPLICATION_SET, {"path": ["a"], "value": 1}, durable=True))
+    await asyncio.sleep(0.2)
+    user.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await user
+    engine = store._engine
+    assert engine is not None
+    assert all(entry[1].done() for entry in engine.durable_waiters)  # nobody waiting
+    await anyio.to_thread.run_sync(outage_server.start)
+    assert await store.flush()
+    assert (await stored("redis", outage_server.url, redis_key))["application"] == {"a": 1}
+
+
 # -- panels ---------------------------------------------------------------------------------
 
 
