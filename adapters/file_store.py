@@ -263,6 +263,8 @@ class FileStore(BaseStore):
         self._journal_good: _JournalSig | None = None
         self._extent: _Extent | None = None
         self._swept = False
+        #: The directories of ``path`` exist and are durable (see _make_dirs).
+        self._dirs_ready = False
         #: Journal files already reported as naming another snapshot (log once each).
         self._reported: set[_JournalSig] = set()
         #: The backup the last load fell back to (None: it read the main file).
@@ -1057,6 +1059,8 @@ class FileStore(BaseStore):
             raise ConfigurationError(
                 f"{self.path} is a directory, not a state file (name a file in it, e.g. "
                 f"{self.path / 'cascadeui_state.json'})", location=self.location)
+        if not self._dirs_ready:
+            self._make_dirs()
         try:
             # Polls every 5 ms: filelock's default 50 ms idled the lock most of the time
             # under contention (4 writers: 3x fewer commits per second).
@@ -1077,6 +1081,29 @@ class FileStore(BaseStore):
             yield
         finally:
             self._lock.release()
+
+    def _make_dirs(self) -> None:
+        """Create the missing directories of :attr:`path`, each fsynced into its parent.
+
+        filelock would create them for the lock file, but never fsyncs their parents: a
+        power cut after an acknowledged first save could lose the new directory and the
+        state in it (issue 16, tests/test_powercut.py). Once per store.
+        """
+        missing: list[Path] = []
+        parent = self.path.parent
+        while not parent.exists() and parent != parent.parent:
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for directory in reversed(missing):
+                with contextlib.suppress(FileExistsError):  # another process made it
+                    os.mkdir(directory)
+                self._fsync_dir(directory.parent)
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot create the directory of {self.path}: {exc.strerror or exc}",
+                location=self.location) from exc
+        self._dirs_ready = True
 
     def _write(self, data: bytes | str) -> None:
         """Write the new snapshot durably, rotate backups, replace the main file, drop the journal.
@@ -1319,8 +1346,8 @@ class FileStore(BaseStore):
         if mode != 0o600 and hasattr(os, "fchmod"):
             os.fchmod(fd, mode)
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY)
+    def _fsync_dir(self, directory: Path | None = None) -> None:
+        fd = os.open(self.path.parent if directory is None else directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -141,7 +141,7 @@ def sabotage_file(kind: str) -> None:
 
         os.fsync = skip
     elif kind == "no-dir-fsync":
-        FileStore._fsync_dir = lambda self: None  # type: ignore[method-assign]
+        FileStore._fsync_dir = lambda self, directory=None: None  # type: ignore[method-assign]
 
 
 def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -> None:

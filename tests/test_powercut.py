@@ -160,3 +160,48 @@ def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) 
                 assert store.load() == {"application": {"mode": "a"}}, st.how
             checked += 1
     assert checked
+
+
+_NEW_DIR_WRITER = """
+import os, sys
+from cascadeui.adapters import FileStore
+marks = os.open("/dev/null", os.O_WRONLY)
+with FileStore(sys.argv[1]) as store:
+    store.save({"application": {"saved": 1}})
+os.write(marks, b"PCMARK ack")
+"""
+
+
+def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> None:
+    """Found by the simulator: ``FileStore("data/bot/state.json")`` with no ``data/``.
+
+    The directories were created (by filelock, for the lock file) but never fsynced into
+    their parents, so a cut after the acknowledged first save could lose ``data/`` and
+    the state with it: the load found nothing and returned ``{}``.
+    """
+    from cascadeui.adapters import FileStore
+    from cascadeui.testing.powercut import record
+
+    root = tmp_path / "live"
+    root.mkdir()
+    trace = tmp_path / "trace"
+    out = record([sys.executable, "-c", _NEW_DIR_WRITER, str(root / "data/bot/state.json")],
+                 trace)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    ops = parse_trace(trace.read_text(), root)
+    assert [op.what for op in ops if op.what.startswith("mkdir")] == [
+        "mkdir data", "mkdir data/bot"]
+    mark = next(i for i, op in enumerate(ops) if op.kind == "mark")
+    acked_from = max(i for i in range(mark) if ops[i].kind != "mark")
+    checked = 0
+    for i, states in crash_states(ops, limit=256):
+        if i < acked_from:
+            continue
+        for n, st in enumerate(states):
+            where = tmp_path / f"cut{i}-{n}"
+            where.mkdir()
+            materialise(st, where)
+            with FileStore(where / "data/bot/state.json") as store:
+                assert store.load() == {"application": {"saved": 1}}, st.how
+            checked += 1
+    assert checked
