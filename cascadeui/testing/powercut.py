@@ -47,7 +47,8 @@ __all__ = ["CrashState", "Op", "StraceMissingError", "crash_states", "cut_points
 #: write through ``write()`` takes its offset from the position tracked through ``lseek``.
 _SYSCALLS = ("open,openat,creat,write,pwrite64,writev,pwritev,pwritev2,lseek,fsync,"
              "fdatasync,ftruncate,truncate,rename,renameat,renameat2,link,linkat,unlink,"
-             "unlinkat,mkdir,mkdirat,rmdir,close,dup,dup2,dup3,fcntl,sync,syncfs")
+             "unlinkat,mkdir,mkdirat,rmdir,close,dup,dup2,dup3,fcntl,sync,syncfs,chdir,clone,"
+             "clone3,fork,vfork")
 MARKER = b"PCMARK "
 
 
@@ -150,16 +151,19 @@ class _Parser:
     dirs: set[int] = field(default_factory=lambda: {0})
     sizes: dict[int, int] = field(default_factory=dict)
     fds: dict[tuple[int, int], _Fd] = field(default_factory=dict)
+    #: Working directories set by ``chdir`` (and inherited by forks): redis-server chdirs
+    #: into its ``--dir``. A relative path of a process that never chdir'd is not ours.
+    cwds: dict[int, str] = field(default_factory=dict)
+    pid: int = 0
     next_ino: int = 1
 
     def rel(self, path: str) -> str | None:
-        """The path relative to the root, or None when outside it.
-
-        The writers under test use absolute paths only (the adapters make them absolute),
-        so a relative path is never one of theirs.
-        """
+        """The path relative to the root, or None when outside it."""
         if not path.startswith("/"):
-            return None
+            cwd = self.cwds.get(self.pid)
+            if cwd is None:
+                return None
+            path = os.path.join(cwd, path)
         path = os.path.normpath(path)
         if path == self.root:
             return ""
@@ -191,6 +195,21 @@ class _Parser:
         self.sizes[ino] = max(self.sizes.get(ino, 0), off + len(data))
 
     def call(self, pid: int, name: str, args: list[str], ret: int) -> None:
+        self.pid = pid
+        if name == "chdir":
+            if ret == 0:
+                self.cwds[pid] = os.path.normpath(os.path.join(
+                    self.cwds.get(pid, "/"), _bytes(args[0]).decode("utf-8", "surrogateescape")))
+            return
+        if name in ("clone", "clone3", "fork", "vfork"):
+            if ret > 0:
+                if pid in self.cwds:
+                    self.cwds[ret] = self.cwds[pid]
+                # A child process starts with copies of its parent's descriptors.
+                for (owner, num), entry in list(self.fds.items()):
+                    if owner == pid:
+                        self.fds[ret, num] = _Fd(entry.ino, entry.pos, entry.append)
+            return
         if name in ("open", "openat", "creat"):
             path = _bytes(args[1] if name == "openat" else args[0]).decode("utf-8",
                                                                             "surrogateescape")
