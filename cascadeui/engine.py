@@ -390,7 +390,7 @@ class Engine:
 
     def save_at_exit(self) -> None:
         """Interpreter exit: write what is pending through this engine's loop or a new one."""
-        if not self.needs_write():
+        if not self.current or not self.needs_write():
             return
         budget = self.timing.durable_timeout + 1.0
         if self.loop.is_running():  # in another thread (sync API, a bot in a thread)
@@ -412,6 +412,15 @@ class Engine:
 
     #: The shutdown WARNING was logged for this engine (said once).
     warned: bool = False
+
+    @property
+    def current(self) -> bool:
+        """This engine still persists its store (not closed, not replaced by a successor).
+
+        A closed store keeps working in memory: what it changes afterwards is not ours to
+        write at exit.
+        """
+        return self.store._engine is self and not self.stopping
 
     def warn_unsaved(self, why: str) -> None:
         """Log a WARNING naming how many changes are not saved and where (once)."""

@@ -77,7 +77,7 @@ def _on_sigterm(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def _save_then_terminate(loop: asyncio.AbstractEventLoop) -> None:
-    engines = [engine for engine in list(_ENGINES) if engine.loop is loop]
+    engines = [engine for engine in list(_ENGINES) if engine.loop is loop and engine.current]
     deadline = loop.time() + max((e.timing.durable_timeout for e in engines), default=0.0)
     # The program keeps running meanwhile (a bot keeps dispatching): drain until one
     # synchronous check finds nothing pending, so no change lands between it and the end.

@@ -216,3 +216,27 @@ def test_an_application_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
         asyncio.run(main())
     """, str(path))
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_changes_after_close_stay_in_memory_at_exit(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    out = run_child(f"""
+        import asyncio, sys
+        from cascadeui.store import StateStore
+        from cascadeui.persistence import SQLiteBackend
+
+        store = StateStore()  # alive until exit, as the process-wide store is
+
+        async def main():
+            await store.enable_persistence(SQLiteBackend(sys.argv[1]), {SLOW})
+            await store.dispatch("APPLICATION_SET", {{"path": ["n"], "value": 1}})
+            await store.close()
+            # The store keeps working in memory after close(): nothing more is written.
+            await store.dispatch("APPLICATION_SET", {{"path": ["n"], "value": 2}})
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+    """, str(db))
+    assert out.returncode == 0, out.stderr
+    assert sqlite_state(db)["application"] == {"n": 1}
+    assert "NOT saved" not in out.stderr
