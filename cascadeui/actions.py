@@ -70,6 +70,9 @@ PERSISTENT_VIEW_UNREGISTERED = "PERSISTENT_VIEW_UNREGISTERED"
 PERSISTENT_VIEWS_REMOVED = "PERSISTENT_VIEWS_REMOVED"
 APPLICATION_SET = "APPLICATION_SET"
 APPLICATION_DELETE = "APPLICATION_DELETE"
+#: Key of the ``application`` slice holding the stored schema version (docs/migrations.md);
+#: replacing or clearing the whole slice keeps it, so a versioned state never looks old.
+SCHEMA_KEY = "__schema_version__"
 STATE_RESTORED = "STATE_RESTORED"
 STATE_RELOADED = "STATE_RELOADED"
 #: The action subscribers receive once at the end of ``batch()`` (or when middleware
@@ -216,6 +219,12 @@ def persistent_views_removed(action: Action, state: State) -> State:
     return _with_slice(state, "persistent_views", kept)
 
 
+def _keep_schema(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    if SCHEMA_KEY in old and SCHEMA_KEY not in new:
+        return {**new, SCHEMA_KEY: old[SCHEMA_KEY]}
+    return new
+
+
 def application_set(action: Action, state: State) -> State:
     """Set ``state["application"][k1][k2]... = value``; an empty path replaces the slice.
 
@@ -232,7 +241,7 @@ def application_set(action: Action, state: State) -> State:
     if not path:
         if not isinstance(value, dict):
             raise TypeError("APPLICATION_SET with an empty path needs a dict value")
-        return _with_slice(state, "application", value)
+        return _with_slice(state, "application", _keep_schema(state["application"], value))
     return _with_slice(state, "application", set_in(state["application"], path, value))
 
 
@@ -241,7 +250,8 @@ def application_delete(action: Action, state: State) -> State:
     payload = _payload(action, "path")
     path = _as_path(payload["path"])
     if not path:
-        return _with_slice(state, "application", {}) if state["application"] else state
+        kept = _keep_schema(state["application"], {})
+        return _with_slice(state, "application", kept) if state["application"] != kept else state
     return _with_slice(state, "application", delete_in(state["application"], path))
 
 

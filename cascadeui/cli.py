@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -277,6 +278,44 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_schema(args: argparse.Namespace) -> int:
+    steps = _load_migrations(args.migrations, args.to)
+    plan = sync.migrate_schema(args.target, args.to, steps, dry_run=args.dry_run)
+    changes = [{"path": path, "change": kind} for path, kind in plan.changes()]
+    if args.json:
+        _print_json({"target": redacted(args.target), "from_version": plan.from_version,
+                     "to_version": plan.to_version, "dry_run": args.dry_run,
+                     "written": plan.written, "backup": plan.backup and redacted(plan.backup),
+                     "changes": changes}, sys.stdout)
+        return 0
+    if not plan.needed:
+        print(f"{redacted(args.target)} is at schema version {plan.from_version}: nothing to do")
+        return 0
+    done = ("dry run, nothing written" if args.dry_run else
+            f"written; backup: {redacted(plan.backup) if plan.backup else 'none'}")
+    print(f"schema version {plan.from_version} -> {plan.to_version}: {len(changes)} "
+          f"change(s) ({done})")
+    for change in changes:
+        print(f"  {change['change']:8} {'.'.join(map(str, change['path']))}")
+    return 0
+
+
+def _load_migrations(spec: str, version: int) -> dict[int, Any]:
+    """``module[:attribute]`` (default attribute ``MIGRATIONS``) -> the steps up to ``version``."""
+    module_name, _, attribute = spec.partition(":")
+    if "" not in sys.path:  # an importable module path, as `python -m` sees it
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import migrations module {module_name!r}: {exc}") from exc
+    found = getattr(module, attribute or "MIGRATIONS", None)
+    if not isinstance(found, Mapping):
+        raise UsageError(f"{module_name} has no {attribute or 'MIGRATIONS'} dict "
+                         "({version: fn(document) -> document})")
+    return {k: fn for k, fn in found.items() if isinstance(k, int) and k <= version}
+
+
 class _ProgressBar:
     """``[#####.....] 2/3 verifying the copy (12.0 MB)`` on stderr, redrawn on a terminal."""
 
@@ -498,6 +537,16 @@ def _parser() -> argparse.ArgumentParser:
         target, ("n", {"metavar": "N", "type": int, "nargs": "?", "default": 0}))
     add("verify", cmd_verify, "check the stored state's integrity (exit 1 on problems)",
         target)
+    schema = add("migrate-schema", cmd_migrate_schema,
+                 "upgrade the stored state to schema version N with your migrations (under "
+                 "the write lock, keeping a backup)", target)
+    schema.add_argument("--to", type=int, required=True, metavar="N",
+                        help="the schema version to reach")
+    schema.add_argument("--migrations", required=True, metavar="MODULE[:ATTR]",
+                        help="importable module holding {version: fn} (default attribute "
+                             "MIGRATIONS)")
+    schema.add_argument("--dry-run", action="store_true",
+                        help="show what would change and write nothing")
     add("demo", cmd_demo, "run the README walkthrough in the current directory")
     return parser
 

@@ -10,7 +10,9 @@
     │   ├── LockTimeoutError (TimeoutError)   a lock not had in time; ``lock`` names it
     │   └── DurabilityTimeoutError (TimeoutError)  a durable dispatch not stored in time
     ├── ConfigurationError (ValueError)       a bad URL, path or option
-    └── StoreClosedError (RuntimeError)       a store used after ``close()``
+    ├── StoreClosedError (RuntimeError)       a store used after ``close()``
+    ├── MigrationError (RuntimeError)         a schema migration step failed; ``step``
+    └── SchemaVersionError (ValueError)       stored state newer than the code; ``stored``
 
 Each error carries its location as attributes as well as in its message, never a
 password, and survives pickling so that it can cross process boundaries.
@@ -24,7 +26,9 @@ __all__ = [
     "ConfigurationError",
     "DurabilityTimeoutError",
     "LockTimeoutError",
+    "MigrationError",
     "PersistenceError",
+    "SchemaVersionError",
     "SerializationError",
     "StateCorruptedError",
     "StateNotFoundError",
@@ -135,3 +139,36 @@ class ConfigurationError(PersistenceError, ValueError):
 
 class StoreClosedError(PersistenceError, RuntimeError):
     """Raised when a store or backend is used after ``close()``."""
+
+
+class MigrationError(PersistenceError, RuntimeError):
+    """Raised when a schema migration step fails (it raised, or returned no document).
+
+    ``step`` is the version the failing function upgrades to; ``from_version`` the version
+    the stored state had. Nothing was written: the stored state is untouched. The
+    original exception is the ``__cause__``.
+    """
+
+    step: int
+    from_version: int
+
+    def __init__(self, message: str, *, step: int, from_version: int,
+                 location: str | None = None) -> None:
+        super().__init__(message, location=location)
+        self.step = step
+        self.from_version = from_version
+
+
+class SchemaVersionError(PersistenceError, ValueError):
+    """Raised when the stored state's schema version is newer than the code's (older code
+    started against newer data), or is not a version number. Nothing was written.
+    """
+
+    stored: object
+    supported: int
+
+    def __init__(self, message: str, *, stored: object, supported: int,
+                 location: str | None = None) -> None:
+        super().__init__(message, location=location)
+        self.stored = stored
+        self.supported = supported

@@ -56,6 +56,7 @@ from .backends import FileStorageBackend, StorageBackend, as_backend
 from .dynamic import registered_dynamic_items
 from .entries import entry_identity
 from .entries import parse_id as _parse_id
+from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
 from .views import PersistentPanel, get_view_class
 
@@ -183,6 +184,8 @@ async def setup_persistence(
     verify_budget: float = DEFAULT_VERIFY_BUDGET,
     rate_share: float | None = None,
     durable_timeout: float = 2.5,
+    version: int | None = None,
+    migrations: Mapping[int, Migration] | None = None,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -226,6 +229,10 @@ async def setup_persistence(
         ``dispatch(..., durable=True)``) may wait for the backend before it raises
         :class:`~cascadeui.errors.DurabilityTimeoutError` (see
         :meth:`~cascadeui.store.StateStore.enable_persistence`).
+    :param version: the schema version this code writes; the stored state is migrated to
+        it first, once, by one process (see ``docs/migrations.md``). None: unversioned.
+    :param migrations: ``{k: fn}``, ``fn(document) -> document`` upgrading the persisted
+        document to version ``k``, for every k in 1..``version``.
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
@@ -233,8 +240,15 @@ async def setup_persistence(
         ``rate_limit`` or ``verify_budget`` or ``rate_share`` out of range, an unknown
         ``verify`` mode, or shard ids that do not fit the bot's ``shard_count``.
     :raises PersistenceError: the stored state cannot be loaded; nothing is enabled.
+    :raises SchemaVersionError: the stored state is newer than ``version``; nothing is
+        written or enabled.
+    :raises MigrationError: a migration step failed (named); nothing is written or enabled.
     """
     _check_bot(bot)
+    if version is not None:
+        check_migrations(version, migrations)
+    elif migrations:
+        raise ValueError("migrations= needs version=, the schema version this code writes")
     if file_path is not None and backend is not None:
         raise ValueError("pass file_path= or backend=, not both: file_path is shorthand "
                          "for backend=FileStorageBackend(file_path)")
@@ -259,7 +273,8 @@ async def setup_persistence(
         chosen = as_backend(backend)
     else:  # the constructor resolves the path against the cwd: not on the event loop
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
-    await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout)
+    await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout,
+                  version=version, migrations=migrations)
     summary = RestoreSummary()
     if bot is None:
         return summary
@@ -332,10 +347,12 @@ def _check_bot(bot: object) -> None:
 
 
 async def _enable(store: StateStore, backend: StorageBackend, *, owned: bool,
-                  durable_timeout: float) -> None:
+                  durable_timeout: float, version: int | None,
+                  migrations: Mapping[int, Migration] | None) -> None:
     current = store.backend
     if current is None:
-        await store.enable_persistence(backend, durable_timeout=durable_timeout)
+        await store.enable_persistence(backend, durable_timeout=durable_timeout,
+                                       version=version, migrations=migrations)
         return
     if current is not backend:
         where = getattr(backend, "location", repr(backend))

@@ -18,7 +18,7 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .actions import (
@@ -36,6 +36,7 @@ from .actions import (
 from .adapters import SyncStore
 from .backends import StorageBackend, as_backend
 from .engine import Engine, Timing, load_persisted, same_backend
+from .migrations import Migration, migrate_backend
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -351,7 +352,9 @@ class StateStore:
                                  debounce: float = 0.05, max_delay: float = 1.0,
                                  retry_initial: float = 0.1, retry_max: float = 30.0,
                                  poll_interval: float | None = 0.5,
-                                 durable_timeout: float = 2.5) -> None:
+                                 durable_timeout: float = 2.5,
+                                 version: int | None = None,
+                                 migrations: Mapping[int, Migration] | None = None) -> None:
         """Load the stored state, install its persisted slices, start the background writer.
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
@@ -371,6 +374,14 @@ class StateStore:
             change to be stored (retrying failed writes) before it raises
             :class:`~cascadeui.errors.DurabilityTimeoutError`; the default leaves a bot
             time to answer inside Discord's 3 s interaction window.
+        :param version: the schema version this code writes; the stored state is brought
+            to it before it is loaded (see ``docs/migrations.md``). None: unversioned.
+        :param migrations: ``{k: fn}``, ``fn(document) -> document`` upgrading the
+            persisted document to version ``k``; one for every version 1..``version``.
+        :raises SchemaVersionError: the stored state is newer than ``version``; nothing
+            is written or enabled.
+        :raises MigrationError: a migration step failed (it is named); nothing is written
+            or enabled.
         :raises PersistenceError: the stored state cannot be loaded (``StateCorruptedError``,
             ``StorageUnavailableError``); nothing is enabled and the state is untouched.
         :raises RuntimeError: persistence is already enabled with another backend.
@@ -385,13 +396,17 @@ class StateStore:
                                " await store.close() before enabling another backend")
         timing = Timing(debounce, max_delay, retry_initial, retry_max, poll_interval,
                         durable_timeout)
-        stored, version, rewrite = await load_persisted(backend)
+        if version is not None:  # before the load: the engine only ever sees current data
+            await migrate_backend(backend, version, migrations)
+        elif migrations:
+            raise ValueError("migrations= needs version=, the schema version this code writes")
+        stored, stored_at, rewrite = await load_persisted(backend)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")
         if stored:
             await self.dispatch(STATE_RESTORED, {"state": stored})
         engine = Engine(self, backend, timing)
-        engine.adopt(stored, version, rewrite=rewrite)
+        engine.adopt(stored, stored_at, rewrite=rewrite)
         self._engine = engine
         engine.start()
 

@@ -36,11 +36,19 @@ from anyio.from_thread import BlockingPortal
 from cascadeui.adapters import SyncStore
 from cascadeui.backends import save_or_log
 from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
+from cascadeui.migrations import (
+    Migration,
+    MigrationPlan,
+    migrate_adapter,
+    migrate_backend,
+    plan_migration,
+)
 
 __all__ = [
     "LoopReentryError",
     "dispatch",
     "load_state",
+    "migrate_schema",
     "migrate_storage",
     "open_adapter",
     "save_state",
@@ -271,7 +279,9 @@ def _where(target: object) -> str:
 
 
 def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | None = None,
-                      backend: Target = None) -> dict[str, list[str]]:
+                      backend: Target = None, version: int | None = None,
+                      migrations: Mapping[int, Migration] | None = None
+                      ) -> dict[str, list[str]]:
     """Blocking :func:`cascadeui.setup_persistence`: restore the state on the private loop.
 
     The process-wide store then persists from cascadeui's loop thread, so later
@@ -281,6 +291,8 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
         ``await cascadeui.setup_persistence(bot)`` in ``setup_hook``.
     :param file_path: a JSON file, as in the async API.
     :param backend: a backend object, or a path/URL string.
+    :param version: the schema version this code writes (see ``docs/migrations.md``).
+    :param migrations: ``{k: fn}`` upgrading the persisted document to version ``k``.
     :returns: ``{"restored": [], "skipped": [], "failed": [], "removed": []}`` (data only).
     :raises ValueError: a bot was passed.
     :raises LoopReentryError: called on cascadeui's private loop (await it there instead).
@@ -297,11 +309,42 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
         backend = backend_for(backend)
 
     async def run() -> dict[str, list[str]]:
-        result: dict[str, list[str]] = await async_setup(bot, file_path=file_path,
-                                                          backend=backend)
+        result: dict[str, list[str]] = await async_setup(
+            bot, file_path=file_path, backend=backend, version=version,
+            migrations=migrations)
         return result
 
     return _loop.call(run, what="setup_persistence(...)")
+
+
+def migrate_schema(target: Target, version: int, migrations: Mapping[int, Migration], *,
+                   dry_run: bool = False) -> MigrationPlan:
+    """Bring a stored state to schema ``version`` now (or, with ``dry_run``, say how).
+
+    The same unit of work as at start-up (:func:`cascadeui.migrations.migrate_adapter`):
+    under the write lock, with the pre-migration document kept as a backup.
+
+    :param target: a path or URL, a backend or an adapter.
+    :returns: the :class:`~cascadeui.migrations.MigrationPlan`; ``plan.changes()`` lists
+        the key paths it changes (or would change).
+    :raises SchemaVersionError: the stored state is newer than ``version``.
+    :raises MigrationError: a step failed; nothing was written.
+    :raises ValueError: the migrations do not cover 1..``version``.
+    """
+    with _opened(target) as r:
+        if r.adapter is None:
+            assert r.backend is not None
+            if dry_run:
+                from cascadeui.migrations import upgrade
+
+                before = _loop.call(r.backend.load_state, what="backend.load_state()")
+                after, start = upgrade(before, version, migrations)
+                return MigrationPlan(start, version, before, after)
+            return _loop.call(migrate_backend, r.backend, version, migrations,
+                              what="migrate_schema(...)")
+        if dry_run:
+            return plan_migration(r.adapter, version, migrations)
+        return migrate_adapter(r.adapter, version, migrations)
 
 
 def _store_loop(store: Any) -> asyncio.AbstractEventLoop | None:

@@ -23,6 +23,24 @@ from cascadeui.persistence import SQLiteBackend
 log = logging.getLogger("example-bot")
 
 
+def votes_spelled_out(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema version 1: the first release stored votes as "y"/"n"; spell them out.
+
+    Runs once, at the first start of this release, under the write lock, with the old
+    document kept as a backup (docs/migrations.md).
+    """
+    for data in doc["application"].get("panels", {}).values():
+        votes = data.get("votes") if isinstance(data, dict) else None
+        if isinstance(votes, dict):
+            data["votes"] = {user: {"y": "yes", "n": "no"}.get(v, v)
+                             for user, v in votes.items()}
+    return doc
+
+
+SCHEMA_VERSION = 1
+MIGRATIONS = {1: votes_spelled_out}
+
+
 class VotePanel(PersistentView):
     """Yes/no poll; one vote per user, kept in the panel's data."""
 
@@ -85,7 +103,8 @@ class PanelBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         # After loading cogs (none here), so every panel class is registered.
-        summary = await setup_persistence(self, backend=SQLiteBackend("cascadeui.db"))
+        summary = await setup_persistence(self, backend=SQLiteBackend("cascadeui.db"),
+                                          version=SCHEMA_VERSION, migrations=MIGRATIONS)
         log.info("restored %s", {k: len(v) for k, v in summary.items()})
 
 

@@ -76,4 +76,8 @@ def test_example_bot_runs_against_the_double(tmp_path: Path,
     assert answer is not None
     assert answer["data"]["content"] == "Counted. yes 1 / no 0"
     assert application["panels"]["poll:1"]["votes"] == {"5": "yes"}
+    assert application["__schema_version__"] == module.SCHEMA_VERSION  # born current
+    old = {"application": {"panels": {"p": {"votes": {"5": "y", "6": "n"}}}}}
+    assert module.votes_spelled_out(old)["application"]["panels"]["p"]["votes"] == {
+        "5": "yes", "6": "no"}
     assert (tmp_path / "cascadeui.db").exists()
