@@ -35,7 +35,6 @@ from anyio.from_thread import BlockingPortal
 
 from cascadeui.adapters import SyncStore
 from cascadeui.backends import save_or_log
-from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
 from cascadeui.migrations import (
     Migration,
     MigrationPlan,
@@ -43,6 +42,7 @@ from cascadeui.migrations import (
     migrate_backend,
     plan_migration,
 )
+from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
 
 __all__ = [
     "LoopReentryError",

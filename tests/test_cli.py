@@ -244,6 +244,6 @@ def test_every_command_is_documented() -> None:
     assert commands is not None
     assert sorted(commands) == sorted(
         ["inspect", "get", "set", "delete", "dump", "migrate", "backups", "restore-backup",
-         "verify", "demo"])
+         "verify", "migrate-schema", "demo"])
     for name in commands:
         assert f"cascadeui {name}" in docs, name
