@@ -196,7 +196,7 @@ class BaseStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(
-                f"{type(self).__name__} for {self.location} is closed; create a new one",
+                f"the {self.kind} store for {self.location} is closed; create a new one",
                 location=self.location)
 
     def close(self) -> None:

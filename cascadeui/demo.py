@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                           check=False, timeout=120)
     if done.returncode != 0:
         raise SystemExit(done.returncode)
-    _say(f"done; files here: {sorted(p.name for p in workdir.iterdir())}")
+    _say(f"done; files in {workdir}: {', '.join(sorted(p.name for p in workdir.iterdir()))}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from cascadeui.adapters import BackupInfo, DescribedStore
@@ -146,7 +146,7 @@ def get_path(state: Mapping[str, Any], path: str) -> Any:
         if not found:
             where = format_path([s.text for s in segs[:depth]]) or "the top"
             raise KeyError(f"{path}: no {seg.text!r} under {where} "
-                           f"(a {type(node).__name__})")
+                           f"({_article(node)})")
         node = node[key]
     return node
 
@@ -175,7 +175,7 @@ def set_path(state: dict[str, Any], path: str, value: Any) -> None:
                 raise KeyError(f"{path}: index {seg.text} is out of range")
         else:
             where = format_path([s.text for s in segs[:depth]])
-            raise TypeError(f"{path}: {where} holds a {type(node).__name__}, not a container")
+            raise TypeError(f"{path}: {where} holds {_article(node)}, not a container")
         # Any again: node is a dict or a list here, and key is what _lookup found in it.
         container: Any = node
         if last:
@@ -296,7 +296,9 @@ class Snapshot:
         count = len(views) if isinstance(views, Mapping) else 0
         lines.append(f"  persistent views: {count}")
         for row in self.view_rows(20):
-            lines.append("    " + "  ".join(f"{c}={_short(row[c], 40)}" for c in _VIEW_COLUMNS))
+            # The key in full (it is what `cascadeui get` needs), the other columns cut.
+            lines.append("    " + "  ".join(
+                f"{c}={row[c] if c == 'key' else _short(row[c], 40)}" for c in _VIEW_COLUMNS))
         if count > 20:
             lines.append(f"    ... {count - 20} more")
         app = self.application
@@ -306,7 +308,7 @@ class Snapshot:
                 lines.append(f"    {format_path([key])}: {_type_size(value)}"
                              + ("" if _is_container(value) else f" = {_short(value, 60)}"))
             if len(app) > 30:
-                lines.append(f"    ... {len(app) - 30} more keys")
+                lines.append(f"    ... {_count(len(app) - 30, 'more key')}")
         if self.backups:
             lines.append("  backups:")
             lines += [f"    [{b.index}] {b.path} ({_human_bytes(b.size)}, {_when(b.modified)})"
@@ -330,7 +332,8 @@ class Snapshot:
             out.append('<table class="cascadeui-views"><tr>'
                        + "".join(f"<th>{c}</th>" for c in _VIEW_COLUMNS) + "</tr>")
             for row in self.view_rows(MAX_VIEW_ROWS):
-                out.append("<tr>" + "".join(f"<td>{e(_short(row[c], 60))}</td>"
+                out.append("<tr>" + "".join(
+                    f"<td>{e(str(row[c]) if c == 'key' else _short(row[c], 60))}</td>"
                                             for c in _VIEW_COLUMNS) + "</tr>")
             out.append("</table>")
             if count > MAX_VIEW_ROWS:
@@ -367,21 +370,28 @@ def _tree_html(label: Any, value: Any, depth: int, budget: list[int], out: list[
         out.append(f"<li><code>{name}</code>: {e(_short(value, 80))} {kind}</li>")
         return
     count = len(value)
-    unit = "keys" if isinstance(value, Mapping) else "items"
+    unit = "key" if isinstance(value, Mapping) else "item"
     opened = " open" if depth == 0 else ""
     out.append(f"<li><details{opened}><summary><code>{name}</code> {kind} "
-               f"&middot; {count:,} {unit}</summary>"
+               f"&middot; {_count(count, unit)}</summary>"
                '<ul style="list-style:none;padding-left:1.2em">')
-    items: Iterator[tuple[Any, Any]] = (
-        iter(value.items()) if isinstance(value, Mapping) else enumerate(value))
-    shown = 0
-    for key, child in itertools.islice(items, MAX_CHILDREN):
-        if budget[0] <= 0:
-            break
-        _tree_html(key, child, depth + 1, budget, out)
-        shown += 1
+    if isinstance(value, (set, frozenset)):  # members have no index: no labels
+        members = sorted(value, key=repr)[:MAX_CHILDREN]
+        for member in members:
+            budget[0] -= 1
+            out.append(f"<li>{e(_short(member, 80))} <i>{e(type(member).__name__)}</i></li>")
+        shown = len(members)
+    else:
+        items: Iterator[tuple[Any, Any]] = (
+            iter(value.items()) if isinstance(value, Mapping) else enumerate(value))
+        shown = 0
+        for key, child in itertools.islice(items, MAX_CHILDREN):
+            if budget[0] <= 0:
+                break
+            _tree_html(key, child, depth + 1, budget, out)
+            shown += 1
     if shown < count:
-        out.append(f"<li>... {count - shown:,} more {unit}</li>")
+        out.append(f"<li>... {count - shown:,} more {unit}s</li>")
     out.append("</ul></details></li>")
 
 
@@ -458,16 +468,38 @@ def _size(value: Any) -> int | None:
     return len(value) if _is_container(value) or isinstance(value, str) else None
 
 
+def _count(n: int, unit: str) -> str:
+    """``1 key``, ``2 keys``, ``1,000 items``."""
+    return f"{n:,} {unit}" + ("" if n == 1 else "s")
+
+
+def _article(value: Any) -> str:
+    """``a dict``, ``an int``: the type of ``value`` with its article."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
 def _type_size(value: Any) -> str:
     size = _size(value)
     if size is None:
         return type(value).__name__
-    unit = "keys" if isinstance(value, Mapping) else "chars" if isinstance(value, str) else "items"
-    return f"{type(value).__name__}, {size:,} {unit}"
+    unit = "key" if isinstance(value, Mapping) else "char" if isinstance(value, str) else "item"
+    return f"{type(value).__name__}, {_count(size, unit)}"
+
+
+def _display(value: Any) -> str:
+    """How a value reads in a table or tree: dates as ISO 8601, sets without order."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        inner = ", ".join(sorted((_display(v) if isinstance(v, (datetime, date)) else repr(v))
+                                 for v in value))
+        return "{" + inner + "}" if value else "set()"
+    return repr(value)
 
 
 def _short(value: Any, limit: int) -> str:
-    text = "" if value is None else value if isinstance(value, str) else repr(value)
+    text = "" if value is None else value if isinstance(value, str) else _display(value)
     if _is_container(value) and len(text) > limit:
         return f"<{_type_size(value)}>"
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,5 +9,16 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install -q --disable-pip-version-check '.[sqlite]'
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
-cd "$(mktemp -d)"
-exec "$OLDPWD/$venv/bin/python" -m cascadeui.demo "$@"
+python="$PWD/$venv/bin/python"
+# A scratch directory, removed afterwards (CASCADEUI_DEMO_KEEP=1 keeps it to look at).
+workdir="$(mktemp -d -t cascadeui-demo.XXXXXX)"
+if [ -z "${CASCADEUI_DEMO_KEEP:-}" ]; then
+    trap 'rm -rf "$workdir"' EXIT
+fi
+cd "$workdir"
+"$python" -m cascadeui.demo "$@"
+if [ -n "${CASCADEUI_DEMO_KEEP:-}" ]; then
+    echo "demo files kept in $workdir"
+else
+    echo "removed the demo directory $workdir (CASCADEUI_DEMO_KEEP=1 keeps it)"
+fi

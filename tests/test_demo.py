@@ -34,7 +34,14 @@ def test_demo_lifecycle(tmp_path: Path) -> None:
     assert '"1004": "sushi"' in stored
     assert '"status": "closed"' in stored
     assert (tmp_path / "cascadeui.db").exists()
+    assert f"done; files in {tmp_path}: cascadeui.db, discord_world.json" in out
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_script_removes_its_directory() -> None:
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "demo.sh").read_text()
+    assert "trap 'rm -rf \"$workdir\"' EXIT" in script  # the run itself is the test above
+    assert "exec " not in script  # exec would skip the trap
 
 
 def test_example_bot_runs_against_the_double(tmp_path: Path,

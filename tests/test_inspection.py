@@ -78,7 +78,7 @@ def test_html_shows_metadata_registry_tree_and_backups(tmp_path: Path) -> None:
     assert row + "<td>5000</td></tr>" in page
     assert "&lt;b&gt;hi&lt;/b&gt;" in page
     assert "<b>hi</b>" not in page
-    assert "<i>set</i> &middot; 1 items" in page
+    assert "<i>set</i> &middot; 1 item</summary>" in page
     assert "the sqlite backend keeps none" in page
 
 

@@ -470,3 +470,34 @@ def test_backups_names_the_backend_not_a_class(tmp_path: Path,
     sync.save_state(str(db), STATE)
     out, _ = run(capsys, "backups", str(db))
     assert out.strip() == "the sqlite backend keeps no backup files"
+
+
+def test_wording_a_new_user_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import datetime, timezone
+
+    key = "ticket:" + "k" * 60
+    state = {"application": {"one": {"a": 1}, "when": datetime(2026, 1, 2, tzinfo=timezone.utc),
+                             "tags": {"b", "a"}, "n": 5},
+             "persistent_views": {key: {"class_name": "P", "message_id": "9",
+                                        "channel_id": "2"}}}
+    snap = inspect(state)
+    text = repr(snap)
+    assert "one: dict, 1 key" in text
+    assert "1 keys" not in text
+    assert "when: datetime = 2026-01-02T00:00:00+00:00" in text
+    assert "datetime.datetime(" not in text
+    assert "tags: set, 2 items" in text
+    assert f"key={key} " in text  # the registry key in full
+    page = snap._repr_html_()
+    assert "<code>0</code>" not in page  # set members carry no index labels
+    assert "<li>a <i>str</i></li>" in page
+    with pytest.raises(KeyError, match=r"\(an int\)"):
+        cascadeui.inspection.get_path(state, "application.n.x")
+    path = tmp_path / "s.json"
+    FileStore(path).save(state)
+    out, _ = run(capsys, "verify", str(path))
+    assert "1 entry" in out
+    store = FileStore(path)
+    store.close()
+    with pytest.raises(Exception, match="the file store for"):
+        store.load()
