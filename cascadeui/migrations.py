@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import SCHEMA_KEY
-from .adapters import FileStore, RedisStore, SQLiteStore, SyncStore
+from .adapters import FileStore, PostgresStore, RedisStore, SQLiteStore, SyncStore
 from .errors import MigrationError, SchemaVersionError
 from .merge import DELETED, diff
 
@@ -157,8 +157,8 @@ def backup_store(adapter: SyncStore, from_version: int) -> SyncStore | None:
     """A store of the same medium where the pre-migration document is kept, or None.
 
     ``<path>.v<N>.bak`` next to a JSON file, the table ``<table>_v<N>_backup`` in the same
-    SQLite database, the key ``<key>:v<N>:backup`` on the same Redis; ``N`` is the version
-    the document had. Other adapters keep no backup (a WARNING says so).
+    SQLite or PostgreSQL database, the key ``<key>:v<N>:backup`` on the same Redis; ``N``
+    is the version the document had. Other adapters keep no backup (a WARNING says so).
     """
     if isinstance(adapter, FileStore):
         return FileStore(f"{adapter.path}.v{from_version}.bak", backups=0)
@@ -167,6 +167,8 @@ def backup_store(adapter: SyncStore, from_version: int) -> SyncStore | None:
     if isinstance(adapter, RedisStore):
         return RedisStore(key=f"{adapter.key}:v{from_version}:backup",
                           client=adapter._client)
+    if isinstance(adapter, PostgresStore):
+        return PostgresStore(adapter._raw_url, table=f"{adapter.table}_v{from_version}_backup")
     return None
 
 

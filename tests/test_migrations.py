@@ -1,6 +1,7 @@
 """Schema versions and migrations on every backend (issue 15).
 
-Each case runs on a real JSON file, a real SQLite database and a private Redis server:
+Each case runs on a real JSON file, a real SQLite database, a private Redis server and a
+private PostgreSQL database:
 upgrade from 0, from a middle version, nothing to do, a failure mid-chain (nothing
 written), two processes starting at once (one migrates), the newer-than-code refusal,
 and the backup kept; plus the dry run, a fresh state and the CLI.
@@ -27,7 +28,7 @@ from cascadeui.migrations import backup_store, check_migrations, migrate_adapter
 from cascadeui.persistence import backend_from_url
 from cascadeui.store import StateStore
 
-KINDS = ["json", "sqlite", "redis"]
+KINDS = ["json", "sqlite", "redis", "postgres"]
 WORKER = Path(__file__).with_name("_migrate_worker.py")
 V0 = {"application": {"scores": {"1": 5, "2": 7}, "motd": "hi"},
       "persistent_views": {"p": {"class_name": "Old", "message_id": "1",
@@ -69,6 +70,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield str(tmp_path / "state.json")
     elif kind == "sqlite":
         yield str(tmp_path / "state.db")
+    elif kind == "postgres":
+        base, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+        yield f"{base}{'&' if '?' in base else '?'}table={table}"
     else:
         base, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
         yield f"{base}?key={key}"
