@@ -8,6 +8,8 @@ Keys (``key`` defaults to ``cascadeui:state``)::
     <key>:version  integer: +1 on every commit, appends included, for change detection
                    (never expires, so it never repeats a value a poller has seen)
     <key>:lock     string: a random token while a full writer holds the lock (leased, PX)
+    <key>:changes  a pub/sub channel, not a key: every commit PUBLISHes its new version
+                   from inside its script, so running stores catch up at once
 
 The state is the snapshot with every journal record applied in order. ``load``,
 ``load_versioned`` and ``transaction`` read the three keys in one MULTI/EXEC, so they never
@@ -76,7 +78,8 @@ _BUSY = -5             # an append: a full writer holds the lock; retry
 _NO_SNAPSHOT = -6      # an append: nothing stored under <key> (nor a journal): write whole
 _ORPHAN_JOURNAL = -7   # an append: a journal without its snapshot
 
-# KEYS: snapshot, version, lock, journal. ARGV: token, document, ttl seconds (0: none).
+# KEYS: snapshot, version, lock, journal. ARGV: token, document, ttl seconds (0: none),
+# the channel to PUBLISH the new version on.
 _COMMIT = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
@@ -100,12 +103,14 @@ else
 end
 redis.call('DEL', KEYS[4])
 redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', ARGV[4], v)
 return v
 """
 
 # KEYS: snapshot, version, lock, journal. ARGV: the expected version, the journal's length
-# read at that version, the record, ttl seconds (0: none). Takes no lock: a script is
-# atomic, and it appends only while no full writer holds the lock.
+# read at that version, the record, ttl seconds (0: none), the channel to PUBLISH the new
+# version on. Takes no lock: a script is atomic, and it appends only while no full writer
+# holds the lock.
 _APPEND = """
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return -4 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -5 end
@@ -134,6 +139,7 @@ else
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[4])
 end
+redis.call('PUBLISH', ARGV[5], v)
 return v
 """
 
@@ -313,6 +319,9 @@ class RedisStore(BaseStore):
         self.replica_timeout = replica_timeout
         #: A write reached the master but not yet ``min_replicas`` replicas.
         self._unconfirmed = False
+        #: The pub/sub channel every commit PUBLISHes its new version on (from inside the
+        #: commit and append scripts, so a commit is announced exactly when it happens).
+        self.channel: str = f"{base}:changes"
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix", "redis-cluster", "redis-sentinel"):
             raise ConfigurationError(
@@ -724,7 +733,7 @@ class RedisStore(BaseStore):
         while True:
             result = self._run_script(
                 self._append, [self.key, self.version_key, self.lock_key, self.journal_key],
-                [sizes.version, sizes.records, record, self.ttl or 0])
+                [sizes.version, sizes.records, record, self.ttl or 0, self.channel])
             if result == _BUSY:
                 delay = self._wait_for_lock(deadline, delay)
                 continue
@@ -759,7 +768,7 @@ class RedisStore(BaseStore):
         else:
             result = self._run_script(
                 self._commit, [self.key, self.version_key, self.lock_key, self.journal_key],
-                [token, data, self.ttl or 0])
+                [token, data, self.ttl or 0, self.channel])
         self._raise_for(result)
         self._sizes = _Sizes(result, 0, 0, len(data))
         self._confirm_replicas()
@@ -833,13 +842,14 @@ class RedisStore(BaseStore):
                         return code
                 # MULTI applies every queued command even when one fails: refuse a
                 # non-integer counter (INCR would fail after the SET) before queueing.
-                self._parse_version(pipe.get(self.version_key))
+                before = self._parse_version(pipe.get(self.version_key))
                 pipe.multi()
                 pipe.set(self.key, data, ex=self.ttl)
                 pipe.incr(self.version_key)
                 pipe.delete(self.journal_key)
                 pipe.delete(self.lock_key)
-                _, version, _, _ = pipe.execute()
+                pipe.publish(self.channel, before + 1)  # WATCH: the version cannot move
+                _, version, _, _, _ = pipe.execute()
             except rex.WatchError:
                 return _LEASE_LOST
         return int(version)

@@ -53,6 +53,7 @@ from .errors import (
 )
 from .merge import merge3
 from .serializer import SnapshotEncoder, StateSerializer
+from .watch import Listener, listener_for
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -80,6 +81,8 @@ class Timing:
     retry_max: float
     poll_interval: float | None = None
     durable_timeout: float = 2.5
+    #: Listen for commits announced by other processes (cascadeui.watch), on top of polling.
+    push: bool = True
 
     def __post_init__(self) -> None:
         if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
@@ -229,6 +232,10 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.wake: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        #: The thread that hears other processes' commits at once (cascadeui.watch).
+        self.listener: Listener | None = None
+        #: A commit was announced (or a listener reconnected): check the version now.
+        self.pushed = False
 
     def adopt(self, stored: dict[str, Any], version: int | None, *, rewrite: bool) -> None:
         """Take what :func:`load_persisted` found as the durable starting point.
@@ -266,6 +273,24 @@ class Engine:
         shutdown.watch(self)
         if self.needs_write():
             self.note_change()
+        if self.cas is not None and self.timing.poll_interval is not None and self.timing.push:
+            self.listener = listener_for(self.cas.store, self._announced)
+            if self.listener is not None:
+                self.listener.start()
+
+    def _announced(self, version: int | None) -> None:
+        """From the listener's thread: another commit happened (or may have)."""
+        try:
+            self.loop.call_soon_threadsafe(self._on_announced, version)
+        except RuntimeError:  # the loop is closed: this engine is gone
+            if self.listener is not None:
+                self.listener.signal_stop()
+
+    def _on_announced(self, version: int | None) -> None:
+        if version is not None and self.version is not None and version <= self.version:
+            return  # our own commit, or one we already hold
+        self.pushed = True
+        self.wake.set()
 
     def note_change(self) -> None:
         """Hot path (every persisted change): O(1), wakes the writer on the first one only."""
@@ -438,6 +463,9 @@ class Engine:
         self.wake.set()
         if self.task is not None:
             await asyncio.wait([self.task])
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)  # joins its thread: not on the loop
 
     def _due(self) -> float:
         """Loop time at which the next write may start."""
@@ -480,12 +508,16 @@ class Engine:
                 self.first_change = None
                 self._resolve(self.store._generation,
                               True if self._matches(self.durable) else self._rejection())
+                if self.pushed:  # announced by another process: catch up at once
+                    self.pushed = False
+                    await self._poll()
+                    continue
                 self.wake.clear()
                 poll = self.timing.poll_interval if self.cas is not None else None
                 try:
                     await asyncio.wait_for(self.wake.wait(), poll)
                 except asyncio.TimeoutError:
-                    await self._poll()
+                    await self._poll()  # the safety net: announcements can be lost
                 continue
             if self.store._batch_depth and not (self.waiters or self.durable_waiters):
                 # A batch is open: its end is the one persistence step (it sets wake).
@@ -722,6 +754,8 @@ class Engine:
         self.durable_waiters = []
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
+        if self.listener is not None:
+            self.listener.signal_stop()
         if not task.cancelled() and task.exception() is not None:
             log.error("the persistence writer of %r died", self.store,
                       exc_info=task.exception())

@@ -354,7 +354,8 @@ class StateStore:
                                  poll_interval: float | None = 0.5,
                                  durable_timeout: float = 2.5,
                                  version: int | None = None,
-                                 migrations: Mapping[int, Migration] | None = None) -> None:
+                                 migrations: Mapping[int, Migration] | None = None,
+                                 push: bool = True) -> None:
         """Load the stored state, install its persisted slices, start the background writer.
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
@@ -370,6 +371,9 @@ class StateStore:
         :param poll_interval: seconds between checks for changes committed by other
             processes (built-in backends only); None turns the watch off. Writes merge
             with such changes whatever this is (see ``docs/multiprocess.md``).
+        :param push: also listen for the commits other processes announce (PostgreSQL
+            NOTIFY, Redis PUBLISH, a stat watch of a JSON or SQLite file) and catch up
+            at once; polling stays on as the safety net. Needs ``poll_interval``.
         :param durable_timeout: seconds a ``dispatch(..., durable=True)`` waits for its
             change to be stored (retrying failed writes) before it raises
             :class:`~cascadeui.errors.DurabilityTimeoutError`; the default leaves a bot
@@ -395,7 +399,7 @@ class StateStore:
             raise RuntimeError(f"persistence is already enabled with {self._engine.backend!r};"
                                " await store.close() before enabling another backend")
         timing = Timing(debounce, max_delay, retry_initial, retry_max, poll_interval,
-                        durable_timeout)
+                        durable_timeout, push)
         if version is not None:  # before the load: the engine only ever sees current data
             await migrate_backend(backend, version, migrations)
         elif migrations:

@@ -1,0 +1,215 @@
+"""Changes pushed to a running store: one listener thread per store, polling as the net.
+
+Every commit announces its new version (adapters): PostgreSQL with ``pg_notify`` inside
+the commit's transaction, Redis with ``PUBLISH`` from inside its commit and append
+scripts. A JSON file or a SQLite database is watched on disk instead: a cheap ``stat``
+of its files every :data:`STAT_INTERVAL` seconds (no dependency, works on any file
+system). The listener calls ``notify(version)`` from its thread; the engine then checks
+the version and catches up from the journal at once (:meth:`cascadeui.engine.Engine._poll`).
+
+Pub/sub and NOTIFY drop messages while a listener is away, so a lost connection is
+reconnected with capped, jittered backoff, and every (re)connection calls
+``notify(None)``: "something may have been missed, check now". The engine keeps polling
+at ``poll_interval`` whatever happens here, so a listener that fails for good costs
+latency, never a change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STAT_INTERVAL", "Listener", "listener_for"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two ``stat`` checks of a JSON file or SQLite database.
+STAT_INTERVAL = 0.02
+#: Reconnection backoff of a lost listener: first delay and cap, in seconds.
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
+#: How long a listener blocks in one wait before checking whether it was stopped.
+_TICK = 0.25
+
+Notify = Callable[[int | None], None]
+
+
+class Listener:
+    """A daemon thread that calls ``notify`` when the store's medium announces a commit.
+
+    Subclasses implement :meth:`_session`: connect, subscribe, call :meth:`_connected`,
+    then deliver announcements until :attr:`stopping` or an error (which reconnects).
+    """
+
+    def __init__(self, notify: Notify, name: str) -> None:
+        self.notify = notify
+        self.name = name
+        self._stop = threading.Event()
+        self._delay = BACKOFF_MIN
+        self._failing = False
+        self._thread = threading.Thread(target=self._main, name=f"cascadeui-watch {name}",
+                                        daemon=True)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the thread to end (it does within about a quarter of a second)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread and wait for it (blocking: call it from a worker thread)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except Exception as exc:  # a lost connection, an unreachable server
+                if self._stop.is_set():
+                    return
+                if not self._failing:  # once per outage; polling covers it meanwhile
+                    log.warning("change listener for %s lost its connection (%s: %s); "
+                                "reconnecting, polling meanwhile", self.name,
+                                type(exc).__name__, exc)
+                self._failing = True
+            else:
+                return  # stopped
+            self._stop.wait(self._delay * random.uniform(1.0, 1.25))
+            self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    def _connected(self) -> None:
+        """Subscribed (again): reset the backoff and have the store check what it missed."""
+        if self._failing:
+            log.info("change listener for %s reconnected", self.name)
+        self._failing = False
+        self._delay = BACKOFF_MIN
+        self.notify(None)
+
+    def _session(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class StatListener(Listener):
+    """Watches files by ``stat`` signature (inode, size, mtime) every ``interval`` seconds.
+
+    :param paths: the files whose change means a commit (the JSON file and its journal;
+        the SQLite database and its ``-wal``). A missing file is part of the signature.
+    """
+
+    def __init__(self, notify: Notify, name: str, paths: list[Path],
+                 interval: float = STAT_INTERVAL) -> None:
+        super().__init__(notify, name)
+        self.paths = paths
+        self.interval = interval
+
+    def _signature(self) -> tuple[Any, ...]:
+        sig: list[Any] = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                sig.append(None)
+            else:
+                sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(sig)
+
+    def _session(self) -> None:
+        last = self._signature()
+        while not self._stop.wait(self.interval):
+            now = self._signature()
+            if now != last:
+                last = now
+                self.notify(None)
+
+
+class PostgresListener(Listener):
+    """``LISTEN`` on the store's channel over a connection of its own."""
+
+    def __init__(self, notify: Notify, store: Any) -> None:
+        super().__init__(notify, store.location)
+        self.store = store
+
+    def _session(self) -> None:
+        # Keepalives: a listener only reads, so a server that vanished without a reset
+        # would otherwise never be noticed.
+        conn = self.store.connect(application_name="cascadeui-listener", keepalives=1,
+                                  keepalives_idle=5, keepalives_interval=2,
+                                  keepalives_count=3)
+        try:
+            conn.execute(f'LISTEN "{self.store.channel}"')
+            self._connected()
+            while not self._stop.is_set():
+                for note in conn.notifies(timeout=_TICK):
+                    self.notify(_version(note.payload))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class RedisListener(Listener):
+    """``SUBSCRIBE`` to the store's channel on a pub/sub connection of its client."""
+
+    def __init__(self, notify: Notify, store: Any) -> None:
+        super().__init__(notify, store.location)
+        self.store = store
+
+    def _session(self) -> None:
+        pubsub = self.store._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.store.channel)
+            # redis-py reconnects a pub/sub connection by itself and resubscribes: what
+            # was published meanwhile is lost, so every reconnection is a catch-up too.
+            connection = getattr(pubsub, "connection", None)
+            if connection is not None:
+                connection.register_connect_callback(self._reconnected)
+            self._connected()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=_TICK)
+                if message is not None and message.get("type") == "message":
+                    self.notify(_version(message.get("data")))
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _reconnected(self, connection: Any) -> None:
+        self.notify(None)
+
+
+def _version(payload: Any) -> int | None:
+    """The version an announcement carries (None when it carries none we can read)."""
+    try:
+        return int(payload)
+    except (TypeError, ValueError):
+        return None
+
+
+def listener_for(adapter: Any, notify: Notify) -> Listener | None:
+    """The listener for a built-in adapter (not started), None for any other adapter.
+
+    :param notify: called from the listener's thread with the announced version, or None
+        for "check now" (a file changed, a reconnection); must be thread-safe.
+    """
+    from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
+
+    if isinstance(adapter, PostgresStore):
+        return PostgresListener(notify, adapter)
+    if isinstance(adapter, RedisStore):
+        return RedisListener(notify, adapter)
+    if isinstance(adapter, FileStore):
+        return StatListener(notify, adapter.location, [adapter.path, adapter.journal_path])
+    if isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
+        return StatListener(notify, adapter.location,
+                            [Path(adapter.path), Path(f"{adapter.path}-wal")])
+    return None
