@@ -78,7 +78,7 @@ async def receive(kind: str, where: str, key: str, mode: str) -> None:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def one_run(kind: str, where: str, key: str, mode: str, commits: int,
@@ -88,7 +88,8 @@ def one_run(kind: str, where: str, key: str, mode: str, commits: int,
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--receive", kind, where, key, mode],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert receiver.stdin is not None and receiver.stdout is not None
+    assert receiver.stdin is not None
+    assert receiver.stdout is not None
     try:
         if receiver.stdout.readline() != "ready\n":
             raise RuntimeError(f"{kind}/{mode}: the receiver did not start")
