@@ -127,10 +127,17 @@ class StatListener(Listener):
 
     def _session(self) -> None:
         last = self._signature()
+        settle = False
         while not self._stop.wait(self.interval):
             now = self._signature()
             if now != last:
-                last = now
+                last, settle = now, True
+                self.notify(None)
+            elif settle:
+                # A commit is several writes (WAL frames, then the commit frame): the
+                # change may have been seen mid-commit, before the version moved. One
+                # more check once the files are still catches that commit now.
+                settle = False
                 self.notify(None)
 
 
