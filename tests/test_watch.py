@@ -86,7 +86,8 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
 
 async def test_two_running_stores_converge_by_push(make: Callable[[], Any]) -> None:
     async with running(make) as a, running(make) as b:
-        assert a._engine is not None and a._engine.listener is not None
+        assert a._engine is not None
+        assert a._engine.listener is not None
         await commit(a, "from_a", 1)
         assert await holds(b, "from_a", 1) < 2.0
         await commit(b, "from_b", 2)
@@ -124,7 +125,8 @@ async def test_push_false_only_polls(tmp_path: Path) -> None:
         return FileStore(tmp_path / "state.json")
 
     async with running(make, push=False) as a, running(make) as b:
-        assert a._engine is not None and a._engine.listener is None
+        assert a._engine is not None
+        assert a._engine.listener is None
         await commit(b, "x", 1)
         await asyncio.sleep(0.5)
         assert "x" not in a.state["application"]  # nothing heard before the 30 s poll
