@@ -465,7 +465,12 @@ class Engine:
             await asyncio.wait([self.task])
         listener, self.listener = self.listener, None
         if listener is not None:
-            await asyncio.to_thread(listener.stop)  # joins its thread: not on the loop
+            # Waited for without a worker thread: stop() also runs at interpreter exit
+            # (cascadeui.sync), when no new thread may start. It ends within a tick.
+            listener.signal_stop()
+            deadline = self.loop.time() + 2.0
+            while listener.alive and self.loop.time() < deadline:
+                await asyncio.sleep(0.01)
 
     def _due(self) -> float:
         """Loop time at which the next write may start."""

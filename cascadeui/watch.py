@@ -59,6 +59,11 @@ class Listener:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 
