@@ -467,10 +467,11 @@ class Engine:
         if listener is not None:
             # Waited for without a worker thread: stop() also runs at interpreter exit
             # (cascadeui.sync), when no new thread may start. It ends within a tick.
-            listener.signal_stop()
-            deadline = self.loop.time() + 2.0
-            while listener.alive and self.loop.time() < deadline:
-                await asyncio.sleep(0.01)
+            ended = asyncio.Event()
+            listener.signal_stop(on_exit=lambda: self.loop.call_soon_threadsafe(ended.set))
+            if listener.alive:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ended.wait(), 2.0)
 
     def _due(self) -> float:
         """Loop time at which the next write may start."""

@@ -52,6 +52,7 @@ class Listener:
         self._stop = threading.Event()
         self._delay = BACKOFF_MIN
         self._failing = False
+        self._on_exit: Callable[[], object] | None = None
         self._thread = threading.Thread(target=self._main, name=f"cascadeui-watch {name}",
                                         daemon=True)
 
@@ -67,8 +68,13 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
-    def signal_stop(self) -> None:
-        """Ask the thread to end (it does within about a quarter of a second)."""
+    def signal_stop(self, on_exit: Callable[[], object] | None = None) -> None:
+        """Ask the thread to end (it does within about a quarter of a second).
+
+        :param on_exit: called from the thread as it ends (not if it already had).
+        """
+        if on_exit is not None:
+            self._on_exit = on_exit
         self._stop.set()
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -78,6 +84,14 @@ class Listener:
             self._thread.join(timeout)
 
     def _main(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._on_exit is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._on_exit()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self._session()
