@@ -210,6 +210,15 @@ class BaseStore:
     def _release(self) -> None:
         """Subclass hook: free connections and handles (called once)."""
 
+    def companion(self, tag: str) -> BaseStore | None:
+        """A store on the same medium, named after this one and ``tag``, for a copy of the
+        state (the schema migration keeps the pre-migration document there); None where
+        the medium has no such place. Its :attr:`location` names it fully.
+
+        :param tag: a short identifier, e.g. ``v1``.
+        """
+        return None
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""

@@ -296,6 +296,11 @@ class FileStore(BaseStore):
                 found.append((int(m.group(1) or 0), self.path.parent / name))
         return sorted(found)
 
+    def companion(self, tag: str) -> FileStore:
+        """``<path>.<tag>.bak`` next to the file, without backups of its own."""
+        return FileStore(f"{self.path}.{tag}.bak", backups=0, lock_timeout=self.lock_timeout,
+                         serializer=self.serializer)
+
     # -- what readers ask (inspect, the CLI) ---------------------------------------------
 
     def exists(self) -> bool:

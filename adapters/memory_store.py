@@ -192,6 +192,10 @@ class MemoryStore(BaseStore):
         medium.modified = datetime.now(timezone.utc)
         return medium.version
 
+    def companion(self, tag: str) -> MemoryStore:
+        """The state named ``<name>:<tag>:backup`` in this process."""
+        return MemoryStore(f"{self.name}:{tag}:backup", serializer=self.serializer)
+
     # -- what readers ask --------------------------------------------------------------
 
     def exists(self) -> bool:

@@ -533,6 +533,12 @@ class PostgresStore(BaseStore):
             conn.close()
         return bool(row[0])
 
+    def companion(self, tag: str) -> PostgresStore:
+        """The table ``<table>_<tag>_backup`` in the same database."""
+        return PostgresStore(self._raw_url, table=f"{self.table}_{tag}_backup",
+                             timeout=self.timeout, statement_timeout=self.statement_timeout,
+                             connect_timeout=self.connect_timeout, serializer=self.serializer)
+
     def describe(self) -> StoreInfo:
         """Version, snapshot and journal bytes, last commit time; creates nothing."""
         if not self.exists():

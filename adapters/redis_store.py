@@ -455,6 +455,11 @@ class RedisStore(BaseStore):
     def _redacted(self, exc: BaseException) -> str:
         return redact_secret(str(exc), self._secrets)
 
+    def companion(self, tag: str) -> RedisStore:
+        """The key ``<key>:<tag>:backup`` on the same server (sharing this store's client)."""
+        return RedisStore(key=f"{self.key}:{tag}:backup", client=self._client,
+                          serializer=self.serializer)
+
     # -- what readers ask (inspect, the CLI) ---------------------------------------------
 
     def exists(self) -> bool:

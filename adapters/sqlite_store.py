@@ -185,6 +185,13 @@ class SQLiteStore(BaseStore):
                     f"(name a file, e.g. {Path(self.path) / 'cascadeui.db'})",
                     location=self.location)
 
+    def companion(self, tag: str) -> SQLiteStore:
+        """The table ``<table>_<tag>_backup`` in the same database."""
+        other = SQLiteStore(self.path, timeout=self.timeout, serializer=self.serializer,
+                            table=f"{self.table}_{tag}_backup")
+        other.location = f"{other.location} table={other.table}"
+        return other
+
     # -- what readers ask (inspect, the CLI): read-only, never creating anything ---------
 
     @contextlib.contextmanager

@@ -28,10 +28,10 @@ import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .actions import SCHEMA_KEY
-from .adapters import FileStore, PostgresStore, RedisStore, SQLiteStore, SyncStore
+from .adapters import SyncStore
 from .errors import MigrationError, SchemaVersionError
 from .merge import DELETED, diff
 
@@ -160,16 +160,9 @@ def backup_store(adapter: SyncStore, from_version: int) -> SyncStore | None:
     SQLite or PostgreSQL database, the key ``<key>:v<N>:backup`` on the same Redis; ``N``
     is the version the document had. Other adapters keep no backup (a WARNING says so).
     """
-    if isinstance(adapter, FileStore):
-        return FileStore(f"{adapter.path}.v{from_version}.bak", backups=0)
-    if isinstance(adapter, SQLiteStore):
-        return SQLiteStore(adapter.path, table=f"{adapter.table}_v{from_version}_backup")
-    if isinstance(adapter, RedisStore):
-        return RedisStore(key=f"{adapter.key}:v{from_version}:backup",
-                          client=adapter._client)
-    if isinstance(adapter, PostgresStore):
-        return PostgresStore(adapter._raw_url, table=f"{adapter.table}_v{from_version}_backup")
-    return None
+    companion = getattr(adapter, "companion", None)  # BaseStore.companion; adapters/ knows where
+    store = companion(f"v{from_version}") if callable(companion) else None
+    return cast("SyncStore | None", store)
 
 
 def plan_migration(adapter: SyncStore, version: int,
@@ -228,8 +221,7 @@ def _keep_backup(adapter: SyncStore, document: dict[str, Any], start: int) -> st
         backup.save(document)
     finally:
         backup.close()
-    where = str(getattr(backup, "location", backup))
-    return f"{where} table={backup.table}" if isinstance(backup, SQLiteStore) else where
+    return str(getattr(backup, "location", backup))
 
 
 class _MovedError(Exception):
