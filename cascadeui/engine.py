@@ -619,7 +619,12 @@ class Engine:
                 self.appended = self.appended or (journaled and expected != 0)
                 break
             theirs, expected = await self._load_theirs(stored, expected)
-            stored, self.version = theirs, expected
+            # Local only: self.base and self.version change together, on success. Taking
+            # their version while keeping our older base would let a write that fails
+            # next leave the two out of step, and the retry would pass the
+            # compare-and-set with a document lacking their commits (found by
+            # scripts/partition_campaign.py; tests/test_engine_retry.py).
+            stored = theirs
             if expected == 0:
                 # The document vanished (a Redis restarted without persistence, a file
                 # removed): that is lost data, not another writer's deletions. Write ours.
