@@ -89,6 +89,8 @@ from .base import BackupInfo, BaseStore, Check, StoreInfo
 from .locks import LockUnavailableError, PathLock
 
 if TYPE_CHECKING:
+    from cascadeui.watch import Listener
+
     from .journal import JournaledStore
 
 __all__ = ["FileStore"]
@@ -300,6 +302,12 @@ class FileStore(BaseStore):
         """``<path>.<tag>.bak`` next to the file, without backups of its own."""
         return FileStore(f"{self.path}.{tag}.bak", backups=0, lock_timeout=self.lock_timeout,
                          serializer=self.serializer)
+
+    def listener(self, notify: Callable[[int | None], None]) -> Listener:
+        """Watch the file and its journal by ``stat`` (for the engine; not started)."""
+        from cascadeui.watch import StatListener
+
+        return StatListener(notify, self.location, [self.path, self.journal_path])
 
     # -- what readers ask (inspect, the CLI) ---------------------------------------------
 

@@ -57,6 +57,7 @@ from cascadeui.errors import (
 )
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
+from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
@@ -539,6 +540,10 @@ class PostgresStore(BaseStore):
                              timeout=self.timeout, statement_timeout=self.statement_timeout,
                              connect_timeout=self.connect_timeout, serializer=self.serializer)
 
+    def listener(self, notify: Notify) -> Listener:
+        """``LISTEN`` on :attr:`channel` in a thread (for the engine; not started)."""
+        return PostgresListener(notify, self)
+
     def describe(self) -> StoreInfo:
         """Version, snapshot and journal bytes, last commit time; creates nothing."""
         if not self.exists():
@@ -754,3 +759,27 @@ if TYPE_CHECKING:
     def _implements(store: PostgresStore) -> JournaledStore:
         """mypy checks here that the class satisfies the JournaledStore protocol."""
         return store
+
+
+class PostgresListener(Listener):
+    """``LISTEN`` on the store's channel over a connection of its own."""
+
+    def __init__(self, notify: Notify, store: Any) -> None:
+        super().__init__(notify, store.location)
+        self.store = store
+
+    def _session(self) -> None:
+        # Keepalives: a listener only reads, so a server that vanished without a reset
+        # would otherwise never be noticed.
+        conn = self.store.connect(application_name="cascadeui-listener", keepalives=1,
+                                  keepalives_idle=5, keepalives_interval=2,
+                                  keepalives_count=3)
+        try:
+            conn.execute(f'LISTEN "{self.store.channel}"')
+            self._connected()
+            while not self._stop.is_set():
+                for note in conn.notifies(timeout=TICK):
+                    self.notify(announced_version(note.payload))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()

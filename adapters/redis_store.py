@@ -63,6 +63,7 @@ from cascadeui.errors import (
 )
 from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
+from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
@@ -459,6 +460,10 @@ class RedisStore(BaseStore):
         """The key ``<key>:<tag>:backup`` on the same server (sharing this store's client)."""
         return RedisStore(key=f"{self.key}:{tag}:backup", client=self._client,
                           serializer=self.serializer)
+
+    def listener(self, notify: Notify) -> Listener:
+        """``SUBSCRIBE`` to :attr:`channel` in a thread (for the engine; not started)."""
+        return RedisListener(notify, self)
 
     # -- what readers ask (inspect, the CLI) ---------------------------------------------
 
@@ -908,3 +913,32 @@ def _client_url(client: Any) -> str:
         return f"unix://{kwargs['path']}"
     return (f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
             f"/{kwargs.get('db', 0)}")
+
+
+class RedisListener(Listener):
+    """``SUBSCRIBE`` to the store's channel on a pub/sub connection of its client."""
+
+    def __init__(self, notify: Notify, store: Any) -> None:
+        super().__init__(notify, store.location)
+        self.store = store
+
+    def _session(self) -> None:
+        pubsub = self.store._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.store.channel)
+            # redis-py reconnects a pub/sub connection by itself and resubscribes: what
+            # was published meanwhile is lost, so every reconnection is a catch-up too.
+            connection = getattr(pubsub, "connection", None)
+            if connection is not None:
+                connection.register_connect_callback(self._reconnected)
+            self._connected()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=TICK)
+                if message is not None and message.get("type") == "message":
+                    self.notify(announced_version(message.get("data")))
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _reconnected(self, connection: Any) -> None:
+        self.notify(None)

@@ -63,6 +63,8 @@ from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, decode_record, encode_record, should_compact
 
 if TYPE_CHECKING:
+    from cascadeui.watch import Listener
+
     from .journal import JournaledStore
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -191,6 +193,14 @@ class SQLiteStore(BaseStore):
                             table=f"{self.table}_{tag}_backup")
         other.location = f"{other.location} table={other.table}"
         return other
+
+    def listener(self, notify: Callable[[int | None], None]) -> Listener | None:
+        """Watch the database and its ``-wal`` by ``stat`` (None for ``:memory:``)."""
+        from cascadeui.watch import StatListener
+
+        if self.path == ":memory:":
+            return None
+        return StatListener(notify, self.location, [Path(self.path), Path(f"{self.path}-wal")])
 
     # -- what readers ask (inspect, the CLI): read-only, never creating anything ---------
 

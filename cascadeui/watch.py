@@ -2,7 +2,9 @@
 
 Every commit announces its new version (adapters): PostgreSQL with ``pg_notify`` inside
 the commit's transaction, Redis with ``PUBLISH`` from inside its commit and append
-scripts. A JSON file or a SQLite database is watched on disk instead: a cheap ``stat``
+scripts; each adapter builds the listener for its medium (``listener(notify)``, the
+Redis and PostgreSQL ones live with their adapter). A JSON file or a SQLite database is
+watched on disk instead: a cheap ``stat``
 of its files every :data:`STAT_INTERVAL` seconds (no dependency, works on any file
 system). The listener calls ``notify(version)`` from its thread; the engine then checks
 the version and catches up from the journal at once (:meth:`cascadeui.engine.Engine._poll`).
@@ -25,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAT_INTERVAL", "Listener", "listener_for"]
+__all__ = ["STAT_INTERVAL", "TICK", "Listener", "Notify", "StatListener", "announced_version",
+           "listener_for"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ STAT_INTERVAL = 0.02
 #: Reconnection backoff of a lost listener: first delay and cap, in seconds.
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 5.0
 #: How long a listener blocks in one wait before checking whether it was stopped.
-_TICK = 0.25
+TICK = 0.25
 
 Notify = Callable[[int | None], None]
 
@@ -160,60 +163,7 @@ class StatListener(Listener):
                 self.notify(None)
 
 
-class PostgresListener(Listener):
-    """``LISTEN`` on the store's channel over a connection of its own."""
-
-    def __init__(self, notify: Notify, store: Any) -> None:
-        super().__init__(notify, store.location)
-        self.store = store
-
-    def _session(self) -> None:
-        # Keepalives: a listener only reads, so a server that vanished without a reset
-        # would otherwise never be noticed.
-        conn = self.store.connect(application_name="cascadeui-listener", keepalives=1,
-                                  keepalives_idle=5, keepalives_interval=2,
-                                  keepalives_count=3)
-        try:
-            conn.execute(f'LISTEN "{self.store.channel}"')
-            self._connected()
-            while not self._stop.is_set():
-                for note in conn.notifies(timeout=_TICK):
-                    self.notify(_version(note.payload))
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-class RedisListener(Listener):
-    """``SUBSCRIBE`` to the store's channel on a pub/sub connection of its client."""
-
-    def __init__(self, notify: Notify, store: Any) -> None:
-        super().__init__(notify, store.location)
-        self.store = store
-
-    def _session(self) -> None:
-        pubsub = self.store._client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.store.channel)
-            # redis-py reconnects a pub/sub connection by itself and resubscribes: what
-            # was published meanwhile is lost, so every reconnection is a catch-up too.
-            connection = getattr(pubsub, "connection", None)
-            if connection is not None:
-                connection.register_connect_callback(self._reconnected)
-            self._connected()
-            while not self._stop.is_set():
-                message = pubsub.get_message(timeout=_TICK)
-                if message is not None and message.get("type") == "message":
-                    self.notify(_version(message.get("data")))
-        finally:
-            with contextlib.suppress(Exception):
-                pubsub.close()
-
-    def _reconnected(self, connection: Any) -> None:
-        self.notify(None)
-
-
-def _version(payload: Any) -> int | None:
+def announced_version(payload: Any) -> int | None:
     """The version an announcement carries (None when it carries none we can read)."""
     try:
         return int(payload)
@@ -222,20 +172,13 @@ def _version(payload: Any) -> int | None:
 
 
 def listener_for(adapter: Any, notify: Notify) -> Listener | None:
-    """The listener for a built-in adapter (not started), None for any other adapter.
+    """The listener an adapter offers for its medium (not started), None when it has none.
+
+    Each adapter knows how its medium announces commits (``listener(notify)``): files are
+    watched by :class:`StatListener`, Redis and PostgreSQL subscribe to their channel.
 
     :param notify: called from the listener's thread with the announced version, or None
         for "check now" (a file changed, a reconnection); must be thread-safe.
     """
-    from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
-
-    if isinstance(adapter, PostgresStore):
-        return PostgresListener(notify, adapter)
-    if isinstance(adapter, RedisStore):
-        return RedisListener(notify, adapter)
-    if isinstance(adapter, FileStore):
-        return StatListener(notify, adapter.location, [adapter.path, adapter.journal_path])
-    if isinstance(adapter, SQLiteStore) and adapter.path != ":memory:":
-        return StatListener(notify, adapter.location,
-                            [Path(adapter.path), Path(f"{adapter.path}-wal")])
-    return None
+    make = getattr(adapter, "listener", None)
+    return make(notify) if callable(make) else None
