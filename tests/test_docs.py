@@ -1,4 +1,36 @@
-"""The README and docs say what the code does: commands, links, imports, public names."""
+"""The README and docs say what the code does: commands, links, imports, public names.
+
+Every ```python block of README.md and docs/*.md is executed, not just parsed
+(:func:`test_code_blocks_run`), so the docs cannot drift from the code. The rules, for
+anyone writing docs:
+
+- One fresh process per page (``tests/_doc_blocks.py``), its working directory an empty
+  temp dir: relative paths such as ``"cascadeui.db"`` or ``"bot_state.json"`` are created
+  there. The page's blocks run in page order in one shared namespace, like one session, and
+  top-level ``await`` works (they run on one asyncio event loop per page).
+- Already defined for every block (the prelude in ``tests/_doc_blocks.py``): ``discord``,
+  ``commands`` (``discord.ext.commands``), ``DiscordDouble``, ``logged_in_bot``,
+  ``mark_ready``, and a running local Discord API double with a logged-in, ready bot:
+  ``double``, ``bot``, ``guild_id``/``guild`` (a ``discord.Object``), ``channel_id`` and
+  ``channel`` (a messageable for that channel). Sending a panel, clicking it, delivering a
+  command: all run against the double, no token, no network.
+- Names a block needs that the reader should not see go in a hidden setup comment right
+  before the fence, executed first (top-level await allowed)::
+
+      <!-- doc-setup:
+      from cascadeui import sync
+      sync.save_state("bot_state.json", {"application": {"scores": {}}})
+      -->
+
+- A block that cannot run (the body of a method, something needing a real Redis at a URL
+  or a sharded gateway) is marked right before its fence with a reason::
+
+      <!-- no-run: the body of a button callback -->
+
+  It is still parsed and its ``cascadeui`` imports checked. Keep the marker rare: prefer a
+  doc-setup comment, or a block that runs; :func:`test_no_run_markers_are_rare_and_say_why`
+  holds the count down.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +75,39 @@ def test_code_blocks_parse_and_their_cascadeui_imports_exist(page: Path) -> None
                 for alias in node.names:
                     assert _importable(node.module or "", alias.name), (
                         f"{page.name}: from {node.module} import {alias.name}")
+
+
+@pytest.mark.parametrize("page", [p for p in [ROOT / "README.md", *DOCS]
+                                  if "```python" in p.read_text()], ids=lambda p: p.name)
+def test_code_blocks_run(page: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_doc_blocks.py"), str(page)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_no_run_markers_are_rare_and_say_why() -> None:
+    blocks = 0
+    marked: list[str] = []
+    for page in [ROOT / "README.md", *DOCS]:
+        text = page.read_text()
+        blocks += len(_python_blocks(text))
+        for reason in re.findall(r"<!--\s*no-run\b:?(.*?)-->", text, flags=re.S):
+            assert reason.strip(), f"{page.name}: a no-run marker without a reason"
+            marked.append(f"{page.name}: {reason.strip()}")
+    assert len(marked) * 5 <= blocks, f"more than one block in five is not run: {marked}"
+
+
+def test_readme_install_lines_name_real_extras() -> None:
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = set(cfg["options.extras_require"])
+    named = set(re.findall(r"pip install [^\n]*?\[([a-z]+)\]", README))
+    assert {"sqlite", "redis", "postgres", "all", "dev"} <= named
+    assert named <= extras, named - extras
+    assert "pip install pycascadeui" not in README.replace("`pip install pycascadeui`", "")
 
 
 def _importable(module: str, name: str) -> bool:
