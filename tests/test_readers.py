@@ -501,3 +501,14 @@ def test_wording_a_new_user_reads(tmp_path: Path, capsys: pytest.CaptureFixture[
     store.close()
     with pytest.raises(Exception, match="the file store for"):
         store.load()
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+    text = docs.read_text()
+    modules = [p.name for p in PACKAGE.glob("*.py")]
+    modules += [p.name for p in (PACKAGE / "adapters").glob("*.py")]
+    missing = [m for m in modules if m not in ("__init__.py", "__main__.py")
+               and f"  {m} " not in text]
+    assert missing == []
+    assert "setup_persistence(bot=None, *, file_path=None, backend=None,\n" in text
