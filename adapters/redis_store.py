@@ -10,6 +10,8 @@ Keys (``key`` defaults to ``cascadeui:state``)::
     <key>:lock     string: a random token while a full writer holds the lock (leased, PX)
     <key>:changes  a pub/sub channel, not a key: every commit PUBLISHes its new version
                    from inside its script, so running stores catch up at once
+    <key>:lineage  string: ``<lineage id> <version of the snapshot>``, set by every full
+                   write (same expiry as the snapshot)
 
 The state is the snapshot with every journal record applied in order. ``load``,
 ``load_versioned`` and ``transaction`` read the three keys in one MULTI/EXEC, so they never
@@ -37,6 +39,14 @@ absolute expiry on every append (the script reads the server's TIME: Redis 5 or 
 so one never outlives the other; a journal without its snapshot can only be someone's
 ``DEL <key>``, and reads refuse it rather than apply it to ``{}``.
 
+Loss of the medium is never read as a deletion. The journal must hold exactly ``version -
+<snapshot version>`` records; a shorter one (the ``:journal`` key evicted by
+``maxmemory``, expired, deleted) is not applied, and a journal without its snapshot is
+never applied to ``{}``. A full write keeps the stored lineage id only over a state that is
+whole, and starts a new one otherwise (the server emptied then written again, a key
+evicted), so a store that saw the old lineage can tell the new document is not the sequel
+of what it saw (:meth:`RedisStore.load_checked`) and merges it without deleting anything.
+
 Every script refuses to overwrite a key of another Redis type (a hash under ``<key>``, a
 string under ``<key>:journal``...): that key belongs to something else, and the write
 raises instead of destroying it.
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import secrets
 import sys
 import threading
@@ -70,6 +81,8 @@ from .journal import apply_record, decode_record, encode_record, should_compact
 
 __all__ = ["RedisStore", "redact_secret", "redact_url", "url_secrets"]
 
+log = logging.getLogger("cascadeui.adapters.redis")
+
 # What the scripts (and the WATCH path) return instead of a version, all negative.
 _LEASE_LOST = -1       # the lock is no longer ours: our lease ran out
 _FOREIGN_KEY = -2      # <key> holds another Redis type than a string
@@ -78,9 +91,14 @@ _STALE = -4            # an append: the version (or the journal) moved since it 
 _BUSY = -5             # an append: a full writer holds the lock; retry
 _NO_SNAPSHOT = -6      # an append: nothing stored under <key> (nor a journal): write whole
 _ORPHAN_JOURNAL = -7   # an append: a journal without its snapshot
+_FOREIGN_LINEAGE = -8  # <key>:lineage holds another Redis type than a string
 
-# KEYS: snapshot, version, lock, journal. ARGV: token, document, ttl seconds (0: none),
-# the channel to PUBLISH the new version on.
+# KEYS: snapshot, version, lock, journal, lineage. ARGV: token, document, ttl seconds (0:
+# none), a fresh lineage id, '1' to start a new lineage whatever is stored, the channel to
+# PUBLISH the new version on. Returns {version, lineage id}. The stored lineage goes on
+# only while the state it names is whole (a snapshot, and exactly the journal records its
+# version says); anything else is a medium that lost data, and this write starts a new
+# lineage.
 _COMMIT = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
@@ -88,31 +106,45 @@ if kind ~= 'string' and kind ~= 'none' then
   redis.call('DEL', KEYS[3])
   return -2
 end
-kind = redis.call('TYPE', KEYS[4])['ok']
-if kind ~= 'list' and kind ~= 'none' then
+local jkind = redis.call('TYPE', KEYS[4])['ok']
+if jkind ~= 'list' and jkind ~= 'none' then
   redis.call('DEL', KEYS[3])
   return -3
 end
--- INCR first: it is the only call that can fail (a non-integer planted under the key),
--- and a failing script keeps its earlier writes, so nothing may be written before it.
+local lkind = redis.call('TYPE', KEYS[5])['ok']
+if lkind ~= 'string' and lkind ~= 'none' then
+  redis.call('DEL', KEYS[3])
+  return -8
+end
+local old = redis.call('GET', KEYS[5])
+local n = redis.call('LLEN', KEYS[4])
+-- INCR first of the writes: it is the only call that can fail (a non-integer planted under
+-- the key), and a failing script keeps its earlier writes.
 local v = redis.call('INCR', KEYS[2])
+local id = ARGV[4]
+if ARGV[5] ~= '1' and old and kind == 'string' then
+  local oid, s = string.match(old, '^(%S+) (%d+)$')
+  if oid and tonumber(s) + n == v - 1 then id = oid end
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+  redis.call('SET', KEYS[5], id .. ' ' .. v, 'EX', ttl)
 else
   redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[5], id .. ' ' .. v)
 end
 redis.call('DEL', KEYS[4])
 redis.call('DEL', KEYS[3])
 -- pcall: a user without the channel in its ACL still commits (it just goes unannounced).
-redis.pcall('PUBLISH', ARGV[4], v)
-return v
+redis.pcall('PUBLISH', ARGV[6], v)
+return {v, id}
 """
 
-# KEYS: snapshot, version, lock, journal. ARGV: the expected version, the journal's length
-# read at that version, the record, ttl seconds (0: none), the channel to PUBLISH the new
-# version on. Takes no lock: a script is atomic, and it appends only while no full writer
-# holds the lock.
+# KEYS: snapshot, version, lock, journal, lineage. ARGV: the expected version, the
+# journal's length read at that version, the record, ttl seconds (0: none), the lineage id
+# read at that version ('' for none), the channel to PUBLISH the new version on. Takes no
+# lock: a script is atomic, and it appends only while no full writer holds the lock.
 _APPEND = """
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return -4 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -5 end
@@ -120,6 +152,11 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 local jkind = redis.call('TYPE', KEYS[4])['ok']
 if kind ~= 'string' and kind ~= 'none' then return -2 end
 if jkind ~= 'list' and jkind ~= 'none' then return -3 end
+if redis.call('TYPE', KEYS[5])['ok'] == 'string' then
+  if string.match(redis.call('GET', KEYS[5]), '^(%S+) ') ~= ARGV[5] then return -4 end
+elseif ARGV[5] ~= '' then
+  return -4
+end
 if kind == 'none' then
   if jkind == 'none' then return -6 end
   return -7
@@ -136,18 +173,22 @@ if ttl > 0 then
   at = string.format('%d', at)
   redis.call('PEXPIREAT', KEYS[1], at)
   redis.call('PEXPIREAT', KEYS[4], at)
+  redis.call('PEXPIREAT', KEYS[5], at)
 else
   -- As a full write without ttl (a plain SET) does: the state no longer expires.
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[4])
+  redis.call('PERSIST', KEYS[5])
 end
-redis.pcall('PUBLISH', ARGV[5], v)  -- as in _COMMIT: never fails the append
+redis.pcall('PUBLISH', ARGV[6], v)  -- as in _COMMIT: never fails the append
 return v
 """
 
-# KEYS: snapshot, version, journal. ARGV: since. Returns {version, journal length, the
-# records after since...}, or nil when the journal no longer holds all of them (a full
-# write since, a missing snapshot, a key of another type, a non-integer counter).
+# KEYS: snapshot, version, journal, lineage. ARGV: since, the lineage id read at since
+# ('' for none, '*' unknown). Returns {version, journal length, the records after
+# since...}, or nil when the journal no longer holds all of them (a full write since, a
+# missing snapshot, a key of another type, a non-integer counter, another lineage, a
+# journal shorter than the counter says).
 _CHANGES = """
 local raw = redis.call('GET', KEYS[2])
 local v = tonumber(raw or '0')
@@ -158,6 +199,16 @@ if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return nil end
 local jkind = redis.call('TYPE', KEYS[3])['ok']
 if jkind ~= 'list' and jkind ~= 'none' then return nil end
 local n = redis.call('LLEN', KEYS[3])
+local lineage = nil
+if redis.call('TYPE', KEYS[4])['ok'] == 'string' then lineage = redis.call('GET', KEYS[4]) end
+if ARGV[2] ~= '*' then
+  local id = lineage and string.match(lineage, '^(%S+) ') or ''
+  if id ~= ARGV[2] then return nil end
+end
+if lineage then
+  local s = tonumber(string.match(lineage, ' (%d+)$') or '-1')
+  if s + n ~= v then return nil end
+end
 local count = v - since
 if count > n then return nil end
 local out = {raw, n}
@@ -197,6 +248,8 @@ class _Sizes(NamedTuple):
     records: int
     journal_bytes: int
     snapshot_bytes: int
+    #: The lineage id stored at that version ('' when none: written by an earlier build).
+    lineage: str = ""
 
 
 _SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "token"})
@@ -311,6 +364,7 @@ class RedisStore(BaseStore):
         self.version_key: str = f"{base}:version"
         self.lock_key: str = f"{base}:lock"
         self.journal_key: str = f"{base}:journal"
+        self.lineage_key: str = f"{base}:lineage"
         self.ack_key = f"{base}:ack"
         if min_replicas < 0 or replica_timeout <= 0:
             raise ConfigurationError("min_replicas must be >= 0 and replica_timeout > 0")
@@ -335,6 +389,9 @@ class RedisStore(BaseStore):
         self._build_lock = threading.Lock()
         #: The compaction budget's inputs as of this store's last read or write.
         self._sizes: _Sizes | None = None
+        #: The version at which :meth:`load_checked` found the medium lost: the whole
+        #: write over it starts a new lineage (see docs/multiprocess.md).
+        self._fork_at: int | None = None
 
     @property
     def _client(self) -> Any:
@@ -393,24 +450,26 @@ class RedisStore(BaseStore):
                 f"{self.location}: wait_aof needs the server's append-only file "
                 "(appendonly yes)", location=self.location)
 
-    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> int:
+    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a commit script; with ``wait_aof``, also wait until the server fsynced it.
 
         WAITAOF waits for the writes of the connection it is sent on, so both go in one
         pipeline (one connection, one round trip).
         """
         if not self.wait_aof:
-            return int(script(keys=keys, args=args))
+            return script(keys=keys, args=args)
         pipe = self._client.pipeline(transaction=False)
         script(keys=keys, args=args, client=pipe)
         wait_ms = max(1, int(self._socket_timeout * 800))  # answered before the socket gives up
         pipe.execute_command("WAITAOF", 1, 0, wait_ms)
         result, (local, _replicas) = pipe.execute()
-        if int(result) >= 0 and int(local) < 1:
+        # A commit returns {version, lineage}, an append its version; negative: refused.
+        wrote = isinstance(result, list) or int(result) >= 0
+        if wrote and int(local) < 1:
             raise StorageUnavailableError(
                 f"{self.location}: the commit was not fsynced to the append-only file "
                 f"within {wait_ms} ms", location=self.location)
-        return int(result)
+        return result
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -495,10 +554,12 @@ class RedisStore(BaseStore):
         checks: list[Check] = []
         try:
             with self._mapped_errors():
-                state, version = self._read()
+                state, version, lost = self._read()
             checks.append(Check("state decodes", True, "snapshot and change journal"))
         except StateCorruptedError as exc:
             return [Check("state decodes", False, str(exc))], None
+        # A journal shorter than the counter says lost commits (evicted, expired, deleted).
+        checks.append(Check("change journal holds every commit", lost is None, lost or ""))
         try:
             checks.append(Check("version counter", True, f"version {self._parse_version(version)}"))
         except StateCorruptedError as exc:
@@ -515,6 +576,41 @@ class RedisStore(BaseStore):
         """
         with self._mapped_errors():
             return self._read()[0]
+
+    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
+        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
+        this store read or wrote at version ``since``: the medium lost data.
+
+        Loss is: a journal shorter than the version counter says (the ``:journal`` key
+        evicted, expired or deleted), a snapshot gone (with or without its journal), a
+        state of another lineage (the server emptied, then written by someone else), or a
+        version older than ``since`` (restored from an older dump). Never raises for
+        those: the state returned is what is left (the snapshot without the records; ``{}``
+        without a snapshot), and the next whole write over it starts a new lineage, so
+        other processes see the loss too. None when nothing was lost, or when this store
+        did not read or write version ``since`` itself (then nothing can be told).
+
+        :raises StateCorruptedError: a key holds another type, or something does not decode.
+        :raises StorageUnavailableError: the server is unreachable or failed.
+        """
+        with self._mapped_errors():
+            seen = self._sizes if self._sizes is not None and self._sizes.version == since \
+                else None
+            state, raw, problem = self._read(lenient=True)
+            version = self._parse_version(raw)
+            now = self._sizes
+            if problem is None and seen is not None and version != 0:
+                if version < since:
+                    problem = f"its version went back from {since} to {version}"
+                elif now is None or (now.snapshot_bytes == 0 and seen.snapshot_bytes):
+                    problem = f"the snapshot {self.key!r} is gone"
+                elif seen.lineage and now.lineage != seen.lineage:
+                    problem = (f"it holds another lineage ({now.lineage or 'none'}, this "
+                               f"store saw {seen.lineage}): the server was emptied or the "
+                               "keys replaced, then written by another client")
+            if problem is not None:
+                self._fork_at = version
+            return state, version, problem
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Replace the stored state (under the lock, so transactions are never torn).
@@ -549,7 +645,7 @@ class RedisStore(BaseStore):
     def load_versioned(self) -> tuple[dict[str, Any], int]:
         """:meth:`load` and the :meth:`version` of that state, read in one MULTI/EXEC."""
         with self._mapped_errors():
-            state, version = self._read()
+            state, version, _ = self._read()
             return state, self._parse_version(version)
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
@@ -605,14 +701,15 @@ class RedisStore(BaseStore):
         """
         with self._mapped_errors():
             client = self._client  # built on first use, registering the scripts
-            reply = self._changes(keys=[self.key, self.version_key, self.journal_key],
-                                  args=[since], client=client)
-            if reply is None:
-                return None
-            version, length, texts = self._parse_version(reply[0]), int(reply[1]), reply[2:]
             sizes = self._sizes  # the budget's inputs, if this store knows them at ``since``
             if sizes is not None and sizes.version != since:
                 sizes = None
+            reply = self._changes(
+                keys=[self.key, self.version_key, self.journal_key, self.lineage_key],
+                args=[since, sizes.lineage if sizes is not None else "*"], client=client)
+            if reply is None:
+                return None
+            version, length, texts = self._parse_version(reply[0]), int(reply[1]), reply[2:]
             if sizes is not None and version - length != since - sizes.records:
                 return None  # not the journal read at ``since``: pushed behind its back
             records = []
@@ -659,37 +756,92 @@ class RedisStore(BaseStore):
         time.sleep(delay)
         return min(delay * 2, 0.01)  # short: a commit takes about a millisecond
 
-    def _read(self) -> tuple[dict[str, Any], Any]:
-        """The state (snapshot + journal) and the version's raw reply, in one MULTI/EXEC.
+    def _read(self, *, lenient: bool = False) -> tuple[dict[str, Any], Any, str | None]:
+        """The state (snapshot + journal), the version's raw reply and what the medium
+        lost (None: nothing), in one MULTI/EXEC.
 
-        Records the compaction budget's inputs for that version (when it is an integer).
+        Records the compaction budget's inputs and the lineage for that version (when it
+        is an integer). A journal shorter than the counter says (evicted, expired,
+        deleted) is not applied: the snapshot is what is left (WARNING).
 
+        :param lenient: report a journal without its snapshot, or of the wrong length, as
+            a loss instead of raising (a running store rewrites its own state over it).
         :raises StateCorruptedError: a key of another type, a journal without its snapshot,
-            or a snapshot or record that does not decode or does not fit.
+            a journal longer than the counter says, or a snapshot or record that does not
+            decode or does not fit.
         """
         pipe = self._client.pipeline(transaction=True)
         pipe.get(self.key)
         pipe.lrange(self.journal_key, 0, -1)
         pipe.get(self.version_key)
-        raw, records, version = pipe.execute(raise_on_error=False)
+        pipe.get(self.lineage_key)
+        raw, records, version, lineage = pipe.execute(raise_on_error=False)
         self._check_reply(raw, f"{self.key!r} holds another Redis type, not a string")
         self._check_reply(records, f"{self.journal_key!r} holds another Redis type, not a list")
+        self._check_reply(lineage, f"{self.lineage_key!r} holds another Redis type, not a "
+                                   "string")
         state = self._decode(raw)
+        lost: str | None = None
         if raw is None and records:
-            raise self._corrupted(
-                f"{self.journal_key!r} holds {len(records)} journal record(s) but "
-                f"{self.key!r}, their snapshot, is missing (deleted by hand?); delete the "
-                "journal too, or restore the snapshot")
-        for index, text in enumerate(records):
+            lost = (f"{self.journal_key!r} holds {len(records)} journal record(s) but "
+                    f"{self.key!r}, their snapshot, is missing")
+            if not lenient:
+                raise self._corrupted(f"{lost} (deleted by hand?); delete the journal too, or "
+                                      "restore the snapshot")
+            records = []
+        lineage_id, expected = self._parse_lineage(lineage, version)
+        if raw is None:
+            lineage_id, expected = "", None  # what is left of a state without its snapshot
+        if lost is None and expected is not None and expected != len(records):
+            lost = (f"{self.journal_key!r} holds {len(records)} journal record(s) where the "
+                    f"version counter and {self.lineage_key!r} say {max(expected, 0)} " + (
+                        "(evicted, expired or deleted?)" if len(records) < expected else
+                        "(pushed behind the counter's back?)"))
+            if not records or lenient:
+                if not lenient:  # a running store reports it itself, with what it does
+                    log.warning("%s: %s; the snapshot without them is what is left",
+                                self.location, lost)
+                records = []
+        for index, ops in enumerate(self._decode_records(records)):
             try:
-                apply_record(state, decode_record(self.serializer, text))
+                apply_record(state, ops)
             except StateCorruptedError as exc:
                 raise self._corrupted(
                     f"{self.journal_key!r} record {index} of {len(records)}: {exc}") from exc
+        if records and lost is not None:  # more records than the counter says: refuse them
+            raise self._corrupted(lost)
         with contextlib.suppress(StateCorruptedError):  # load() works with a bad counter
             self._sizes = _Sizes(self._parse_version(version), len(records),
-                                 sum(map(len, records)), len(raw) if raw is not None else 0)
-        return state, version
+                                 sum(map(len, records)), len(raw) if raw is not None else 0,
+                                 lineage_id if lost is None else "")
+        return state, version, lost
+
+    def _decode_records(self, records: list[Any]) -> list[list[list[Any]]]:
+        """The ops of each journal record, in order.
+
+        :raises StateCorruptedError: a record does not decode (named by its index).
+        """
+        decoded = []
+        for index, text in enumerate(records):
+            try:
+                decoded.append(decode_record(self.serializer, text))
+            except StateCorruptedError as exc:
+                raise self._corrupted(
+                    f"{self.journal_key!r} record {index} of {len(records)}: {exc}") from exc
+        return decoded
+
+    def _parse_lineage(self, reply: Any, version: Any) -> tuple[str, int | None]:
+        """The lineage id in a ``<key>:lineage`` reply ('' when none), and how many journal
+        records the version counter says there are (None: cannot tell)."""
+        if reply is None:
+            return "", None
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        lineage_id, _, snapshot = text.partition(" ")
+        try:
+            count = self._parse_version(version) - int(snapshot)
+        except (StateCorruptedError, ValueError):
+            return lineage_id, None
+        return lineage_id, count
 
     def _check_reply(self, reply: Any, wrong_type: str) -> None:
         """Raise for an error reply of a MULTI/EXEC read (``wrong_type`` says whose)."""
@@ -734,7 +886,7 @@ class RedisStore(BaseStore):
                     records is not None and length > records):
                 self._release_lock(keys=[self.lock_key], args=[token])
                 return None
-            return self._write(token, data)
+            return self._write(token, data, fork=self._fork_at == expected)
 
     def _append_record(self, record: str, sizes: _Sizes,
                        full: Callable[[], str]) -> int | None:
@@ -742,9 +894,11 @@ class RedisStore(BaseStore):
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.001
         while True:
-            result = self._run_script(
-                self._append, [self.key, self.version_key, self.lock_key, self.journal_key],
-                [sizes.version, sizes.records, record, self.ttl or 0, self.channel])
+            result = int(self._run_script(
+                self._append, [self.key, self.version_key, self.lock_key, self.journal_key,
+                               self.lineage_key],
+                [sizes.version, sizes.records, record, self.ttl or 0, sizes.lineage,
+                 self.channel]))
             if result == _BUSY:
                 delay = self._wait_for_lock(deadline, delay)
                 continue
@@ -753,9 +907,9 @@ class RedisStore(BaseStore):
             if result == _NO_SNAPSHOT:  # expired with its journal: write the whole state
                 return self._save_whole_if(full(), sizes.version, records=0)
             if result == _ORPHAN_JOURNAL:
-                raise self._corrupted(
-                    f"{self.journal_key!r} holds journal records but {self.key!r}, their "
-                    "snapshot, is missing; refusing to append to it")
+                # Never appended to; the caller reloads (load_checked reports the lost
+                # snapshot) and rewrites its state whole, which replaces the journal.
+                return None
             self._raise_for(result)
             self._sizes = sizes._replace(version=result, records=sizes.records + 1,
                                          journal_bytes=sizes.journal_bytes + len(record))
@@ -768,20 +922,31 @@ class RedisStore(BaseStore):
     #: go through the append script: one is at most the journal's budget, half a snapshot.
     lua_max_bytes = 256 * 1024
 
-    def _write(self, token: str, data: str) -> int:
+    def _write(self, token: str, data: str, *, fork: bool = False) -> int:
         """Commit ``data`` as the snapshot, emptying the journal, if the lock is still ours.
+
+        The stored lineage goes on when the state it replaces is whole; a new one starts
+        when it is not (see ``_COMMIT``), or with ``fork`` (the caller found the medium
+        lost: other processes must see that this document is not their state's sequel).
 
         :returns: the new version.
         """
+        fresh = secrets.token_hex(8)
         # WATCH/MULTI releases its connection at EXEC, before a WAITAOF could follow it.
         if len(data) > self.lua_max_bytes and not self.wait_aof:
-            result = self._write_watched(token, data)
+            reply: Any = self._write_watched(token, data, fresh, fork)
         else:
-            result = self._run_script(
-                self._commit, [self.key, self.version_key, self.lock_key, self.journal_key],
-                [token, data, self.ttl or 0, self.channel])
-        self._raise_for(result)
-        self._sizes = _Sizes(result, 0, 0, len(data))
+            reply = self._run_script(
+                self._commit, [self.key, self.version_key, self.lock_key, self.journal_key,
+                               self.lineage_key],
+                [token, data, self.ttl or 0, fresh, "1" if fork else "0", self.channel])
+        if not isinstance(reply, list):
+            self._raise_for(int(reply))
+        result, lineage = int(reply[0]), reply[1]
+        lineage = lineage.decode() if isinstance(lineage, bytes) else str(lineage)
+        self._sizes = _Sizes(result, 0, 0, len(data), lineage)
+        if fork:
+            self._fork_at = None
         self._confirm_replicas()
         return result
 
@@ -819,6 +984,10 @@ class RedisStore(BaseStore):
             raise self._corrupted(
                 f"{self.journal_key!r} holds another Redis type, not a list; refusing to "
                 "overwrite it (is the key shared with something else?)")
+        if result == _FOREIGN_LINEAGE:
+            raise self._corrupted(
+                f"{self.lineage_key!r} holds another Redis type, not a string; refusing to "
+                "overwrite it (is the key shared with something else?)")
         if result == _LEASE_LOST:
             raise LockTimeoutError(
                 f"{self.location}: the lock's {self.lock_timeout:g}s lease ran out before "
@@ -828,45 +997,55 @@ class RedisStore(BaseStore):
             raise StorageUnavailableError(f"{self.location}: unexpected script result "
                                           f"{result}", location=self.location)
 
-    def _write_watched(self, token: str, data: str) -> int:
+    def _write_watched(self, token: str, data: str, fresh: str,
+                       fork: bool) -> list[Any] | int:
         """The commit script's checks and writes as WATCH + MULTI/EXEC (large documents).
 
-        WATCH on the lock, the document, the journal and the version: if another writer
-        takes the lock after our lease ran out, or anything touches those keys, EXEC
-        writes nothing.
+        WATCH on the lock, the document, the journal, the version and the lineage: if
+        another writer takes the lock after our lease ran out, or anything touches those
+        keys, EXEC writes nothing. Returns what the script returns.
         """
         import redis.exceptions as rex
 
         with self._client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(self.lock_key, self.key, self.journal_key, self.version_key)
+                pipe.watch(self.lock_key, self.key, self.journal_key, self.version_key,
+                           self.lineage_key)
                 owner = pipe.get(self.lock_key)
                 if owner is None or owner.decode() != token:
                     return _LEASE_LOST
+                kinds = {}
                 for key, allowed, code in ((self.key, "string", _FOREIGN_KEY),
-                                           (self.journal_key, "list", _FOREIGN_JOURNAL)):
+                                           (self.journal_key, "list", _FOREIGN_JOURNAL),
+                                           (self.lineage_key, "string", _FOREIGN_LINEAGE)):
                     kind = pipe.type(key)
-                    kind = kind.decode() if isinstance(kind, bytes) else kind
+                    kinds[key] = kind = kind.decode() if isinstance(kind, bytes) else kind
                     if kind not in (allowed, "none"):
                         pipe.unwatch()
                         self._release_lock(keys=[self.lock_key], args=[token])
                         return code
                 # MULTI applies every queued command even when one fails: refuse a
                 # non-integer counter (INCR would fail after the SET) before queueing.
-                self._parse_version(pipe.get(self.version_key))
+                current = self._parse_version(pipe.get(self.version_key))
+                lineage = fresh
+                old_id, count = self._parse_lineage(pipe.get(self.lineage_key), current)
+                if (not fork and old_id and kinds[self.key] == "string"
+                        and count == pipe.llen(self.journal_key)):
+                    lineage = old_id  # the state it replaces is whole: the lineage goes on
                 pipe.multi()
                 pipe.set(self.key, data, ex=self.ttl)
                 pipe.incr(self.version_key)
+                pipe.set(self.lineage_key, f"{lineage} {current + 1}", ex=self.ttl)
                 pipe.delete(self.journal_key)
                 pipe.delete(self.lock_key)
-                _, version, _, _ = pipe.execute()
+                _, version, _, _, _ = pipe.execute()
             except rex.WatchError:
                 return _LEASE_LOST
         # After EXEC, not inside it: a PUBLISH the user's ACL denies would abort the
         # whole transaction. An announcement that fails costs only latency (polling).
         with contextlib.suppress(rex.RedisError):
             self._client.publish(self.channel, int(version))
-        return int(version)
+        return [int(version), lineage]
 
     def _decode(self, raw: bytes | str | None) -> dict[str, Any]:
         if raw is None:

@@ -56,7 +56,7 @@ def raw(redis_url: str, redis_key: str) -> Iterator[Any]:
         yield client
     finally:
         client.delete(*(f"{redis_key}{suffix}"
-                        for suffix in ("", ":journal", ":version", ":lock")))
+                        for suffix in ("", ":journal", ":version", ":lock", ":lineage")))
         client.close()
 
 

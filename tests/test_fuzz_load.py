@@ -487,8 +487,10 @@ _redis_records = st.lists(
 @given(data=hostile | _redis_records)
 def test_redis_garbage_journal_record(redis_store: tuple[RedisStore, redis.Redis],
                                       data: bytes) -> None:
-    """A hostile record after a good snapshot: the snapshot with the record applied, or a
-    typed error naming the journal; never a partial state, and the record is kept."""
+    """A hostile record pushed after a good snapshot, behind the version counter's back: a
+    typed error naming the journal (the counter says the journal holds no record, issue
+    11), never a partial state, and the record is kept; with no lineage key (an earlier
+    build's state) the snapshot with the record applied, or that typed error."""
     from cascadeui.adapters.journal import apply_record, decode_record
 
     expected: dict[str, Any] | None = SER.deserialize(GOOD_TEXT)
@@ -498,19 +500,23 @@ def test_redis_garbage_journal_record(redis_store: tuple[RedisStore, redis.Redis
         expected = None
     store, raw = redis_store
     try:
-        store.save(GOOD)
-        raw.rpush(store.journal_key, data)
-        result = outcome(store.load)
-        if isinstance(result, PersistenceError):
-            assert expected is None
-            assert isinstance(result, StateCorruptedError)
-            assert store.journal_key in str(result)
-            with pytest.raises(StateCorruptedError), store.transaction() as state:
-                state.clear()
-            assert raw.lrange(store.journal_key, 0, -1) == [data]
-        else:
-            assert result == expected
-        assert_savable(result)
+        for legacy in (False, True):
+            store.save(GOOD)
+            if legacy:
+                raw.delete(store.lineage_key)
+            raw.rpush(store.journal_key, data)
+            result = outcome(store.load)
+            if isinstance(result, PersistenceError):
+                assert expected is None or not legacy
+                assert isinstance(result, StateCorruptedError)
+                assert store.journal_key in str(result)
+                with pytest.raises(StateCorruptedError), store.transaction() as state:
+                    state.clear()
+                assert raw.lrange(store.journal_key, 0, -1) == [data]
+            else:
+                assert legacy
+                assert result == expected
+            assert_savable(result)
     finally:
         raw.delete(store.journal_key)
 

@@ -325,8 +325,13 @@ def test_journal_without_snapshot_is_corruption(redis_url: str, redis_key: str,
         raw.delete(redis_key)  # someone "reset" the state by hand, half way
         with pytest.raises(StateCorruptedError, match="snapshot, is missing"):
             store.load()
-        with pytest.raises(StateCorruptedError, match="snapshot, is missing"):
-            store.save_changes([(("c",), 1)], 2, full=whole({"c": 1}))
+        # An append never lands on it; the caller reloads and learns what was lost (a
+        # running store then rewrites its own state whole, issue 11).
+        assert store.save_changes([(("c",), 1)], 2, full=whole({"c": 1})) is None
+        state, version, lost = store.load_checked(2)
+        assert (state, version) == ({}, 2)
+        assert lost is not None
+        assert "snapshot, is missing" in lost
         assert raw.llen(store.journal_key) == 1
         store.save({"fresh": 1})  # an explicit whole save replaces both
         assert store.load() == {"fresh": 1}
