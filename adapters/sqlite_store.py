@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
+import secrets
 import sqlite3
 import stat
 import sys
@@ -68,6 +70,13 @@ if TYPE_CHECKING:
     from .journal import JournaledStore
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+log = logging.getLogger("cascadeui.adapters.sqlite")
+
+#: Connections to a database file deleted or replaced while they were open, whose WAL
+#: file name now belongs to the new database: closing one would make SQLite delete that
+#: WAL (it deletes by name), so they stay open until the process ends.
+_ABANDONED: list[sqlite3.Connection] = []
 
 SCHEMA_VERSION = 2
 #: Layouts this adapter reads; version 1 (no journal table) is upgraded on open.
@@ -125,6 +134,18 @@ class SQLiteStore(BaseStore):
         # (set only once that commit was read whole or committed by us); see _sizes_at.
         self._sizes: _Sizes | None = None
         self._staged: _Sizes | None = None  # what the open write transaction commits
+        #: (version, lineage id) of the last commit this store read whole or wrote, and
+        #: what the open write transaction commits; the lineage is '' when none is stored.
+        self._lineage: tuple[int, str] | None = None
+        self._staged_lineage: tuple[int, str] | None = None
+        self._fetched_lineage = ""
+        self._forked = False
+        #: The version at which load_checked found the medium lost: the whole write over
+        #: it starts a new lineage (docs/multiprocess.md).
+        self._fork_at: int | None = None
+        #: (st_dev, st_ino) of the database file and its WAL when the connection opened.
+        self._identity: tuple[int, int] | None = None
+        self._wal_identity: tuple[int, int] | None = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -138,6 +159,9 @@ class SQLiteStore(BaseStore):
                 lock=self.location, timeout=self.timeout, location=self.location)
         try:
             with self._mapped_errors():
+                if (self._conn is not None and self._pid == os.getpid()
+                        and self.path != ":memory:" and _identity(self.path) != self._identity):
+                    self._drop_moved_connection()
                 if self._conn is None or self._pid != os.getpid():
                     self._conn = self._open()  # after fork() the parent's handle is unusable
                     self._pid = os.getpid()
@@ -173,7 +197,33 @@ class SQLiteStore(BaseStore):
         except BaseException:
             conn.close()
             raise
+        if self.path != ":memory:":
+            self._identity = _identity(self.path)
+            self._wal_identity = _identity(f"{self.path}-wal")
         return conn
+
+    def _drop_moved_connection(self) -> None:
+        """The database file was deleted or replaced while open: leave the old file.
+
+        Every commit through the old connection would land in a file no later process
+        can open, and ``flush()`` would report it durable. The next open creates (or
+        opens) the file now at the path; a running store finds its state missing there
+        and rewrites it whole (:meth:`load_checked`). The old connection is closed only
+        when the WAL file at the path is still its own (SQLite deletes the WAL by name).
+        """
+        conn, self._conn = self._conn, None
+        log.warning("%s: the database file was deleted or replaced while this store had it "
+                    "open; reopening %s (commits since the change went to the old file, which "
+                    "no later process can open: a running store writes its state again)",
+                    self.location, self.path)
+        wal = _identity(f"{self.path}-wal")
+        if conn is None:
+            return
+        if wal is None or wal == self._wal_identity:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        else:
+            _ABANDONED.append(conn)
 
     def _refuse_directory(self) -> None:
         """SQLite says only "disk I/O error" for a directory: say what is wrong."""
@@ -472,7 +522,7 @@ class SQLiteStore(BaseStore):
         with self._connection() as conn, self._immediate(conn):
             if self._version(conn) != expected:
                 return None
-            return self._write(conn, text)
+            return self._write(conn, text, fork=self._fork_at == expected)
 
     def save_changes(self, changes: Sequence[Change], expected: int, *,
                      full: Callable[[], str]) -> int | None:
@@ -492,7 +542,7 @@ class SQLiteStore(BaseStore):
         record_bytes = _nbytes(record)
         with self._connection() as conn, self._immediate(conn):
             current = self._version(conn)
-            if current != expected:
+            if current != expected or not self._same_lineage(conn, current):
                 return None
             if current == 0:  # nothing stored: the first commit is a snapshot
                 return self._write(conn, full())
@@ -502,12 +552,52 @@ class SQLiteStore(BaseStore):
                     # Never replace data we could not read: this commit was not read or
                     # written by us (or failed to decode), so check it decodes first.
                     self._assemble(*self._fetch(conn))
-                return self._write(conn, full())
+                return self._write(conn, full(), fork=self._fork_at == current)
             with self._mapped_errors():
                 conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
                              (current + 1, record))
             self._staged = (current + 1, journal_bytes + record_bytes, snapshot_bytes)
+            if self._lineage is not None and self._lineage[0] == current:
+                self._staged_lineage = (current + 1, self._lineage[1])
             return current + 1
+
+    def _same_lineage(self, conn: sqlite3.Connection, version: int) -> bool:
+        """False when this store knows the lineage at ``version`` and another is stored
+        (the database replaced by another with the same version number)."""
+        seen = self._lineage
+        if seen is None or seen[0] != version or not seen[1]:
+            return True
+        with self._mapped_errors():
+            return self._stored_lineage(conn) == seen[1]
+
+    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
+        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
+        this store read or wrote at version ``since``: the medium lost data.
+
+        Loss is: a state of another lineage (the database deleted or emptied, then
+        written by another process; another database put in its place), or a version
+        older than ``since`` (an older copy restored). The next whole write over it
+        starts a new lineage, so other processes see the loss too. None when nothing was
+        lost, or when this store did not read or write version ``since`` itself.
+
+        :raises StateCorruptedError: as :meth:`load`.
+        :raises StorageUnavailableError: the database cannot be opened or read.
+        """
+        seen = self._lineage if self._lineage is not None and self._lineage[0] == since \
+            else None
+        state, version = self.load_versioned()
+        now = self._lineage
+        problem: str | None = None
+        if seen is not None and version != 0:
+            if version < since:
+                problem = f"its version went back from {since} to {version}"
+            elif seen[1] and now is not None and now[1] != seen[1]:
+                problem = (f"it holds another lineage ({now[1] or 'none'}, this store saw "
+                           f"{seen[1]}): the database was deleted, emptied or replaced, "
+                           "then written by another process")
+        if problem is not None:
+            self._fork_at = version
+        return state, version, problem
 
     def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
         """The records after version ``since`` and the current version, from one commit.
@@ -531,7 +621,8 @@ class SQLiteStore(BaseStore):
                 records = conn.execute(
                     f"SELECT seq, ops FROM {self.journal_table} WHERE seq > ? ORDER BY seq",
                     (since,)).fetchall() if last is not None and last > since else []
-            if row is None:
+                same = self._same_lineage(conn, since)
+            if row is None or not same:
                 return None
             snapshot = row[0]
             if type(snapshot) is not int:
@@ -552,6 +643,8 @@ class SQLiteStore(BaseStore):
             sizes = self._sizes
             if sizes is not None and sizes[0] == since:  # same snapshot, a longer journal
                 self._sizes = (current, sizes[1] + new_bytes, sizes[2])
+            if self._lineage is not None and self._lineage[0] == since:
+                self._lineage = (current, self._lineage[1])
             return decoded, current
 
     # -- internals ---------------------------------------------------------------------
@@ -561,11 +654,12 @@ class SQLiteStore(BaseStore):
         """A write transaction; what it staged becomes the size cache once committed."""
         with self._mapped_errors():
             conn.execute("BEGIN IMMEDIATE")
-        self._staged = None
+        self._staged = self._staged_lineage = None
+        self._forked = False
         try:
             yield
         except BaseException:
-            self._staged = None
+            self._staged = self._staged_lineage = None
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
@@ -573,6 +667,10 @@ class SQLiteStore(BaseStore):
             conn.execute("COMMIT")
         if self._staged is not None:
             self._sizes, self._staged = self._staged, None
+        if self._staged_lineage is not None:
+            self._lineage, self._staged_lineage = self._staged_lineage, None
+            if self._forked:
+                self._fork_at, self._forked = None, False
 
     @contextlib.contextmanager
     def _read_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -601,14 +699,25 @@ class SQLiteStore(BaseStore):
     def _fetch(self, conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
         """The row (data, version) or None, and the journal rows in order.
 
-        The caller holds a transaction, so both come from the same commit.
+        The caller holds a transaction, so both come from the same commit (and the
+        lineage, read into ``self._fetched_lineage`` for :meth:`_assemble`).
         """
         with self._mapped_errors():
             row = conn.execute(
                 f"SELECT data, version FROM {self.table} WHERE id = 1").fetchone()
             records = conn.execute(
                 f"SELECT seq, ops FROM {self.journal_table} ORDER BY seq").fetchall()
+            self._fetched_lineage = self._stored_lineage(conn)
         return row, records
+
+    def _stored_lineage(self, conn: sqlite3.Connection) -> str:
+        """The lineage id in ``cascadeui_meta`` ('' when none: an earlier build's state)."""
+        try:
+            row = conn.execute(
+                "SELECT value FROM cascadeui_meta WHERE key = 'lineage'").fetchone()
+        except sqlite3.OperationalError:  # a schema-1 database read without upgrading it
+            return ""
+        return "" if row is None else str(row[0])
 
     def _assemble(self, row: Any, records: list[Any]) -> tuple[dict[str, Any], int]:
         """The state (snapshot plus journal) and its version, from :meth:`_fetch`'s rows.
@@ -617,10 +726,12 @@ class SQLiteStore(BaseStore):
             not fit, or the journal does not end at the row's version.
         """
         self._sizes = None  # known again only once this commit decoded whole
+        self._lineage = None
         if row is None:
             if records:
                 raise self._corrupt(f"{self.journal_table!r} holds {len(records)} records "
                                     f"but {self.table!r} holds no snapshot")
+            self._lineage = (0, "")
             return {}, 0
         data, version = row
         if type(version) is not int:
@@ -641,6 +752,7 @@ class SQLiteStore(BaseStore):
                 raise self._corrupt(
                     f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
         self._sizes = (version, journal_bytes, _nbytes(data))
+        self._lineage = (version, self._fetched_lineage)
         return state, version
 
     def _decode_records(self, records: list[Any]) -> tuple[list[list[list[Any]]], int]:
@@ -687,10 +799,23 @@ class SQLiteStore(BaseStore):
         snapshot_bytes = int(snapshot[0] or 0) if snapshot is not None else 0
         return int(journal[0] or 0), snapshot_bytes, False
 
-    def _write(self, conn: sqlite3.Connection, text: str) -> int:
-        """Replace the snapshot and empty the journal (inside ``_immediate``); new version."""
+    def _write(self, conn: sqlite3.Connection, text: str, *, fork: bool = False) -> int:
+        """Replace the snapshot and empty the journal (inside ``_immediate``); new version.
+
+        The stored lineage goes on, except into an empty table (a deleted or emptied
+        database) or with ``fork`` (the caller found the medium lost): a new lineage
+        then tells other processes this document is not their state's sequel.
+        """
         version = self._version(conn) + 1
         with self._mapped_errors():
+            lineage = "" if fork else self._stored_lineage(conn)
+            self._forked = fork
+            if not lineage or version == 1 or conn.execute(
+                    f"SELECT 1 FROM {self.table} WHERE id = 1").fetchone() is None:
+                lineage = secrets.token_hex(8)
+                conn.execute("INSERT INTO cascadeui_meta (key, value) VALUES ('lineage', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (lineage,))
             conn.execute(
                 f"INSERT INTO {self.table} (id, data, version, updated_at) "
                 "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
@@ -698,6 +823,7 @@ class SQLiteStore(BaseStore):
                 (text, version, time.time()))
             conn.execute(f"DELETE FROM {self.journal_table}")
         self._staged = (version, 0, _nbytes(text))
+        self._staged_lineage = (version, lineage)
         return version
 
     def _release(self) -> None:
@@ -705,6 +831,15 @@ class SQLiteStore(BaseStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``path``, None when it does not exist (or cannot be seen)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 if TYPE_CHECKING:

@@ -326,7 +326,10 @@ def test_sqlite_layout_is_documented_single_row(tmp_path: Path) -> None:
     assert rows == [(1, '{"a":2}', 2)]
     assert journal == [(3, '{"ops":[[["b",5],"x"],[["a"]]]}')]
     assert columns == [("seq", "INTEGER", 1), ("ops", "TEXT", 0)]
-    assert meta == [("schema_version", "2")]
+    # The lineage id a whole write into the empty table started (issue 11, item 4).
+    assert [k for k, _ in meta] == ["schema_version", "lineage"]
+    assert meta[0] == ("schema_version", "2")
+    assert len(meta[1][1]) == 16
     assert mode == "wal"
 
 
