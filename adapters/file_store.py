@@ -63,6 +63,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import stat
 import tempfile
 import time
@@ -259,6 +260,8 @@ class FileStore(BaseStore):
         self.lock_path: Path = Path(f"{self.path}.lock")
         #: The change journal appended after the snapshot at :attr:`path`.
         self.journal_path: Path = Path(f"{self.path}.journal")
+        #: The lineage id of the state at :attr:`path` (see :meth:`load_checked`).
+        self.lineage_path: Path = Path(f"{self.path}.lineage")
         self._lock = PathLock(self.lock_path, timeout=lock_timeout)
         self._known_good: _Signature | None = None
         #: A journal file this store read (or wrote) whole and found good.
@@ -271,6 +274,12 @@ class FileStore(BaseStore):
         self._reported: set[_JournalSig] = set()
         #: The backup the last load fell back to (None: it read the main file).
         self._read_from: str | None = None
+        #: (version, lineage id) of the last state this store read whole or wrote under
+        #: the lock ('' when no lineage file exists).
+        self._lineage: tuple[int, str] | None = None
+        #: The version at which load_checked found the medium lost: the whole write over
+        #: it starts a new lineage.
+        self._fork_at: int | None = None
 
     # -- paths -------------------------------------------------------------------------
 
@@ -496,6 +505,7 @@ class FileStore(BaseStore):
                 journal.lines if journal is not None and bound else 0,
                 journal.snapshot.format if journal is not None and bound
                 and journal.snapshot is not None else _JOURNAL_FORMAT)
+            self._lineage = (self._extent.version, self._read_lineage())
         return True
 
     def _report_unbound(self, journal: _Journal) -> None:
@@ -544,6 +554,44 @@ class FileStore(BaseStore):
         except (OSError, PersistenceError):
             return False
         return _digest(data) == binding.digest
+
+    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
+        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
+        this store read or wrote at version ``since``: the medium lost data.
+
+        Loss is: the journal of the same snapshot holding fewer lines than this store saw
+        (truncated, deleted, replaced), or a state of another lineage (``<path>`` deleted,
+        then written again by another process: a whole write into a missing file starts a
+        new lineage in ``<path>.lineage``). The next whole write over it starts a new
+        lineage, so other processes see the loss too. None when nothing was lost, or when
+        this store did not read or write version ``since`` itself.
+
+        :raises StateCorruptedError: as :meth:`load`.
+        """
+        self._check_open()
+        with self._locked():
+            seen = self._extent if self._extent is not None and (
+                self._extent.version == since) else None
+            seen_lineage = self._lineage[1] if self._lineage is not None and (
+                self._lineage[0] == since) else ""
+            state = self._load(locked=True)
+            version = self.version()
+            now = self._extent
+            problem: str | None = None
+            if seen is not None and version != 0 and now is not None:
+                same_snapshot = (now.snapshot, now.digest) == (seen.snapshot, seen.digest)
+                if same_snapshot and now.journal_lines < seen.journal_lines:
+                    problem = (f"{self.journal_path} holds {max(now.journal_lines - 1, 0)} "
+                               f"good record(s) of the {seen.journal_lines - 1} this store saw "
+                               "(truncated, deleted or replaced)")
+                elif seen_lineage and self._lineage is not None and (
+                        self._lineage[1] != seen_lineage):
+                    problem = (f"{self.path} holds another lineage "
+                               f"({self._lineage[1] or 'none'}, this store saw {seen_lineage}): "
+                               "it was deleted, then written again by another process")
+            if problem is not None:
+                self._fork_at = version
+            return state, version, problem
 
     def journal_mismatch(self) -> str | None:
         """Why ``<path>.journal`` does not belong to the snapshot at ``<path>``; None when
@@ -903,7 +951,7 @@ class FileStore(BaseStore):
         with self._locked():
             if self.version() != expected:
                 return None
-            self._write(data)
+            self._write(data, fork=self._fork_at == expected)
             return self.version()
 
     def save_changes(self, changes: Sequence[Change], expected: int, *,
@@ -932,7 +980,7 @@ class FileStore(BaseStore):
                 extent = self._inspect()
             if extent is None or _journal.should_compact(
                     extent.journal_end, len(line), extent.snapshot_bytes):
-                self._write(full())
+                self._write(full(), fork=self._fork_at == expected)
                 return self.version()
             return self._append(extent, line)
 
@@ -1044,7 +1092,11 @@ class FileStore(BaseStore):
 
     def _new_journal(self, data: bytes) -> None:
         """Put ``data`` at ``<path>.journal`` whole: temp file, fsync, replace, dir fsync."""
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.journal.",
+        self._put(self.journal_path, data, "journal")
+
+    def _put(self, target: Path, data: bytes, kind: str) -> None:
+        """Put ``data`` at ``target`` whole: temp file, fsync, replace, dir fsync."""
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.{kind}.",
                                    suffix=".tmp")  # mode 0600, O_EXCL
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -1052,7 +1104,7 @@ class FileStore(BaseStore):
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.journal_path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -1118,7 +1170,7 @@ class FileStore(BaseStore):
                 location=self.location) from exc
         self._dirs_ready = True
 
-    def _write(self, data: bytes | str) -> None:
+    def _write(self, data: bytes | str, *, fork: bool = False) -> None:
         """Write the new snapshot durably, rotate backups, replace the main file, drop the journal.
 
         The lock is held. Backups rotate only once the new bytes are fsynced in the temp
@@ -1128,6 +1180,7 @@ class FileStore(BaseStore):
         leaves a stale journal, whose header no longer names the snapshot.
         """
         self._sweep_once()
+        lineage = self._next_lineage(fork)
         try:
             digest = self._replace(data, before=self._make_room)
         except OSError as exc:
@@ -1151,6 +1204,33 @@ class FileStore(BaseStore):
         self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
                                digest, _journal_sig(journal) if journal is not None else None,
                                0, 0)
+        self._lineage = (self._extent.version, lineage)
+        if fork:
+            self._fork_at = None
+
+    def _next_lineage(self, fork: bool) -> str:
+        """The lineage id a whole write goes on with (lock held): the stored one, or a new
+        one written to ``<path>.lineage`` first when there is none, when ``<path>`` is
+        missing (a deleted file: what another process saw is gone) or with ``fork``."""
+        current = self._read_lineage()
+        if current and not fork and os.path.lexists(self.path):
+            return current
+        lineage = secrets.token_hex(8)
+        try:
+            self._put(self.lineage_path, f"{lineage}\n".encode("ascii"), "lineage")
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot write {self.lineage_path}: {exc.strerror or exc}; the stored state "
+                "is intact", location=self.location) from exc
+        return lineage
+
+    def _read_lineage(self) -> str:
+        """The id in ``<path>.lineage``; '' when there is none (or it is unreadable)."""
+        try:
+            data, _, _ = self._read_bytes(self.lineage_path)
+        except (OSError, PersistenceError):
+            return ""
+        return data.decode("ascii", "replace").strip()[:64]
 
     def _sweep_once(self) -> None:
         """Run :meth:`_sweep_stale_temps` before this store's first write (lock held)."""

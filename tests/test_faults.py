@@ -146,7 +146,8 @@ def test_disk_faults_keep_every_file_and_catch_up(
         for i in range(3):
             assert await backend.save_state(gen(i))
         before = disk(tmp_path)
-        assert set(before) == {"state.json", "state.json.bak", "state.json.bak.1"}
+        assert set(before) == {"state.json", "state.json.bak", "state.json.bak.1",
+                               "state.json.lineage"}
         with caplog.at_level(logging.ERROR, logger="cascadeui"), \
                 failing(monkeypatch, call, code, which(path)) as refused:
             assert await backend.save_state(gen(10)) is False

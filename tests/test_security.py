@@ -407,7 +407,8 @@ def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
     assert_exact(state, any_store.load())
     if isinstance(any_store, FileStore):
         names = set(os.listdir(tmp_path)) - set(before)
-        assert names <= {"state.json", "state.json.bak", "state.json.lock"}, names
+        assert names <= {"state.json", "state.json.bak", "state.json.lock",
+                         "state.json.lineage"}, names
     elif isinstance(any_store, SQLiteStore):
         conn = sqlite3.connect(tmp_path / "state.db")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
@@ -420,7 +421,8 @@ def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
         raw = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         found = {k.decode() for k in raw.scan_iter(match=f"{any_store.key}*")}
         raw.close()
-        assert found <= {any_store.key, f"{any_store.key}:version"}, found
+        assert found <= {any_store.key, f"{any_store.key}:version",
+                         f"{any_store.key}:lineage"}, found
 
 
 @pytest.mark.parametrize("key", ["a.b", "a/b", "'\"", "k\x00ey", "日本\U0001f600", "x:lock"])
@@ -432,9 +434,9 @@ def test_hostile_redis_key_names_are_exact(redis_url: str, redis_key: str, key: 
         try:
             assert raw.get(full.encode("utf-8")) is not None
             assert {k for k in raw.scan_iter(match=f"{redis_key}*")} == {
-                full.encode(), f"{full}:version".encode()}
+                full.encode(), f"{full}:version".encode(), f"{full}:lineage".encode()}
         finally:
-            raw.delete(full, f"{full}:version")
+            raw.delete(full, f"{full}:version", f"{full}:lineage")
             raw.close()
         with RedisStore(redis_url, key=full) as again:
             assert again.load() == {} or again.load() == {"k": key}
