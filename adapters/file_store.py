@@ -912,6 +912,7 @@ class FileStore(BaseStore):
             version = _version_of(main, None)
             self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes,
                                    extent.digest, None, 0, 0)
+            self._lineage_moves(extent.version, version)
             return [], version
         if start and (extent.journal is None or journal.stat.st_ino != extent.journal[0]
                       or journal.stat.st_size < start):
@@ -941,6 +942,7 @@ class FileStore(BaseStore):
         version = _version_of(main, journal.stat)
         self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes, extent.digest,
                                _journal_sig(journal.stat), end, lines, fmt)
+        self._lineage_moves(extent.version, version)
         return records, version
 
     def save_if_version(self, state: Mapping[str, Any], expected: int, *,
@@ -1053,7 +1055,14 @@ class FileStore(BaseStore):
         lines = 2 if extent.journal_end == 0 else extent.journal_lines + 1
         self._extent = _Extent(version, extent.snapshot, extent.snapshot_bytes, extent.digest,
                                _journal_sig(journal), end, lines)
+        self._lineage_moves(extent.version, version)
         return version
+
+    def _lineage_moves(self, old: int, new: int) -> None:
+        """The lineage known at version ``old`` is the one at ``new`` (an append, a
+        catch-up: the same snapshot)."""
+        if self._lineage is not None and self._lineage[0] == old:
+            self._lineage = (new, self._lineage[1])
 
     def _good_part(self, extent: _Extent) -> bytes:
         """The first ``journal_end`` bytes of the journal: its header and good records."""
