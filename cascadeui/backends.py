@@ -105,6 +105,9 @@ class AsyncBackend(Generic[S]):
             else None)
         probe: Callable[[], int] | None = getattr(store, "version", None)
         self._version: Callable[[], int] | None = probe if callable(probe) else None
+        checked: Callable[[int], tuple[dict[str, Any], int, str | None]] | None = getattr(
+            store, "load_checked", None)
+        self._checked = checked if callable(checked) and self._versioned is not None else None
 
     @property
     def versioned(self) -> bool:
@@ -273,6 +276,22 @@ class AsyncBackend(Generic[S]):
         if self._journal is None:
             return None
         return await anyio.to_thread.run_sync(self._journal.load_changes, since)
+
+    async def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
+        """:meth:`load_versioned`, plus why the stored state is not a descendant of the
+        one this backend's adapter read or wrote at version ``since``: the medium lost
+        data (a journal evicted or cut short, the state emptied and written again by
+        someone else, an older copy restored). None when nothing was lost, or when the
+        adapter cannot tell (it has no ``load_checked``). See docs/multiprocess.md.
+
+        :raises TypeError: the adapter has no versions (see :attr:`versioned`).
+        :raises StateCorruptedError: stored data is unreadable.
+        :raises StorageUnavailableError: the medium cannot be reached.
+        """
+        if self._checked is None:
+            state, version = await self.load_versioned()
+            return state, version, None
+        return await anyio.to_thread.run_sync(self._checked, since)
 
     async def aclose(self) -> None:
         """Release the adapter's connections and handles; idempotent."""

@@ -51,7 +51,7 @@ from .errors import (
     StorageUnavailableError,
     StoreClosedError,
 )
-from .merge import merge3
+from .merge import diff, merge3
 from .serializer import SnapshotEncoder, StateSerializer
 from .watch import Listener, listener_for
 
@@ -606,7 +606,8 @@ class Engine:
             return snapshot if await self.backend.save_state(snapshot) else None
         expected: int = self.version
         stored = self.base  # what the backend holds at `expected`
-        doc, changed = snapshot, []
+        doc = snapshot
+        changed: list[tuple[Any, ...]] = []
         for _ in range(_MAX_MERGE_ROUNDS):
             journaled = self.journaled and not self.rewrite
             if journaled and expected:
@@ -618,7 +619,7 @@ class Engine:
                 self.base, self.version, self.rewrite = doc, version, False
                 self.appended = self.appended or (journaled and expected != 0)
                 break
-            theirs, expected = await self._load_theirs(stored, expected)
+            theirs, expected, lost = await self._load_theirs(stored, expected)
             # Local only: self.base and self.version change together, on success. Taking
             # their version while keeping our older base would let a write that fails
             # next leave the two out of step, and the retry would pass the
@@ -627,10 +628,17 @@ class Engine:
             stored = theirs
             if expected == 0:
                 # The document vanished (a Redis restarted without persistence, a file
-                # removed): that is lost data, not another writer's deletions. Write ours.
+                # removed): that is lost data, not another writer's deletions. Write ours,
+                # with whatever is left there (a counter evicted, its document not).
                 log.warning("%r holds no state any more; writing this store's state again",
                             self.backend)
                 doc = snapshot
+                if any(theirs.values()):
+                    doc, changed = self._merge_after_loss(snapshot, theirs,
+                                                          "its version counter is gone")
+                continue
+            if lost is not None:
+                doc, changed = self._merge_after_loss(snapshot, theirs, lost)
                 continue
             result = merge3(self.base, snapshot, theirs)
             doc, changed = result.merged, result.theirs
@@ -674,17 +682,26 @@ class Engine:
             if version == 0:  # the document vanished: lost data, write ours again
                 log.warning("%r holds no state any more; writing this store's state again",
                             self.backend)
+                left, version, _ = await self._load_theirs(self.base, 0)
+                if version == 0 and any(left.values()):  # a counter evicted, not its state
+                    state = self.store.state
+                    await self._recover_in_poll({n: state[n] for n in PERSISTED_SLICES},
+                                                left, 0, "its version counter is gone")
+                    return
                 self.version = 0
                 self.durable = dict.fromkeys(PERSISTED_SLICES, MISSING)
                 self.note_change()
                 return
-            theirs, version = await self._load_theirs(self.base, self.version)
+            theirs, version, lost = await self._load_theirs(self.base, self.version)
         except PersistenceError as exc:
             log.warning("cannot check %r for changes from other processes: %s",
                         self.backend, exc)
             return
         state = self.store.state
         current = {name: state[name] for name in PERSISTED_SLICES}
+        if lost is not None:
+            await self._recover_in_poll(current, theirs, version, lost)
+            return
         result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
         self.version = version
         if not result.theirs:
@@ -694,26 +711,60 @@ class Engine:
             "state": result.merged, "base": current, "paths": result.theirs})
 
     async def _load_theirs(self, known: dict[str, Any],
-                           at: int) -> tuple[dict[str, Any], int]:
-        """The stored persisted slices (every one present) and their version.
+                           at: int) -> tuple[dict[str, Any], int, str | None]:
+        """The stored persisted slices (every one present), their version, and why they
+        are not a descendant of ``known`` when the medium lost data (None: they are).
 
         ``known`` is the document at version ``at``. A journaled backend that still holds
         every commit since then returns just those records, applied to ``known`` sharing
         its unchanged subtrees: catching up costs what the other process changed, not a
-        decode of the whole document. Otherwise the whole document is loaded.
+        decode of the whole document (and proves descent). Otherwise the whole document
+        is loaded, and the backend says whether it descends from version ``at``.
         """
         assert self.cas is not None
         found = await self.cas.load_changes(at) if self.journaled and at else None
+        lost: str | None = None
         if found is not None:
             records, version = found
             raw = known
             for ops in records:
                 raw = apply_shared(raw, ops)
         else:
-            raw, version = await self.cas.load_versioned()
+            raw, version, lost = await self.cas.load_checked(at)
         stored = persisted_part(raw, self.backend)  # the slices must still be dicts
         self.rewrite = self.rewrite or len(stored) != len(raw)
-        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version
+        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version, lost
+
+    def _merge_after_loss(self, ours: dict[str, Any], theirs: dict[str, Any],
+                          lost: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+        """What to write when the medium lost data: ours, plus what only it holds.
+
+        The stored document is not a sequel of what this store saw, so nothing missing
+        from it is a deletion: merged against an empty base, it can add key paths but
+        never remove one, and a leaf both hold keeps our value (the acknowledged one).
+        The next write is whole (a journal cannot be appended to what was lost), and the
+        adapter starts a new lineage with it, so other processes see the loss too.
+
+        :returns: the document to write, and the key paths only the medium held.
+        """
+        merged = merge3({}, ours, theirs).merged
+        added = [path for path, _ in diff(ours, merged)]
+        self.rewrite = True
+        log.warning("%r lost data (%s): keeping this store's state and writing it whole; "
+                    "%d key path(s) found only there are merged in, nothing is deleted",
+                    self.backend, lost, len(added))
+        return merged, added
+
+    async def _recover_in_poll(self, current: dict[str, Any], theirs: dict[str, Any],
+                               version: int, lost: str) -> None:
+        """A poll found the medium lost data: install the add-only merge, write it soon."""
+        merged, added = self._merge_after_loss(current, theirs, lost)
+        self.version, self.base = version, theirs
+        self.durable = dict.fromkeys(PERSISTED_SLICES, MISSING)  # ours is not all stored
+        self.note_change()
+        if added:
+            await self.store.dispatch(STATE_RELOADED,
+                                      {"state": merged, "base": current, "paths": added})
 
     def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
         if conflicts:
