@@ -350,3 +350,39 @@ async def test_a_delivered_command_that_fails_raises_its_error() -> None:
                 await double.deliver_message(bot, cid, "!boom", author_id=VOTER, command=True)
         finally:
             await bot.close()
+
+
+class OwnedBoard(PersistentLayoutView):
+    """An owner-only layout: the shared owner check applies to LayoutView panels too."""
+
+    owner_only = True
+    row = discord.ui.ActionRow()
+
+    @row.button(label="Mine", custom_id="ownedboard:mine")
+    async def mine(self, interaction: discord.Interaction[Any],
+                   button: discord.ui.Button[Any]) -> None:
+        await interaction.response.send_message("yours", ephemeral=True)
+
+
+async def test_an_owner_only_layout_refuses_others_and_delete_data_forgets_a_poll(
+        world: tuple[DiscordDouble, commands.Bot, int]) -> None:
+    double, bot, cid = world
+    store = StateStore()
+    message = await OwnedBoard(state_key="o", user_id=VOTER, store=store).send(
+        channel(bot, double, cid))
+    refused = await double.click(bot, message.id, "ownedboard:mine", user_id=OTHER)
+    assert refused is not None
+    assert refused["data"]["content"] == "This panel belongs to someone else."
+    allowed = await double.click(bot, message.id, "ownedboard:mine", user_id=VOTER)
+    assert allowed is not None
+    assert allowed["data"]["content"] == "yours"
+    vote = VoteButton(9, "yes")
+    vote.bind_store(store)
+    try:
+        await vote.set_data("votes", {"1": "yes"})
+        assert store.state["application"]["dynamic_panels"]["VoteButton"]["9"] == {
+            "votes": {"1": "yes"}}
+        await VoteButton(9, "no").delete_data()  # same poll, same data key
+        assert "9" not in store.state["application"]["dynamic_panels"]["VoteButton"]
+    finally:
+        VoteButton.bind_store(None)
