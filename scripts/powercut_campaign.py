@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -208,8 +209,32 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.endswith(".lock")}
 
 
+class _Warnings(logging.Handler):
+    """Counts the WARNINGs the adapters log while a crash state is checked (not printed)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+WARNINGS = _Warnings()
+
+
 def check_state(backend: str, root: Path) -> dict[str, Any]:
     """Load one materialised crash state and try one more commit on it."""
+    before_warnings = WARNINGS.count
+    try:
+        out = _check_state(backend, root)
+    finally:
+        out_warned = WARNINGS.count > before_warnings
+    out["warned"] = out_warned
+    return out
+
+
+def _check_state(backend: str, root: Path) -> dict[str, Any]:
     ser = StateSerializer()
     path = root / NAMES[backend]
     before = _files(root)
@@ -308,7 +333,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
         if last >= 0:
             marks_at[last] = (acked, started)
     counts = {"cuts": 0, "states": 0, "checks": 0, "acked": acked, "lost": 0,
-              "refused": 0}
+              "refused": 0, "warned": 0}
     state_dir = work / "state"
     for i, states in crash_states(ops, limit=limit, seed=seed):
         if counts["cuts"] >= budget:
@@ -321,6 +346,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
             if res is None:
                 res = cache[key] = _check(backend, st, state_dir)
                 counts["states"] += 1
+                counts["warned"] += res["warned"]
             counts["checks"] += 1
             problem = judge(res, ack, start)
             if res["result"] == "refused":
@@ -347,7 +373,7 @@ def campaign(backend: str, cuts: int, gens: int, seed: int, limit: int,
     findings: list[dict[str, Any]] = []
     cache: dict[str, dict[str, Any]] = {}
     total = {"cuts": 0, "states": 0, "checks": 0, "acked": 0, "lost": 0, "refused": 0,
-             "traces": 0}
+             "warned": 0, "traces": 0}
     t0 = time.monotonic()
     n = 0
     while total["cuts"] < cuts:
@@ -377,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         writer(args.worker, Path(args.root), args.gens, args.seed, args.sabotage)
         return 0
+    # The adapters' WARNINGs (a stale journal set aside, a backup loaded) are counted per
+    # crash state ("warned"), not printed thousands of times.
+    log = logging.getLogger("cascadeui")
+    log.addHandler(WARNINGS)
+    log.propagate = False
     backends = BACKENDS if args.backend == "all" else (args.backend,)
     if args.sabotage:
         backends = tuple(b for b in backends if args.sabotage in SABOTAGE[b])
@@ -391,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             print(json.dumps(res), flush=True)
     summary = {k: sum(r[k] for r in results)
-               for k in ("cuts", "states", "checks", "acked", "lost", "refused")}
+               for k in ("cuts", "states", "checks", "acked", "lost", "refused", "warned")}
     print(json.dumps({"summary": True, **summary}))
     print(f"{summary['cuts']} cuts, {summary['states']} crash states, "
           f"{summary['acked']} acknowledged changes, {summary['lost']} lost")

