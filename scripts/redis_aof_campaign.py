@@ -119,7 +119,10 @@ def kill_campaign(mode: str, kills: int, seed: int, work: Path) -> dict[str, Any
             acked[0] = before
             t = threading.Thread(target=commit_loop, args=(server.url, stop, acked))
             t.start()
-            time.sleep(rng.uniform(0.1, 0.6))
+            deadline = time.monotonic() + 30
+            while acked[0] == before and t.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)  # kill while commits flow, not while the writer starts
+            time.sleep(rng.uniform(0.05, 0.5))
             server.kill()
             stop.set()
             t.join(10)
@@ -157,7 +160,10 @@ def power_worker(mode: str, root: Path, seconds: float, predir: bool) -> None:
     stop, acked = threading.Event(), [0]
     t = threading.Thread(target=commit_loop, args=(server.url, stop, acked, marks))
     t.start()
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60  # the traced writer starts slowly on a busy machine
+    while acked[0] == 0 and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(seconds)  # ``seconds`` of commits after the first acknowledgement
     stop.set()
     t.join(30)
     server.kill()  # no shutdown rewrite: the trace ends as a crash would

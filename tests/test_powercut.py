@@ -102,12 +102,14 @@ def test_parse_trace_reads_strace_lines(tmp_path: Path) -> None:
         f"7 write(6, {hx('ignored')}, 7) = 7",
         f"7 openat(AT_FDCWD, {hx(root + '/b')}, O_WRONLY|O_APPEND) = 3",
         f"7 write(3, {hx('!')}, 1) = 1",
+        "7 clone(child_stack=0x7f, flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_THREAD) = 8",
+        "8 fsync(3) = 0",  # a thread shares the descriptor table
     ])
     kinds = [(op.kind, op.ino, op.off, op.data, op.text) for op in parse_trace(trace, root)]
     assert kinds == [("entry", -1, 0, b"", ""), ("write", 1, 0, b"hello", ""),
                      ("fsync", 1, 0, b"", ""), ("entry", -1, 0, b"", ""),
                      ("fsync", 0, 0, b"", ""), ("mark", -1, 0, b"", "ack 1"),
-                     ("write", 1, 5, b"!", "")]
+                     ("write", 1, 5, b"!", ""), ("fsync", 1, 0, b"", "")]
 
 
 # -- regressions: crash states the simulator found, replayed ---------------------------------

@@ -154,6 +154,8 @@ class _Parser:
     #: Working directories set by ``chdir`` (and inherited by forks): redis-server chdirs
     #: into its ``--dir``. A relative path of a process that never chdir'd is not ours.
     cwds: dict[int, str] = field(default_factory=dict)
+    #: Thread id -> the id whose descriptor table it shares (CLONE_FILES).
+    groups: dict[int, int] = field(default_factory=dict)
     pid: int = 0
     next_ino: int = 1
 
@@ -205,11 +207,17 @@ class _Parser:
             if ret > 0:
                 if pid in self.cwds:
                     self.cwds[ret] = self.cwds[pid]
-                # A child process starts with copies of its parent's descriptors.
-                for (owner, num), entry in list(self.fds.items()):
-                    if owner == pid:
-                        self.fds[ret, num] = _Fd(entry.ino, entry.pos, entry.append)
+                group = self.groups.get(pid, pid)
+                if any("CLONE_FILES" in a for a in args):
+                    # A thread (strace names it by its own id) shares the descriptor
+                    # table: redis-server fsyncs its AOF from a background thread.
+                    self.groups[ret] = group
+                else:  # a child process starts with copies of its parent's descriptors
+                    for (owner, num), entry in list(self.fds.items()):
+                        if owner == group:
+                            self.fds[ret, num] = _Fd(entry.ino, entry.pos, entry.append)
             return
+        pid = self.groups.get(pid, pid)  # descriptors belong to the thread group
         if name in ("open", "openat", "creat"):
             path = _bytes(args[1] if name == "openat" else args[0]).decode("utf-8",
                                                                             "surrogateescape")
