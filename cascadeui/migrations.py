@@ -187,6 +187,7 @@ def migrate_adapter(adapter: SyncStore, version: int,
     """
     check_migrations(version, migrations)
     location = _location(adapter)
+    start = 0
     for _ in range(_ROUNDS):
         before = adapter.load()
         start = stored_version(before, location=location, supported=version)

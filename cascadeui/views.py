@@ -406,7 +406,8 @@ async def _detach(message: discord.Message, previous: Mapping[str, Any],
             old = await channel.fetch_message(old_mid)
             layout = discord.ui.LayoutView.from_message(old, timeout=None)
             for item in layout.walk_children():
-                if hasattr(item, "disabled") and item.is_dispatchable():
+                if isinstance(item, (discord.ui.Button, discord.ui.Select)) and (
+                        item.is_dispatchable()):
                     item.disabled = True
             await old.edit(view=layout)
         else:
