@@ -240,3 +240,52 @@ def test_changes_after_close_stay_in_memory_at_exit(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert sqlite_state(db)["application"] == {"n": 1}
     assert "NOT saved" not in out.stderr
+
+
+BOT = """
+    import asyncio, sys
+    from cascadeui import get_store, setup_persistence
+    from cascadeui.persistence import FileStorageBackend
+    from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot, mark_ready
+
+    async def main():
+        async with DiscordDouble() as double:
+            async def hook(bot):
+                await setup_persistence(bot, backend=FileStorageBackend(sys.argv[1]))
+
+            bot = await logged_in_bot(double, setup_hook=hook)
+            mark_ready(bot)
+            store, n = get_store(), 0
+            while True:  # a busy bot: non-durable changes, written every max_delay (1 s)
+                n += 1
+                await store.dispatch("APPLICATION_SET", {"path": ["n"], "value": n})
+                print(n, flush=True)
+                await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+"""
+
+
+def test_sigterm_to_a_discord_bot_keeps_its_last_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(BOT), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        last = 0
+        for line in proc.stdout:
+            last = int(line)
+            if last >= 60:  # inside a 1 s coalescing window: not written by the writer
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    last = max([last, *(int(x) for x in rest.split())])
+    assert proc.returncode == -signal.SIGTERM, err
+    with FileStore(path) as reader:
+        stored = reader.load()["application"]["n"]
+    assert last <= stored <= last + 1, (last, stored, err)
