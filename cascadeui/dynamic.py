@@ -17,7 +17,6 @@ message check each (see ``docs/panels.md``).
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["DynamicPanel", "get_dynamic_class", "registered_dynamic_items",
            "unregister_dynamic_class"]
 
-log = logging.getLogger(__name__)
 
 _DYNAMIC: dict[str, type[DynamicPanel]] = {}
 
