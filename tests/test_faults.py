@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import pytest
 
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.backends import AsyncBackend, FileStorageBackend
 from cascadeui.errors import LockTimeoutError, PersistenceError, StorageUnavailableError
 from cascadeui.store import StateStore
@@ -244,12 +244,14 @@ def test_no_temp_files_left_after_faults(tmp_path: Path, monkeypatch: pytest.Mon
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+    from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
     kind, where, key = sys.argv[1], sys.argv[2], sys.argv[3]
     if kind == "file":
         store = FileStore(where)
     elif kind == "sqlite":
         store = SQLiteStore(where)
+    elif kind == "postgres":
+        store = PostgresStore(where, table=key)
     else:
         store = RedisStore(where, key=key, lock_timeout=float(sys.argv[4]))
     with store.transaction() as state:
@@ -287,7 +289,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - t0
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
+@pytest.fixture(params=["file", "sqlite", "redis", "postgres"])
 def lock_case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str, Any]:
     """(kind, location, key, a fresh store with a short lock timeout)."""
     if request.param == "file":
@@ -296,6 +298,9 @@ def lock_case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str,
     if request.param == "sqlite":
         where = str(tmp_path / "state.db")
         return "sqlite", where, "", lambda: SQLiteStore(where, timeout=0.3)
+    if request.param == "postgres":
+        url, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+        return "postgres", url, table, lambda: PostgresStore(url, table=table, timeout=0.3)
     url, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
     return "redis", url, key, lambda: RedisStore(url, key=key, lock_timeout=0.3)
 

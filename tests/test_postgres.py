@@ -343,3 +343,66 @@ def test_cli_redacts_the_password_and_creates_nothing(postgres_url: str, pg_tabl
     assert dead.returncode != 0
     assert "unreachable" in dead.stderr
     assert SECRET not in dead.stdout + dead.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_store_keeps_dispatching_through_a_server_outage(anyio_backend: str) -> None:
+    """A running store on a private server that is SIGKILLed: dispatching goes on, flush()
+    says False quickly, and once the server is back everything dispatched is stored."""
+    import anyio.to_thread
+
+    from cascadeui.actions import APPLICATION_SET
+    from cascadeui.store import StateStore
+
+    if find_binaries() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no PostgreSQL binaries for the outage test (CI=true)")
+        pytest.skip("no initdb/postgres binaries")
+    server = PostgresServer()
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        store = StateStore()
+        await store.enable_persistence(PostgresBackend(server.url, connect_timeout=1.0),
+                                       debounce=0, retry_initial=0.05, retry_max=0.3)
+        await store.dispatch(APPLICATION_SET, {"path": ["k0"], "value": 0})
+        assert await store.flush()
+        await anyio.to_thread.run_sync(server.kill)
+        for i in range(1, 11):
+            await store.dispatch(APPLICATION_SET, {"path": [f"k{i}"], "value": i})
+        start = time.monotonic()
+        assert await store.flush() is False
+        assert time.monotonic() - start < 5
+        await anyio.to_thread.run_sync(server.start)
+        deadline = time.monotonic() + 20
+        while not await store.flush():
+            assert time.monotonic() < deadline, store.last_write_error
+            await anyio.sleep(0.05)
+        await store.close(close_backend=True)
+
+        def stored() -> dict[str, Any]:
+            with PostgresStore(server.url) as s:
+                return s.load()["application"]  # type: ignore[no-any-return]
+
+        assert await anyio.to_thread.run_sync(stored) == {f"k{i}": i for i in range(11)}
+    finally:
+        await anyio.to_thread.run_sync(server.close)
+
+
+@pytest.mark.slow
+def test_private_server_from_the_pgserver_wheel() -> None:
+    """The fallback for a machine without PostgreSQL: the server the ``pgserver`` package
+    bundles runs as our private server (killed and restarted, data kept)."""
+    from cascadeui.testing.postgres_server import pgserver_binaries
+
+    bindir = pgserver_binaries()
+    if bindir is None:
+        if sys.version_info < (3, 13) and os.environ.get("CI") == "true":
+            pytest.fail("pgserver is in the dev extra for Python < 3.13 (CI=true)")
+        pytest.skip("pgserver is not installed (no wheel for this Python)")
+    with PostgresServer(bindir) as server, PostgresStore(server.url) as store:
+        store.save({"a": {"n": 1}})
+        server.kill()
+        server.start()
+        assert store.load() == {"a": {"n": 1}}

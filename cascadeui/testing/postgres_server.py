@@ -35,6 +35,7 @@ __all__ = [
     "PostgresServer",
     "PostgresServerError",
     "find_binaries",
+    "pgserver_binaries",
     "reachable",
     "scratch_database",
 ]
@@ -50,7 +51,8 @@ class PostgresServerError(RuntimeError):
 
 def find_binaries() -> str | None:
     """The directory holding ``initdb`` and ``postgres``: on PATH, in Debian's
-    ``/usr/lib/postgresql/<version>/bin``, or bundled by the ``pgserver`` package.
+    ``/usr/lib/postgresql/<version>/bin``, or bundled by the ``pgserver`` package (in the
+    ``dev`` extra for Python 3.10-3.12, the versions it has wheels for).
 
     :returns: a directory, or None when there is none.
     """
@@ -60,13 +62,21 @@ def find_binaries() -> str | None:
     for cand in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         if os.access(os.path.join(cand, "initdb"), os.X_OK):
             return cand
-    try:
-        import pgserver  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    return pgserver_binaries()
+
+
+def pgserver_binaries() -> str | None:
+    """The ``bin`` directory of the PostgreSQL the ``pgserver`` package bundles (found
+    without importing it), or None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    for path in Path(pgserver.__file__).parent.rglob("initdb"):
-        if os.access(path, os.X_OK):
-            return str(path.parent)
+    for root in spec.submodule_search_locations:
+        for path in Path(root).rglob("initdb"):
+            if os.access(path, os.X_OK) and os.access(path.with_name("postgres"), os.X_OK):
+                return str(path.parent)
     return None
 
 
