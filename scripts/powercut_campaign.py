@@ -36,6 +36,7 @@ before it is a JSON summary. Exit status 1 if anything was lost or a check faile
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -90,6 +91,15 @@ def generation(state: dict[str, Any]) -> int | None:
     except (KeyError, TypeError):
         return None
     return g if isinstance(g, int) and state == expected(g) else None
+
+
+def store_generation(state: dict[str, Any]) -> int | None:
+    """``generation`` for the ``store`` writer: its slice is ``application.pc``."""
+    pc = state.get("application", {}).get("pc") if isinstance(state, dict) else None
+    if pc is None:
+        return 0 if not state.get("application", {}).get("pc") else None
+    g = generation({"application": pc})
+    return g if g else None
 
 
 def schedule(g: int, rng: random.Random, backend: str) -> str:
@@ -200,6 +210,31 @@ def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -
     store.close()
 
 
+async def store_writer(backend: str, root: Path, gens: int, seed: int) -> None:
+    """The store engine's path: ``dispatch(..., durable=True)`` returning is the ack.
+
+    Its writes are journal appends of the changed leaves, compactions, and the closing
+    compaction, made from anyio worker threads.
+    """
+    from cascadeui.adapters import journal
+    from cascadeui.store import StateStore
+
+    journal.JOURNAL_MIN_BYTES = JOURNAL_BUDGET
+    marks = os.open("/dev/null", os.O_WRONLY)
+    path = root / NAMES[backend]
+    store = StateStore()
+    await store.enable_persistence(make_store(backend, path, backups=seed % 3),
+                                   debounce=0.0, max_delay=0.0, poll_interval=None,
+                                   push=False)
+    for g in range(1, gens + 1):
+        os.write(marks, f"PCMARK start {g}".encode())
+        await store.dispatch("APPLICATION_SET",
+                             {"path": ["pc"], "value": expected(g)["application"]},
+                             durable=True)
+        os.write(marks, f"PCMARK ack {g}".encode())
+    await store.close(close_backend=True)
+
+
 # -- checking crash states ------------------------------------------------------------------
 
 
@@ -223,19 +258,20 @@ class _Warnings(logging.Handler):
 WARNINGS = _Warnings()
 
 
-def check_state(backend: str, root: Path) -> dict[str, Any]:
+def check_state(backend: str, root: Path, mode: str = "adapter") -> dict[str, Any]:
     """Load one materialised crash state and try one more commit on it."""
     before_warnings = WARNINGS.count
     try:
-        out = _check_state(backend, root)
+        out = _check_state(backend, root, mode)
     finally:
         out_warned = WARNINGS.count > before_warnings
     out["warned"] = out_warned
     return out
 
 
-def _check_state(backend: str, root: Path) -> dict[str, Any]:
+def _check_state(backend: str, root: Path, mode: str) -> dict[str, Any]:
     ser = StateSerializer()
+    gen_of = store_generation if mode == "store" else generation
     path = root / NAMES[backend]
     before = _files(root)
     store = make_store(backend, path) if backend == "file" else None
@@ -250,7 +286,7 @@ def _check_state(backend: str, root: Path) -> dict[str, Any]:
         return {"result": "refused", "error": f"{type(exc).__name__}: {exc}", "kept": kept}
     except Exception as exc:  # an untyped error is a finding
         return {"result": "untyped", "error": f"{type(exc).__name__}: {exc}"}
-    g = generation(state)
+    g = gen_of(state)
     out: dict[str, Any] = {"result": "loaded", "gen": g}
     if backend == "file":
         baks = []
@@ -258,7 +294,7 @@ def _check_state(backend: str, root: Path) -> dict[str, Any]:
             if bak.name.endswith(".tmp"):
                 continue
             try:
-                baks.append(generation(ser.deserialize(bak.read_bytes())))
+                baks.append(gen_of(ser.deserialize(bak.read_bytes())))
             except PersistenceError:
                 baks.append(None)
         out["baks"] = baks
@@ -304,7 +340,8 @@ def judge(res: dict[str, Any], acked: int, started: int) -> str | None:
 
 def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
               budget: int, findings: list[dict[str, Any]],
-              cache: dict[str, dict[str, Any]], sabotage: str = "") -> dict[str, int]:
+              cache: dict[str, dict[str, Any]], sabotage: str = "",
+              mode: str = "adapter") -> dict[str, int]:
     """Record one writer run, then check the crash states of up to ``budget`` cuts."""
     root = work / f"{backend}-{seed}"
     root.mkdir()
@@ -313,6 +350,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
             "--root", str(root), "--gens", str(gens), "--seed", str(seed)]
     if sabotage:
         argv += ["--sabotage", sabotage]
+    argv += ["--mode", mode]
     out = record(argv, trace)
     if out.returncode != 0:
         raise SystemExit(f"writer failed: {out.stderr.decode()[-2000:]}")
@@ -344,7 +382,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
             key = st.key()
             res = cache.get(key)
             if res is None:
-                res = cache[key] = _check(backend, st, state_dir)
+                res = cache[key] = _check(backend, st, state_dir, mode)
                 counts["states"] += 1
                 counts["warned"] += res["warned"]
             counts["checks"] += 1
@@ -361,15 +399,15 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
     return counts
 
 
-def _check(backend: str, st: CrashState, state_dir: Path) -> dict[str, Any]:
+def _check(backend: str, st: CrashState, state_dir: Path, mode: str) -> dict[str, Any]:
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir()
     materialise(st, state_dir)
-    return check_state(backend, state_dir)
+    return check_state(backend, state_dir, mode)
 
 
 def campaign(backend: str, cuts: int, gens: int, seed: int, limit: int,
-             work: Path, sabotage: str = "") -> dict[str, Any]:
+             work: Path, sabotage: str = "", mode: str = "adapter") -> dict[str, Any]:
     findings: list[dict[str, Any]] = []
     cache: dict[str, dict[str, Any]] = {}
     total = {"cuts": 0, "states": 0, "checks": 0, "acked": 0, "lost": 0, "refused": 0,
@@ -378,12 +416,12 @@ def campaign(backend: str, cuts: int, gens: int, seed: int, limit: int,
     n = 0
     while total["cuts"] < cuts:
         counts = run_trace(backend, work, gens, seed + n, limit, cuts - total["cuts"],
-                           findings, cache, sabotage)
+                           findings, cache, sabotage, mode)
         n += 1
         total["traces"] += 1
         for k, v in counts.items():
             total[k] += v
-    return {"backend": backend, **total, "seconds": round(time.monotonic() - t0, 1),
+    return {"backend": backend, "mode": mode, **total, "seconds": round(time.monotonic() - t0, 1),
             "findings": findings}
 
 
@@ -397,11 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sabotage", default="",
                     choices=("", *SABOTAGE["file"], *SABOTAGE["sqlite"]),
                     help="break the writer on purpose (self-test: the campaign must see loss)")
+    ap.add_argument("--mode", choices=("adapter", "store"), default="adapter",
+                    help="adapter: the adapters' calls; store: a StateStore's durable dispatches")
     ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        writer(args.worker, Path(args.root), args.gens, args.seed, args.sabotage)
+        if args.mode == "store":
+            asyncio.run(store_writer(args.worker, Path(args.root), args.gens, args.seed))
+        else:
+            writer(args.worker, Path(args.root), args.gens, args.seed, args.sabotage)
         return 0
     # The adapters' WARNINGs (a stale journal set aside, a backup loaded) are counted per
     # crash state ("warned"), not printed thousands of times.
@@ -418,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cascadeui-powercut-", dir=shm) as tmp:
         for backend in backends:
             res = campaign(backend, args.cuts, args.gens, args.seed, args.limit, Path(tmp),
-                           args.sabotage)
+                           args.sabotage, args.mode)
             results.append(res)
             print(json.dumps(res), flush=True)
     summary = {k: sum(r[k] for r in results)

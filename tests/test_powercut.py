@@ -47,6 +47,19 @@ def test_powercut_campaign_small() -> None:
                     f"{summary['acked']} acknowledged changes, 0 lost")
 
 
+def test_powercut_campaign_store_small() -> None:
+    """The store engine's path: ``dispatch(..., durable=True)`` returning is the ack."""
+    rc, docs, last, err = run_campaign("--cuts", "40", "--gens", "8", "--mode", "store")
+    assert rc == 0, (docs, err[-3000:])
+    by = {d["backend"]: d for d in docs if "backend" in d}
+    assert set(by) == {"file", "sqlite"}, err[-3000:]
+    for backend, d in by.items():
+        assert d["mode"] == "store"
+        assert d["lost"] == 0, d["findings"]
+        assert d["acked"] > 0, backend
+    assert last.endswith(" 0 lost"), last
+
+
 @pytest.mark.parametrize(("sabotage", "cuts"),
                          [("no-dir-fsync", 25), ("no-fsync", 25), ("sync-normal", 80)])
 def test_campaign_sees_loss_when_the_writer_skips_a_sync(sabotage: str, cuts: int) -> None:
