@@ -11,6 +11,8 @@ that the campaign sees a loss when there is one.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "powercut_campaign.py"
 
 
+def need_strace() -> None:
+    """The recorder needs strace (scripts/test.sh installs it as root): skip without it,
+    but never under ``CI=true``."""
+    if shutil.which("strace") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("strace is not installed (CI=true: never skipped)")
+        pytest.skip("strace is not installed (apt-get install strace)")
+
+
 def run_campaign(*args: str) -> tuple[int, list[dict[str, Any]], str, str]:
+    need_strace()
     out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
                          text=True, timeout=240, check=False, cwd=REPO)
     lines = out.stdout.splitlines()
@@ -152,6 +164,7 @@ def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) 
     unlink, a cut may keep the journal, which still names those bytes: the load applied
     it and returned ``b``, an acknowledged ``save(a)`` silently undone.
     """
+    need_strace()
     from cascadeui.adapters import FileStore
     from cascadeui.testing.powercut import record
 
@@ -194,6 +207,7 @@ def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> Non
     their parents, so a cut after the acknowledged first save could lose ``data/`` and
     the state with it: the load found nothing and returned ``{}``.
     """
+    need_strace()
     from cascadeui.adapters import FileStore
     from cascadeui.testing.powercut import record
 
@@ -229,9 +243,9 @@ def test_redis_aof_campaign_small() -> None:
     ``appendfsync always`` loses no acknowledged commit to a SIGKILL, nor to a power cut
     once ``appendonlydir`` is durable; everysec's figures are measured, not judged.
     """
-    import os
-
     from cascadeui.testing.redis_server import find_server_binary
+
+    need_strace()
 
     if find_server_binary() is None:
         if os.environ.get("CI") == "true":
