@@ -15,8 +15,8 @@ dict does not belong to its snapshot: applying it raises StateCorruptedError.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from cascadeui.errors import StateCorruptedError
 from cascadeui.merge import DELETED, Change
@@ -25,11 +25,17 @@ from cascadeui.serializer import StateSerializer, check_depth
 __all__ = [
     "JOURNAL_MIN_BYTES",
     "JOURNAL_RATIO",
+    "Budget",
     "JournaledStore",
     "apply_record",
+    "apply_records",
     "apply_shared",
+    "commit_changes",
+    "corrupt",
     "decode_record",
+    "decode_records",
     "encode_record",
+    "nbytes",
     "should_compact",
 ]
 
@@ -171,3 +177,111 @@ def should_compact(journal_bytes: int, record_bytes: int, snapshot_bytes: int) -
     """True when appending ``record_bytes`` would take the journal past its budget."""
     budget = max(JOURNAL_MIN_BYTES, int(snapshot_bytes * JOURNAL_RATIO))
     return journal_bytes + record_bytes > budget
+
+
+# -- what every adapter's journal shares ------------------------------------------------
+
+
+def nbytes(text: str | bytes) -> int:
+    """UTF-8 size of ``text``; O(1) for ASCII text, which compact JSON usually is."""
+    if isinstance(text, bytes):
+        return len(text)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def corrupt(location: str, what: str) -> StateCorruptedError:
+    """The one error of a journal (or snapshot) that does not decode or does not fit:
+    ``<location>: <what>``, with the location in the error's attributes."""
+    return StateCorruptedError(f"{location}: {what}", location=location, tried=(location,))
+
+
+class Budget(NamedTuple):
+    """What the compaction budget needs, as of one version this store read or wrote.
+
+    The one cache type of every adapter: valid only while the stored version is still
+    ``version`` (an adapter measures again otherwise). Bytes are a budget, not a count.
+    """
+
+    version: int
+    #: Journal records after the snapshot (where the adapter counts them; else 0).
+    records: int
+    journal_bytes: int
+    snapshot_bytes: int
+
+    def due(self, record_bytes: int) -> bool:
+        """True when appending ``record_bytes`` would take the journal past its budget."""
+        return should_compact(self.journal_bytes, record_bytes, self.snapshot_bytes)
+
+    def appended(self, version: int, record_bytes: int) -> Budget:
+        """The budget after one more record, committed as ``version``."""
+        return self._replace(version=version, records=self.records + 1,
+                             journal_bytes=self.journal_bytes + record_bytes)
+
+    def caught_up(self, version: int, records: int, new_bytes: int) -> Budget:
+        """The budget after reading ``records`` records (``new_bytes``) committed by others."""
+        return self._replace(version=version, records=self.records + records,
+                             journal_bytes=self.journal_bytes + new_bytes)
+
+
+def commit_changes(current: int, expected: int, record_bytes: int, *,
+                   budget: Callable[[int], tuple[Budget, bool]],
+                   verify: Callable[[], object], snapshot: Callable[[], int],
+                   append: Callable[[Budget], int]) -> int | None:
+    """The decision of ``save_changes``, once for every adapter; call it under the write
+    lock with the medium's hooks.
+
+    :param current: the stored version, read under the lock.
+    :param budget: ``budget(current)``: the compaction budget's inputs and whether this
+        store read or wrote that commit whole (a measured budget is not "known").
+    :param verify: decode what is stored (raises StateCorruptedError): never replace by a
+        compaction data this store could not read.
+    :param snapshot: write ``full()`` as the new snapshot, emptying the journal; the new
+        version.
+    :param append: append the record; the new version.
+    :returns: None when another writer committed since ``expected`` (nothing written).
+    """
+    if current != expected:
+        return None
+    if current == 0:  # nothing stored: the first commit is a snapshot
+        return snapshot()
+    now, known = budget(current)
+    if now.due(record_bytes):
+        if not known:
+            verify()
+        return snapshot()
+    return append(now)
+
+
+def decode_records(serializer: StateSerializer, rows: Iterable[tuple[Any, Any]], *,
+                   location: str, name: Callable[[Any], str]
+                   ) -> tuple[list[list[list[Any]]], int]:
+    """Decode ``(label, text)`` journal rows in order; the ops and the bytes read.
+
+    :param name: how an error names a row, from its label (``journal record 7 in 't'``).
+    :raises StateCorruptedError: a row that is not a record, named by ``name``.
+    """
+    decoded: list[list[list[Any]]] = []
+    total = 0
+    for label, text in rows:
+        if not isinstance(text, (str, bytes)):
+            raise corrupt(location, f"{name(label)} holds a {type(text).__name__}, "
+                                    "not a record")
+        try:
+            decoded.append(decode_record(serializer, text))
+        except StateCorruptedError as exc:
+            raise corrupt(location, f"{name(label)}: {exc}") from exc
+        total += nbytes(text)
+    return decoded, total
+
+
+def apply_records(state: dict[str, Any], labelled: Iterable[tuple[Any, list[list[Any]]]], *,
+                  location: str, name: Callable[[Any], str]) -> None:
+    """Apply decoded records to a freshly loaded ``state`` in order.
+
+    :raises StateCorruptedError: a record does not fit the snapshot, named by ``name``.
+    """
+    for label, ops in labelled:
+        try:
+            apply_record(state, ops)
+        except StateCorruptedError as exc:
+            raise corrupt(location, f"{name(label)}: {exc}") from exc

@@ -27,7 +27,15 @@ from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore, Check, StoreInfo
-from .journal import apply_record, decode_record, encode_record, should_compact
+from .journal import (
+    Budget,
+    apply_record,
+    commit_changes,
+    corrupt,
+    decode_record,
+    encode_record,
+    nbytes,
+)
 
 if TYPE_CHECKING:
     from .journal import JournaledStore
@@ -47,8 +55,10 @@ class _Medium:
     version: int = 0
     modified: datetime | None = None
 
-    def journal_bytes(self) -> int:
-        return sum(len(r.encode("utf-8")) for r in self.journal)
+    def budget(self) -> Budget:
+        """The compaction budget's inputs now."""
+        return Budget(self.version, len(self.journal), sum(map(nbytes, self.journal)),
+                      nbytes(self.snapshot or ""))
 
 
 _MEDIA: dict[str, _Medium] = {}
@@ -117,8 +127,7 @@ class MemoryStore(BaseStore):
             try:
                 apply_record(state, decode_record(self.serializer, text))
             except StateCorruptedError as exc:  # pragma: no cover - we wrote every record
-                raise StateCorruptedError(f"{self.location}: journal record {index}: {exc}",
-                                          location=self.location) from exc
+                raise corrupt(self.location, f"journal record {index}: {exc}") from exc
         return state, version
 
     def save(self, state: Mapping[str, Any]) -> None:
@@ -158,19 +167,20 @@ class MemoryStore(BaseStore):
         (a new snapshot of ``full()`` when nothing is stored or the journal is due)."""
         record = encode_record(self.serializer, changes) if changes else ""
         with self._locked() as medium:
-            if medium.version != expected:
-                return None
             if not changes:
-                return expected
-            snapshot = medium.snapshot
-            if snapshot is None or should_compact(
-                    medium.journal_bytes(), len(record.encode("utf-8")),
-                    len(snapshot.encode("utf-8"))):
-                return self._write(medium, full())
-            medium.journal.append(record)
-            medium.version += 1
-            medium.modified = datetime.now(timezone.utc)
-            return medium.version
+                return expected if medium.version == expected else None
+
+            def append(budget: Budget) -> int:
+                medium.journal.append(record)
+                medium.version += 1
+                medium.modified = datetime.now(timezone.utc)
+                return medium.version
+
+            # Everything in memory was encoded by us: always "known", nothing to verify.
+            return commit_changes(
+                medium.version, expected, nbytes(record),
+                budget=lambda at: (medium.budget(), True), verify=lambda: None,
+                snapshot=lambda: self._write(medium, full()), append=append)
 
     def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
         """The records after version ``since`` and the current version; None when a full
@@ -206,8 +216,8 @@ class MemoryStore(BaseStore):
     def describe(self) -> StoreInfo:
         """Version and the encoded snapshot and journal sizes."""
         with self._locked() as medium:
-            snapshot = len(medium.snapshot.encode("utf-8")) if medium.snapshot else 0
-            journal = medium.journal_bytes()
+            budget = medium.budget()
+            snapshot, journal = budget.snapshot_bytes, budget.journal_bytes
             return StoreInfo(
                 kind=self.kind, location=self.location, exists=medium.snapshot is not None,
                 version=medium.version, size=snapshot + journal, snapshot_size=snapshot,

@@ -60,7 +60,15 @@ from cascadeui.serializer import StateSerializer
 from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
-from .journal import apply_record, decode_record, encode_record, should_compact
+from .journal import (
+    Budget,
+    apply_records,
+    commit_changes,
+    corrupt,
+    decode_records,
+    encode_record,
+    nbytes,
+)
 from .redis_store import redact_secret, redact_url, url_secrets
 
 if TYPE_CHECKING:
@@ -77,15 +85,7 @@ _COLUMNS = {"id": "integer", "data": "text", "version": "bigint",
 _JOURNAL_COLUMNS = {"seq": "bigint", "ops": "text"}
 _COMMENT = re.compile(r"cascadeui state table, schema (\d+)")
 
-#: (version, journal bytes, snapshot bytes) of a commit this store read or wrote.
-_Sizes = tuple[int, int, int]
 
-
-def _nbytes(text: str | bytes) -> int:
-    """UTF-8 size of ``text``; O(1) for ASCII text, which compact JSON usually is."""
-    if isinstance(text, bytes):
-        return len(text)
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class PostgresStore(BaseStore):
@@ -151,8 +151,8 @@ class PostgresStore(BaseStore):
         weakref.finalize(self, _close_held, self._held)
         self._mutex = threading.RLock()
         # The compaction budget's inputs, for the last commit this store read or wrote.
-        self._sizes: _Sizes | None = None
-        self._staged: _Sizes | None = None  # what the open write transaction commits
+        self._sizes: Budget | None = None
+        self._staged: Budget | None = None  # what the open write transaction commits
         #: Statements the open write transaction sends with its COMMIT, in one pipeline.
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._committing = False  # the COMMIT was sent: a lost connection is not retried
@@ -315,8 +315,7 @@ class PostgresStore(BaseStore):
         return work
 
     def _corrupt(self, what: str) -> StateCorruptedError:
-        return StateCorruptedError(f"{self.location}: {what}", location=self.location,
-                                   tried=(self.location,))
+        return corrupt(self.location, what)
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -445,26 +444,24 @@ class PostgresStore(BaseStore):
         if not changes:
             return expected if self.version() == expected else None
         record = encode_record(self.serializer, changes)  # before anything is written
-        record_bytes = _nbytes(record)
+        record_bytes = nbytes(record)
 
         def unit(conn: Any) -> int | None:
             with self._write_transaction(conn) as current:
-                if current != expected:
-                    return None
-                if current == 0:  # nothing stored: the first commit is a snapshot
-                    return self._write(conn, full(), current)
-                journal_bytes, snapshot_bytes, known = self._sizes_at(conn, current)
-                if should_compact(journal_bytes, record_bytes, snapshot_bytes):
-                    if not known:
-                        # Never replace data we could not read: check it decodes first.
-                        self._assemble(*self._fetch(conn))
-                    return self._write(conn, full(), current)
-                version = int(current) + 1
-                self._queue(f"INSERT INTO {self._j} (seq, ops) VALUES (%s, %s)",
-                            version, record)
-                self._announce(version)
-                self._staged = (version, journal_bytes + record_bytes, snapshot_bytes)
-                return version
+
+                def append(budget: Budget) -> int:
+                    version = int(current) + 1
+                    self._queue(f"INSERT INTO {self._j} (seq, ops) VALUES (%s, %s)",
+                                version, record)
+                    self._announce(version)
+                    self._staged = budget.appended(version, record_bytes)
+                    return version
+
+                return commit_changes(
+                    current, expected, record_bytes,
+                    budget=lambda at: self._sizes_at(conn, at),
+                    verify=lambda: self._assemble(*self._fetch(conn)),
+                    snapshot=lambda: self._write(conn, full(), current), append=append)
 
         result: int | None = self._run(unit)
         return result
@@ -514,8 +511,8 @@ class PostgresStore(BaseStore):
                 "(edited by hand?)")
         decoded, new_bytes = self._decode_records(records)
         sizes = self._sizes
-        if sizes is not None and sizes[0] == since:  # same snapshot, a longer journal
-            self._sizes = (current, sizes[1] + new_bytes, sizes[2])
+        if sizes is not None and sizes.version == since:  # same snapshot, a longer journal
+            self._sizes = sizes.caught_up(current, len(records), new_bytes)
         return decoded, current
 
     def exists(self) -> bool:
@@ -696,36 +693,30 @@ class PostgresStore(BaseStore):
         except StateCorruptedError as exc:
             raise self._corrupt(str(exc)) from exc
         decoded, journal_bytes = self._decode_records(records)
-        for (seq, _), ops in zip(records, decoded, strict=True):
-            try:
-                apply_record(state, ops)
-            except StateCorruptedError as exc:
-                raise self._corrupt(
-                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-        self._sizes = (version, journal_bytes, _nbytes(data))
+        apply_records(state, zip(seqs, decoded, strict=True), location=self.location,
+                      name=self._record_name)
+        self._sizes = Budget(version, len(seqs), journal_bytes, nbytes(data))
         return state, version
 
     def _decode_records(self, records: list[Any]) -> tuple[list[list[list[Any]]], int]:
-        """The decoded ops of ``(seq, ops)`` journal rows, and their bytes."""
-        decoded: list[list[list[Any]]] = []
-        total = 0
-        for seq, ops in records:
-            try:
-                decoded.append(decode_record(self.serializer, ops))
-            except StateCorruptedError as exc:
-                raise self._corrupt(
-                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-            total += _nbytes(ops)
-        return decoded, total
+        """The decoded ops of ``(seq, ops)`` journal rows, and their bytes.
 
-    def _sizes_at(self, conn: Any, version: int) -> tuple[int, int, bool]:
+        :raises StateCorruptedError: a row that is not a record, naming its ``seq``.
+        """
+        return decode_records(self.serializer, records, location=self.location,
+                              name=self._record_name)
+
+    def _record_name(self, seq: Any) -> str:
+        return f"journal record {seq} in {self.journal_table!r}"
+
+    def _sizes_at(self, conn: Any, version: int) -> tuple[Budget, bool]:
         """Journal and snapshot bytes at ``version``, and whether this store read it whole."""
-        if self._sizes is not None and self._sizes[0] == version:
-            return self._sizes[1], self._sizes[2], True
+        if self._sizes is not None and self._sizes.version == version:
+            return self._sizes, True
         row = conn.execute(
             f"SELECT coalesce((SELECT octet_length(data) FROM {self._t} WHERE id = 1), 0), "
             f"(SELECT coalesce(sum(octet_length(ops)), 0) FROM {self._j})").fetchone()
-        return int(row[1]), int(row[0]), False
+        return Budget(version, 0, int(row[1]), int(row[0])), False
 
     def _write(self, conn: Any, text: str, current: int) -> int:
         """Queue the new snapshot, the journal's deletion and the announcement (inside a
@@ -738,7 +729,7 @@ class PostgresStore(BaseStore):
             text, version, time.time())
         self._queue(f"DELETE FROM {self._j}")
         self._announce(version)
-        self._staged = (version, 0, _nbytes(text))
+        self._staged = Budget(version, 0, 0, nbytes(text))
         return version
 
     def _release(self) -> None:

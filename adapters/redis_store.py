@@ -77,7 +77,7 @@ from cascadeui.serializer import StateSerializer
 from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
-from .journal import apply_record, decode_record, encode_record, should_compact
+from .journal import apply_record, corrupt, decode_record, encode_record, should_compact
 
 __all__ = ["RedisStore", "redact_secret", "redact_url", "url_secrets"]
 
@@ -239,9 +239,9 @@ return 0
 
 
 class _Sizes(NamedTuple):
-    """What the compaction budget needs, as of one version (this store's last read/write).
-
-    Bytes as read back, characters as written (the same for ASCII): a budget, not a count.
+    """What the compaction budget needs, as of one version (this store's last read/write):
+    the journal module's :class:`~cascadeui.adapters.journal.Budget` fields, plus the
+    lineage. Bytes as read back, characters as written: a budget, not a count.
     """
 
     version: int
@@ -250,6 +250,10 @@ class _Sizes(NamedTuple):
     snapshot_bytes: int
     #: The lineage id stored at that version ('' when none: written by an earlier build).
     lineage: str = ""
+
+    def due(self, record_bytes: int) -> bool:
+        """True when appending ``record_bytes`` would take the journal past its budget."""
+        return should_compact(self.journal_bytes, record_bytes, self.snapshot_bytes)
 
 
 _SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "token"})
@@ -684,7 +688,7 @@ class RedisStore(BaseStore):
                 sizes = self._sizes
                 if sizes is None or sizes.version != expected:
                     return None
-            if should_compact(sizes.journal_bytes, len(record), sizes.snapshot_bytes):
+            if sizes.due(len(record)):
                 return self._save_whole_if(full(), expected, records=sizes.records)
             return self._append_record(record, sizes, full)
 
@@ -863,8 +867,7 @@ class RedisStore(BaseStore):
             raise self._corrupted(f"{self.version_key!r} holds no integer") from None
 
     def _corrupted(self, what: str) -> StateCorruptedError:
-        return StateCorruptedError(f"{self.location}: {what}", location=self.location,
-                                   tried=(self.location,))
+        return corrupt(self.location, what)
 
     def _save_whole_if(self, data: str, expected: int, *, records: int | None) -> int | None:
         """Write ``data`` as the new snapshot if the version is still ``expected``.

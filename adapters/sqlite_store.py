@@ -62,7 +62,15 @@ from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore, Check, StoreInfo
-from .journal import apply_record, decode_record, encode_record, should_compact
+from .journal import (
+    Budget,
+    apply_records,
+    commit_changes,
+    corrupt,
+    decode_records,
+    encode_record,
+    nbytes,
+)
 
 if TYPE_CHECKING:
     from cascadeui.watch import Listener
@@ -84,15 +92,7 @@ _UPGRADABLE = ("1",)
 _COLUMNS = {"id": int, "data": str, "version": int, "updated_at": float}
 _JOURNAL_COLUMNS = {"seq", "ops"}
 
-#: (version, journal bytes, snapshot bytes) of a commit this store read or wrote.
-_Sizes = tuple[int, int, int]
 
-
-def _nbytes(text: str | bytes) -> int:
-    """UTF-8 size of ``text``; O(1) for ASCII text, which compact JSON usually is."""
-    if isinstance(text, bytes):
-        return len(text)
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class SQLiteStore(BaseStore):
@@ -132,8 +132,8 @@ class SQLiteStore(BaseStore):
         self._mutex = threading.RLock()
         # The compaction budget's inputs, for the last commit this store read or wrote
         # (set only once that commit was read whole or committed by us); see _sizes_at.
-        self._sizes: _Sizes | None = None
-        self._staged: _Sizes | None = None  # what the open write transaction commits
+        self._sizes: Budget | None = None
+        self._staged: Budget | None = None  # what the open write transaction commits
         #: (version, lineage id) of the last commit this store read whole or wrote, and
         #: what the open write transaction commits; the lineage is '' when none is stored.
         self._lineage: tuple[int, str] | None = None
@@ -451,8 +451,7 @@ class SQLiteStore(BaseStore):
         return None if row is None else str(row[0])
 
     def _corrupt(self, what: str) -> StateCorruptedError:
-        return StateCorruptedError(f"{self.location}: {what}", location=self.location,
-                                   tried=(self.location,))
+        return corrupt(self.location, what)
 
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -539,27 +538,27 @@ class SQLiteStore(BaseStore):
         if not changes:
             return expected if self.version() == expected else None
         record = encode_record(self.serializer, changes)  # before anything is written
-        record_bytes = _nbytes(record)
+        record_bytes = nbytes(record)
         with self._connection() as conn, self._immediate(conn):
             current = self._version(conn)
-            if current != expected or not self._same_lineage(conn, current):
+            if not self._same_lineage(conn, current):
                 return None
-            if current == 0:  # nothing stored: the first commit is a snapshot
-                return self._write(conn, full())
-            journal_bytes, snapshot_bytes, known = self._sizes_at(conn, current)
-            if should_compact(journal_bytes, record_bytes, snapshot_bytes):
-                if not known:
-                    # Never replace data we could not read: this commit was not read or
-                    # written by us (or failed to decode), so check it decodes first.
-                    self._assemble(*self._fetch(conn))
-                return self._write(conn, full(), fork=self._fork_at == current)
-            with self._mapped_errors():
-                conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
-                             (current + 1, record))
-            self._staged = (current + 1, journal_bytes + record_bytes, snapshot_bytes)
-            if self._lineage is not None and self._lineage[0] == current:
-                self._staged_lineage = (current + 1, self._lineage[1])
-            return current + 1
+
+            def append(budget: Budget) -> int:
+                with self._mapped_errors():
+                    conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
+                                 (current + 1, record))
+                self._staged = budget.appended(current + 1, record_bytes)
+                if self._lineage is not None and self._lineage[0] == current:
+                    self._staged_lineage = (current + 1, self._lineage[1])
+                return current + 1
+
+            return commit_changes(
+                current, expected, record_bytes,
+                budget=lambda at: self._sizes_at(conn, at),
+                verify=lambda: self._assemble(*self._fetch(conn)),
+                snapshot=lambda: self._write(conn, full(), fork=self._fork_at == current),
+                append=append)
 
     def _same_lineage(self, conn: sqlite3.Connection, version: int) -> bool:
         """False when this store knows the lineage at ``version`` and another is stored
@@ -641,8 +640,8 @@ class SQLiteStore(BaseStore):
                     "sequel (edited by hand?)")
             decoded, new_bytes = self._decode_records(records)
             sizes = self._sizes
-            if sizes is not None and sizes[0] == since:  # same snapshot, a longer journal
-                self._sizes = (current, sizes[1] + new_bytes, sizes[2])
+            if sizes is not None and sizes.version == since:  # same snapshot, a longer journal
+                self._sizes = sizes.caught_up(current, len(records), new_bytes)
             if self._lineage is not None and self._lineage[0] == since:
                 self._lineage = (current, self._lineage[1])
             return decoded, current
@@ -745,13 +744,9 @@ class SQLiteStore(BaseStore):
         version += len(seqs)
         state = self._decode_row(data)
         decoded, journal_bytes = self._decode_records(records)
-        for (seq, _), ops in zip(records, decoded, strict=True):
-            try:
-                apply_record(state, ops)
-            except StateCorruptedError as exc:
-                raise self._corrupt(
-                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-        self._sizes = (version, journal_bytes, _nbytes(data))
+        apply_records(state, zip(seqs, decoded, strict=True), location=self.location,
+                      name=self._record_name)
+        self._sizes = Budget(version, len(seqs), journal_bytes, nbytes(data))
         self._lineage = (version, self._fetched_lineage)
         return state, version
 
@@ -760,19 +755,11 @@ class SQLiteStore(BaseStore):
 
         :raises StateCorruptedError: a row that is not a record, naming its ``seq``.
         """
-        decoded: list[list[list[Any]]] = []
-        total = 0
-        for seq, ops in records:
-            if not isinstance(ops, (str, bytes)):
-                raise self._corrupt(f"journal record {seq} in {self.journal_table!r} holds "
-                                    f"a {type(ops).__name__}, not a record")
-            try:
-                decoded.append(decode_record(self.serializer, ops))
-            except StateCorruptedError as exc:
-                raise self._corrupt(
-                    f"journal record {seq} in {self.journal_table!r}: {exc}") from exc
-            total += _nbytes(ops)
-        return decoded, total
+        return decode_records(self.serializer, records, location=self.location,
+                              name=self._record_name)
+
+    def _record_name(self, seq: Any) -> str:
+        return f"journal record {seq} in {self.journal_table!r}"
 
     def _decode_row(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, (str, bytes)):
@@ -783,21 +770,21 @@ class SQLiteStore(BaseStore):
         except StateCorruptedError as exc:
             raise self._corrupt(str(exc)) from exc
 
-    def _sizes_at(self, conn: sqlite3.Connection, version: int) -> tuple[int, int, bool]:
+    def _sizes_at(self, conn: sqlite3.Connection, version: int) -> tuple[Budget, bool]:
         """Journal and snapshot bytes at ``version``, and whether this store read it whole.
 
         Cached from the store's own last read or write (the engine loads, then writes,
         then writes again); measured by SQLite in the rare case the cache is stale.
         """
-        if self._sizes is not None and self._sizes[0] == version:
-            return self._sizes[1], self._sizes[2], True
+        if self._sizes is not None and self._sizes.version == version:
+            return self._sizes, True
         with self._mapped_errors():
             snapshot = conn.execute(f"SELECT length(CAST(data AS BLOB)) FROM {self.table} "
                                     "WHERE id = 1").fetchone()
             journal = conn.execute("SELECT coalesce(sum(length(CAST(ops AS BLOB))), 0) "
                                    f"FROM {self.journal_table}").fetchone()
         snapshot_bytes = int(snapshot[0] or 0) if snapshot is not None else 0
-        return int(journal[0] or 0), snapshot_bytes, False
+        return Budget(version, 0, int(journal[0] or 0), snapshot_bytes), False
 
     def _write(self, conn: sqlite3.Connection, text: str, *, fork: bool = False) -> int:
         """Replace the snapshot and empty the journal (inside ``_immediate``); new version.
@@ -822,7 +809,7 @@ class SQLiteStore(BaseStore):
                 "version = excluded.version, updated_at = excluded.updated_at",
                 (text, version, time.time()))
             conn.execute(f"DELETE FROM {self.journal_table}")
-        self._staged = (version, 0, _nbytes(text))
+        self._staged = Budget(version, 0, 0, nbytes(text))
         self._staged_lineage = (version, lineage)
         return version
 
