@@ -36,6 +36,11 @@ from cascadeui.errors import LockTimeoutError
 
 kind, where, key = sys.argv[1], sys.argv[2], sys.argv[3]
 
+def say(line):
+    # One write() per line: the parent and its forked savers share this pipe, and
+    # print() may write the text and its newline separately ("forked 18781ready 18781").
+    os.write(1, (line + "\n").encode())
+
 def open_store():
     if kind == "file":
         return FileStore(where, lock_timeout=60)
@@ -66,7 +71,7 @@ def save_loop(seq):
         except LockTimeoutError:
             continue
         if not announced:
-            print(f"ready {os.getpid()}", flush=True)
+            say(f"ready {os.getpid()}")
             announced = True
 
 def fork(job, *args):
@@ -76,7 +81,7 @@ def fork(job, *args):
         try:
             job(*args)
         except BaseException as exc:
-            print(f"error {os.getpid()} {exc!r}", flush=True)
+            say(f"error {os.getpid()} {exc!r}")
             code = 1
         os._exit(code)
     return pid
@@ -87,13 +92,13 @@ for line in sys.stdin:
         procs, n = int(args[0]), int(args[1])
         pids = [fork(increment, n) for _ in range(procs)]
         codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
-        print("done " + " ".join(map(str, codes)), flush=True)
+        say("done " + " ".join(map(str, codes)))
     elif cmd == "saver":
         pid = fork(save_loop, int(args[0]))
-        print(f"forked {pid}", flush=True)
+        say(f"forked {pid}")
     elif cmd == "reap":
         pid = int(args[0])
-        print(f"reaped {os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}", flush=True)
+        say(f"reaped {os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}")
 '''
 
 
