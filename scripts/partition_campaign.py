@@ -263,9 +263,12 @@ def _disturb(args: argparse.Namespace, hosts: Hosts, proxies: list[Any]) -> tupl
         return t0, time.monotonic()
     proxies[0].latency = args.latency
     deadline = t0 + args.duration
-    while time.monotonic() < deadline:
-        time.sleep(min(args.drop_every, max(0.0, deadline - time.monotonic())))
-        proxies[0].drop_connections()
+    next_drop = t0 + args.drop_every
+    while (now := time.monotonic()) < deadline:
+        time.sleep(max(0.0, min(next_drop, deadline) - now))
+        if time.monotonic() >= next_drop:
+            proxies[0].drop_connections()
+            next_drop += args.drop_every
     proxies[0].latency = 0.0
     return t0, time.monotonic()
 
