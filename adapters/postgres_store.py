@@ -76,6 +76,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
+#: Milliseconds a session may sit idle inside a transaction before the server ends it
+#: (releasing the table lock). Ours are two round trips with only the encoding of a
+#: compacted document in between, far below this.
+IDLE_IN_WRITE_MS = 2000
+
 SCHEMA_VERSION = 1
 #: Lower-case identifiers only, so the quoted and unquoted names are the same table, and
 #: short enough that ``<table>_journal`` stays within PostgreSQL's 63 bytes.
@@ -176,6 +181,14 @@ class PostgresStore(BaseStore):
             not in self._raw_url else {}
         if "tcp_user_timeout" not in params and not str(params.get("host", "")).startswith("/"):
             kwargs["tcp_user_timeout"] = int(self.connect_timeout * 1000)
+            # tcp_user_timeout covers data we sent and nobody acknowledged; a reply that
+            # never comes (the link died after our request got through) needs keepalives,
+            # or recv() waits for the server's TCP retransmissions, which back off to
+            # tens of seconds (the partition campaign's hosts stalled past the heal).
+            idle = max(1, round(self.connect_timeout / 2))
+            keepalive = {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": 1,
+                         "keepalives_count": 3}
+            kwargs.update({k: v for k, v in keepalive.items() if k not in params})
         kwargs.update(extra)
         with self._mapped_errors():
             conn = psycopg.connect(self._raw_url, **kwargs)
@@ -204,7 +217,13 @@ class PostgresStore(BaseStore):
     def _open(self) -> Any:
         conn = self.connect()
         try:
-            settings = [f"SET lock_timeout = {max(1, int(self.timeout * 1000))}"]
+            # A writer that stops answering inside its write transaction (its host
+            # partitioned away, a frozen process) would hold the table lock, and so block
+            # every other writer, until the server noticed the dead link: minutes of TCP
+            # retransmission (scripts/partition_campaign.py saw every host time out for
+            # the whole 30 s partition). The server ends such a session after this long.
+            settings = [f"SET lock_timeout = {max(1, int(self.timeout * 1000))}",
+                        f"SET idle_in_transaction_session_timeout = {IDLE_IN_WRITE_MS}"]
             if self.statement_timeout is not None:
                 settings.append(
                     f"SET statement_timeout = {max(1, int(self.statement_timeout * 1000))}")
