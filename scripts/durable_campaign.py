@@ -335,6 +335,7 @@ class Round:
         self.lines: list[str] = []
         self.load: dict[str, Any] | None = None
         self.ready_at: float | None = None
+        self.killed_at: float | None = None
         self.api = ""
         self.errors: list[str] = []
 
@@ -385,6 +386,7 @@ def play(zyg: Zygote, cfg: dict[str, Any], run_for: float | None,
         rd.take(line)
     if rd.ready_at is None:
         rd.errors.append(f"E the bot never became ready: {rd.lines[-3:]}")
+    rd.killed_at = time.monotonic()
     if redis is not None:
         redis.kill()  # the victim too; the bot sees errors for a moment
         time.sleep(rnd_.uniform(0, 0.02))
@@ -460,8 +462,8 @@ def campaign(backend: str, size: str, mode: str, args: argparse.Namespace,
             acked += rd.count("A")
             attempts += rd.count("S")
             failed += rd.count("F")
-            if rd.ready_at is not None:
-                ran += time.monotonic() - rd.ready_at
+            if rd.ready_at is not None and rd.killed_at is not None:
+                ran += rd.killed_at - rd.ready_at  # not the Redis restart after it
             apis.add(rd.api)
             previous = rd
             if len(problems) > 20:
