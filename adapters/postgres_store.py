@@ -74,7 +74,7 @@ from .redis_store import redact_secret, redact_url, url_secrets
 if TYPE_CHECKING:
     from .journal import JournaledStore
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["PostgresListener", "PostgresStore", "SCHEMA_VERSION"]
 
 #: Milliseconds a session may sit idle inside a transaction before the server ends it
 #: (releasing the table lock). Ours are two round trips with only the encoding of a

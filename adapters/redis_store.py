@@ -79,7 +79,13 @@ from cascadeui.watch import TICK, Listener, Notify, announced_version
 from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, corrupt, decode_record, encode_record, should_compact
 
-__all__ = ["RedisStore", "redact_secret", "redact_url", "url_secrets"]
+__all__ = [
+    "RedisListener",
+    "RedisStore",
+    "redact_secret",
+    "redact_url",
+    "url_secrets",
+]
 
 log = logging.getLogger("cascadeui.adapters.redis")
 

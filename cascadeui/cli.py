@@ -45,7 +45,7 @@ from cascadeui.inspection import (
 from cascadeui.serializer import StateSerializer
 from cascadeui.targets import open_store, redacted
 
-__all__ = ["main"]
+__all__ = ["UsageError", "main"]
 
 log: logging.Logger = logging.getLogger(__name__)
 

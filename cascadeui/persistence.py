@@ -62,6 +62,7 @@ __all__ = [
     "StoreClosedError",
     "as_backend",
     "backend_from_url",
+    "copy_state",
     "migrate_storage",
 ]
 

@@ -32,12 +32,13 @@ from .backends import (
 from .errors import ConfigurationError, StateNotFoundError
 
 __all__ = [
+    "Resolved",
     "SCHEMES",
     "SUFFIXES",
-    "Resolved",
     "backend_for",
     "open_store",
     "redacted",
+    "require_state",
     "resolve",
 ]
 
