@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PostgreSQL multi-process transactions: ``PostgresStore.transaction()`` against raw psycopg.
+"""PostgreSQL benchmarks: multi-process transactions against raw psycopg; durable dispatch.
 
 Issue 13's target: 1, 2, 4 and 8 processes of read-modify-write increments on one ~1 KB
 document (as ``scripts/bench/w_mp.py`` does for the other backends), our adapter at
@@ -10,6 +10,15 @@ checked). Each size runs ``--reps`` times, raw and ours alternating; medians rep
     .venv/bin/python scripts/bench_postgres.py                       # 1,2,4,8 x 200
     .venv/bin/python scripts/bench_postgres.py --procs 1,2 --per-proc 20 --reps 1
 
+``--durable``: issue 11's durable dispatch on PostgreSQL. A ``StateStore`` on
+``PostgresBackend`` holding a ``--state`` sized document; 1, 10 and 100 concurrent users
+each await ``dispatch(..., durable=True)`` of a small change, the store group-committing
+them as journal appends; reported: dispatch-to-durable latency p50/p99, durable changes
+per second, and the raw medium's small commit (a one-row ``INSERT`` in autocommit) timed
+in the same run. Afterwards a fresh store must load exactly what memory holds::
+
+    .venv/bin/python scripts/bench_postgres.py --durable
+
 The database is a scratch one (random name, dropped at the end) on
 ``CASCADEUI_TEST_POSTGRES_URL``, 127.0.0.1:5432, or a private server.
 """
@@ -17,6 +26,7 @@ The database is a scratch one (random name, dropped at the end) on
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing as mp
@@ -140,12 +150,94 @@ def database() -> Iterator[str]:
         yield stack.enter_context(scratch_database(admin))
 
 
+def raw_commit_ms(url: str, n: int) -> float:
+    """Median milliseconds of the medium's small commit: one autocommit INSERT."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS raw_commit (v bigint)")
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO raw_commit VALUES (%s)", (i,))
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+async def durable_cell(url: str, table: str, state_bytes: int, users: int,
+                       actions: int) -> dict[str, Any]:
+    """One cell: ``users`` concurrent users awaiting durable changes until ``actions``."""
+    from cascadeui.adapters import PostgresStore
+    from cascadeui.backends import PostgresBackend
+    from cascadeui.store import StateStore
+
+    store = StateStore()
+    await store.enable_persistence(PostgresBackend(url, table=table), poll_interval=None)
+    records = {f"r{i}": "x" * 90 for i in range(max(1, state_bytes // 100))}
+    await store.dispatch("APPLICATION_SET", {"path": ["records"], "value": records})
+    assert await store.flush()
+    latencies: list[float] = []
+    per_user = max(1, -(-actions // users))
+
+    async def user(u: int) -> None:
+        for i in range(per_user):
+            t0 = time.perf_counter()
+            await store.dispatch("APPLICATION_SET", {"path": ["counters", f"u{u}"],
+                                                     "value": i}, durable=True)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(user(u) for u in range(users)))
+    elapsed = time.perf_counter() - t0
+    memory = store.state["application"]
+    await store.close(close_backend=True)
+
+    def stored() -> Any:
+        with PostgresStore(url, table=table) as s:
+            return s.load()["application"]
+
+    same = await asyncio.to_thread(stored) == memory
+    ordered = sorted(latencies)
+    return {"state": state_bytes, "users": users, "changes": len(latencies),
+            "per_s": round(len(latencies) / elapsed),
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2),
+            "stored_equals_memory": same}
+
+
+def durable_main(url: str, args: argparse.Namespace) -> int:
+    sizes = {"10KB": 10_000, "1MB": 1_000_000}
+    rows = []
+    for size in args.state.split(","):
+        for users in (int(u) for u in args.users.split(",")):
+            raw = raw_commit_ms(url, 100)
+            cell = asyncio.run(durable_cell(url, f"durable_{size.lower()}_{users}",
+                                            sizes[size], users, args.actions))
+            cell["raw_commit_ms"] = round(raw, 2)
+            print(json.dumps(cell), flush=True)
+            rows.append((size, cell))
+    print("\n| state | users | durable changes/s | p50 ms | p99 ms | raw commit ms |")
+    print("|---|---|---|---|---|---|")
+    for size, c in rows:
+        print(f"| {size} | {c['users']} | {c['per_s']:,} | {c['p50_ms']} | {c['p99_ms']} | "
+              f"{c['raw_commit_ms']} |")
+    return 0 if all(c["stored_equals_memory"] for _, c in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--procs", default="1,2,4,8")
     parser.add_argument("--per-proc", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--durable", action="store_true", help="the durable dispatch part")
+    parser.add_argument("--state", default="10KB,1MB", help="--durable: state sizes")
+    parser.add_argument("--users", default="1,10,100", help="--durable: concurrent users")
+    parser.add_argument("--actions", type=int, default=2000,
+                        help="--durable: durable changes per cell")
     args = parser.parse_args(argv)
+    if args.durable:
+        with database() as url:
+            return durable_main(url, args)
     rows = []
     ok = True
     with database() as url:
