@@ -36,3 +36,10 @@ def test_bench_postgres_loses_no_increment(postgres_url: str) -> None:
     assert {(r["impl"], r["procs"]) for r in rows} == {
         (i, p) for i in ("raw", "ours") for p in (1, 2)}
     assert all(r["lost"] == 0 and r["ok"] for r in rows)
+
+
+def test_bench_postgres_durable_stores_what_memory_holds(postgres_url: str) -> None:
+    rows = _run(str(ROOT / "scripts" / "bench_postgres.py"), "--durable", "--actions", "20",
+                "--state", "10KB", "--users", "1,10")
+    assert [r["users"] for r in rows] == [1, 10]
+    assert all(r["stored_equals_memory"] and r["changes"] == 20 for r in rows)
