@@ -59,6 +59,7 @@ __all__ = [
 log: logging.Logger = logging.getLogger("cascadeui.persistence")
 
 S = TypeVar("S", bound=SyncStore)
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -72,6 +73,21 @@ class StorageBackend(Protocol):
     async def load_state(self) -> dict[str, Any]:
         """Return the saved state, an empty dict when nothing was saved."""
         ...
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in an anyio worker thread, or inline once no thread can start.
+
+    At interpreter exit (the final writes of :mod:`cascadeui.shutdown`) Python 3.12.0-3.12.1
+    refuses every new thread ("can't create new thread at interpreter shutdown"); blocking
+    the exiting loop is then the only way the last changes get written.
+    """
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except RuntimeError as exc:
+        if "interpreter shutdown" not in str(exc):
+            raise
+    return fn(*args)
 
 
 def save_or_log(store: SyncStore, state: Mapping[str, Any], where: str) -> bool:
@@ -135,7 +151,7 @@ class AsyncBackend(Generic[S]):
         :raises SerializationError: ``state`` holds a value JSON cannot store.
         :raises StoreClosedError: the backend was closed.
         """
-        return await anyio.to_thread.run_sync(save_or_log, self.store, state, self.location)
+        return await _in_thread(save_or_log, self.store, state, self.location)
 
     async def load_state(self) -> dict[str, Any]:
         """Return the saved state, ``{}`` when nothing was saved.
@@ -143,7 +159,7 @@ class AsyncBackend(Generic[S]):
         :raises StateCorruptedError: stored data (and every backup) is unreadable.
         :raises StorageUnavailableError: the medium cannot be reached.
         """
-        return await anyio.to_thread.run_sync(self.store.load)
+        return await _in_thread(self.store.load)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[dict[str, Any]]:
@@ -198,7 +214,7 @@ class AsyncBackend(Generic[S]):
         """
         if self._version is None:
             raise TypeError(f"{type(self.store).__name__} has no version()")
-        return int(await anyio.to_thread.run_sync(self._version))
+        return int(await _in_thread(self._version))
 
     # -- versions and the change journal (the store's persistence engine) --------------
 
@@ -215,7 +231,7 @@ class AsyncBackend(Generic[S]):
         :raises StateCorruptedError: stored data (and every backup) is unreadable.
         :raises StorageUnavailableError: the medium cannot be reached.
         """
-        return await anyio.to_thread.run_sync(self._cas().load_versioned)
+        return await _in_thread(self._cas().load_versioned)
 
     async def save_if_version(self, state: Mapping[str, Any], expected: int, *,
                               encoder: SnapshotEncoder | None = None) -> int | None:
@@ -236,7 +252,7 @@ class AsyncBackend(Generic[S]):
             encoded = encoder.encode(state) if encoder is not None else None
             return adapter.save_if_version(state, expected, encoded=encoded)
 
-        return await anyio.to_thread.run_sync(write)
+        return await _in_thread(write)
 
     async def save_changes(self, before: Mapping[str, Any], after: Mapping[str, Any],
                            expected: int, *,
@@ -263,7 +279,7 @@ class AsyncBackend(Generic[S]):
         def append() -> int | None:
             return journal.save_changes(diff(before, after), expected, full=full)
 
-        return await anyio.to_thread.run_sync(append)
+        return await _in_thread(append)
 
     async def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
         """The journal records committed after version ``since`` and the current version.
@@ -275,7 +291,7 @@ class AsyncBackend(Generic[S]):
         """
         if self._journal is None:
             return None
-        return await anyio.to_thread.run_sync(self._journal.load_changes, since)
+        return await _in_thread(self._journal.load_changes, since)
 
     async def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
         """:meth:`load_versioned`, plus why the stored state is not a descendant of the
@@ -297,7 +313,7 @@ class AsyncBackend(Generic[S]):
         """Release the adapter's connections and handles; idempotent."""
         close = getattr(self.store, "close", None)
         if callable(close):
-            await anyio.to_thread.run_sync(close)
+            await _in_thread(close)
 
     async def __aenter__(self) -> AsyncBackend[S]:
         return self

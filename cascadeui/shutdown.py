@@ -49,9 +49,26 @@ def watch(engine: Engine) -> None:
     _ENGINES.add(engine)
     with _hook_lock:
         if not _hooked:
-            atexit.register(_at_exit)
+            _register_exit_hook()
             _hooked = True
     _watch_sigterm(engine.loop)
+
+
+def _register_exit_hook() -> None:
+    """Run :func:`_at_exit` while the interpreter can still start threads.
+
+    The final writes go through worker threads, and Python 3.12+ refuses new threads once
+    ``atexit`` callbacks run ("can't create new thread at interpreter shutdown"). Hook in
+    where ``concurrent.futures`` does, before the threads are joined, where that exists.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_at_exit)
+            return
+        except RuntimeError:  # the interpreter is already shutting down
+            pass
+    atexit.register(_at_exit)
 
 
 def _watch_sigterm(loop: asyncio.AbstractEventLoop) -> None:

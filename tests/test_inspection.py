@@ -63,7 +63,9 @@ def test_snapshot_of_a_json_file_with_backups(tmp_path: Path) -> None:
 
 def test_html_shows_metadata_registry_tree_and_backups(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
-    sync.save_state(SQLiteBackend(db), STATE)
+    backend = SQLiteBackend(db)
+    sync.save_state(backend, STATE)
+    backend.store.close()  # a backend passed in stays the caller's to close
     sync.save_state(str(db), STATE)
     snap = inspect(str(db))
     assert snap.backend == "sqlite"
