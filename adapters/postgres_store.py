@@ -177,8 +177,12 @@ class PostgresStore(BaseStore):
             "autocommit": True,
             "connect_timeout": max(2, round(self.connect_timeout)),
         }
-        params = psycopg.conninfo.conninfo_to_dict(self._raw_url) if "tcp_user_timeout" \
-            not in self._raw_url else {}
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(self._raw_url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"bad PostgreSQL URL {self.url}: "
+                                     f"{self._redacted(exc)}", location=self.location) from None
+        # What the URL says wins; a Unix socket has no TCP timeout to set.
         if "tcp_user_timeout" not in params and not str(params.get("host", "")).startswith("/"):
             kwargs["tcp_user_timeout"] = int(self.connect_timeout * 1000)
             # tcp_user_timeout covers data we sent and nobody acknowledged; a reply that
@@ -412,18 +416,35 @@ class PostgresStore(BaseStore):
     def transaction(self) -> Iterator[dict[str, Any]]:
         """Lock, load, yield the state to change in place, commit it whole.
 
-        If the body raises, the transaction is rolled back and nothing is written.
+        If the body raises, the transaction is rolled back and nothing is written. A
+        connection the server dropped while idle is replaced before the body runs.
         """
-        with self._connection() as conn:
-            try:
-                with self._mapped_errors(), self._write_transaction(conn, fetch=True) as got:
-                    state, version = self._assemble(*got)
+        for attempt in (0, 1):
+            with self._connection() as conn:
+                self._committing = False
+                try:
+                    with self._mapped_errors():
+                        got = self._begin(conn, fetch=True)
+                except StorageUnavailableError:
+                    if conn.closed or conn.broken:
+                        self._drop_connection()
+                        if attempt == 0:
+                            continue  # nothing was sent that could have committed
+                    raise
+                try:
+                    with self._mapped_errors():
+                        state, version = self._assemble(*got)
                     yield state
-                    self._write(conn, self.serializer.serialize(state), version)
-            except StorageUnavailableError:
-                if conn.closed or conn.broken:
-                    self._drop_connection()
-                raise
+                    text = self.serializer.serialize(state)
+                    with self._mapped_errors():
+                        self._write(conn, text, version)
+                        self._finish(conn)
+                except BaseException:
+                    self._abort(conn)
+                    if conn.closed or conn.broken:
+                        self._drop_connection()
+                    raise
+                return
 
     def version(self) -> int:
         """The commit counter (0 when empty): one statement, cheap to poll."""
@@ -614,6 +635,16 @@ class PostgresStore(BaseStore):
         Yields the current version, or with ``fetch`` the row and journal rows (as
         :meth:`_fetch`).
         """
+        got = self._begin(conn, fetch=fetch)
+        try:
+            yield got
+        except BaseException:
+            self._abort(conn)
+            raise
+        self._finish(conn)
+
+    def _begin(self, conn: Any, *, fetch: bool) -> Any:
+        """The first round trip of a write transaction (rolled back if it fails)."""
         query = self._fetch_sql() if fetch else self._version_sql()
         self._staged, self._pending = None, []
         try:
@@ -621,15 +652,15 @@ class PostgresStore(BaseStore):
                 f"BEGIN; LOCK TABLE {self._t} IN SHARE ROW EXCLUSIVE MODE; {query}")
             while cur.nextset():
                 pass
-            got = self._split(cur.fetchall()) if fetch else self._checked_version(
-                cur.fetchone()[0])
-            yield got
+            if fetch:
+                return self._split(cur.fetchall())
+            return self._checked_version(cur.fetchone()[0])
         except BaseException:
-            self._staged, self._pending = None, []
-            if not conn.closed and not conn.broken:
-                with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK")
+            self._abort(conn)
             raise
+
+    def _finish(self, conn: Any) -> None:
+        """Send the queued writes and COMMIT in one pipeline; the size cache follows."""
         pending, self._pending = self._pending, []
         self._committing = True
         try:
@@ -638,13 +669,17 @@ class PostgresStore(BaseStore):
                     conn.execute(statement, params)
                 conn.execute("COMMIT")
         except BaseException:
-            self._staged = None
-            if not conn.closed and not conn.broken:
-                with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK")
+            self._abort(conn)
             raise
         if self._staged is not None:
             self._sizes, self._staged = self._staged, None
+
+    def _abort(self, conn: Any) -> None:
+        """Forget what the transaction staged; ROLLBACK while the connection is usable."""
+        self._staged, self._pending = None, []
+        if not conn.closed and not conn.broken:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
 
     def _queue(self, statement: str, *params: Any) -> None:
         """Send ``statement`` with the open write transaction's COMMIT."""

@@ -170,6 +170,10 @@ def test_bad_table_names_are_refused() -> None:
             PostgresStore("postgresql://localhost/db", table=bad)
     with pytest.raises(ConfigurationError):
         PostgresStore("mysql://localhost/db")
+    with PostgresStore(f"postgresql://u:{SECRET}@localhost/db?no_such_option=1") as s, \
+            pytest.raises(ConfigurationError, match="no_such_option") as info:
+        s.load()  # libpq refuses the URL: typed, before any connection, password hidden
+    assert SECRET not in str(info.value)
 
 
 # -- typed errors and redaction ------------------------------------------------------------
@@ -301,6 +305,11 @@ def test_server_restart_is_survived(tmp_path: Path) -> None:
         server.stop()  # a clean shutdown drops the idle connection too
         server.start()
         assert s.load()["application"]["after"] == 1  # retried on a new connection
+        server.stop()
+        server.start()
+        with s.transaction() as st:  # a stale connection is replaced before the body
+            st["application"]["in_tx"] = 2
+        assert s.load()["application"]["in_tx"] == 2
 
 
 @pytest.mark.slow
