@@ -81,6 +81,14 @@ def pg_table() -> str:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of async tests: asyncio, because the store and discord.py are
+    asyncio-only. A test that must also hold under trio parametrizes it itself:
+    ``@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])``."""
+    return "asyncio"
+
+
+@pytest.fixture
 def new_store(request: pytest.FixtureRequest, tmp_path: Path
               ) -> Iterator[Callable[[str], BaseStore]]:
     """``new_store(kind)``: a store of ``kind`` (see ``_helpers.STORE_BUILDERS``); every

@@ -13,6 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
+# always run by `bash scripts/test.sh` (CI).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

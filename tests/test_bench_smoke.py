@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
+# always run by `bash scripts/test.sh` (CI).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench"
 

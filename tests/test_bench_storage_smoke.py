@@ -7,6 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+# A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
+# always run by `bash scripts/test.sh` (CI).
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_storage.py"
 
 

@@ -18,10 +18,6 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def test_state_serializer_called_on_the_class_as_2_1_0_code_does() -> None:
     from cascadeui.persistence import StateSerializer

@@ -55,10 +55,6 @@ def rewrite_whole(kind: str, at: str, key: str) -> dict[str, Any]:
         return state
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the store is asyncio-only
-
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.anyio

@@ -31,10 +31,6 @@ MANY = 10_000
 ALICE, BOB = 1234567890123456789, 42
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 async def run_worker(tmp_path: Path, spec: dict[str, Any]) -> dict[str, Any]:
     spec_file = tmp_path / "spec.json"

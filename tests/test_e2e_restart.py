@@ -39,10 +39,6 @@ class RetiredPanel(PersistentView):
         await interaction.response.defer()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def backend_spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     if kind == "json":

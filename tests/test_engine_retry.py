@@ -25,10 +25,6 @@ from cascadeui.store import StateStore
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 class FlakySQLite(SQLiteBackend):
     """SQLite whose next append fails after a compare-and-set miss, once, when armed."""

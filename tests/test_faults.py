@@ -356,6 +356,7 @@ def test_stale_lock_file_from_dead_process(tmp_path: Path) -> None:
 # -- Redis outage (the full-size campaign is scripts/fault_campaign.py) --------------------
 
 
+@pytest.mark.slow
 def test_redis_outage_campaign_small() -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "fault_campaign.py"), "--outage", "2.5",

@@ -26,10 +26,6 @@ pytestmark = pytest.mark.anyio
 VOTER, OTHER = 1234567890123456789, 42
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture
 async def world() -> AsyncIterator[tuple[DiscordDouble, commands.Bot, int]]:

@@ -34,10 +34,6 @@ from cascadeui.testing.redis_server import RedisServer
 pytestmark = [pytest.mark.anyio, pytest.mark.allow_blocking]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:

@@ -58,10 +58,6 @@ def to_v3(doc: dict[str, Any]) -> dict[str, Any]:
 STEPS = {1: to_v1, 2: to_v2, 3: to_v3}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the store's dispatch lock is asyncio's
-
 
 @pytest.fixture(params=KINDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:

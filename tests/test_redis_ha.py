@@ -42,10 +42,6 @@ def cluster_client(cluster: RedisClusterServers) -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def test_cluster_keys_share_one_slot(cluster_client: Any) -> None:
     store = RedisStore(client=cluster_client, key="bot:state")

@@ -16,6 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+# A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
+# always run by `bash scripts/test.sh` (CI).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "crash_campaign.py"
 

@@ -35,10 +35,6 @@ pytestmark = pytest.mark.anyio
 GET_MESSAGE = "GET channels/{channel_id}/messages/{message_id}"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # discord.py is asyncio-only
-
 
 @pytest.fixture
 async def double() -> AsyncIterator[DiscordDouble]:

@@ -483,10 +483,6 @@ def hostile_registry(rnd: random.Random, n: int) -> dict[Any, Any]:
     return registry
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # discord.py is asyncio-only
-
 
 @pytest.fixture
 async def double() -> AsyncIterator[Any]:

@@ -33,10 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "cluster_restore.py"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # discord.py is asyncio-only
-
 
 def guild_on(shard: int, shard_count: int, k: int = 1) -> int:
     return ((1_000_000 * shard_count * k + shard) << 22) | 3

@@ -29,12 +29,6 @@ from cascadeui.store import (
     set_in,
 )
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 pytestmark = pytest.mark.anyio
 
 

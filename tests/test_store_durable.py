@@ -26,10 +26,6 @@ pytestmark = pytest.mark.anyio
 KINDS = ["file", "sqlite", "redis"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 class _Counted:
     """Mixin over a real backend: counts the writes that landed and what they held."""

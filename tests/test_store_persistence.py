@@ -36,10 +36,6 @@ pytestmark = pytest.mark.anyio
 T = TypeVar("T")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 class CountingBackend(FileStorageBackend):
     """A real JSON file backend that records every save and can be slowed or made to fail."""

@@ -18,11 +18,6 @@ from cascadeui.views import get_view_class, registered_views, unregister_view_cl
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def world() -> AsyncIterator[tuple[DiscordDouble, commands.Bot, int]]:
     async with DiscordDouble() as double:
         bot = await logged_in_bot(double)

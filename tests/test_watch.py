@@ -31,10 +31,6 @@ pytestmark = [pytest.mark.anyio]
 POLL = 30.0  # never reached within a test: arrivals are pushed
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @asynccontextmanager
 async def running(make: Callable[[], Any], *, push: bool = True) -> AsyncIterator[StateStore]:

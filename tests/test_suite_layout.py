@@ -1,0 +1,63 @@
+"""The test suite's own conventions, checked (issue 12): what a newcomer can rely on.
+
+- ``anyio_backend`` is defined once, in ``conftest.py`` (asyncio); a module that runs
+  under both loops parametrizes it, and only such a module defines its own.
+- Every adapter in ``cascadeui.adapters`` has a builder in ``_helpers.STORE_BUILDERS``, so
+  the contract suites (``test_adapters.py``, ``test_contract.py``) run on it.
+- Scripts run at a tiny size (benchmark smoke, campaigns) are marked ``slow``: skipped by
+  ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh`` (CI).
+- The no-blocking guard (``conftest.no_blocking_on_loop``) is on for every module; only
+  the modules listed here opt a whole module out, each with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from _helpers import STORE_BUILDERS
+
+import cascadeui.adapters as adapters_module
+from cascadeui.adapters import BaseStore
+
+TESTS = Path(__file__).resolve().parent
+#: Modules that opt out of the no-blocking guard as a whole, and why.
+WHOLE_MODULE_BLOCKING = {
+    "test_medium_loss.py": "damages the media through adapters on the loop on purpose "
+                           "(to be moved to worker threads like test_store_journal.py)",
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(TESTS.glob("test_*.py"))
+
+
+def test_anyio_backend_is_defined_once() -> None:
+    own = [p.name for p in _modules() if re.search(r"^def anyio_backend\(", p.read_text(),
+                                                   re.M)]
+    for name in own:  # only modules that run under both loops (a parametrized fixture)
+        text = (TESTS / name).read_text()
+        assert re.search(r"def anyio_backend\((request|combo)", text), name
+    assert "def anyio_backend() -> str:" in (TESTS / "conftest.py").read_text()
+
+
+def test_every_adapter_is_in_the_contract_suite() -> None:
+    concrete = {name.removesuffix("Store").lower() for name in adapters_module.__all__
+                if isinstance(getattr(adapters_module, name), type)
+                and issubclass(getattr(adapters_module, name), BaseStore)
+                and getattr(adapters_module, name) is not BaseStore}
+    assert concrete == {"file", "sqlite", "redis", "postgres", "memory"}
+    assert set(STORE_BUILDERS) == concrete
+
+
+def test_script_smoke_tests_are_marked_slow() -> None:
+    smoke = [p for p in _modules() if "smoke" in p.name or p.name == "test_reliability_crash.py"]
+    assert len(smoke) >= 4
+    for path in smoke:
+        assert "pytestmark = pytest.mark.slow" in path.read_text(), path.name
+
+
+def test_the_blocking_guard_is_on_everywhere() -> None:
+    opted_out = [p.name for p in _modules()
+                 if re.search(r"^pytestmark = .*allow_blocking", p.read_text(), re.M)]
+    assert sorted(opted_out) == sorted(WHOLE_MODULE_BLOCKING)
