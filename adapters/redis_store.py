@@ -648,9 +648,28 @@ class RedisStore(BaseStore):
             self._write(token, self.serializer.serialize(state))
 
     def version(self) -> int:
-        """The commit counter (0 when never written); cheap to poll."""
+        """The commit counter (0 when never written); cheap to poll (one round trip).
+
+        Negative (``-counter``, or -1) while the stored state is not whole: its journal
+        holds fewer records than the counter says (evicted, expired, deleted) or its
+        snapshot is gone. Such a loss changes no counter, so a polling store would not
+        otherwise look before its next write; a different number makes it look now.
+        """
         with self._mapped_errors():
-            return self._parse_version(self._client.get(self.version_key))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self.version_key)
+            pipe.get(self.lineage_key)
+            pipe.llen(self.journal_key)
+            pipe.exists(self.key)
+            raw, lineage, length, exists = pipe.execute(raise_on_error=False)
+            version = self._parse_version(raw)
+            if lineage is None or isinstance(lineage, Exception) or isinstance(length,
+                                                                               Exception):
+                return version
+            _, expected = self._parse_lineage(lineage, raw)
+            if not exists or (expected is not None and int(length) < expected):
+                return -version or -1
+            return version
 
     def load_versioned(self) -> tuple[dict[str, Any], int]:
         """:meth:`load` and the :meth:`version` of that state, read in one MULTI/EXEC."""

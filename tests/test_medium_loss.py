@@ -27,6 +27,7 @@ from _helpers import started_redis_server
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
 from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.errors import StateCorruptedError
 from cascadeui.store import StateStore
 from cascadeui.testing.redis_server import RedisServer
 
@@ -156,6 +157,36 @@ async def test_redis_journal_key_lost_while_the_snapshot_survives(
     with RedisStore(own_redis.url, key=key) as fresh:
         expect_all(fresh.load()["application"], *OURS, "after")
     client.close()
+
+
+def redis_holds(url: str, key: str, *names: str) -> bool:
+    with RedisStore(url, key=key) as probe:
+        try:
+            app = probe.load().get("application", {})
+        except StateCorruptedError:  # a journal without its snapshot: not rewritten yet
+            return False
+    return all(app.get(n) == n for n in names)
+
+
+@pytest.mark.parametrize("lost", ["journal", "snapshot"])
+async def test_an_idle_redis_store_notices_a_lost_key_at_its_next_poll(
+        redis_url: str, redis_key: str, raw: redis.Redis, lost: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Deleting a key changes no counter: version() reads negative while the state is not
+    whole, so the poll looks, and the acknowledged state is back without a new write."""
+    store_it = running(RedisBackend(url=redis_url, key=redis_key), poll=0.05)
+    store = await store_it.__anext__()
+    try:
+        await acknowledge(store, *OURS)
+        raw.delete(f"{redis_key}:journal" if lost == "journal" else redis_key)
+        with caplog.at_level(logging.WARNING, logger="cascadeui"):
+            await eventually(lambda: redis_holds(redis_url, redis_key, *OURS),
+                             "the idle store rewrote its state")
+        assert loss_warnings(caplog), caplog.text
+        with RedisStore(redis_url, key=redis_key) as probe:
+            assert probe.version() > 0  # whole again
+    finally:
+        await store_it.aclose()
 
 
 async def test_redis_snapshot_lost_with_its_journal_left_is_rewritten_from_memory(
