@@ -146,6 +146,9 @@ async def test_redis_journal_key_lost_while_the_snapshot_survives(
             await anyio.sleep(0.05)
         else:
             _evict_journal(client, key, f"{key}:journal")
+            # No more evictions from here: what the store writes next must stay (an
+            # eviction after an acknowledgement is the server's configuration, not ours).
+            client.config_set("maxmemory", 0)
         assert not client.exists(f"{key}:journal")
         with caplog.at_level(logging.WARNING, logger="cascadeui"):
             await acknowledge(store, "after")
