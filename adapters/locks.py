@@ -46,7 +46,7 @@ class PathLock:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float,
                  poll: float = 0.005) -> None:
-        self.path = Path(path)
+        self.path: Path = Path(path)
         self.timeout = timeout
         self.poll = poll
         self._mutex = threading.RLock()  # threads of this process queue here first

@@ -86,7 +86,7 @@ class MemoryStore(BaseStore):
         super().__init__(serializer=serializer)
         if name is not None and not name:
             raise ConfigurationError("name must be a non-empty string (or None: private)")
-        self.name = name if name is not None else f"<private {next(_PRIVATE)}>"
+        self.name: str = name if name is not None else f"<private {next(_PRIVATE)}>"
         self.location = f"memory://{self.name}"
         self.lock_timeout = lock_timeout
         self._medium = _medium(self.name)

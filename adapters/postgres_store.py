@@ -125,7 +125,7 @@ class PostgresStore(BaseStore):
         if "psycopg" not in sys.modules and importlib.util.find_spec("psycopg") is None:
             raise ImportError(  # pragma: no cover - exercised only without the extra
                 "PostgresStore needs psycopg: pip install 'pycascadeui[postgres]'")
-        self.url = redact_url(url)
+        self.url: str = redact_url(url)
         self._secrets = url_secrets(url)
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("postgresql", "postgres"):
@@ -140,10 +140,10 @@ class PostgresStore(BaseStore):
                 f"table name must be a lower-case identifier of at most 55 characters "
                 f"(letters, digits, _), not {table!r}")
         self.table = table
-        self.journal_table = f"{table}_journal"
+        self.journal_table: str = f"{table}_journal"
         self.location = f"{self.url} table={table!r}"
         #: The LISTEN/NOTIFY channel every commit announces its new version on.
-        self.channel = f"cascadeui.{table}"
+        self.channel: str = f"cascadeui.{table}"
         self.timeout = timeout
         self.statement_timeout = statement_timeout
         self.connect_timeout = connect_timeout
@@ -172,6 +172,7 @@ class PostgresStore(BaseStore):
             the database does not exist.
         """
         import psycopg
+        import psycopg.conninfo
 
         kwargs: dict[str, Any] = {
             "autocommit": True,

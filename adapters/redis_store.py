@@ -87,7 +87,7 @@ __all__ = [
     "url_secrets",
 ]
 
-log = logging.getLogger("cascadeui.adapters.redis")
+log: logging.Logger = logging.getLogger("cascadeui.adapters.redis")
 
 # What the scripts (and the WATCH path) return instead of a version, all negative.
 _LEASE_LOST = -1       # the lock is no longer ours: our lease ran out
@@ -375,7 +375,7 @@ class RedisStore(BaseStore):
         self.lock_key: str = f"{base}:lock"
         self.journal_key: str = f"{base}:journal"
         self.lineage_key: str = f"{base}:lineage"
-        self.ack_key = f"{base}:ack"
+        self.ack_key: str = f"{base}:ack"
         if min_replicas < 0 or replica_timeout <= 0:
             raise ConfigurationError("min_replicas must be >= 0 and replica_timeout > 0")
         if min_replicas and _is_cluster(client):

@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-log = logging.getLogger("cascadeui.adapters.sqlite")
+log: logging.Logger = logging.getLogger("cascadeui.adapters.sqlite")
 
 #: Connections to a database file deleted or replaced while they were open, whose WAL
 #: file name now belongs to the new database: closing one would make SQLite delete that

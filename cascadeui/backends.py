@@ -421,7 +421,7 @@ class PostgresBackend(AsyncBackend[PostgresStore]):
         super().__init__(PostgresStore(url, table=table, timeout=timeout,
                                        statement_timeout=statement_timeout,
                                        connect_timeout=connect_timeout))
-        self.url = self.store.url
+        self.url: str = self.store.url
         self.table = table
 
 
@@ -450,4 +450,4 @@ class MemoryBackend(AsyncBackend[MemoryStore]):
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(MemoryStore(name))
-        self.name = self.store.name
+        self.name: str = self.store.name

@@ -235,7 +235,7 @@ class Engine:
         #: The thread that hears other processes' commits at once (cascadeui.watch).
         self.listener: Listener | None = None
         #: A commit was announced (or a listener reconnected): check the version now.
-        self.pushed = False
+        self.pushed: bool = False
 
     def adopt(self, stored: dict[str, Any], version: int | None, *, rewrite: bool) -> None:
         """Take what :func:`load_persisted` found as the durable starting point.

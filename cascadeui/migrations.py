@@ -270,7 +270,9 @@ async def migrate_backend(backend: object, version: int,
     A backend without a synchronous adapter (a custom ``StorageBackend``) is migrated with
     ``load_state``/``save_state``: no lock, no backup, so only one process may start it.
 
-    :raises SchemaVersionError, MigrationError, PersistenceError: as :func:`migrate_adapter`.
+    :raises SchemaVersionError: as :func:`migrate_adapter`.
+    :raises MigrationError: as :func:`migrate_adapter`.
+    :raises PersistenceError: as :func:`migrate_adapter`.
     """
     import anyio.to_thread
 

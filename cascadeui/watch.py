@@ -30,7 +30,7 @@ from typing import Any
 __all__ = ["STAT_INTERVAL", "TICK", "Listener", "Notify", "StatListener", "announced_version",
            "listener_for"]
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 #: Seconds between two ``stat`` checks of a JSON file or SQLite database.
 STAT_INTERVAL = 0.02
@@ -180,5 +180,6 @@ def listener_for(adapter: Any, notify: Notify) -> Listener | None:
     :param notify: called from the listener's thread with the announced version, or None
         for "check now" (a file changed, a reconnection); must be thread-safe.
     """
-    make = getattr(adapter, "listener", None)
+    make: Callable[[Callable[[int | None], None]], Listener | None] | None = getattr(
+        adapter, "listener", None)
     return make(notify) if callable(make) else None

@@ -66,7 +66,8 @@ def main() -> int:
         failed = True
         for symbol in completeness["symbols"]:
             if not symbol.get("isTypeKnown", True) or symbol.get("isTypeAmbiguous", False):
-                print(f"  not fully typed: {symbol['name']}", file=sys.stderr)
+                why = "; ".join(f"{_where(d)}: {d['message']}" for d in symbol["diagnostics"])
+                print(f"  not fully typed: {symbol['name']}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 

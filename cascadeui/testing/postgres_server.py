@@ -146,13 +146,13 @@ class PostgresServer:
         if found is None:
             raise FileNotFoundError(
                 "no PostgreSQL binaries (install postgresql, or pip install pgserver)")
-        self.bindir = Path(found)
-        self.port = port or _free_port()
+        self.bindir: Path = Path(found)
+        self.port: int = port or _free_port()
         self.timeout = timeout
-        self.workdir = Path(tempfile.mkdtemp(prefix="cascadeui-pg-"))
-        self.datadir = self.workdir / "data"
+        self.workdir: Path = Path(tempfile.mkdtemp(prefix="cascadeui-pg-"))
+        self.datadir: Path = self.workdir / "data"
         #: PostgreSQL refuses to run as root: as root, run it as an unprivileged account.
-        self.user = _unprivileged_user() if os.geteuid() == 0 else None
+        self.user: str | None = _unprivileged_user() if os.geteuid() == 0 else None
         if self.user is not None:
             shutil.chown(self.workdir, user=self.user)
         self._proc: subprocess.Popen[bytes] | None = None

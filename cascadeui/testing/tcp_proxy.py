@@ -37,10 +37,10 @@ class TcpProxy:
                  listen_port: int = 0, latency: float = 0.0) -> None:
         self.target = target
         self.listen_host = listen_host
-        self.port = listen_port
+        self.port: int = listen_port
         self.latency = latency
-        self.connections = 0  #: accepted so far
-        self.dropped = 0  #: closed by drop_connections()
+        self.connections: int = 0  #: accepted so far
+        self.dropped: int = 0  #: closed by drop_connections()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"cascadeui-proxy-{target[1]}")
