@@ -12,6 +12,7 @@ from .base import (
     DescribedStore,
     StoreInfo,
     SyncStore,
+    TransactionalStore,
     VersionedStore,
 )
 from .file_store import FileStore
@@ -35,6 +36,7 @@ __all__ = [
     "SQLiteStore",
     "StoreInfo",
     "SyncStore",
+    "TransactionalStore",
     "VersionedStore",
     "apply_shared",
     "redact_url",

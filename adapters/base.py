@@ -29,6 +29,7 @@ __all__ = [
     "DescribedStore",
     "StoreInfo",
     "SyncStore",
+    "TransactionalStore",
     "VersionedStore",
 ]
 
@@ -51,6 +52,16 @@ class SyncStore(Protocol):
 
     def close(self) -> None:
         """Release connections and handles; idempotent."""
+        ...
+
+
+@runtime_checkable
+class TransactionalStore(Protocol):
+    """An optional capability: an atomic read-modify-write (a plain custom adapter with
+    only ``load``/``save`` lacks it). Checked once when an adapter is wrapped."""
+
+    def transaction(self) -> AbstractContextManager[dict[str, Any]]:
+        """Yield the stored state to change in place; commit on a clean exit."""
         ...
 
 

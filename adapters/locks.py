@@ -21,6 +21,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["LockUnavailableError", "PathLock"]
 
@@ -28,8 +29,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - Windows: msvcrt locks; no unlink race there
-    fcntl = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - Windows: filelock's msvcrt lock (an open file
+    fcntl = None  # type: ignore[assignment]  # cannot be unlinked there: no such race)
 
 
 class LockUnavailableError(TimeoutError):
@@ -52,6 +53,11 @@ class PathLock:
         self._mutex = threading.RLock()  # threads of this process queue here first
         self._fd: int | None = None
         self._depth = 0
+        self._fallback: Any = None
+        if fcntl is None:  # pragma: no cover - Windows
+            from filelock import FileLock
+
+            self._fallback = FileLock(str(self.path), mode=0o600)
 
     def acquire(self) -> None:
         """Hold the lock (again, if this thread already holds it).
@@ -63,7 +69,14 @@ class PathLock:
         if not self._mutex.acquire(timeout=max(self.timeout, 0)):
             raise LockUnavailableError(str(self.path))
         try:
-            if self._depth == 0:
+            if self._depth == 0 and self._fallback is not None:  # pragma: no cover
+                from filelock import Timeout
+
+                try:
+                    self._fallback.acquire(timeout=self.timeout, poll_interval=self.poll)
+                except Timeout:
+                    raise LockUnavailableError(str(self.path)) from None
+            elif self._depth == 0:
                 self._fd = self._lock_file(deadline)
             self._depth += 1
         except BaseException:
@@ -74,7 +87,9 @@ class PathLock:
         """Release one level; the file lock itself once the outermost level ends."""
         self._depth -= 1
         try:
-            if self._depth == 0 and self._fd is not None:
+            if self._depth == 0 and self._fallback is not None:  # pragma: no cover
+                self._fallback.release()
+            elif self._depth == 0 and self._fd is not None:
                 fd, self._fd = self._fd, None
                 try:
                     if fcntl is not None:
@@ -92,8 +107,6 @@ class PathLock:
             except FileNotFoundError:  # the state's directory does not exist yet
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
-            if fcntl is None:  # pragma: no cover
-                return fd
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True
@@ -122,6 +135,8 @@ class PathLock:
         process may then have locked the new file, so a holder checks this right before
         it commits and writes nothing when it is False.
         """
+        if self._fallback is not None:  # pragma: no cover - Windows: no unlink race
+            return self._depth > 0
         fd = self._fd
         if fd is None:
             return False

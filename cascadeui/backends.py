@@ -38,6 +38,7 @@ from cascadeui.adapters import (
     RedisStore,
     SQLiteStore,
     SyncStore,
+    TransactionalStore,
     VersionedStore,
 )
 from cascadeui.errors import PersistenceError, SerializationError, StoreClosedError
@@ -119,6 +120,7 @@ class AsyncBackend(Generic[S]):
         self._journal: JournaledStore | None = (
             store if isinstance(store, JournaledStore) and self._versioned is not None
             else None)
+        self._transactional = isinstance(store, TransactionalStore)
         probe: Callable[[], int] | None = getattr(store, "version", None)
         self._version: Callable[[], int] | None = probe if callable(probe) else None
         checked: Callable[[int], tuple[dict[str, Any], int, str | None]] | None = getattr(
@@ -169,7 +171,7 @@ class AsyncBackend(Generic[S]):
         lock and connection belong to that thread) while the body runs on the event loop.
         Nothing is written if the body raises.
         """
-        if not callable(getattr(self.store, "transaction", None)):
+        if not self._transactional:
             raise TypeError(f"{type(self.store).__name__} has no transaction()")
         commands: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         replies: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from cascadeui.adapters import SyncStore
+from cascadeui.adapters import SyncStore, TransactionalStore
 from cascadeui.backends import save_or_log
 from cascadeui.migrations import (
     Migration,
@@ -225,7 +225,7 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
     """
     with _opened(backend) as r:
         if r.adapter is not None:
-            if not callable(getattr(r.adapter, "transaction", None)):
+            if not isinstance(r.adapter, TransactionalStore):
                 raise TypeError(f"{type(r.adapter).__name__} has no transaction()")
             with r.adapter.transaction() as state:
                 yield state

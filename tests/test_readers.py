@@ -512,3 +512,38 @@ def test_the_architecture_page_lists_every_module() -> None:
                and f"  {m} " not in text]
     assert missing == []
     assert "setup_persistence(bot=None, *, file_path=None, backend=None,\n" in text
+
+
+def test_path_lock_is_reentrant_exclusive_and_never_follows_a_link(tmp_path: Path) -> None:
+    from cascadeui.adapters.locks import LockUnavailableError, PathLock
+
+    path = tmp_path / "x.lock"
+    first, second = PathLock(path, timeout=5), PathLock(path, timeout=0.1)
+    first.acquire()
+    first.acquire()  # reentrant in its thread
+    assert first.held()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            second.acquire()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(5)
+    assert [type(e) for e in errors] == [LockUnavailableError]
+    path.unlink()  # pulled from under the holder: it knows
+    assert not first.held()
+    first.release()
+    first.release()
+    second.timeout = 5
+    second.acquire()  # a new file at the path: locked at once
+    assert second.held()
+    second.release()
+    path.unlink()
+    os.symlink(tmp_path / "elsewhere", path)
+    with pytest.raises(OSError, match=r"symbolic links|Too many levels"):  # ELOOP
+        PathLock(path, timeout=0.1).acquire()
+    assert not (tmp_path / "elsewhere").exists()
