@@ -16,40 +16,36 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from _helpers import STORE_BUILDERS
 
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
-from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
-from cascadeui.backends import (
-    AsyncBackend,
-    FileStorageBackend,
-    PostgresBackend,
-    RedisBackend,
-    SQLiteBackend,
-)
+from cascadeui.adapters import BaseStore
+from cascadeui.backends import AsyncBackend
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 
 # The checks read the media directly (test code may block); cascadeui calls on the loop may not.
 pytestmark = pytest.mark.anyio
 
-KINDS = ["json", "sqlite", "redis", "postgres"]
+# Every kind with a medium to look at (memory has none: tests/test_contract.py covers it).
+KINDS = ["file", "sqlite", "redis", "postgres"]
 
 
 
 class Target:
     """One backend location, with raw access to its snapshot and journal for the checks."""
 
-    def __init__(self, kind: str, tmp_path: Path, redis_url: str, key: str) -> None:
+    def __init__(self, kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+                 redis_url: str, key: str) -> None:
         self.kind, self.tmp_path, self.redis_url, self.key = kind, tmp_path, redis_url, key
+        self.request = request
 
-    def backend(self) -> AsyncBackend:
-        if self.kind == "json":
-            return FileStorageBackend(self.tmp_path / "state.json")
-        if self.kind == "sqlite":
-            return SQLiteBackend(self.tmp_path / "state.db")
-        if self.kind == "postgres":
-            return PostgresBackend(self.redis_url, table=self.key)
-        return RedisBackend(url=self.redis_url, key=self.key)
+    def adapter(self) -> BaseStore:
+        """A new adapter on this target's medium (the shared builders)."""
+        return STORE_BUILDERS[self.kind](self.request, self.tmp_path)
+
+    def backend(self) -> AsyncBackend[Any]:
+        return AsyncBackend(self.adapter())
 
     def _pg(self, query: str) -> Any:
         import psycopg
@@ -57,14 +53,6 @@ class Target:
         with psycopg.connect(self.redis_url) as conn:
             return conn.execute(query).fetchone()
 
-    def adapter(self) -> FileStore | SQLiteStore | RedisStore | PostgresStore:
-        if self.kind == "json":
-            return FileStore(self.tmp_path / "state.json")
-        if self.kind == "sqlite":
-            return SQLiteStore(self.tmp_path / "state.db")
-        if self.kind == "postgres":
-            return PostgresStore(self.redis_url, table=self.key)
-        return RedisStore(self.redis_url, key=self.key)
 
     async def load(self) -> dict[str, Any]:
         """The stored state read by a fresh adapter, in a worker thread (not on the loop)."""
@@ -76,7 +64,7 @@ class Target:
 
     def snapshot(self) -> bytes:
         """The stored snapshot's raw bytes, read without cascadeui."""
-        if self.kind == "json":
+        if self.kind == "file":
             return (self.tmp_path / "state.json").read_bytes()
         if self.kind == "sqlite":
             conn = sqlite3.connect(self.tmp_path / "state.db")
@@ -97,7 +85,7 @@ class Target:
 
     def journal_entries(self) -> int:
         """How many journal records are stored (0: the snapshot is the whole state)."""
-        if self.kind == "json":
+        if self.kind == "file":
             path = self.tmp_path / "state.json.journal"
             return max(0, len(path.read_bytes().splitlines()) - 1) if path.exists() else 0
         if self.kind == "sqlite":
@@ -133,7 +121,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         where, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
     else:
         where, key = "", ""
-    t = Target(kind, tmp_path, where, key)
+    t = Target(kind, request, tmp_path, where, key)
     try:
         yield t
     finally:
