@@ -107,6 +107,7 @@ class PathLock:
             except FileNotFoundError:  # the state's directory does not exist yet
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+            assert fcntl is not None  # __init__ refused a platform without it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True
