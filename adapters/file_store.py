@@ -72,7 +72,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cascadeui.errors import (
     ConfigurationError,
@@ -1009,21 +1009,32 @@ class FileStore(BaseStore):
         self._settle(state, st, digest, self._read_journal(), locked=True)
         return self._extent
 
-    def _check_lock_held(self) -> None:
-        """Right before a commit: the lock file must still be the one we locked.
+    @contextlib.contextmanager
+    def _committing(self) -> Iterator[None]:
+        """Around a commit's last steps: the lock file must still be the one we locked,
+        and nobody may confirm a replacement lock until the commit is whole
+        (:meth:`PathLock.committing`).
 
         :raises LockTimeoutError: it was unlinked or replaced while held (another process
             may hold the new one): nothing is written.
         """
-        if not self._lock.held():
-            raise LockTimeoutError(
-                f"{self.lock_path} was removed or replaced while this writer held it; "
-                "nothing was written (another process may be writing now: retry)",
-                lock=str(self.lock_path), timeout=self.lock_timeout, location=self.location)
+        with self._lock.committing() as held:
+            if not held:
+                self._lock_lost()
+            yield
+
+    def _lock_lost(self) -> NoReturn:
+        raise LockTimeoutError(
+            f"{self.lock_path} was removed or replaced while this writer held it; "
+            "nothing was written (another process may be writing now: retry)",
+            lock=str(self.lock_path), timeout=self.lock_timeout, location=self.location)
 
     def _append(self, extent: _Extent, line: bytes) -> int | None:
         """Append ``line`` to the journal bound to ``extent.snapshot``, durably (lock held)."""
-        self._check_lock_held()
+        with self._committing():
+            return self._append_locked(extent, line)
+
+    def _append_locked(self, extent: _Extent, line: bytes) -> int | None:
         self._sweep_once()
         head: bytes | None = None
         try:
@@ -1190,25 +1201,32 @@ class FileStore(BaseStore):
         """
         self._sweep_once()
         lineage = self._next_lineage(fork)
-        try:
-            digest = self._replace(data, before=self._make_room)
-        except OSError as exc:
-            raise StorageUnavailableError(
-                f"cannot save {self.path}: {exc.strerror or exc}; the previous file is intact",
-                location=self.location) from exc
-        try:
-            os.unlink(self.journal_path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # harmless: it no longer names the snapshot, readers skip it
-            log.warning("could not delete the stale journal %s: %s", self.journal_path,
-                        exc.strerror or exc)
-        else:
-            # The unlink must be durable before the write is acknowledged: a header names
-            # the snapshot's bytes, so when the new snapshot has the very bytes of the old
-            # one (save(a) over a + journal a -> b), a power cut that kept the journal
-            # would apply it again and load b (issue 16, tests/test_powercut.py).
-            self._fsync_dir()
+        # From the last lock check (in `before`, once the new bytes are fsynced) until the
+        # stale journal is gone, nobody may confirm a replacement lock file (locks.py).
+        with contextlib.ExitStack() as commit:
+            def before() -> None:
+                commit.enter_context(self._committing())
+                self._make_room()
+
+            try:
+                digest = self._replace(data, before=before)
+            except OSError as exc:
+                raise StorageUnavailableError(
+                    f"cannot save {self.path}: {exc.strerror or exc}; the previous file is "
+                    "intact", location=self.location) from exc
+            try:
+                os.unlink(self.journal_path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # harmless: it no longer names the snapshot, readers skip
+                log.warning("could not delete the stale journal %s: %s", self.journal_path,
+                            exc.strerror or exc)
+            else:
+                # The unlink must be durable before the write is acknowledged: a header
+                # names the snapshot's bytes, so when the new snapshot has the very bytes
+                # of the old one (save(a) over a + journal a -> b), a power cut that kept
+                # the journal would apply it again and load b (issue 16, test_powercut).
+                self._fsync_dir()
         main, journal = os.lstat(self.path), self._lstat_journal()
         self._extent = _Extent(_version_of(main, journal), _snapshot_id(main), main.st_size,
                                digest, _journal_sig(journal) if journal is not None else None,
@@ -1266,13 +1284,12 @@ class FileStore(BaseStore):
                     os.unlink(self.path.parent / name)
 
     def _make_room(self) -> None:
-        """Just before a full write replaces ``<path>``: keep what did not load, rotate;
-        last, check the lock is still ours (the replace follows at once)."""
+        """Just before a full write replaces ``<path>`` (the lock checked, see
+        :meth:`_committing`): keep what did not load, rotate."""
         self._refuse_journal_symlink()
         aside = self._set_aside_if_corrupt()
         self._set_journal_aside_if_unreadable(aside)
         self._rotate()
-        self._check_lock_held()
 
     def _refuse_journal_symlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):
