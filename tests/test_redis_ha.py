@@ -28,6 +28,12 @@ from cascadeui.testing.redis_topologies import RedisClusterServers, SentinelServ
 pytestmark = pytest.mark.slow
 
 
+def master_client(ha: SentinelServers) -> Any:
+    """A client that follows the master the sentinels name (through failovers)."""
+    sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
+    return sentinel.master_for(ha.master_name, socket_timeout=1)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
     with RedisClusterServers(masters=3) as servers:
@@ -96,8 +102,7 @@ async def test_a_store_on_a_cluster_persists_through_the_engine(cluster_client: 
 @pytest.mark.anyio
 async def test_a_store_continues_on_the_promoted_replica() -> None:
     with SentinelServers(replicas=1, sentinels=3, down_after_ms=800) as ha:
-        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
-        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        client = master_client(ha)
         store = StateStore()
         await store.enable_persistence(RedisBackend(client=client, key="ha:state"),
                                        retry_initial=0.05, retry_max=0.5)
@@ -138,8 +143,7 @@ async def _durable_users(store: StateStore, users: int, per_user: int,
 @pytest.mark.anyio
 async def test_replica_acknowledged_changes_survive_a_failover() -> None:
     with SentinelServers(replicas=2, sentinels=3, down_after_ms=800) as ha:
-        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
-        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        client = master_client(ha)
         store = StateStore()
         await store.enable_persistence(
             RedisBackend(client=client, key="ha:wait", min_replicas=1, replica_timeout=0.5),
@@ -164,8 +168,7 @@ async def test_replica_acknowledged_changes_survive_a_failover() -> None:
 
 def test_what_asynchronous_replication_loses_and_min_replicas_refuses() -> None:
     with SentinelServers(replicas=1, sentinels=3, down_after_ms=800) as ha:
-        sentinel = redis.sentinel.Sentinel(ha.sentinel_hosts, socket_timeout=1)
-        client = sentinel.master_for(ha.master_name, socket_timeout=1)
+        client = master_client(ha)
         plain = RedisStore(client=client, key="ha:lost")
         careful = RedisStore(client=client, key="ha:kept", min_replicas=1, replica_timeout=0.3)
         plain.save({"application": {"n": 1}})

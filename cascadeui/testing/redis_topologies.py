@@ -21,7 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from .redis_server import HOST, RedisServer, free_port
 
@@ -58,7 +61,29 @@ def _wait(what: str, check: Any, timeout: float) -> Any:
         time.sleep(0.05)
 
 
-class RedisClusterServers:
+class _Servers:
+    """A group of servers started together: a context manager over start() and close()."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class RedisClusterServers(_Servers):
     """``masters`` cluster-mode servers sharing the 16,384 slots evenly (no replicas).
 
     :param masters: how many nodes (3 is the smallest cluster redis-cli would make).
@@ -102,20 +127,9 @@ class RedisClusterServers:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisClusterServers:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
-class SentinelServers:
+class SentinelServers(_Servers):
     """One master, ``replicas`` replicas and ``sentinels`` sentinels (quorum 2) on loopback.
 
     :param replicas: replicas of the master (one is promoted when it dies).
@@ -203,15 +217,4 @@ class SentinelServers:
         for workdir in self._dirs:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def __enter__(self) -> SentinelServers:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
