@@ -28,8 +28,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
+
+from .redis_server import _StartedProcesses
 
 __all__ = [
     "PostgresServer",
@@ -126,7 +127,7 @@ def scratch_database(admin_url: str, *, prefix: str = "cascadeui_test_") -> Iter
                 sql.Identifier(name)))
 
 
-class PostgresServer:
+class PostgresServer(_StartedProcesses):
     """A postgres process of our own on ``127.0.0.1``, which may be stopped and restarted.
 
     ``initdb`` runs once (trust auth, user ``postgres``, fsync on); the port and the data
@@ -259,17 +260,6 @@ class PostgresServer:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> PostgresServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def _unprivileged_user() -> str:

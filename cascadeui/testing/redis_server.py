@@ -22,6 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["RedisServer", "RedisServerError", "find_server_binary", "free_port"]
 
@@ -66,7 +70,30 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class _StartedProcesses:
+    """A context manager over ``start()`` and ``close()``: started on entry (closed again if
+    the start fails), closed on exit. Shared by the private test servers of this package."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class RedisServer(_StartedProcesses):
     """A redis-server process of our own on ``127.0.0.1``, which may be stopped and restarted.
 
     The port is fixed for the object's life, so :meth:`start` after :meth:`stop` or
@@ -176,14 +203,3 @@ class RedisServer:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

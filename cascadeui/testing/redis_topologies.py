@@ -20,13 +20,9 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
-from .redis_server import HOST, RedisServer, free_port
+from .redis_server import HOST, RedisServer, _StartedProcesses, free_port
 
 __all__ = ["RedisClusterServers", "SentinelServers"]
 
@@ -61,29 +57,7 @@ def _wait(what: str, check: Any, timeout: float) -> Any:
         time.sleep(0.05)
 
 
-class _Servers:
-    """A group of servers started together: a context manager over start() and close()."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class RedisClusterServers(_Servers):
+class RedisClusterServers(_StartedProcesses):
     """``masters`` cluster-mode servers sharing the 16,384 slots evenly (no replicas).
 
     :param masters: how many nodes (3 is the smallest cluster redis-cli would make).
@@ -129,7 +103,7 @@ class RedisClusterServers(_Servers):
 
 
 
-class SentinelServers(_Servers):
+class SentinelServers(_StartedProcesses):
     """One master, ``replicas`` replicas and ``sentinels`` sentinels (quorum 2) on loopback.
 
     :param replicas: replicas of the master (one is promoted when it dies).
