@@ -74,6 +74,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from cascadeui._merge import Change
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
@@ -82,7 +83,6 @@ from cascadeui.errors import (
     StateNotFoundError,
     StorageUnavailableError,
 )
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from . import journal as _journal
@@ -90,7 +90,7 @@ from .base import BackupInfo, BaseStore, Check, StoreInfo
 from .locks import LockUnavailableError, PathLock
 
 if TYPE_CHECKING:
-    from cascadeui.watch import Listener
+    from cascadeui._watch import Listener
 
     from .journal import JournaledStore
 
@@ -314,7 +314,7 @@ class FileStore(BaseStore):
 
     def listener(self, notify: Callable[[int | None], None]) -> Listener:
         """Watch the file and its journal by ``stat`` (for the engine; not started)."""
-        from cascadeui.watch import StatListener
+        from cascadeui._watch import StatListener
 
         return StatListener(notify, self.location, [self.path, self.journal_path])
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from cascadeui._merge import DELETED, Change
 from cascadeui.errors import StateCorruptedError
-from cascadeui.merge import DELETED, Change
 from cascadeui.serializer import StateSerializer, check_depth
 
 __all__ = [

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from cascadeui._merge import Change
 from cascadeui.errors import ConfigurationError, LockTimeoutError, StateCorruptedError
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore, Check, StoreInfo

@@ -48,6 +48,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from cascadeui._merge import Change
+from cascadeui._watch import TICK, Listener, Notify, announced_version
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
@@ -55,9 +57,7 @@ from cascadeui.errors import (
     StateCorruptedError,
     StorageUnavailableError,
 )
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
-from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
 from .journal import (

@@ -65,6 +65,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from cascadeui._merge import Change
+from cascadeui._watch import TICK, Listener, Notify, announced_version
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
@@ -72,9 +74,7 @@ from cascadeui.errors import (
     StateCorruptedError,
     StorageUnavailableError,
 )
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
-from cascadeui.watch import TICK, Listener, Notify, announced_version
 
 from .base import BaseStore, Check, StoreInfo
 from .journal import apply_record, corrupt, decode_record, encode_record, should_compact

@@ -53,12 +53,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cascadeui._merge import Change
 from cascadeui.errors import (
     LockTimeoutError,
     StateCorruptedError,
     StorageUnavailableError,
 )
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 from .base import BaseStore, Check, StoreInfo
@@ -73,7 +73,7 @@ from .journal import (
 )
 
 if TYPE_CHECKING:
-    from cascadeui.watch import Listener
+    from cascadeui._watch import Listener
 
     from .journal import JournaledStore
 
@@ -246,7 +246,7 @@ class SQLiteStore(BaseStore):
 
     def listener(self, notify: Callable[[int | None], None]) -> Listener | None:
         """Watch the database and its ``-wal`` by ``stat`` (None for ``:memory:``)."""
-        from cascadeui.watch import StatListener
+        from cascadeui._watch import StatListener
 
         if self.path == ":memory:":
             return None

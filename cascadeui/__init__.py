@@ -14,27 +14,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._inspection import inspect
+    from ._panel_data import PanelData
+    from ._restore import RestoreSummary, panel_shard, setup_persistence
     from .dynamic import DynamicPanel
-    from .inspection import inspect
-    from .restore import setup_persistence
     from .store import StateStore, get_store
     from .views import PersistentLayoutView, PersistentView
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DynamicPanel", "PersistentLayoutView", "PersistentView", "StateStore", "__version__",
-    "get_store", "inspect", "setup_persistence",
+    "DynamicPanel", "PanelData", "PersistentLayoutView", "PersistentView", "RestoreSummary",
+    "StateStore", "__version__", "get_store", "inspect", "panel_shard", "setup_persistence",
 ]
 
 _LAZY = {
     "DynamicPanel": ".dynamic",
+    "PanelData": "._panel_data",
     "PersistentLayoutView": ".views",
+    "RestoreSummary": "._restore",
     "PersistentView": ".views",
     "StateStore": ".store",
     "get_store": ".store",
-    "inspect": ".inspection",
-    "setup_persistence": ".restore",
+    "inspect": "._inspection",
+    "panel_shard": "._restore",
+    "setup_persistence": "._restore",
 }
 
 

@@ -17,7 +17,7 @@ Payloads::
     STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
     STATE_RELOADED               {"state": {...}, "base": {...} or absent, "paths": [...]}:
                                  another process changed the stored state; ``paths`` are
-                                 the key paths it changed (see cascadeui.merge)
+                                 the key paths it changed (see cascadeui._merge)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from .merge import merge3
+from ._merge import merge3
 from .serializer import check_depth
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "BATCH_APPLIED",
     "BUILTIN_REDUCERS",
     "PERSISTED_SLICES",
+    "PERSISTENCE_VERIFIED",
     "PERSISTENT_VIEWS_REMOVED",
     "PERSISTENT_VIEW_REGISTERED",
     "PERSISTENT_VIEW_UNREGISTERED",
@@ -68,6 +69,8 @@ TRANSIENT_SLICES = ("views", "sessions")
 PERSISTENT_VIEW_REGISTERED = "PERSISTENT_VIEW_REGISTERED"
 PERSISTENT_VIEW_UNREGISTERED = "PERSISTENT_VIEW_UNREGISTERED"
 PERSISTENT_VIEWS_REMOVED = "PERSISTENT_VIEWS_REMOVED"
+#: Dispatched by setup_persistence when the background checks of restored panels end.
+PERSISTENCE_VERIFIED = "PERSISTENCE_VERIFIED"
 APPLICATION_SET = "APPLICATION_SET"
 APPLICATION_DELETE = "APPLICATION_DELETE"
 #: Key of the ``application`` slice holding the stored schema version (docs/migrations.md);

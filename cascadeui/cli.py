@@ -26,15 +26,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from cascadeui import sync
-from cascadeui.adapters import BackupStore, Check, DescribedStore, SyncStore
-from cascadeui.entries import entry_problem
-from cascadeui.errors import (
-    ConfigurationError,
-    PersistenceError,
-    SerializationError,
-    StateCorruptedError,
-)
-from cascadeui.inspection import (
+from cascadeui._entries import entry_problem
+from cascadeui._inspection import (
     _human_bytes,
     format_path,
     get_path,
@@ -42,8 +35,15 @@ from cascadeui.inspection import (
     parse_path,
     set_path,
 )
+from cascadeui._targets import open_store, redacted
+from cascadeui.adapters import BackupStore, Check, DescribedStore, SyncStore
+from cascadeui.errors import (
+    ConfigurationError,
+    PersistenceError,
+    SerializationError,
+    StateCorruptedError,
+)
 from cascadeui.serializer import StateSerializer
-from cascadeui.targets import open_store, redacted
 
 __all__ = ["UsageError", "main"]
 

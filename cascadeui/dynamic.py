@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .panel_data import DYNAMIC_KEY, PanelData
+from ._panel_data import DYNAMIC_KEY, PanelData
 
 if TYPE_CHECKING:
     from .store import StateStore

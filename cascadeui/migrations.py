@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ._merge import DELETED, diff
 from .actions import SCHEMA_KEY
 from .adapters import SyncStore
 from .errors import MigrationError, SchemaVersionError
-from .merge import DELETED, diff
 
 __all__ = ["SCHEMA_KEY", "Migration", "MigrationPlan", "backup_store", "check_migrations",
            "migrate_adapter", "migrate_backend", "plan_migration", "stored_version", "upgrade"]
@@ -276,7 +276,7 @@ async def migrate_backend(backend: object, version: int,
     """
     import anyio.to_thread
 
-    from .backends import AsyncBackend
+    from ._backends import AsyncBackend
     from .errors import StorageUnavailableError
 
     steps = dict(migrations or {})

@@ -1,7 +1,7 @@
 """The persistence API of the seed: backends, ``migrate_storage``, the serializer, errors.
 
 ``from cascadeui.persistence import SQLiteBackend, migrate_storage`` is the public path;
-the names live in small modules (:mod:`cascadeui.backends`, :mod:`cascadeui.errors`,
+the names live in small modules (:mod:`cascadeui._backends`, :mod:`cascadeui.errors`,
 :mod:`cascadeui.serializer`) and are re-exported here.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .backends import (
+from ._backends import (
     AsyncBackend,
     FileStorageBackend,
     MemoryBackend,
@@ -24,6 +24,7 @@ from .backends import (
     StorageBackend,
     as_backend,
 )
+from ._targets import backend_for
 from .errors import (
     ConfigurationError,
     DurabilityTimeoutError,
@@ -38,7 +39,6 @@ from .errors import (
     StoreClosedError,
 )
 from .serializer import StateSerializer
-from .targets import backend_for
 
 __all__ = [
     "AsyncBackend",
@@ -139,7 +139,7 @@ def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:
     (also ``rediss://``, ``unix://``): :class:`RedisBackend`;
     ``postgresql://user@host:port/dbname?table=...`` (also ``postgres://``):
     :class:`PostgresBackend`; ``memory://NAME``: :class:`MemoryBackend`. The registry of
-    schemes is :data:`cascadeui.targets.SCHEMES`.
+    schemes is :data:`cascadeui._targets.SCHEMES`.
 
     :raises ConfigurationError: anything else (the message lists what is accepted).
     """

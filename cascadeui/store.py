@@ -6,7 +6,7 @@ they change and share the rest, so any state reference is a consistent snapshot 
 thread may serialize it while the loop goes on) and "did a persisted slice change" is two
 identity tests, whatever the size of the state.
 
-Writing is the job of the persistence engine (:mod:`cascadeui.engine`), one asyncio task
+Writing is the job of the persistence engine (:mod:`cascadeui._engine`), one asyncio task
 per store, started by :meth:`StateStore.enable_persistence`. See ``docs/store.md``.
 """
 
@@ -21,6 +21,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from ._backends import StorageBackend, as_backend
+from ._engine import Engine, Timing, load_persisted, same_backend
 from .actions import (
     BATCH_APPLIED,
     BUILTIN_REDUCERS,
@@ -34,8 +36,6 @@ from .actions import (
     set_in,
 )
 from .adapters import SyncStore
-from .backends import StorageBackend, as_backend
-from .engine import Engine, Timing, load_persisted, same_backend
 from .migrations import Migration, migrate_backend
 
 __all__ = [
@@ -363,7 +363,7 @@ class StateStore:
         same backend (the same object, or the same class on the same ``location``) does
         nothing.
 
-        :param backend: a :class:`~cascadeui.backends.StorageBackend` (or a sync adapter).
+        :param backend: a :class:`~cascadeui._backends.StorageBackend` (or a sync adapter).
         :param debounce: seconds of quiet after the last change before writing.
         :param max_delay: seconds after the first unsaved change by which a write starts.
         :param retry_initial: first retry delay after a failed write; doubles each failure.

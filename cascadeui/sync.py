@@ -33,8 +33,9 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from cascadeui._backends import save_or_log
+from cascadeui._targets import Resolved, backend_for, open_store, redacted, resolve
 from cascadeui.adapters import SyncStore, TransactionalStore
-from cascadeui.backends import save_or_log
 from cascadeui.migrations import (
     Migration,
     MigrationPlan,
@@ -42,7 +43,6 @@ from cascadeui.migrations import (
     migrate_backend,
     plan_migration,
 )
-from cascadeui.targets import Resolved, backend_for, open_store, redacted, resolve
 
 __all__ = [
     "LoopReentryError",
@@ -297,7 +297,7 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
     :raises ValueError: a bot was passed.
     :raises LoopReentryError: called on cascadeui's private loop (await it there instead).
     """
-    from cascadeui.restore import setup_persistence as async_setup
+    from cascadeui._restore import setup_persistence as async_setup
 
     if bot is not None:
         # The bot's HTTP session and view store belong to the bot's loop, not ours.

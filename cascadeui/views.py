@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import discord
 from discord.ui.view import BaseView
 
+from ._panel_data import PANELS_KEY, PanelData
 from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
-from .panel_data import PANELS_KEY, PanelData
 
 if TYPE_CHECKING:
     from .store import StateStore

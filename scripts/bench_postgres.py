@@ -167,8 +167,8 @@ def raw_commit_ms(url: str, n: int) -> float:
 async def durable_cell(url: str, table: str, state_bytes: int, users: int,
                        actions: int) -> dict[str, Any]:
     """One cell: ``users`` concurrent users awaiting durable changes until ``actions``."""
+    from cascadeui._backends import PostgresBackend
     from cascadeui.adapters import PostgresStore
-    from cascadeui.backends import PostgresBackend
     from cascadeui.store import StateStore
 
     store = StateStore()

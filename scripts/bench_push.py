@@ -54,8 +54,8 @@ def adapter(kind: str, where: str, key: str) -> Any:
 
 async def receive(kind: str, where: str, key: str, mode: str) -> None:
     """The receiver: prints "ready", then on stdin EOF the arrival time of every key."""
+    from cascadeui._backends import AsyncBackend
     from cascadeui.actions import STATE_RELOADED
-    from cascadeui.backends import AsyncBackend
     from cascadeui.store import StateStore
 
     store = StateStore()

@@ -70,8 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_campaign import durable_redis
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend
 from cascadeui.errors import PersistenceError
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore

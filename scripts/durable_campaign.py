@@ -109,7 +109,7 @@ async def _users(cfg: dict[str, Any], start: dict[str, int], change: Any,
 
 
 def _ours_backend(cfg: dict[str, Any]) -> Any:
-    from cascadeui.backends import FileStorageBackend, RedisBackend, SQLiteBackend
+    from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
 
     if cfg["backend"] == "json":
         return FileStorageBackend(cfg["where"])
@@ -245,7 +245,7 @@ def zygote() -> int:
     follows every spawn, also for a bot that exited by itself.
     """
     # Imported once here and inherited by every bot, so a fork is ready at once.
-    for name in ("cascadeui", "cascadeui.store", "cascadeui.backends",
+    for name in ("cascadeui", "cascadeui.store", "cascadeui._backends",
                  "cascadeui.persistence", "redis", "aiosqlite", "sqlite3"):
         with contextlib.suppress(ImportError):
             __import__(name)

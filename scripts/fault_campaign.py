@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cascadeui._backends import RedisBackend
 from cascadeui.adapters import RedisStore
-from cascadeui.backends import RedisBackend
 from cascadeui.store import StateStore
 from cascadeui.testing.redis_server import RedisServer, find_server_binary
 

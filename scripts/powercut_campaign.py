@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cascadeui._merge import diff
 from cascadeui.errors import PersistenceError
-from cascadeui.merge import diff
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.powercut import (
     CrashState,

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from powercut_campaign import expected, generation
 
+from cascadeui._merge import diff
 from cascadeui.errors import PersistenceError
-from cascadeui.merge import diff
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.powercut import crash_states, materialise, parse_trace, record
 from cascadeui.testing.redis_server import RedisServer, find_server_binary, free_port

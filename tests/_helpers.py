@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import (
     BaseStore,
     FileStore,
@@ -19,7 +20,6 @@ from cascadeui.adapters import (
     RedisStore,
     SQLiteStore,
 )
-from cascadeui.merge import DELETED, Change
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.postgres_server import DEFAULT_URL as PG_DEFAULT_URL
 from cascadeui.testing.postgres_server import PostgresServer, PostgresServerError

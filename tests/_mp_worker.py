@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cascadeui.actions import APPLICATION_SET, STATE_RELOADED
-from cascadeui.backends import (
+from cascadeui._backends import (
     AsyncBackend,
     FileStorageBackend,
     PostgresBackend,
     RedisBackend,
     SQLiteBackend,
 )
+from cascadeui.actions import APPLICATION_SET, STATE_RELOADED
 from cascadeui.store import StateStore
 
 

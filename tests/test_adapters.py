@@ -26,6 +26,7 @@ import pytest
 from _helpers import STORE_BUILDERS, STORE_KINDS
 from blockbuster import BlockingError
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import (
     BaseStore,
     FileStore,
@@ -33,7 +34,6 @@ from cascadeui.adapters import (
     SQLiteStore,
     SyncStore,
 )
-from cascadeui.backends import AsyncBackend
 from cascadeui.errors import StoreClosedError
 from cascadeui.persistence import (
     FileStorageBackend,
@@ -303,7 +303,7 @@ def test_file_modes_new_0600_existing_kept(tmp_path: Path) -> None:
 def test_sqlite_layout_is_documented_single_row(tmp_path: Path) -> None:
     import sqlite3
 
-    from cascadeui.merge import DELETED
+    from cascadeui._merge import DELETED
 
     db = tmp_path / "s.db"
     with SQLiteStore(db) as store:

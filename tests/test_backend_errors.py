@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import redis
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend
 from cascadeui.errors import (
     ConfigurationError,
     DurabilityTimeoutError,

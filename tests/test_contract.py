@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from _helpers import STORE_KINDS
 
+from cascadeui._merge import DELETED
+from cascadeui._targets import require_state
 from cascadeui.adapters import (
     BaseStore,
     Check,
@@ -26,9 +28,7 @@ from cascadeui.adapters import (
     VersionedStore,
 )
 from cascadeui.errors import SerializationError, StateNotFoundError
-from cascadeui.merge import DELETED
 from cascadeui.serializer import StateSerializer
-from cascadeui.targets import require_state
 
 NewStore = Callable[[str], BaseStore]
 SER = StateSerializer()

@@ -11,8 +11,8 @@ import anyio.to_thread
 import pytest
 from _helpers import open_adapter
 
+from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.actions import APPLICATION_SET
-from cascadeui.backends import FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.errors import SerializationError
 from cascadeui.serializer import MAX_DEPTH, StateSerializer
 from cascadeui.store import StateStore

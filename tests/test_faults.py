@@ -32,8 +32,8 @@ from typing import Any
 import anyio
 import pytest
 
+from cascadeui._backends import AsyncBackend, FileStorageBackend
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend, FileStorageBackend
 from cascadeui.errors import LockTimeoutError, PersistenceError, StorageUnavailableError
 from cascadeui.store import StateStore
 

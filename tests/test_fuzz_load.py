@@ -24,8 +24,8 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from cascadeui._backends import FileStorageBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import FileStorageBackend
 from cascadeui.errors import PersistenceError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
@@ -422,7 +422,7 @@ def test_redis_garbage_version_key_is_typed(redis_store: tuple[RedisStore, redis
 def test_setup_persistence_never_writes_empty_over_garbage(
         medium: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from cascadeui import setup_persistence
-    from cascadeui.backends import AsyncBackend
+    from cascadeui._backends import AsyncBackend
 
     garbage = NAMED["truncated"]
     if medium == "file":

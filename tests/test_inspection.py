@@ -12,9 +12,7 @@ import pytest
 
 import cascadeui
 from cascadeui import sync
-from cascadeui.adapters import FileStore
-from cascadeui.errors import ConfigurationError, StateCorruptedError
-from cascadeui.inspection import (
+from cascadeui._inspection import (
     MAX_CHILDREN,
     MAX_VIEW_ROWS,
     Snapshot,
@@ -24,6 +22,8 @@ from cascadeui.inspection import (
     parse_path,
     set_path,
 )
+from cascadeui.adapters import FileStore
+from cascadeui.errors import ConfigurationError, StateCorruptedError
 from cascadeui.persistence import RedisBackend, SQLiteBackend
 
 

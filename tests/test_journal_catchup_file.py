@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from _helpers import JournalWriter
 
+from cascadeui._merge import Change
 from cascadeui.adapters import FileStore
 from cascadeui.adapters import journal as journal_mod
 from cascadeui.errors import StateCorruptedError
-from cascadeui.merge import Change
 from cascadeui.serializer import StateSerializer
 
 SER = StateSerializer()

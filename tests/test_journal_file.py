@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from _helpers import JournalWriter, apply_changes
 
+from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import FileStore, JournaledStore
 from cascadeui.adapters import journal as journal_mod
 from cascadeui.errors import (
@@ -38,7 +39,6 @@ from cascadeui.errors import (
     StateCorruptedError,
     StorageUnavailableError,
 )
-from cascadeui.merge import DELETED, Change
 from cascadeui.serializer import StateSerializer
 
 SER = StateSerializer()

@@ -23,9 +23,9 @@ import cascadeui.adapters.journal as journal
 import pytest
 import redis
 
+from cascadeui._merge import DELETED, Change, diff
 from cascadeui.adapters import JournaledStore, RedisStore
 from cascadeui.errors import LockTimeoutError, StateCorruptedError, StorageUnavailableError
-from cascadeui.merge import DELETED, Change, diff
 from cascadeui.serializer import StateSerializer
 from cascadeui.testing.redis_server import RedisServer, find_server_binary, free_port
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from cascadeui._merge import DELETED, Change, diff
 from cascadeui.adapters import JournaledStore, SQLiteStore, journal, sqlite_store
 from cascadeui.errors import SerializationError, StateCorruptedError
-from cascadeui.merge import DELETED, Change, diff
 from cascadeui.serializer import StateSerializer
 
 SER = StateSerializer()

@@ -202,7 +202,7 @@ async def test_an_unregistered_class_is_a_warning_naming_the_class_and_the_fix(
     await store.dispatch("PERSISTENT_VIEW_REGISTERED", {
         "state_key": "gone", "class_name": "NotLoadedPanel", "message_id": "123",
         "channel_id": str(cid), "guild_id": None, "user_id": None})
-    with caplog.at_level(logging.INFO, logger="cascadeui.restore"):
+    with caplog.at_level(logging.INFO, logger="cascadeui._restore"):
         summary = await setup_persistence(bot, file_path=tmp_path / "s.json", store=store)
     assert summary["skipped"] == ["gone"]
     record = next(r for r in caplog.records if "NotLoadedPanel" in r.getMessage())

@@ -24,9 +24,9 @@ import pytest
 import redis
 from _helpers import started_redis_server
 
+from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.errors import StateCorruptedError
 from cascadeui.store import StateStore
 from cascadeui.testing.redis_server import RedisServer

@@ -1,4 +1,4 @@
-"""cascadeui.merge: the three-way merge behind multi-process writes (issue 4)."""
+"""cascadeui._merge: the three-way merge behind multi-process writes (issue 4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascadeui.merge import DELETED, diff, merge3
+from cascadeui._merge import DELETED, diff, merge3
 
 
 def test_disjoint_changes_are_all_kept() -> None:

@@ -154,8 +154,8 @@ def test_merge_keeps_other_writers_changes(tmp_path: Path) -> None:
     """Two stores in one process on one file: the merge is leaf by leaf, conflicts counted."""
     import asyncio
 
+    from cascadeui._backends import FileStorageBackend
     from cascadeui.actions import APPLICATION_SET
-    from cascadeui.backends import FileStorageBackend
     from cascadeui.store import StateStore
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], int]:

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from _helpers import JournalWriter
 
+from cascadeui._backends import PostgresBackend
 from cascadeui.adapters import PostgresStore, postgres_store
-from cascadeui.backends import PostgresBackend
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,

@@ -142,7 +142,7 @@ def test_parse_trace_reads_strace_lines(tmp_path: Path) -> None:
 _REVERT_WRITER = """
 import os, sys
 from cascadeui.adapters import FileStore
-from cascadeui.merge import diff
+from cascadeui._merge import diff
 from cascadeui.serializer import StateSerializer
 marks = os.open("/dev/null", os.O_WRONLY)
 store = FileStore(sys.argv[1], backups=1)

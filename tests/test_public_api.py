@@ -34,7 +34,7 @@ MODULES = _modules()
 
 
 def test_the_walk_finds_the_package() -> None:
-    for expected in ("cascadeui.persistence", "cascadeui.targets", "cascadeui.adapters.journal",
+    for expected in ("cascadeui.persistence", "cascadeui._targets", "cascadeui.adapters.journal",
                      "cascadeui.adapters.memory_store", "cascadeui.testing.discord_double"):
         assert expected in MODULES
 

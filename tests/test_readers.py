@@ -27,13 +27,13 @@ import cascadeui
 import cascadeui.adapters as adapters_module
 from cascadeui import cli as cli_module
 from cascadeui import sync
+from cascadeui._inspection import inspect
 from cascadeui.adapters import BaseStore, FileStore, SQLiteStore
 from cascadeui.errors import (
     ConfigurationError,
     StateNotFoundError,
     StorageUnavailableError,
 )
-from cascadeui.inspection import inspect
 from cascadeui.persistence import backend_from_url, migrate_storage
 
 STATE = {"application": {"motd": "hi", "n": 1},
@@ -56,7 +56,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str, check: int = 0) -> tuple
 
 PACKAGE = Path(cascadeui.__file__).parent
 #: The one registry of URL schemes: it may name concrete adapters.
-REGISTRY = {"targets.py"}
+REGISTRY = {"_targets.py"}
 CONCRETE = {name for name in adapters_module.__all__
             if isinstance(getattr(adapters_module, name), type)
             and issubclass(getattr(adapters_module, name), BaseStore)
@@ -123,10 +123,10 @@ def test_the_rule_catches_what_it_is_for(tmp_path: Path) -> None:
 
 
 def test_inspection_and_sync_do_not_import_each_other() -> None:
-    code = ("import sys, cascadeui.sync; assert 'cascadeui.inspection' not in sys.modules "
+    code = ("import sys, cascadeui.sync; assert 'cascadeui._inspection' not in sys.modules "
             "or 'cascadeui.sync' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    for name in ("sync.py", "inspection.py"):
+    for name in ("sync.py", "_inspection.py"):
         other = "inspection" if name == "sync.py" else "sync"
         tree = ast.parse((PACKAGE / name).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -366,7 +366,7 @@ def test_delete_removes_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_panel_entries_are_judged_as_restore_judges_them(
         tmp_path: Path, entry: dict[str, Any], problem: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from cascadeui.restore import _identity
+    from cascadeui._restore import _identity
 
     with pytest.raises(ValueError, match=problem):
         _identity(entry)  # restore marks it failed ...
@@ -492,7 +492,7 @@ def test_wording_a_new_user_reads(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "<code>0</code>" not in page  # set members carry no index labels
     assert "<li>a <i>str</i></li>" in page
     with pytest.raises(KeyError, match=r"\(an int\)"):
-        cascadeui.inspection.get_path(state, "application.n.x")
+        cascadeui._inspection.get_path(state, "application.n.x")
     path = tmp_path / "s.json"
     FileStore(path).save(state)
     out, _ = run(capsys, "verify", str(path))

@@ -17,16 +17,16 @@ from _panels import BrokenPanel, CounterPanel, FailingHookPanel, HookPanel, Owne
 from discord.ext import commands
 
 from cascadeui import setup_persistence
-from cascadeui.actions import APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
-from cascadeui.errors import StateCorruptedError
-from cascadeui.persistence import FileStorageBackend, SQLiteBackend
-from cascadeui.restore import (
+from cascadeui._restore import (
     _TASKS,
     DEFAULT_FILE,
     PERSISTENCE_VERIFIED,
     RESTORE_FAILED,
     RestoreSummary,
 )
+from cascadeui.actions import APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
+from cascadeui.errors import StateCorruptedError
+from cascadeui.persistence import FileStorageBackend, SQLiteBackend
 from cascadeui.store import StateStore
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot, mark_ready
 
@@ -286,7 +286,7 @@ async def test_on_restore_after_ready_and_failures_reported(
         assert sorted(result["restored"]) == ["boom", "hook"]
         await asyncio.sleep(0.05)
         assert _panels.HOOK_CALLS == []  # not on the setup_hook path: the bot is not ready
-        with caplog.at_level(logging.ERROR, logger="cascadeui.restore"):
+        with caplog.at_level(logging.ERROR, logger="cascadeui._restore"):
             mark_ready(bot2)
             for _ in range(100):
                 if reported and _panels.HOOK_CALLS:

@@ -22,8 +22,8 @@ import anyio
 import pytest
 import redis
 
+from cascadeui._backends import RedisBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import RedisBackend
 from cascadeui.errors import PersistenceError
 from cascadeui.persistence import FileStorageBackend, backend_from_url
 from cascadeui.serializer import StateSerializer

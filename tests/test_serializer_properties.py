@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend
 from cascadeui.errors import SerializationError
 from cascadeui.serializer import StateSerializer
 

@@ -22,8 +22,8 @@ from _panels import CounterPanel
 from discord.ext import commands
 
 from cascadeui import setup_persistence
+from cascadeui._restore import RestoreSummary, panel_shard
 from cascadeui.persistence import FileStorageBackend
-from cascadeui.restore import RestoreSummary, panel_shard
 from cascadeui.store import StateStore
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 

@@ -15,8 +15,8 @@ import pytest
 from _helpers import open_adapter, started_redis_server
 from _panels import CounterPanel
 
+from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.actions import APPLICATION_SET
-from cascadeui.backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.errors import DurabilityTimeoutError, SerializationError, StorageUnavailableError
 from cascadeui.serializer import SnapshotEncoder
 from cascadeui.store import StateStore

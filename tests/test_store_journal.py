@@ -18,9 +18,9 @@ import pytest
 import redis
 from _helpers import STORE_BUILDERS
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
 from cascadeui.adapters import BaseStore
-from cascadeui.backends import AsyncBackend
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 

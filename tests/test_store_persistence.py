@@ -18,9 +18,9 @@ import anyio.to_thread
 import pytest
 from _helpers import started_redis_server
 
+from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui._engine import Timing
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET, PERSISTENT_VIEW_REGISTERED
-from cascadeui.backends import FileStorageBackend, RedisBackend, SQLiteBackend
-from cascadeui.engine import Timing
 from cascadeui.errors import (
     ConfigurationError,
     PersistenceError,
@@ -527,7 +527,7 @@ def test_last_action_before_exit_is_durable_across_processes(tmp_path: Path) -> 
     script = textwrap.dedent(f"""
         import asyncio
         from cascadeui import get_store
-        from cascadeui.backends import SQLiteBackend
+        from cascadeui._backends import SQLiteBackend
         async def main():
             store = get_store()
             await store.enable_persistence(SQLiteBackend({str(db)!r}), debounce=30.0)

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from cascadeui import sync
+from cascadeui._restore import setup_persistence as async_setup
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.adapters import FileStore, SQLiteStore
 from cascadeui.persistence import FileStorageBackend, RedisBackend, SQLiteBackend
-from cascadeui.restore import setup_persistence as async_setup
 from cascadeui.store import get_store, reset_store
 
 STATE = {"application": {"scores": {1234567890123456789: 3}, "tags": {"a", "b"}},

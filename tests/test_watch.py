@@ -19,9 +19,9 @@ import pytest
 import redis
 from _helpers import started_redis_server
 
+from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
-from cascadeui.backends import AsyncBackend
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 from cascadeui.testing.redis_server import RedisServer

@@ -51,11 +51,11 @@ from typing import Any, Literal
 import anyio.to_thread
 import discord
 
-from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
-from .backends import FileStorageBackend, StorageBackend, as_backend
+from ._backends import FileStorageBackend, StorageBackend, as_backend
+from ._entries import entry_identity
+from ._entries import parse_id as _parse_id
+from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .dynamic import registered_dynamic_items
-from .entries import entry_identity
-from .entries import parse_id as _parse_id
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
 from .views import PersistentPanel, get_view_class
@@ -73,7 +73,6 @@ RESTORE_FAILED = "PERSISTENT_VIEW_RESTORE_FAILED"
 #: Dispatched (no reducer, subscribers only) once every attached panel's message has been
 #: checked, in both verify modes: payload ``{"restored", "skipped", "failed", "removed"}``,
 #: the final four lists (the purge, if any, is already applied).
-PERSISTENCE_VERIFIED = "PERSISTENCE_VERIFIED"
 #: Message checks per second by default: under Discord's global limit of 50 requests per
 #: second, leaving room for the bot's other requests.
 DEFAULT_RATE_LIMIT = 45.0

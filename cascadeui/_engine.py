@@ -14,9 +14,9 @@ durable waiters waiting (retried with backoff) until a write lands or their
 ``durable_timeout`` passes, then they get :class:`~cascadeui.errors.DurabilityTimeoutError`.
 
 It reaches storage only through the backend: a built-in
-:class:`~cascadeui.backends.AsyncBackend` gives it compare-and-set writes, journal appends
+:class:`~cascadeui._backends.AsyncBackend` gives it compare-and-set writes, journal appends
 and catch-up reads (each one worker-thread call), so several processes can share a state;
-any other :class:`~cascadeui.backends.StorageBackend` gets whole ``save_state`` calls.
+any other :class:`~cascadeui._backends.StorageBackend` gets whole ``save_state`` calls.
 
 Errors are classified by type, once, here:
 
@@ -39,10 +39,12 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
-from . import shutdown
+from . import _shutdown
+from ._backends import AsyncBackend, StorageBackend
+from ._merge import diff, merge3
+from ._watch import Listener, listener_for
 from .actions import PERSISTED_SLICES, STATE_RELOADED
 from .adapters import apply_shared
-from .backends import AsyncBackend, StorageBackend
 from .errors import (
     DurabilityTimeoutError,
     PersistenceError,
@@ -51,9 +53,7 @@ from .errors import (
     StorageUnavailableError,
     StoreClosedError,
 )
-from .merge import diff, merge3
 from .serializer import SnapshotEncoder, StateSerializer
-from .watch import Listener, listener_for
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -81,7 +81,7 @@ class Timing:
     retry_max: float
     poll_interval: float | None = None
     durable_timeout: float = 2.5
-    #: Listen for commits announced by other processes (cascadeui.watch), on top of polling.
+    #: Listen for commits announced by other processes (cascadeui._watch), on top of polling.
     push: bool = True
 
     def __post_init__(self) -> None:
@@ -116,7 +116,7 @@ def is_bad_data(exc: BaseException) -> bool:
 def versioned_backend(backend: StorageBackend) -> AsyncBackend[Any] | None:
     """``backend`` when it offers compare-and-set writes the engine may use, else None.
 
-    Only for an :class:`~cascadeui.backends.AsyncBackend` whose ``save_state`` and
+    Only for an :class:`~cascadeui._backends.AsyncBackend` whose ``save_state`` and
     ``load_state`` are not overridden: a subclass that customises them (metrics, another
     format) gets exactly the calls it overrides, and last-writer-wins semantics.
     """
@@ -232,7 +232,7 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.wake: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        #: The thread that hears other processes' commits at once (cascadeui.watch).
+        #: The thread that hears other processes' commits at once (cascadeui._watch).
         self.listener: Listener | None = None
         #: A commit was announced (or a listener reconnected): check the version now.
         self.pushed: bool = False
@@ -270,7 +270,7 @@ class Engine:
     def start(self) -> None:
         self.task = self.loop.create_task(self._run(), name="cascadeui-store-writer")
         self.task.add_done_callback(self._on_done)
-        shutdown.watch(self)
+        _shutdown.watch(self)
         if self.needs_write():
             self.note_change()
         if self.cas is not None and self.timing.poll_interval is not None and self.timing.push:
@@ -379,7 +379,7 @@ class Engine:
     def _location(self) -> str:
         return str(getattr(self.backend, "location", self.backend))
 
-    # -- shutdown (see cascadeui.shutdown) ---------------------------------------------
+    # -- shutdown (see cascadeui._shutdown) ---------------------------------------------
 
     async def final_write(self, why: str) -> None:
         """Write what is pending now, retrying for up to ``durable_timeout`` seconds.
@@ -594,7 +594,7 @@ class Engine:
 
         A built-in backend writes by compare-and-set on the version this store last read.
         When another process committed since, its document is loaded and merged with ours
-        key path by key path (:func:`~cascadeui.merge.merge3`: their changes kept, ours on
+        key path by key path (:func:`~cascadeui._merge.merge3`: their changes kept, ours on
         top, a leaf both changed goes to us as the later writer, logged and counted), the
         merge is written against the new version, and the merged slices are installed in
         memory with a ``STATE_RELOADED`` action. Other backends get a whole-document

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+from cascadeui._targets import redacted, resolve
 from cascadeui.adapters import BackupInfo, DescribedStore
 from cascadeui.errors import ConfigurationError
-from cascadeui.targets import redacted, resolve
 
 __all__ = [
     "MAX_CHILDREN",

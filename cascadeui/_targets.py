@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .adapters import DescribedStore, SyncStore, redact_url
-from .backends import (
+from ._backends import (
     AsyncBackend,
     FileStorageBackend,
     MemoryBackend,
@@ -29,6 +28,7 @@ from .backends import (
     StorageBackend,
     as_backend,
 )
+from .adapters import DescribedStore, SyncStore, redact_url
 from .errors import ConfigurationError, StateNotFoundError
 
 __all__ = [

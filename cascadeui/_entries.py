@@ -2,7 +2,7 @@
 
 ``state["persistent_views"]`` maps a state key to an entry
 ``{"class_name", "message_id", "channel_id", "guild_id", "user_id", ...}``. Restoring
-(:mod:`cascadeui.restore`), ``cascadeui verify`` and ``cascadeui set`` all judge an entry
+(:mod:`cascadeui._restore`), ``cascadeui verify`` and ``cascadeui set`` all judge an entry
 with :func:`entry_identity`, so a tool never passes an entry a bot's start reports as
 failed. No discord.py import: the CLI uses it too.
 """

@@ -5,7 +5,7 @@ a store has not written yet:
 
 * **The loop ends** (``asyncio.run()`` returning, Ctrl-C, ``bot.run()`` returning): asyncio
   cancels the writer task; the writer then writes what is pending before it ends
-  (see :meth:`~cascadeui.engine.Engine.final_write`).
+  (see :meth:`~cascadeui._engine.Engine.final_write`).
 * **SIGTERM** (``kill``, ``docker stop``, systemd): when nothing else handles SIGTERM, the
   first store started on the main thread's loop installs a handler on that loop that writes
   every store's pending changes, then lets the signal take its default effect (the process
@@ -31,7 +31,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ._engine import Engine
 
 __all__ = ["watch"]
 

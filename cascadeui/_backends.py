@@ -12,7 +12,7 @@ caller's data, not an outage. :meth:`AsyncBackend.load_state` always raises, and
 versioned and journal coroutines the store's persistence engine uses
 (:meth:`~AsyncBackend.load_versioned`, :meth:`~AsyncBackend.save_if_version`,
 :meth:`~AsyncBackend.save_changes`, :meth:`~AsyncBackend.load_changes`): the engine
-classifies their errors itself (see :mod:`cascadeui.engine`).
+classifies their errors itself (see :mod:`cascadeui._engine`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 import anyio
 import anyio.to_thread
 
+from cascadeui._merge import diff
 from cascadeui.adapters import (
     FileStore,
     JournaledStore,
@@ -42,7 +43,6 @@ from cascadeui.adapters import (
     VersionedStore,
 )
 from cascadeui.errors import PersistenceError, SerializationError, StoreClosedError
-from cascadeui.merge import diff
 from cascadeui.serializer import SnapshotEncoder, StateSerializer
 
 __all__ = [
@@ -79,7 +79,7 @@ class StorageBackend(Protocol):
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in an anyio worker thread, or inline once no thread can start.
 
-    At interpreter exit (the final writes of :mod:`cascadeui.shutdown`) Python 3.12.0-3.12.1
+    At interpreter exit (the final writes of :mod:`cascadeui._shutdown`) Python 3.12.0-3.12.1
     refuses every new thread ("can't create new thread at interpreter shutdown"); blocking
     the exiting loop is then the only way the last changes get written.
     """
