@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import gc
 import logging
 import os
@@ -51,10 +52,12 @@ from typing import Any, Literal
 import anyio.to_thread
 import discord
 
-from ._backends import FileStorageBackend, StorageBackend, as_backend
+from ._backends import FileStorageBackend, StorageBackend
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
+from ._targets import resolve
 from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
+from .adapters import SyncStore
 from .dynamic import registered_dynamic_items
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
@@ -174,7 +177,7 @@ def _shards_of(bot: discord.Client) -> _Shards | None:
 async def setup_persistence(
     bot: discord.Client | None = None, *,
     file_path: str | os.PathLike[str] | None = None,
-    backend: StorageBackend | None = None,
+    backend: StorageBackend | SyncStore | str | os.PathLike[str] | None = None,
     store: StateStore | None = None,
     concurrency: int = 50,
     fetch_timeout: float = 10.0,
@@ -198,8 +201,9 @@ async def setup_persistence(
 
     :param bot: a ``discord.Client`` / ``commands.Bot``; None restores data only.
     :param file_path: a JSON file (:class:`~cascadeui.persistence.FileStorageBackend`).
-    :param backend: any storage backend. Neither given: ``cascadeui_state.json`` in the
-        current directory.
+    :param backend: any storage backend, a synchronous adapter, or a path/URL string (as
+        ``backend_from_url`` takes it; closed with the bot). Neither given:
+        ``cascadeui_state.json`` in the current directory.
     :param store: the store to use; the process-wide :func:`~cascadeui.store.get_store`
         by default.
     :param concurrency: message checks in flight at once.
@@ -268,9 +272,14 @@ async def setup_persistence(
     store = store if store is not None else get_store()
     owned = backend is None
     chosen: StorageBackend
-    if backend is not None:
-        chosen = as_backend(backend)
-    else:  # the constructor resolves the path against the cwd: not on the event loop
+    if isinstance(backend, (str, os.PathLike)):  # the one resolver, as sync and the CLI
+        # A constructor resolves the path against the cwd (or opens a file): not on the loop
+        resolved = await anyio.to_thread.run_sync(functools.partial(
+            resolve, backend, tools=False))
+        chosen, owned = resolved.backend, resolved.owned
+    elif backend is not None:
+        chosen = resolve(backend).backend
+    else:
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
     await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout,
                   version=version, migrations=migrations)

@@ -147,17 +147,19 @@ class Resolved(NamedTuple):
     owned: bool
 
 
-def resolve(target: Any, *, existing: bool = False) -> Resolved:
+def resolve(target: Any, *, existing: bool = False, tools: bool = True) -> Resolved:
     """Decide what ``target`` is: a path/URL, a backend, a sync adapter, a custom backend.
 
     :param existing: a string must name a store that already holds a state (read-only
         tools: a typo never creates an empty database).
+    :param tools: a string is opened for a script or the CLI (see :func:`backend_for`);
+        False for a running bot (``setup_persistence``).
     :raises StateNotFoundError: ``existing`` and nothing is stored there.
     :raises ConfigurationError: a string that names no backend.
     :raises TypeError: anything else.
     """
     if isinstance(target, (str, os.PathLike)):
-        backend = backend_for(target, tools=True)
+        backend = backend_for(target, tools=tools)
         adapter: SyncStore = backend.store
         if existing:
             try:

@@ -34,7 +34,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from cascadeui._backends import save_or_log
-from cascadeui._targets import Resolved, backend_for, open_store, redacted, resolve
+from cascadeui._targets import Resolved, open_store, redacted, resolve
 from cascadeui.adapters import SyncStore, TransactionalStore
 from cascadeui.migrations import (
     Migration,
@@ -304,9 +304,6 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
         raise ValueError(
             "sync.setup_persistence() restores data only: in a bot, use `await "
             "cascadeui.setup_persistence(bot, ...)` in setup_hook")
-
-    if isinstance(backend, (str, os.PathLike)):
-        backend = backend_for(backend)
 
     async def run() -> dict[str, list[str]]:
         result: dict[str, list[str]] = await async_setup(
