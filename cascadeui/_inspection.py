@@ -26,6 +26,7 @@ from typing import Any
 from cascadeui._targets import redacted, resolve
 from cascadeui.adapters import BackupInfo, DescribedStore
 from cascadeui.errors import ConfigurationError
+from cascadeui.serializer import format_path
 
 __all__ = [
     "MAX_CHILDREN",
@@ -105,21 +106,6 @@ def parse_path(text: str) -> list[_Seg]:
         if text[i] != ".":
             raise ConfigurationError(f"PATH {text!r}: expected '.' at {i}")
         i += 1
-
-
-def format_path(keys: tuple[Any, ...] | list[Any]) -> str:
-    """The PATH text for a key path; ``parse_path`` reads it back to the same keys."""
-    parts = []
-    for key in keys:
-        if isinstance(key, int) and not isinstance(key, bool):
-            parts.append(str(key))
-        elif isinstance(key, str) and re.fullmatch(r'[^."\s\\]+', key) and not re.fullmatch(
-                r"-?\d+", key):
-            parts.append(key)
-        else:
-            text = key if isinstance(key, str) else repr(key)
-            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return ".".join(parts)
 
 
 def _lookup(container: Any, seg: _Seg) -> tuple[bool, Any]:

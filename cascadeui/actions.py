@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from ._merge import merge3
-from .serializer import check_depth
+from .serializer import check_storable
 
 __all__ = [
     "APPLICATION_DELETE",
@@ -231,16 +231,16 @@ def _keep_schema(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def application_set(action: Action, state: State) -> State:
     """Set ``state["application"][k1][k2]... = value``; an empty path replaces the slice.
 
-    :raises SerializationError: the value would nest deeper than
-        :data:`~cascadeui.serializer.MAX_DEPTH` levels from the top of the state (nothing
-        is applied: such a state could never be written whole).
+    :raises SerializationError: the value cannot be stored (a type JSON cannot hold,
+        NaN, nesting deeper than :data:`~cascadeui.serializer.MAX_DEPTH` levels from the
+        top of the state); nothing is applied: no later write could ever succeed.
     """
     payload = _payload(action, "path", "value")
     path = _as_path(payload["path"])
     value = payload["value"]
-    # The limit whole writes enforce, checked here, so that the state this change builds
-    # can always be written whole again (a journal append alone would not see it).
-    check_depth(value, 1 + len(path), ("application", *path))
+    # What whole writes enforce, checked here, so that the state this change builds can
+    # always be written whole again (one bad value would otherwise fail every later write).
+    check_storable(value, ("application", *path))
     if not path:
         if not isinstance(value, dict):
             raise TypeError("APPLICATION_SET with an empty path needs a dict value")

@@ -34,7 +34,8 @@ from zoneinfo import ZoneInfo
 
 from .errors import SerializationError, StateCorruptedError
 
-__all__ = ["MAX_DEPTH", "SnapshotEncoder", "StateSerializer", "check_depth"]
+__all__ = ["MAX_DEPTH", "SnapshotEncoder", "StateSerializer", "check_depth", "check_storable",
+           "format_path"]
 
 #: Deepest nesting accepted on save; deeper states raise instead of overflowing the stack.
 MAX_DEPTH = 200
@@ -90,6 +91,101 @@ def check_depth(value: Any, depth: int, path: Sequence[Any]) -> None:
         for key, child in items:
             if type(child) not in _FAST_LEAVES:
                 stack.append((child, level + 1, (*where, key)))
+
+
+def format_path(keys: tuple[Any, ...] | list[Any]) -> str:
+    """The dotted PATH text of a key path (``application.scores.123``), as the CLI reads
+    it back; keys with dots, spaces or digits only are quoted."""
+    parts = []
+    for key in keys:
+        if isinstance(key, int) and not isinstance(key, bool):
+            parts.append(str(key))
+        elif isinstance(key, str) and re.fullmatch(r'[^."\s\\]+', key) and not re.fullmatch(
+                r"-?\d+", key):
+            parts.append(key)
+        else:
+            text = key if isinstance(key, str) else repr(key)
+            parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return ".".join(parts)
+
+
+#: An error names at most this many keys below the caller's path (a 300-deep value
+#: would otherwise name about a thousand characters of ``k.k.k...``).
+_PATH_KEYS_SHOWN = 8
+
+
+def check_storable(value: Any, path: Sequence[Any]) -> None:
+    """Raise unless ``value``, put at key ``path`` from the top of the state, can be
+    written: every type storable, every number valid JSON, nesting within
+    :data:`MAX_DEPTH`, keys included.
+
+    ``APPLICATION_SET`` calls it at dispatch, so a value that could never be saved is
+    refused before it is applied instead of failing every later write (issue 23). One
+    walk without allocation for plain data; the strict encoder walk only for the rest.
+
+    :raises SerializationError: ``path`` names the user's key path
+        (``application.price``, then the keys inside ``value``, shortened when deep).
+    """
+    tp = type(value)
+    if tp in _LEAVES or (tp is int and -_INT_BOUND < value < _INT_BOUND) or (
+            tp is float and value - value == 0.0):
+        return
+    if all(type(key) is str for key in path) and _plainly_storable(value, len(path)):
+        return
+    try:
+        for key in path:
+            if type(key) is not str:
+                _encode(key, 0)
+        _encode(value, len(path), _LEAVES)
+    except _UnstorableError as exc:
+        inner = exc.path[::-1]
+        shown = format_path([*path, *inner[:_PATH_KEYS_SHOWN]])
+        more = len(inner) - _PATH_KEYS_SHOWN
+        below = f" (and {more} keys further down)" if more > 0 else ""
+        raise SerializationError(f"{shown}{below}: {exc.reason}", path=shown) from None
+    except RecursionError:
+        shown = format_path(list(path))
+        raise SerializationError(f"{shown}: a reference cycle or nesting too deep",
+                                 path=shown) from None
+
+
+#: Ints strictly inside +-2**_MAX_INT_BITS are always storable (a comparison, no call).
+_INT_BOUND = 1 << _MAX_INT_BITS
+_SEQUENCES: frozenset[type] = frozenset({list, tuple, set, frozenset})
+
+
+def _plainly_storable(value: Any, depth: int) -> bool:
+    """True when ``value`` is str-keyed dicts, sequences, sets, dates and valid JSON
+    scalars within the depth limit; False means "not sure" (the strict walk decides)."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
+    while stack:
+        obj, level = stack.pop()
+        if level >= MAX_DEPTH:
+            return False
+        tp = type(obj)
+        if tp is dict:
+            if not set(map(type, obj)) <= _STR_ONLY:
+                return False
+            children: Any = obj.values()
+        elif tp in _SEQUENCES:
+            children = obj
+        elif tp is datetime or tp is date:
+            continue
+        else:
+            return False
+        for child in children:
+            ctp = type(child)
+            if ctp in _LEAVES:
+                continue
+            if ctp is int:
+                if not -_INT_BOUND < child < _INT_BOUND:
+                    return False
+            elif ctp is float:
+                if child - child != 0.0:
+                    return False
+            else:
+                stack.append((child, level + 1))
+    return True
 
 
 class _UnstorableError(Exception):

@@ -72,7 +72,7 @@ async def test_a_dispatch_that_would_nest_too_deep_is_refused_and_nothing_is_app
         with pytest.raises(SerializationError, match="deeper than") as info:
             await store.dispatch(APPLICATION_SET,
                                  {"path": DEEP_PATH, "value": nest(ROOM + 1)}, durable=True)
-        assert info.value.path.startswith("state['application']['deep']['k']['k']")
+        assert info.value.path.startswith("application.deep.k.k.k")
         assert store.state is before  # refused: nothing applied
         # The deepest legal change is accepted, journaled, and the whole state still saves.
         await store.dispatch(APPLICATION_SET, {"path": DEEP_PATH, "value": nest(ROOM)},
