@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import gc
 import logging
@@ -47,7 +46,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio.to_thread
 import discord
@@ -55,13 +54,13 @@ import discord
 from ._backends import FileStorageBackend, StorageBackend
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
+from ._kinds import EntryPanel, kind_of, lookup, registered
 from ._targets import resolve
 from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .adapters import SyncStore
-from .dynamic import registered_dynamic_items
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
-from .views import PersistentPanel, get_view_class
+from .views import PersistentPanel
 
 __all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",
            "RESTORE_FAILED", "RestoreSummary", "panel_shard", "setup_persistence"]
@@ -118,12 +117,16 @@ class RestoreSummary(dict[str, list[str]]):
     #: Names of the :class:`~cascadeui.dynamic.DynamicPanel` classes registered with
     #: ``bot.add_dynamic_items`` (no request: they route by ``custom_id`` template).
     dynamic_items: list[str]
+    #: Every class routed as a whole (no registry entries, no request), by kind name:
+    #: ``{"dynamic": [...], ...}``.
+    routed_classes: dict[str, list[str]]
 
     def __init__(self, lists: Mapping[str, list[str]] | None = None) -> None:
         super().__init__(lists or {name: [] for name in _LISTS})
         self.unverified = []
         self.other_shards = []
         self.dynamic_items = []
+        self.routed_classes = {}
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ async def setup_persistence(
     if bot is None:
         return summary
     _chain_close(bot, store, chosen if owned and store.backend is chosen else None)
-    summary.dynamic_items = _add_dynamic_items(bot, store)
+    summary.routed_classes = _route_classes(bot, store)
+    summary.dynamic_items = list(summary.routed_classes.get("dynamic", []))
     known, pending = await _attach(bot, store, shards, summary.other_shards)
     if rate_limit is not None:
         share = rate_share if rate_share is not None else (
@@ -330,14 +334,13 @@ def _shard_note(shards: _Shards | None, summary: RestoreSummary) -> str:
             f"{len(summary.other_shards)} panels left to other clusters)")
 
 
-def _add_dynamic_items(bot: discord.Client, store: StateStore) -> list[str]:
-    """Route every registered dynamic panel class and bind it to ``store``: no request."""
-    classes = list(registered_dynamic_items().values())
-    for cls in classes:
-        cls.bind_store(store)
-    if classes:
-        bot.add_dynamic_items(*classes)  # type: ignore[arg-type]
-    return [cls.__name__ for cls in classes]
+def _route_classes(bot: discord.Client, store: StateStore) -> dict[str, list[str]]:
+    """Let every kind route its registered classes as a whole (dynamic items): no request."""
+    routed: dict[str, list[str]] = {}
+    for cls, kind in registered():
+        if kind.route_class(bot, cls, store):
+            routed.setdefault(kind.name, []).append(cls.__name__)
+    return routed
 
 
 def _check_bot(bot: object) -> None:
@@ -419,51 +422,8 @@ def _done(task: asyncio.Task[Any]) -> None:
 _identity = entry_identity
 
 
-def _upgraded(cls: type[PersistentPanel], state_key: str, entry: Mapping[str, Any],
-              upgrades: dict[str, dict[str, Any]]) -> Mapping[str, Any]:
-    """The entry at the class's :attr:`~PersistentPanel.version`, through its
-    ``migrate_entry`` when stored older (recorded in ``upgrades`` to be stored back).
-
-    :raises ValueError: the entry was stored by a newer version of the class, or the
-        migration returned something unusable.
-    """
-    stored = entry.get("version", 0)
-    if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
-        raise ValueError(f"version {stored!r} is not a version number")
-    if stored == cls.version:
-        return entry
-    if stored > cls.version:
-        raise ValueError(f"stored by version {stored} of {cls.__name__}, newer than this "
-                         f"code's version {cls.version}")
-    new = cls.migrate_entry(copy.deepcopy(dict(entry)), stored)
-    if not isinstance(new, dict) or new.get("class_name") != entry["class_name"]:
-        raise ValueError(f"{cls.__name__}.migrate_entry must return the entry dict with "
-                         "its class_name")
-    new["version"] = cls.version
-    upgrades[state_key] = new
-    return new
-
-
-def _build(state_key: str, cls: type[PersistentPanel], ids: dict[str, Any],
-           args: Any, store: StateStore) -> PersistentPanel:
-    if args is None:
-        view = cls.from_registry(state_key, **ids)
-    elif isinstance(args, dict):
-        view = cls.from_registry(state_key, args=args, **ids)
-    else:
-        raise ValueError(f"stored args is a {type(args).__name__}, not a dict")
-    if not isinstance(view, cls):
-        raise TypeError(f"{cls.__name__}.from_registry returned {type(view).__name__}")
-    if view.state_key != state_key:
-        raise ValueError(f"{cls.__name__}.from_registry built state_key "
-                         f"{view.state_key!r} for {state_key!r}")
-    view._bind(store=store, **ids)
-    view.check_persistent()
-    return view
-
-
 async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None,
-                  others: list[str]) -> tuple[Lists, list[tuple[str, PersistentPanel]]]:
+                  others: list[str]) -> tuple[Lists, list[tuple[str, EntryPanel]]]:
     """Phase 1, no HTTP: rebuild and ``add_view`` every restorable panel of our shards.
 
     :param others: receives the state keys of other shards' panels (left untouched).
@@ -471,9 +431,13 @@ async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None
         under ``restored``; ``skipped``; ``failed``) and the attached panels to verify.
     """
     known: Lists = {name: [] for name in _LISTS}
-    live = {v.state_key: v for v in bot.persistent_views
-            if isinstance(v, PersistentPanel) and not v.is_finished()}
-    pending: list[tuple[str, PersistentPanel]] = []
+    live: dict[str, EntryPanel] = {}
+    for v in bot.persistent_views:
+        kind = kind_of(type(v))
+        if kind is not None and kind.message_bound and not v.is_finished():
+            panel = cast(EntryPanel, v)
+            live[panel.state_key] = panel
+    pending: list[tuple[str, EntryPanel]] = []
     entries = list(store.state["persistent_views"].items())
     upgrades: dict[str, dict[str, Any]] = {}
     with _no_gc_pauses() if len(entries) > _YIELD_EVERY else contextlib.nullcontext():
@@ -516,8 +480,8 @@ def _no_gc_pauses() -> Iterator[None]:
 
 
 def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: Any,
-                live: Mapping[str, PersistentPanel], known: Lists,
-                upgrades: dict[str, dict[str, Any]]) -> PersistentPanel | None:
+                live: Mapping[str, EntryPanel], known: Lists,
+                upgrades: dict[str, dict[str, Any]]) -> EntryPanel | None:
     """Rebuild and route one panel; None (and the key sorted into ``known``) otherwise."""
     try:
         ids = _identity(entry)
@@ -525,8 +489,9 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         log.warning("panel %r: malformed registry entry (%s); kept", state_key, exc)
         known["failed"].append(state_key)
         return None
-    cls = get_view_class(entry["class_name"])
-    if cls is None:
+    cls = lookup(entry["class_name"])
+    kind = kind_of(cls) if cls is not None else None
+    if cls is None or kind is None:
         log.warning("panel %r: class %r is not registered, so its clicks get no answer "
                     "until a restart that registers it; load the cog or import the module "
                     "defining %s before setup_persistence. The entry is kept.",
@@ -538,9 +503,8 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         known["restored"].append(state_key)  # already routing in this process
         return None
     try:
-        entry = _upgraded(cls, state_key, entry, upgrades)
-        view = _build(state_key, cls, ids, entry.get("args"), store)
-        bot.add_view(view, message_id=ids["message_id"])
+        view = kind.build(cls, state_key, entry, ids, store, upgrades)
+        kind.route(bot, view, ids["message_id"])
     except Exception:
         log.exception("panel %r: rebuilding %s failed; kept", state_key, cls.__name__)
         known["failed"].append(state_key)
@@ -549,11 +513,11 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
     return view
 
 
-def _by_channel(pending: list[tuple[str, PersistentPanel]],
-                ) -> Iterator[tuple[str, PersistentPanel]]:
+def _by_channel(pending: list[tuple[str, EntryPanel]],
+                ) -> Iterator[tuple[str, EntryPanel]]:
     """Round-robin over channels: discord.py serializes requests per channel bucket, so
     consecutive checks in different channels never queue behind each other."""
-    queues: dict[int | None, deque[tuple[str, PersistentPanel]]] = {}
+    queues: dict[int | None, deque[tuple[str, EntryPanel]]] = {}
     for item in pending:
         queues.setdefault(item[1].channel_id, deque()).append(item)
     rounds = list(queues.values())
@@ -592,7 +556,7 @@ class _Pacer:
 
 
 async def _verify(bot: discord.Client, store: StateStore, known: Lists,
-                  pending: list[tuple[str, PersistentPanel]], outcomes: dict[str, Outcome],
+                  pending: list[tuple[str, EntryPanel]], outcomes: dict[str, Outcome],
                   *, concurrency: int, fetch_timeout: float, rate_limit: float | None,
                   ) -> Lists:
     """Phase 2: check every attached panel's message; unroute and purge the gone ones.
@@ -612,7 +576,7 @@ async def _verify(bot: discord.Client, store: StateStore, known: Lists,
             outcomes[state_key] = outcome
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)))))
-    gone: list[tuple[str, PersistentPanel]] = []
+    gone: list[tuple[str, EntryPanel]] = []
     for state_key, view in pending:
         outcome = outcomes[state_key]
         result[outcome].append(state_key)
@@ -625,7 +589,7 @@ async def _verify(bot: discord.Client, store: StateStore, known: Lists,
     return result
 
 
-async def _purge(store: StateStore, gone: list[tuple[str, PersistentPanel]]) -> None:
+async def _purge(store: StateStore, gone: list[tuple[str, EntryPanel]]) -> None:
     if not gone:
         return
     views = store.state["persistent_views"]
@@ -642,7 +606,7 @@ async def _purge(store: StateStore, gone: list[tuple[str, PersistentPanel]]) -> 
                     len(keys))
 
 
-async def _check(bot: discord.Client, view: PersistentPanel, fetch_timeout: float) -> Outcome:
+async def _check(bot: discord.Client, view: EntryPanel, fetch_timeout: float) -> Outcome:
     """Fetch one panel's message and say what became of it."""
     channel_id, message_id = view.channel_id or 0, view.message_id or 0  # set by _bind
     key = view.state_key
@@ -666,7 +630,7 @@ async def _check(bot: discord.Client, view: PersistentPanel, fetch_timeout: floa
     return "restored"
 
 
-def _schedule_on_restore(bot: discord.Client, view: PersistentPanel) -> None:
+def _schedule_on_restore(bot: discord.Client, view: EntryPanel) -> None:
     task = asyncio.get_running_loop().create_task(
         _run_on_restore(bot, view), name=f"cascadeui-on-restore-{view.state_key}")
     _track(task, bot)
@@ -681,7 +645,7 @@ async def _when_ready(bot: discord.Client) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _run_on_restore(bot: discord.Client, view: PersistentPanel) -> None:
+async def _run_on_restore(bot: discord.Client, view: EntryPanel) -> None:
     """Await readiness, then the hook; an exception is logged, kept and dispatched."""
     await _when_ready(bot)
     if bot.is_closed():

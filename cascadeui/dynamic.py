@@ -6,7 +6,8 @@ on any message, with no per-message registration. So after a restart nothing has
 rebuilt or checked: :func:`~cascadeui.setup_persistence` only calls
 ``bot.add_dynamic_items`` with every registered class, which costs no Discord request,
 however many messages carry them. The item's data lives in the store under the ids its
-template captures: ``state["application"]["dynamic_panels"][class_name][data_key]``.
+template captures: ``state["application"]["dynamic_panels"][class_name][data_key]``
+(several ids are escaped and joined: see :func:`_encode_data_key`).
 
 Choose a :class:`~cascadeui.views.PersistentView` / ``PersistentLayoutView`` for a panel
 per message that needs ``on_restore``, an owner, detaching on re-send or a purge when its
@@ -18,10 +19,10 @@ message check each (see ``docs/panels.md``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._kinds import KindMember, PanelKind, RegistryView, lookup, unregister
 from ._panel_data import DYNAMIC_KEY, PanelData
 
 if TYPE_CHECKING:
@@ -31,25 +32,64 @@ __all__ = ["DynamicPanel", "get_dynamic_class", "registered_dynamic_items",
            "unregister_dynamic_class"]
 
 
-_DYNAMIC: dict[str, type[DynamicPanel]] = {}
+class _DynamicKind(PanelKind):
+    """Routed per class by ``custom_id`` template: no registry entries, no request."""
+
+    name = "dynamic"
+    data_root = DYNAMIC_KEY
+
+    def definition_problems(self, cls: type) -> Iterator[str]:
+        pattern = getattr(cls, "__discord_ui_compiled_template__", None)
+        if not isinstance(pattern, re.Pattern):
+            yield "a DynamicPanel must also subclass discord.ui.DynamicItem with template=..."
+            return
+        for group in getattr(cls, "key_groups", None) or ():
+            if (isinstance(group, str) and group not in pattern.groupindex) or (
+                    isinstance(group, int) and not 0 < group <= pattern.groups):
+                yield (f"key_groups names {group!r}, which the template "
+                       f"{pattern.pattern!r} does not capture")
+
+    def route_class(self, bot: Any, cls: type, store: Any) -> bool:
+        assert issubclass(cls, DynamicPanel)
+        cls.bind_store(store)
+        bot.add_dynamic_items(cls)
+        return True
+
+
+_DYNAMIC_KIND = _DynamicKind()
 
 
 def registered_dynamic_items() -> Mapping[str, type[DynamicPanel]]:
     """A read-only view of the dynamic registry: class name -> DynamicPanel class."""
-    return MappingProxyType(_DYNAMIC)
+    return RegistryView(_DynamicKind)
 
 
 def get_dynamic_class(name: object) -> type[DynamicPanel] | None:
     """The registered dynamic panel class called ``name``, or None."""
-    return _DYNAMIC.get(name) if isinstance(name, str) else None
+    return lookup(name, _DynamicKind)
 
 
 def unregister_dynamic_class(name: str) -> None:
     """Forget a registered dynamic class (an unloaded extension, a test)."""
-    _DYNAMIC.pop(name, None)
+    unregister(name, _DynamicKind)
 
 
-class DynamicPanel(PanelData):
+def _encode_data_key(values: tuple[str | None, ...]) -> str:
+    """The data key of an item's captured ``values``: one-to-one, so two items share data
+    only when they capture the same ids.
+
+    One value is the key as it is (``None``: ``""``). Several are joined with ``":"``
+    after escaping each: ``\\`` for a backslash, ``\\:`` for a colon, and ``\\N`` for
+    a group that did not participate. Values without ``:`` or ``\\`` give the same key
+    as the plain ``":"`` join used before, so such stored data keeps its key.
+    """
+    if len(values) == 1:
+        return values[0] or ""
+    return ":".join("\\N" if v is None else v.replace("\\", "\\\\").replace(":", "\\:")
+                    for v in values)
+
+
+class DynamicPanel(KindMember, PanelData, register=False):
     """Mixin for a ``discord.ui.DynamicItem`` whose data persists in the store.
 
     Put it first among the bases and pass the template as discord.py expects::
@@ -62,11 +102,12 @@ class DynamicPanel(PanelData):
     ``setup_persistence(bot, ...)`` adds every registered class with
     ``bot.add_dynamic_items`` and binds it to its store.
 
-    :attr:`data_key` is the template's captured groups (only :attr:`key_groups`, when
-    set) joined with ``":"``; :attr:`data` and :meth:`set_data` read and write
-    ``state["application"]["dynamic_panels"][class_name][data_key]``.
+    :attr:`data_key` encodes the template's captured groups (only :attr:`key_groups`,
+    when set; see :func:`_encode_data_key`); :attr:`data` and :meth:`set_data` read and
+    write ``state["application"]["dynamic_panels"][class_name][data_key]``.
     """
 
+    panel_kind = _DYNAMIC_KIND
     #: Names (or 1-based numbers) of the template groups that make up :attr:`data_key`;
     #: None: every group, in order.
     key_groups: ClassVar[tuple[str | int, ...] | None] = None
@@ -75,27 +116,6 @@ class DynamicPanel(PanelData):
     _class_store: ClassVar[StateStore | None] = None
     if TYPE_CHECKING:  # set by discord.ui.DynamicItem from template=
         __discord_ui_compiled_template__: ClassVar[re.Pattern[str]]
-
-    def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not register:
-            return
-        pattern = getattr(cls, "__discord_ui_compiled_template__", None)
-        if not isinstance(pattern, re.Pattern):
-            raise TypeError(f"{cls.__qualname__}: a DynamicPanel must also subclass "
-                            "discord.ui.DynamicItem with template=...")
-        for group in cls.key_groups or ():
-            if (isinstance(group, str) and group not in pattern.groupindex) or (
-                    isinstance(group, int) and not 0 < group <= pattern.groups):
-                raise TypeError(f"{cls.__qualname__}.key_groups names {group!r}, which the "
-                                f"template {pattern.pattern!r} does not capture")
-        known = _DYNAMIC.get(cls.__name__)
-        if known is not None and known is not cls and (
-                (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)):
-            raise TypeError(f"a DynamicPanel named {cls.__name__!r} is already registered by "
-                            f"{known.__module__}.{known.__qualname__}; their stored data "
-                            "would mix. Rename one of them.")
-        _DYNAMIC[cls.__name__] = cls
 
     @property
     def store(self) -> StateStore:
@@ -111,7 +131,7 @@ class DynamicPanel(PanelData):
 
     @property
     def data_key(self) -> str:
-        """The ids this item's ``custom_id`` captures, joined with ``":"``.
+        """The ids this item's ``custom_id`` captures, encoded by :func:`_encode_data_key`.
 
         :raises ValueError: the ``custom_id`` does not match the class's template.
         """
@@ -123,7 +143,7 @@ class DynamicPanel(PanelData):
                              f"the template {pattern.pattern!r}")
         groups = self.key_groups
         values = match.groups() if groups is None else tuple(match.group(g) for g in groups)
-        return ":".join("" if v is None else str(v) for v in values)
+        return _encode_data_key(values)
 
     def _data_path(self) -> list[str]:
         return [DYNAMIC_KEY, type(self).__name__, self.data_key]

@@ -12,7 +12,8 @@
     ├── ConfigurationError (ValueError)       a bad URL, path or option
     ├── StoreClosedError (RuntimeError)       a store used after ``close()``
     ├── MigrationError (RuntimeError)         a schema migration step failed; ``step``
-    └── SchemaVersionError (ValueError)       stored state newer than the code; ``stored``
+    ├── SchemaVersionError (ValueError)       stored state newer than the code; ``stored``
+    └── UnregisteredPanelError (TypeError)    a ``register=False`` panel class was sent
 
 Each error carries its location as attributes as well as in its message, never a
 password, and survives pickling so that it can cross process boundaries.
@@ -34,6 +35,7 @@ __all__ = [
     "StateNotFoundError",
     "StorageUnavailableError",
     "StoreClosedError",
+    "UnregisteredPanelError",
 ]
 
 
@@ -172,3 +174,20 @@ class SchemaVersionError(PersistenceError, ValueError):
         super().__init__(message, location=location)
         self.stored = stored
         self.supported = supported
+
+
+class UnregisteredPanelError(PersistenceError, TypeError):
+    """Raised by a panel's ``send()``/``respond()`` when its class was defined with
+    ``register=False``: no restart could rebuild it, so it is refused before any request.
+
+    ``class_name`` names the class.
+    """
+
+    class_name: str
+
+    def __init__(self, class_name: str) -> None:
+        super().__init__(
+            f"{class_name} was defined with register=False, so it is not in the panel "
+            "registry and no restart could rebuild it: its buttons would stop answering. "
+            f"Send a registered subclass, or drop register=False from {class_name}.")
+        self.class_name = class_name

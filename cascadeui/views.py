@@ -20,17 +20,19 @@ base that is never sent itself.
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import discord
 from discord.ui.view import BaseView
 
+from ._kinds import KindMember, PanelKind, RegistryView, is_registered, lookup, unregister
 from ._panel_data import PANELS_KEY, PanelData
 from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
+from .errors import UnregisteredPanelError
 
 if TYPE_CHECKING:
     from .store import StateStore
@@ -40,7 +42,6 @@ __all__ = ["PANELS_KEY", "PersistentLayoutView", "PersistentPanel", "PersistentV
 
 log: logging.Logger = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, type[PersistentPanel]] = {}
 # (id(store), state_key) -> the live view sent or restored in this process
 _LIVE: weakref.WeakValueDictionary[tuple[int, str], PersistentPanel] = (
     weakref.WeakValueDictionary())
@@ -48,42 +49,85 @@ _LIVE: weakref.WeakValueDictionary[tuple[int, str], PersistentPanel] = (
 V = TypeVar("V", bound="PersistentPanel")
 
 
+class _ViewKind(PanelKind):
+    """The message-bound kind: one ``View``/``LayoutView`` per registry entry, rebuilt
+    with ``from_registry`` and routed with ``bot.add_view(view, message_id=...)``."""
+
+    name = "view"
+    data_root = PANELS_KEY
+    message_bound = True
+
+    def definition_problems(self, cls: type) -> Iterator[str]:
+        missing = list(_declared_without_custom_id(cls))
+        if missing:
+            yield (f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no "
+                   "explicit custom_id; after a restart Discord would route its clicks "
+                   "nowhere. Give each one custom_id=\"...\" (or pass register=False for a "
+                   "base class that is never sent).")
+
+    def build(self, cls: type, state_key: str, entry: Mapping[str, Any],
+              ids: Mapping[str, Any], store: Any, upgrades: dict[str, dict[str, Any]],
+              ) -> PersistentPanel:
+        assert issubclass(cls, PersistentPanel)
+        entry = _upgraded(cls, state_key, entry, upgrades)
+        args = entry.get("args")
+        if args is None:
+            view = cls.from_registry(state_key, **ids)
+        elif isinstance(args, dict):
+            view = cls.from_registry(state_key, args=args, **ids)
+        else:
+            raise ValueError(f"stored args is a {type(args).__name__}, not a dict")
+        if not isinstance(view, cls):
+            raise TypeError(f"{cls.__name__}.from_registry returned {type(view).__name__}")
+        if view.state_key != state_key:
+            raise ValueError(f"{cls.__name__}.from_registry built state_key "
+                             f"{view.state_key!r} for {state_key!r}")
+        view._bind(store=store, **ids)
+        view.check_persistent()
+        return view
+
+
+_VIEW_KIND = _ViewKind()
+
+
 def registered_views() -> Mapping[str, type[PersistentPanel]]:
     """A read-only view of the registry: class name -> panel class (either kind)."""
-    return MappingProxyType(_REGISTRY)
+    return RegistryView(_ViewKind)
 
 
 def get_view_class(name: object) -> type[PersistentPanel] | None:
     """The registered panel class called ``name``, or None (also for a non-string name)."""
-    return _REGISTRY.get(name) if isinstance(name, str) else None
+    return lookup(name, _ViewKind)
 
 
 def unregister_view_class(name: str) -> None:
     """Forget a registered class (an unloaded extension, a test); unknown names are ignored."""
-    _REGISTRY.pop(name, None)
+    unregister(name, _ViewKind)
 
 
-def _register(cls: type[PersistentPanel]) -> None:
-    name = cls.__name__
-    known = _REGISTRY.get(name)
-    if known is not None and known is not cls and (
-            (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)):
-        raise TypeError(
-            f"a persistent panel named {name!r} is already registered by "
-            f"{known.__module__}.{known.__qualname__}; {cls.__module__}.{cls.__qualname__} "
-            "would make stored panels ambiguous after a restart. Rename one of them, or "
-            "pass register=False for a base class that is never sent.")
-    missing = list(_declared_without_custom_id(cls))
-    if missing:
-        raise TypeError(
-            f"{cls.__module__}.{cls.__qualname__}: {', '.join(missing)} "
-            f"{'has' if len(missing) == 1 else 'have'} no explicit custom_id; after a restart "
-            "Discord would route its clicks nowhere. Give each one custom_id=\"...\" (or "
-            "pass register=False for a base class that is never sent).")
-    if known is not None and known is not cls:
-        log.debug("panel class %s re-defined in %s; the new class replaces it",
-                  name, cls.__module__)
-    _REGISTRY[name] = cls
+def _upgraded(cls: type[PersistentPanel], state_key: str, entry: Mapping[str, Any],
+              upgrades: dict[str, dict[str, Any]]) -> Mapping[str, Any]:
+    """The entry at the class's :attr:`~PersistentPanel.version`, through its
+    ``migrate_entry`` when stored older (recorded in ``upgrades`` to be stored back).
+
+    :raises ValueError: the entry was stored by a newer version of the class, or the
+        migration returned something unusable.
+    """
+    stored = entry.get("version", 0)
+    if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
+        raise ValueError(f"version {stored!r} is not a version number")
+    if stored == cls.version:
+        return entry
+    if stored > cls.version:
+        raise ValueError(f"stored by version {stored} of {cls.__name__}, newer than this "
+                         f"code's version {cls.version}")
+    new = cls.migrate_entry(copy.deepcopy(dict(entry)), stored)
+    if not isinstance(new, dict) or new.get("class_name") != entry["class_name"]:
+        raise ValueError(f"{cls.__name__}.migrate_entry must return the entry dict with "
+                         "its class_name")
+    new["version"] = cls.version
+    upgrades[state_key] = new
+    return new
 
 
 def _declared_without_custom_id(cls: type[BaseView]) -> Iterator[str]:
@@ -97,8 +141,10 @@ def _declared_without_custom_id(cls: type[BaseView]) -> Iterator[str]:
                     yield _describe(item, name)
             continue
         kwargs = getattr(member, "__discord_ui_model_kwargs__", None)
+        # a decorated button defaults custom_id to None, a decorated select to MISSING
         if isinstance(kwargs, Mapping) and "custom_id" in kwargs and (
-                kwargs["custom_id"] is None and kwargs.get("url") is None):
+                kwargs["custom_id"] is None or kwargs["custom_id"] is discord.utils.MISSING
+        ) and kwargs.get("url") is None:
             label = kwargs.get("label") or kwargs.get("placeholder")
             yield f"{name}{f' ({label!r})' if label else ''}"
 
@@ -117,7 +163,7 @@ def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-class PersistentPanel(PanelData, BaseView):
+class PersistentPanel(KindMember, PanelData, BaseView, register=False):
     """What every persistent panel has, whatever its discord.py view class.
 
     Not used directly: subclass :class:`PersistentView` (a classic ``discord.ui.View``) or
@@ -140,10 +186,7 @@ class PersistentPanel(PanelData, BaseView):
     #: The version of this class's stored arguments (see :meth:`migrate_entry`).
     version: ClassVar[int] = 0
 
-    def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if register:
-            _register(cls)
+    panel_kind = _VIEW_KIND
 
     def __init__(self, *, state_key: str | None = None, user_id: int | str | None = None,
                  store: StateStore | None = None, timeout: float | None = None) -> None:
@@ -196,6 +239,8 @@ class PersistentPanel(PanelData, BaseView):
                 "minutes), so it could never be restored, and discord.py gives its view a "
                 "15-minute timeout")
         self.check_persistent()
+        if not is_registered(type(self)):
+            raise UnregisteredPanelError(type(self).__name__)
 
     async def send(self, destination: discord.abc.Messageable, content: str | None = None,
                    *, durable: bool = True, **kwargs: Any) -> discord.Message:
@@ -205,6 +250,7 @@ class PersistentPanel(PanelData, BaseView):
         :param durable: return once the registry entry is stored (see :meth:`set_data`).
         :param kwargs: passed to ``destination.send`` (embed, files, ...).
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
+        :raises UnregisteredPanelError: the class was defined with ``register=False``.
         """
         self._check_send(content, kwargs)
         message = await destination.send(content, view=self, **kwargs)  # type: ignore[call-overload]
@@ -220,6 +266,7 @@ class PersistentPanel(PanelData, BaseView):
         :param durable: return once the registry entry is stored (see :meth:`set_data`).
 
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
+        :raises UnregisteredPanelError: the class was defined with ``register=False``.
         """
         self._check_send(content, kwargs)
         if content is not None:

@@ -165,7 +165,7 @@ async def test_exit_unregisters_only_its_own_entry(
         await new.send(channel(bot, double, cid))
 
 
-class Launcher(PersistentView, register=False):
+class Launcher(PersistentView):
     """Answers a click by sending an owner-only panel to the clicker."""
 
     @discord.ui.button(label="Open", custom_id="launcher:open")
