@@ -35,6 +35,7 @@ from anyio.from_thread import BlockingPortal
 
 from cascadeui._backends import save_or_log
 from cascadeui._targets import Resolved, open_store, redacted, resolve
+from cascadeui.actions import PERSISTED_SLICES
 from cascadeui.adapters import SyncStore, TransactionalStore
 from cascadeui.migrations import (
     Migration,
@@ -227,7 +228,7 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
         if r.adapter is not None:
             if not isinstance(r.adapter, TransactionalStore):
                 raise TypeError(f"{type(r.adapter).__name__} has no transaction()")
-            with r.adapter.transaction() as state:
+            with r.adapter.transaction() as state, _with_slices(state):
                 yield state
             return
         factory: Callable[[], contextlib.AbstractAsyncContextManager[dict[str, Any]]] | None
@@ -240,8 +241,23 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
             raise LoopReentryError(
                 "sync.transaction() was called on cascadeui's private event loop; use "
                 "`async with backend.transaction()` there instead")
-        with _loop.portal().wrap_async_context_manager(factory()) as state:
+        with _loop.portal().wrap_async_context_manager(factory()) as state, \
+                _with_slices(state):
             yield state
+
+
+@contextlib.contextmanager
+def _with_slices(state: dict[str, Any]) -> Iterator[None]:
+    """Give a transaction's body both persisted slices, so that
+    ``state["application"]["motd"] = ...`` works on a fresh store (issue 23); a slice
+    added here and left empty is taken out again, so nothing is written for it."""
+    added = [name for name in PERSISTED_SLICES if name not in state]
+    for name in added:
+        state[name] = {}
+    yield
+    for name in added:
+        if state.get(name) == {}:
+            del state[name]
 
 
 def migrate_storage(source: Target, target: Target, *,
