@@ -44,7 +44,7 @@ if [ ${#pythons[@]} -eq 0 ]; then
     exit 1
 fi
 
-# The power-cut simulator (tests/test_powercut.py) records system calls with strace: a
+# The power-cut simulator (tests/campaigns/test_powercut.py) records system calls with strace: a
 # small Debian package, installed here when it is missing and we may (root, apt-get).
 if ! command -v strace >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -qq strace >/dev/null 2>&1 \

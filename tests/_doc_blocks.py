@@ -1,4 +1,4 @@
-"""Run the ```python blocks of one Markdown page (see tests/test_docs.py for the rules).
+"""Run the ```python blocks of one Markdown page (see tests/readers/test_docs.py for the rules).
 
 Usage: ``python tests/_doc_blocks.py PAGE.md`` from the directory the blocks should use as
 their working directory (test_docs runs it in a fresh temp dir, one process per page).

@@ -26,6 +26,10 @@ from cascadeui.testing.postgres_server import PostgresServer, PostgresServerErro
 from cascadeui.testing.postgres_server import find_binaries as find_pg_binaries
 from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_server_binary
 
+#: The tests/ directory (shared helpers and worker scripts live here) and the repository root.
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
 #: Every adapter the contract suites run over: kind -> builder(request, tmp_path). Each call
 #: of a builder within one test returns a new store on the SAME medium (the same file,
 #: database table, Redis key or memory name), so tests can open two stores of one state.

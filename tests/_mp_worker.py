@@ -1,4 +1,4 @@
-"""Worker processes for tests/test_multiprocess.py (issue 4); run as a script.
+"""Worker processes for tests/store/test_multiprocess.py (issue 4); run as a script.
 
     increments KIND WHERE KEY N PROCS      fork PROCS workers (half of them through the
                                            async twin) doing N transaction() increments

@@ -22,7 +22,7 @@ import pytest
 
 from cascadeui.testing.powercut import Op, crash_states, materialise, parse_trace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "powercut_campaign.py"
 
 

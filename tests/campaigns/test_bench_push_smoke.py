@@ -19,7 +19,7 @@ import pytest
 # always run by `bash scripts/test.sh` (CI).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> list[dict[str, object]]:

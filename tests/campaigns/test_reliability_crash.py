@@ -22,7 +22,7 @@ import pytest
 # always run by `bash scripts/test.sh` (CI).
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "crash_campaign.py"
 
 

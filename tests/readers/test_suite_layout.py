@@ -20,7 +20,9 @@ from _helpers import STORE_BUILDERS
 import cascadeui.adapters as adapters_module
 from cascadeui.adapters import BaseStore
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
+#: The folders test modules live in, by layer (issue 20); shared helpers stay in tests/.
+LAYERS = ("adapters", "store", "panels", "readers", "campaigns")
 #: Modules that opt out of the no-blocking guard as a whole, and why.
 WHOLE_MODULE_BLOCKING = {
     "test_medium_loss.py": "damages the media through adapters on the loop on purpose "
@@ -29,15 +31,24 @@ WHOLE_MODULE_BLOCKING = {
 
 
 def _modules() -> list[Path]:
-    return sorted(TESTS.glob("test_*.py"))
+    return sorted(TESTS.rglob("test_*.py"))
+
+
+def test_test_modules_live_in_their_layers_folder() -> None:
+    """Every test module sits in one layer folder; names stay unique (rootdir imports)."""
+    modules = _modules()
+    assert len(modules) >= 50
+    assert {p.parent.name for p in modules} == set(LAYERS)
+    assert all(p.parent.parent == TESTS for p in modules)
+    assert len({p.name for p in modules}) == len(modules)
+    assert not list(TESTS.rglob("__init__.py"))
 
 
 def test_anyio_backend_is_defined_once() -> None:
-    own = [p.name for p in _modules() if re.search(r"^def anyio_backend\(", p.read_text(),
+    own = [p for p in _modules() if re.search(r"^def anyio_backend\(", p.read_text(),
                                                    re.M)]
-    for name in own:  # only modules that run under both loops (a parametrized fixture)
-        text = (TESTS / name).read_text()
-        assert re.search(r"def anyio_backend\((request|combo)", text), name
+    for path in own:  # only modules that run under both loops (a parametrized fixture)
+        assert re.search(r"def anyio_backend\((request|combo)", path.read_text()), path.name
     assert "def anyio_backend() -> str:" in (TESTS / "conftest.py").read_text()
 
 

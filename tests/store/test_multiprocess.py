@@ -30,7 +30,7 @@ from _helpers import open_adapter
 
 from cascadeui.adapters import FileStore, RedisStore
 
-WORKER = str(Path(__file__).with_name("_mp_worker.py"))
+WORKER = str(Path(__file__).resolve().parents[1] / "_mp_worker.py")
 PROCS = int(os.environ.get("CASCADEUI_MP_PROCS", "8"))
 N = int(os.environ.get("CASCADEUI_MP_N", "40"))
 TARGET_DELAY = 1.0  # seconds, from the issue

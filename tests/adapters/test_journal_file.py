@@ -610,7 +610,7 @@ def test_threads_sharing_one_store_lose_nothing(path: Path) -> None:
         assert store.load() == {"application": {"n": 120}}
 
 
-# -- disk faults while appending (the fault injection of tests/test_faults.py) -------------
+# -- disk faults while appending (the fault injection of tests/campaigns/test_faults.py) -----------
 
 
 @pytest.mark.parametrize("fault", ["eio-fsync-append", "enospc-write-append",
@@ -652,7 +652,7 @@ def test_disk_faults_while_appending_keep_the_acknowledged_state(
         assert fresh.load() == {"application": {"n": 2}}
 
 
-# -- hostile journal bytes (the fuzzing of tests/test_fuzz_load.py) ------------------------
+# -- hostile journal bytes (the fuzzing of tests/campaigns/test_fuzz_load.py) ----------------------
 
 
 def _journal_fuzz_cases() -> Any:

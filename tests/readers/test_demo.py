@@ -39,7 +39,7 @@ def test_demo_lifecycle(tmp_path: Path) -> None:
 
 
 def test_demo_script_removes_its_directory() -> None:
-    script = (Path(__file__).resolve().parent.parent / "scripts" / "demo.sh").read_text()
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "demo.sh").read_text()
     assert "trap 'rm -rf \"$workdir\"' EXIT" in script  # the run itself is the test above
     assert "exec " not in script  # exec would skip the trap
 
@@ -48,7 +48,7 @@ def test_example_bot_runs_against_the_double(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/bot.py: its setup_hook restores, its panels send and answer clicks."""
     spec = importlib.util.spec_from_file_location(
-        "example_bot", Path(__file__).parents[1] / "examples" / "bot.py")
+        "example_bot", Path(__file__).resolve().parents[2] / "examples" / "bot.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

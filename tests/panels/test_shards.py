@@ -29,7 +29,7 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "cluster_restore.py"
 
 

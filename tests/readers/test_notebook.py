@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 
 from cascadeui import sync
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "inspect_state.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "inspect_state.ipynb"
 KERNEL = "cascadeui-test"
 
 

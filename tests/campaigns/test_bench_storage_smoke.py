@@ -13,7 +13,7 @@ import pytest
 # always run by `bash scripts/test.sh` (CI).
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_storage.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_storage.py"
 
 
 def test_bench_storage_quick(redis_url: str, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.errors import LockTimeoutError, PersistenceError, StorageUnavailableError
 from cascadeui.store import StateStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # -- system-call fault injection -----------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Real database files throughout; the crash and concurrency tests run real processes,
 forked from one spawner subprocess that imported cascadeui once (as in
-tests/test_multiprocess_basic.py), and SIGKILL them.
+tests/store/test_multiprocess_basic.py), and SIGKILL them.
 """
 
 from __future__ import annotations

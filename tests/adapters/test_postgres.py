@@ -316,7 +316,7 @@ def test_server_restart_is_survived(tmp_path: Path) -> None:
 def test_crash_campaign_on_postgres() -> None:
     """scripts/crash_campaign.py, tiny: writers SIGKILLed mid-transaction, the server once
     per mode; nothing acknowledged is lost."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "crash_campaign.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "crash_campaign.py"
     done = subprocess.run([sys.executable, str(script), "--kills", "3", "--size", "4000",
                            "--backends", "postgres"], capture_output=True, text=True,
                           timeout=300, check=False)

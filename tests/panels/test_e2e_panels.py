@@ -26,7 +26,7 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
 pytestmark = pytest.mark.anyio
 
-WORKER = Path(__file__).with_name("_panels_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_panels_worker.py"
 MANY = 10_000
 ALICE, BOB = 1234567890123456789, 42
 

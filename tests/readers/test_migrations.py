@@ -29,7 +29,7 @@ from cascadeui.persistence import backend_from_url
 from cascadeui.store import StateStore
 
 KINDS = ["json", "sqlite", "redis", "postgres"]
-WORKER = Path(__file__).with_name("_migrate_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_migrate_worker.py"
 V0 = {"application": {"scores": {"1": 5, "2": 7}, "motd": "hi"},
       "persistent_views": {"p": {"class_name": "Old", "message_id": "1",
                                  "channel_id": "2", "guild_id": None, "user_id": None}}}

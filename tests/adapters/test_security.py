@@ -28,7 +28,7 @@ from cascadeui.errors import PersistenceError
 from cascadeui.persistence import FileStorageBackend, backend_from_url
 from cascadeui.serializer import StateSerializer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = [REPO / "cascadeui", REPO / "adapters"]
 
 #: State keys that must survive every backend unchanged and never become a path or a key.

@@ -1,6 +1,6 @@
 """The adapter contract beyond load/save (issue 12), once, over every adapter.
 
-``tests/test_adapters.py`` runs the load/save/transaction/version part over every kind
+``tests/adapters/test_adapters.py`` runs the load/save/transaction/version part over every kind
 in ``_helpers.STORE_BUILDERS``; this module runs the rest over the same list: the change
 journal (``save_changes``/``load_changes``, compaction, conflicts, a second store of the
 same medium catching up) and what readers ask (``exists``, ``describe``, ``check``, the

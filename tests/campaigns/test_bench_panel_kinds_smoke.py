@@ -12,7 +12,7 @@ import pytest
 # always run by `bash scripts/test.sh` (CI).
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_panel_kinds_benchmark_runs_at_smoke_size() -> None:

@@ -27,7 +27,7 @@ from cascadeui.store import StateStore
 # The checks read the media directly (test code may block); cascadeui calls on the loop may not.
 pytestmark = pytest.mark.anyio
 
-# Every kind with a medium to look at (memory has none: tests/test_contract.py covers it).
+# Every kind with a medium to look at (memory has none: tests/adapters/test_contract.py covers it).
 KINDS = ["file", "sqlite", "redis", "postgres"]
 
 

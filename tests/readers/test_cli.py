@@ -238,7 +238,7 @@ def test_console_script_and_demo(tmp_path: Path) -> None:
 
 
 def test_every_command_is_documented() -> None:
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     parser = cli_module._parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert commands is not None

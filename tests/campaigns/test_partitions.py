@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "partition_campaign.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "partition_campaign.py"
 
 pytestmark = pytest.mark.slow
 
