@@ -89,7 +89,8 @@ class MemoryStore(BaseStore):
         self.name: str = name if name is not None else f"<private {next(_PRIVATE)}>"
         self.location = f"memory://{self.name}"
         self.lock_timeout = lock_timeout
-        self._medium = _medium(self.name)
+        # A private state is not registered: its generated name cannot join it (issue 21).
+        self._medium = _medium(self.name) if name is not None else _Medium()
 
     @classmethod
     def forget(cls, name: str) -> None:

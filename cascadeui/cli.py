@@ -303,12 +303,16 @@ def cmd_migrate_schema(args: argparse.Namespace) -> int:
 def _load_migrations(spec: str, version: int) -> dict[int, Any]:
     """``module[:attribute]`` (default attribute ``MIGRATIONS``) -> the steps up to ``version``."""
     module_name, _, attribute = spec.partition(":")
-    if "" not in sys.path:  # an importable module path, as `python -m` sees it
-        sys.path.insert(0, "")
+    # The working directory is importable for this import only, and last: a file there
+    # named like an installed module (sqlite_utils.py) must never run instead (issue 21).
+    here = os.getcwd()
+    sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import migrations module {module_name!r}: {exc}") from exc
+    finally:
+        del sys.path[len(sys.path) - 1 - sys.path[::-1].index(here)]  # the one we added
     found = getattr(module, attribute or "MIGRATIONS", None)
     if not isinstance(found, Mapping):
         raise UsageError(f"{module_name} has no {attribute or 'MIGRATIONS'} dict "

@@ -188,7 +188,7 @@ def migrate_adapter(adapter: SyncStore, version: int,
     check_migrations(version, migrations)
     location = _location(adapter)
     start = 0
-    for _ in range(_ROUNDS):
+    for attempt in range(_ROUNDS):
         before = adapter.load()
         start = stored_version(before, location=location, supported=version)
         if start > version:
@@ -197,7 +197,7 @@ def migrate_adapter(adapter: SyncStore, version: int,
             return MigrationPlan(start, version, before, before)
         fresh = not any(before.get(name) for name in _SLICES)
         # Nothing stored yet: the state is born at the current version, nothing to keep.
-        backup = None if fresh else _keep_backup(adapter, before, start)
+        backup = None if fresh else _keep_backup(adapter, before, start, first=not attempt)
         plan = _commit(adapter, before, version, migrations, location)
         if plan is not None:
             plan.backup = backup
@@ -211,18 +211,36 @@ def migrate_adapter(adapter: SyncStore, version: int,
                          step=version, from_version=start, location=location)
 
 
-def _keep_backup(adapter: SyncStore, document: dict[str, Any], start: int) -> str | None:
+def _keep_backup(adapter: SyncStore, document: dict[str, Any], start: int, *,
+                 first: bool) -> str | None:
+    """Write ``document`` to the backup location; the first round refuses a location
+    holding any other state (an unrelated state stored under that name, issue 21).
+
+    :raises MigrationError: the backup name is taken; nothing was written.
+    """
     backup = backup_store(adapter, start)
     if backup is None:
         log.warning("%s: no backup is kept before migrating from schema version %d "
                     "(%s has no backup location)", _location(adapter), start,
                     type(adapter).__name__)
         return None
+    where = str(getattr(backup, "location", backup))
     try:
+        if first:
+            held = backup.load()
+            if held == document:
+                return where  # an earlier attempt's backup of this very state
+            if held:
+                location = _location(adapter)
+                raise MigrationError(
+                    f"{location}: the backup location {where} already holds another state; "
+                    "refusing to overwrite it (move or delete it, then start again); "
+                    "nothing was written", step=start + 1, from_version=start,
+                    location=location)
         backup.save(document)
     finally:
         backup.close()
-    return str(getattr(backup, "location", backup))
+    return where
 
 
 class _MovedError(Exception):

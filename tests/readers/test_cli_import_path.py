@@ -1,0 +1,36 @@
+"""``cascadeui migrate-schema --migrations M`` imports M from the working directory
+without putting that directory in front of installed modules (issue 21 item 11)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cascadeui import sync
+
+PLANTED = ("from pathlib import Path\n"
+           "Path(__file__).with_name('PLANTED_RAN').write_text('yes')\n"
+           "raise SystemExit('planted module ran')\n")
+
+
+@pytest.mark.parametrize("how", ["console-script", "python -m"])
+def test_a_planted_module_in_the_working_directory_never_runs(tmp_path: Path,
+                                                              how: str) -> None:
+    db = tmp_path / "state.db"
+    sync.save_state(str(db), {"application": {"motd": "hi"}})
+    (tmp_path / "sqlite_utils.py").write_text(PLANTED)
+    (tmp_path / "bot_migrations.py").write_text(
+        "MIGRATIONS = {1: lambda doc: {**doc, 'application': {'v1': True}}}\n")
+    command = ([str(Path(sys.executable).with_name("cascadeui"))] if how == "console-script"
+               else [sys.executable, "-m", "cascadeui"])
+    proc = subprocess.run([*command, "migrate-schema", "state.db", "--to", "1",
+                           "--migrations", "bot_migrations", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert not (tmp_path / "PLANTED_RAN").exists(), proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["written"] is True
+    assert sync.load_state(str(db))["application"]["v1"] is True
