@@ -498,6 +498,12 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
                     state_key, entry["class_name"], entry["class_name"])
         known["skipped"].append(state_key)
         return None
+    if not kind.message_bound:
+        log.warning("panel %r: class %s is a %s panel, routed by class with no registry "
+                    "entry; the entry is kept but routes nothing", state_key, cls.__name__,
+                    kind.name)
+        known["failed"].append(state_key)
+        return None
     current = live.get(state_key)
     if current is not None and current.message_id == ids["message_id"]:
         known["restored"].append(state_key)  # already routing in this process

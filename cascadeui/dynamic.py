@@ -146,4 +146,4 @@ class DynamicPanel(KindMember, PanelData, register=False):
         return _encode_data_key(values)
 
     def _data_path(self) -> list[str]:
-        return [DYNAMIC_KEY, type(self).__name__, self.data_key]
+        return [self.panel_kind.data_root, type(self).__name__, self.data_key]

@@ -207,7 +207,7 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
         self._store = store
 
     def _data_path(self) -> list[str]:
-        return [PANELS_KEY, self.state_key]
+        return [self.panel_kind.data_root, self.state_key]
 
     # -- sending -------------------------------------------------------------------------
 

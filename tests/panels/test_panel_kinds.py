@@ -10,6 +10,7 @@ DynamicPanel data keys that never merge two items' data (issue 21 item 10).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,13 @@ import discord
 import pytest
 from discord.ext import commands
 
-from cascadeui import DynamicPanel, PanelData, PersistentView, setup_persistence
+from cascadeui import (
+    DynamicPanel,
+    PanelData,
+    PersistentLayoutView,
+    PersistentView,
+    setup_persistence,
+)
 from cascadeui._kinds import KindMember, PanelKind, lookup, unregister
 from cascadeui.dynamic import _encode_data_key, get_dynamic_class, registered_dynamic_items
 from cascadeui.errors import UnregisteredPanelError
@@ -121,6 +128,28 @@ async def test_a_toy_kind_defined_in_one_module_restores_end_to_end(
     assert json.loads(path.read_text())["application"]["boards"] == {"Tally": {"count": 2}}
 
 
+async def test_an_entry_naming_a_class_routed_kind_is_kept_and_reported_failed(
+        double: DiscordDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    store = StateStore()
+    await store.dispatch("PERSISTENT_VIEW_REGISTERED", {
+        "state_key": "odd", "class_name": "PairButton", "message_id": "123",
+        "channel_id": str(cid), "guild_id": None, "user_id": None})
+    bot = await logged_in_bot(double)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cascadeui._restore"):
+            summary = await setup_persistence(bot, file_path=tmp_path / "s.json",
+                                              store=store, verify="await")
+        assert summary["failed"] == ["odd"]
+        assert "PairButton" in summary.dynamic_items
+        assert "odd" in store.state["persistent_views"]
+        assert any("PairButton is a dynamic panel" in r.getMessage() for r in caplog.records)
+    finally:
+        await bot.close()
+        for cls in registered_dynamic_items().values():
+            cls.bind_store(None)
+
+
 def test_the_toy_kind_gets_its_definition_checked_and_shares_the_one_registry(
         tally: type[BoardPanel]) -> None:
     with pytest.raises(TypeError, match=r"go \('Go'\) has no explicit custom_id"):
@@ -154,8 +183,17 @@ def test_a_decorated_select_without_custom_id_is_refused_when_the_class_is_defin
             async def who(self, interaction: discord.Interaction[Any],
                           select: discord.ui.UserSelect[Any]) -> None:
                 pass
+    with pytest.raises(TypeError, match=r"pick \('Pick'\) has no explicit custom_id"):
+        class CarelessRowSelect(PersistentLayoutView):
+            row = discord.ui.ActionRow()
+
+            @row.select(placeholder="Pick", options=[discord.SelectOption(label="a")])
+            async def pick(self, interaction: discord.Interaction[Any],
+                           select: discord.ui.Select[Any]) -> None:
+                pass
     assert get_view_class("CarelessSelect") is None
     assert get_view_class("CarelessUserSelect") is None
+    assert get_view_class("CarelessRowSelect") is None
 
     class CarefulSelect(PersistentView):
         @discord.ui.select(custom_id="careful:pick", options=[discord.SelectOption(label="a")])
