@@ -24,6 +24,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from cascadeui._targets import redacted, resolve
+from cascadeui.actions import SCHEMA_KEY
 from cascadeui.adapters import BackupInfo, DescribedStore
 from cascadeui.errors import ConfigurationError
 from cascadeui.serializer import format_path
@@ -200,8 +201,17 @@ class Snapshot:
 
     @property
     def application(self) -> Any:
-        """The ``application`` slice (``{}`` when absent)."""
-        return self.state.get("application", {})
+        """The ``application`` slice (``{}`` when absent), without the schema version."""
+        app = self.state.get("application", {})
+        if isinstance(app, Mapping) and SCHEMA_KEY in app:
+            return {k: v for k, v in app.items() if k != SCHEMA_KEY}
+        return app
+
+    @property
+    def schema_version(self) -> Any:
+        """The stored schema version (0: unversioned); bookkeeping, not application data."""
+        app = self.state.get("application", {})
+        return app.get(SCHEMA_KEY, 0) if isinstance(app, Mapping) else 0
 
     @property
     def persistent_views(self) -> Any:
@@ -238,6 +248,7 @@ class Snapshot:
             "size": self.size,
             "modified": self.modified.isoformat() if self.modified else None,
             "version": self.version,
+            "schema_version": _jsonable(self.schema_version),
             "taken_at": self.taken_at.isoformat(),
             "persistent_views": {
                 "count": len(views) if isinstance(views, Mapping) else 0,
@@ -272,6 +283,7 @@ class Snapshot:
             ("size", size),
             ("last modified", _when(self.modified)),
             ("version", "n/a" if self.version is None else str(self.version)),
+            ("schema version", str(self.schema_version)),
             ("snapshot taken", _when(self.taken_at)),
         ]
 

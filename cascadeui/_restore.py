@@ -191,6 +191,7 @@ async def setup_persistence(
     durable_timeout: float = 2.5,
     version: int | None = None,
     migrations: Mapping[int, Migration] | None = None,
+    strict_version: bool = False,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -238,7 +239,9 @@ async def setup_persistence(
     :param version: the schema version this code writes; the stored state is migrated to
         it first, once, by one process (see ``docs/migrations.md``). None: unversioned.
     :param migrations: ``{k: fn}``, ``fn(document) -> document`` upgrading the persisted
-        document to version ``k``, for every k in 1..``version``.
+        document to version ``k``, for every k in 1..``version`` (later keys are ignored).
+    :param strict_version: without ``version``, refuse a stored state that has a schema
+        version (by default a WARNING names it and the start goes on).
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
@@ -285,7 +288,7 @@ async def setup_persistence(
     else:
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
     await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout,
-                  version=version, migrations=migrations)
+                  version=version, migrations=migrations, strict_version=strict_version)
     summary = RestoreSummary()
     if bot is None:
         return summary
@@ -359,11 +362,12 @@ def _check_bot(bot: object) -> None:
 
 async def _enable(store: StateStore, backend: StorageBackend, *, owned: bool,
                   durable_timeout: float, version: int | None,
-                  migrations: Mapping[int, Migration] | None) -> None:
+                  migrations: Mapping[int, Migration] | None, strict_version: bool) -> None:
     current = store.backend
     if current is None:
         await store.enable_persistence(backend, durable_timeout=durable_timeout,
-                                       version=version, migrations=migrations)
+                                       version=version, migrations=migrations,
+                                       strict_version=strict_version)
         return
     if current is not backend:
         where = getattr(backend, "location", repr(backend))

@@ -238,6 +238,9 @@ def application_set(action: Action, state: State) -> State:
     payload = _payload(action, "path", "value")
     path = _as_path(payload["path"])
     value = payload["value"]
+    if path[:1] == (SCHEMA_KEY,):
+        raise ValueError(f"application.{SCHEMA_KEY} is the stored schema version, kept by "
+                         "cascadeui: pass version= and migrations= instead")
     # What whole writes enforce, checked here, so that the state this change builds can
     # always be written whole again (one bad value would otherwise fail every later write).
     check_storable(value, ("application", *path))
@@ -249,9 +252,12 @@ def application_set(action: Action, state: State) -> State:
 
 
 def application_delete(action: Action, state: State) -> State:
-    """Delete ``state["application"][k1][k2]...`` if present; an empty path clears it."""
+    """Delete ``state["application"][k1][k2]...`` if present; an empty path clears it.
+    The schema version is kept: a ``/reset`` deleting every key leaves it in place."""
     payload = _payload(action, "path")
     path = _as_path(payload["path"])
+    if path[:1] == (SCHEMA_KEY,):
+        return state  # the schema version is not application data (issue 21): kept
     if not path:
         kept = _keep_schema(state["application"], {})
         return _with_slice(state, "application", kept) if state["application"] != kept else state

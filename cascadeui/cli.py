@@ -36,6 +36,7 @@ from cascadeui._inspection import (
     set_path,
 )
 from cascadeui._targets import open_store, redacted
+from cascadeui.actions import SCHEMA_KEY
 from cascadeui.adapters import BackupStore, Check, DescribedStore, SyncStore
 from cascadeui.errors import (
     ConfigurationError,
@@ -161,6 +162,9 @@ def _writable(path: str) -> list[Any]:
     if segs[0].quoted or segs[0].text not in _WRITABLE_SLICES or len(segs) < 2:
         raise UsageError(f"PATH {path!r} must start with application. or "
                          "persistent_views. and name a key (other keys are not persisted)")
+    if segs[0].text == "application" and segs[1].text == SCHEMA_KEY:
+        raise UsageError(f"application.{SCHEMA_KEY} is the schema version, kept by "
+                         "cascadeui; change it with `cascadeui migrate-schema`")
     return segs
 
 
@@ -279,7 +283,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_schema(args: argparse.Namespace) -> int:
-    steps = _load_migrations(args.migrations, args.to)
+    if args.to < 0:
+        raise UsageError(f"--to must be a schema version >= 0, not {args.to}")
+    open_store(args.target, existing=True).close()  # nothing stored: exit 1, create nothing
+    steps = _load_migrations(args.migrations)
     plan = sync.migrate_schema(args.target, args.to, steps, dry_run=args.dry_run)
     changes = [{"path": path, "change": kind} for path, kind in plan.changes()]
     if args.json:
@@ -300,8 +307,8 @@ def cmd_migrate_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_migrations(spec: str, version: int) -> dict[int, Any]:
-    """``module[:attribute]`` (default attribute ``MIGRATIONS``) -> the steps up to ``version``."""
+def _load_migrations(spec: str) -> dict[Any, Any]:
+    """``module[:attribute]`` (default attribute ``MIGRATIONS``) -> the steps it holds."""
     module_name, _, attribute = spec.partition(":")
     # The working directory is importable for this import only, and last: a file there
     # named like an installed module (sqlite_utils.py) must never run instead (issue 21).
@@ -317,7 +324,7 @@ def _load_migrations(spec: str, version: int) -> dict[int, Any]:
     if not isinstance(found, Mapping):
         raise UsageError(f"{module_name} has no {attribute or 'MIGRATIONS'} dict "
                          "({version: fn(document) -> document})")
-    return {k: fn for k, fn in found.items() if isinstance(k, int) and k <= version}
+    return dict(found)  # steps above --to are ignored, as at start (check_migrations)
 
 
 class _ProgressBar:

@@ -36,7 +36,8 @@ from .adapters import SyncStore
 from .errors import MigrationError, SchemaVersionError
 
 __all__ = ["SCHEMA_KEY", "Migration", "MigrationPlan", "backup_store", "check_migrations",
-           "migrate_adapter", "migrate_backend", "plan_migration", "stored_version", "upgrade"]
+           "check_unversioned", "migrate_adapter", "migrate_backend", "plan_migration",
+           "stored_version", "upgrade"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -76,18 +77,22 @@ class MigrationPlan:
 def check_migrations(version: int, migrations: Mapping[int, Migration] | None) -> None:
     """Refuse a version/migrations pair that cannot work, before anything is read.
 
-    :raises ValueError: ``version`` is not a non-negative int, a key is not a step in
-        ``1..version``, a value is not callable, or a step between 1 and ``version`` is
-        missing (a state stored at any older version must be upgradable).
+    Keys above ``version`` are steps of later releases: accepted and never run, so a bot,
+    a script and the CLI can share one migrations dict across releases (one rule for
+    ``setup_persistence``, ``sync.migrate_schema`` and ``cascadeui migrate-schema``).
+
+    :raises ValueError: ``version`` is not a non-negative int, a key is not an int >= 1,
+        a value is not callable, or a step between 1 and ``version`` is missing (a state
+        stored at any older version must be upgradable).
     """
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ValueError(f"version must be an int >= 0, not {version!r}")
     given = dict(migrations or {})
     wrong = sorted(str(k) for k in given
-                    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= version)
+                    if not isinstance(k, int) or isinstance(k, bool) or k < 1)
     if wrong:
-        raise ValueError(f"migrations keys must be the versions 1..{version} they upgrade to; "
-                         f"got {', '.join(wrong)}")
+        raise ValueError(f"migrations keys must be the versions (ints >= 1) they upgrade "
+                         f"to; got {', '.join(wrong)}")
     for step, fn in given.items():
         if not callable(fn):
             raise ValueError(f"migrations[{step}] is not callable")
@@ -111,6 +116,26 @@ def stored_version(document: Mapping[str, Any], *, location: str | None = None,
                                  "is not a version number", stored=value,
                                  supported=supported, location=location)
     return value
+
+
+def check_unversioned(document: Mapping[str, Any], *, location: str,
+                      strict: bool = False) -> None:
+    """A start without ``version=``: WARN when the stored state has a schema version (the
+    code may write old-shape data next to migrated data); with ``strict``, refuse.
+
+    :raises SchemaVersionError: ``strict`` and the stored state is versioned.
+    """
+    stored = stored_version(document, location=location)
+    if not stored:
+        return
+    message = (f"{location}: the stored state is at schema version {stored}, but this "
+               "start passed no version=")
+    if strict:
+        raise SchemaVersionError(f"{message}; refusing to start (strict_version=True): pass "
+                                 f"version={stored} (or later) with your migrations",
+                                 stored=stored, supported=0, location=location)
+    log.warning("%s; going on unversioned (pass version=%d and your migrations, or "
+                "strict_version=True to refuse such a start)", message, stored)
 
 
 def upgrade(document: Mapping[str, Any], version: int,

@@ -36,7 +36,7 @@ from .actions import (
     set_in,
 )
 from .adapters import SyncStore
-from .migrations import Migration, migrate_backend
+from .migrations import Migration, check_unversioned, migrate_backend
 
 __all__ = [
     "PERSISTED_SLICES",
@@ -355,7 +355,7 @@ class StateStore:
                                  durable_timeout: float = 2.5,
                                  version: int | None = None,
                                  migrations: Mapping[int, Migration] | None = None,
-                                 push: bool = True) -> None:
+                                 push: bool = True, strict_version: bool = False) -> None:
         """Load the stored state, install its persisted slices, start the background writer.
 
         Slices found in the backend replace the ones in memory (a ``STATE_RESTORED``
@@ -382,8 +382,10 @@ class StateStore:
             to it before it is loaded (see ``docs/migrations.md``). None: unversioned.
         :param migrations: ``{k: fn}``, ``fn(document) -> document`` upgrading the
             persisted document to version ``k``; one for every version 1..``version``.
-        :raises SchemaVersionError: the stored state is newer than ``version``; nothing
-            is written or enabled.
+        :param strict_version: without ``version``, refuse a stored state that has a
+            schema version (by default a WARNING names it and the start goes on).
+        :raises SchemaVersionError: the stored state is newer than ``version``, or
+            ``strict_version`` refused it; nothing is written or enabled.
         :raises MigrationError: a migration step failed (it is named); nothing is written
             or enabled.
         :raises PersistenceError: the stored state cannot be loaded (``StateCorruptedError``,
@@ -405,6 +407,9 @@ class StateStore:
         elif migrations:
             raise ValueError("migrations= needs version=, the schema version this code writes")
         stored, stored_at, rewrite = await load_persisted(backend)
+        if version is None:
+            check_unversioned(stored, location=str(getattr(backend, "location", backend)),
+                              strict=strict_version)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")
         if stored:

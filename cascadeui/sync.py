@@ -35,7 +35,7 @@ from anyio.from_thread import BlockingPortal
 
 from cascadeui._backends import save_or_log
 from cascadeui._targets import Resolved, open_store, redacted, resolve
-from cascadeui.actions import PERSISTED_SLICES
+from cascadeui.actions import PERSISTED_SLICES, SCHEMA_KEY
 from cascadeui.adapters import SyncStore, TransactionalStore
 from cascadeui.migrations import (
     Migration,
@@ -250,14 +250,21 @@ def transaction(backend: Target) -> Iterator[dict[str, Any]]:
 def _with_slices(state: dict[str, Any]) -> Iterator[None]:
     """Give a transaction's body both persisted slices, so that
     ``state["application"]["motd"] = ...`` works on a fresh store (issue 23); a slice
-    added here and left empty is taken out again, so nothing is written for it."""
+    added here and left empty is taken out again, so nothing is written for it. A schema
+    version the body removed is put back."""
     added = [name for name in PERSISTED_SLICES if name not in state]
     for name in added:
         state[name] = {}
+    app = state["application"]
+    version = app.get(SCHEMA_KEY) if isinstance(app, dict) else None
     yield
     for name in added:
         if state.get(name) == {}:
             del state[name]
+    app = state.get("application")
+    if version is not None and not (isinstance(app, dict) and SCHEMA_KEY in app):
+        # The schema version is not the body's to delete (a /reset clearing every key).
+        state["application"] = {**(app if isinstance(app, dict) else {}), SCHEMA_KEY: version}
 
 
 def migrate_storage(source: Target, target: Target, *,
@@ -296,8 +303,8 @@ def _where(target: object) -> str:
 
 def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | None = None,
                       backend: Target = None, version: int | None = None,
-                      migrations: Mapping[int, Migration] | None = None
-                      ) -> dict[str, list[str]]:
+                      migrations: Mapping[int, Migration] | None = None,
+                      strict_version: bool = False) -> dict[str, list[str]]:
     """Blocking :func:`cascadeui.setup_persistence`: restore the state on the private loop.
 
     The process-wide store then persists from cascadeui's loop thread, so later
@@ -309,6 +316,7 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
     :param backend: a backend object, or a path/URL string.
     :param version: the schema version this code writes (see ``docs/migrations.md``).
     :param migrations: ``{k: fn}`` upgrading the persisted document to version ``k``.
+    :param strict_version: without ``version``, refuse a versioned stored state.
     :returns: ``{"restored": [], "skipped": [], "failed": [], "removed": []}`` (data only).
     :raises ValueError: a bot was passed.
     :raises LoopReentryError: called on cascadeui's private loop (await it there instead).
@@ -324,7 +332,7 @@ def setup_persistence(bot: Any = None, *, file_path: str | os.PathLike[str] | No
     async def run() -> dict[str, list[str]]:
         result: dict[str, list[str]] = await async_setup(
             bot, file_path=file_path, backend=backend, version=version,
-            migrations=migrations)
+            migrations=migrations, strict_version=strict_version)
         return result
 
     return _loop.call(run, what="setup_persistence(...)")
