@@ -4,6 +4,8 @@ They need no event loop: call them from scripts, threads and notebooks. The asyn
 backends in :mod:`cascadeui.persistence` run them in worker threads.
 """
 
+from ._redis_store import RedisStore
+from ._urls import redact_url
 from .base import (
     BackupInfo,
     BackupStore,
@@ -19,7 +21,6 @@ from .file_store import FileStore
 from .journal import JournaledStore, apply_shared
 from .memory_store import MemoryStore
 from .postgres_store import PostgresStore
-from .redis_store import RedisStore, redact_url
 from .sqlite_store import SQLiteStore
 
 __all__ = [

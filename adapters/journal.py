@@ -225,8 +225,8 @@ class Budget(NamedTuple):
 
 def commit_changes(current: int, expected: int, record_bytes: int, *,
                    budget: Callable[[int], tuple[Budget, bool]],
-                   verify: Callable[[], object], snapshot: Callable[[], int],
-                   append: Callable[[Budget], int]) -> int | None:
+                   verify: Callable[[], object], snapshot: Callable[[], int | None],
+                   append: Callable[[Budget], int | None]) -> int | None:
     """The decision of ``save_changes``, once for every adapter; call it under the write
     lock with the medium's hooks.
 
@@ -238,7 +238,9 @@ def commit_changes(current: int, expected: int, record_bytes: int, *,
     :param snapshot: write ``full()`` as the new snapshot, emptying the journal; the new
         version.
     :param append: append the record; the new version.
-    :returns: None when another writer committed since ``expected`` (nothing written).
+    :returns: None when another writer committed since ``expected`` (nothing written);
+        ``snapshot`` and ``append`` may say so too, where the medium checks the version
+        atomically with the write instead of under a lock (Redis's scripts).
     """
     if current != expected:
         return None

@@ -59,6 +59,7 @@ from cascadeui.errors import (
 )
 from cascadeui.serializer import StateSerializer
 
+from ._urls import redact_secret, redact_url, url_secrets
 from .base import BaseStore, Check, StoreInfo
 from .journal import (
     Budget,
@@ -69,7 +70,6 @@ from .journal import (
     encode_record,
     nbytes,
 )
-from .redis_store import redact_secret, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from .journal import JournaledStore

@@ -484,10 +484,10 @@ async def _call_from_cascadeui(backend: AsyncBackend[Any]) -> dict[str, Any]:
     return {}
 
 
-@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["lua-commit", "watch-commit"])
+@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["argument-commit", "staged-commit"])
 def test_redis_commit_paths_check_lease_and_type(redis_url: str, redis_key: str,
                                                  lua_max: int) -> None:
-    """Both Redis commit paths (small documents: Lua; large: WATCH/MULTI) keep the rules."""
+    """Both Redis commit paths (small documents: an argument; large: staged) keep the rules."""
     import time
 
     import redis

@@ -207,7 +207,7 @@ def test_full_writes_empty_the_journal(redis_url: str, redis_key: str,
         assert store.load_versioned() == ({"d": 1}, 7)
 
 
-@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["lua-commit", "watch-commit"])
+@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["argument-commit", "staged-commit"])
 def test_both_commit_paths_delete_the_journal(redis_url: str, redis_key: str,
                                               raw: redis.Redis, lua_max: int) -> None:
     with RedisStore(redis_url, key=redis_key, ttl=60) as store:
@@ -389,7 +389,7 @@ def test_append_waits_for_a_held_lock_or_times_out(redis_url: str, redis_key: st
         assert store.version() == 2
 
 
-@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["lua-commit", "watch-commit"])
+@pytest.mark.parametrize("lua_max", [256 * 1024, 0], ids=["argument-commit", "staged-commit"])
 def test_lease_expiry_with_appends(redis_url: str, redis_key: str, raw: redis.Redis,
                                    lua_max: int) -> None:
     """A transaction whose lease ran out writes nothing; an append made meanwhile stays."""
@@ -495,3 +495,38 @@ def test_errors_never_carry_the_password() -> None:
                 call()
             assert "s3cr3t" not in str(info.value)
             assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{"encoding": "latin-1"}, {"encoding": "utf-16"},
+                                     {"encoding": "utf-8", "encoding_errors": "replace"}],
+                         ids=["latin-1", "utf-16", "utf-8-replace"])
+def test_a_client_that_does_not_encode_strict_utf8_is_refused_at_construction(
+        redis_url: str, redis_key: str, raw: redis.Redis, options: dict[str, str]) -> None:
+    """Issue 21 item 14: such a client used to make a durable dispatch of non-Latin text
+    raise a raw UnicodeEncodeError (taken for bad data, never retried)."""
+    from cascadeui.errors import ConfigurationError
+    from cascadeui.persistence import RedisBackend
+
+    client = redis.Redis.from_url(redis_url, **options)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ConfigurationError, match="encoding='utf-8'"):
+            RedisStore(client=client, key=redis_key)
+        with pytest.raises(ConfigurationError, match="encodes text as"):
+            RedisBackend(client=client, key=redis_key)
+        assert not raw.exists(redis_key)  # refused before anything was written
+    finally:
+        client.close()
+
+
+def test_a_utf8_client_of_any_spelling_stores_any_text(redis_url: str, redis_key: str,
+                                                        raw: redis.Redis) -> None:
+    state = {"名前": "✓ ünïcødé", "emoji": "🎉", "big": "é" * 300_000}  # staged too
+    client = redis.Redis.from_url(redis_url, encoding="UTF8", decode_responses=True)
+    try:
+        with RedisStore(client=client, key=redis_key) as store:
+            store.save(state)
+            assert store.save_changes([(("名前",), "✗")], 1, full=whole({})) == 2
+        with RedisStore(redis_url, key=redis_key) as other:
+            assert other.load() == {**state, "名前": "✗"}
+    finally:
+        client.close()
