@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,8 @@ import pytest
 
 from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import (
-    BaseStore,
     FileStore,
     JournaledStore,
-    MemoryStore,
     PostgresStore,
     RedisStore,
     SQLiteStore,
@@ -29,23 +27,6 @@ from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_s
 #: The tests/ directory (shared helpers and worker scripts live here) and the repository root.
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-
-#: Every adapter the contract suites run over: kind -> builder(request, tmp_path). Each call
-#: of a builder within one test returns a new store on the SAME medium (the same file,
-#: database table, Redis key or memory name), so tests can open two stores of one state.
-#: A new backend is one line here, and every contract test runs on it.
-STORE_BUILDERS: dict[str, Callable[[pytest.FixtureRequest, Path], BaseStore]] = {
-    "file": lambda request, tmp: FileStore(tmp / "state.json"),
-    "sqlite": lambda request, tmp: SQLiteStore(tmp / "state.db"),
-    "redis": lambda request, tmp: RedisStore(request.getfixturevalue("redis_url"),
-                                             key=request.getfixturevalue("redis_key")),
-    "postgres": lambda request, tmp: PostgresStore(request.getfixturevalue("postgres_url"),
-                                                   table=request.getfixturevalue("pg_table")),
-    "memory": lambda request, tmp: MemoryStore(f"test:{tmp}"),
-}
-#: The kinds, in order, for ``pytest.mark.parametrize``.
-STORE_KINDS: list[str] = list(STORE_BUILDERS)
-
 
 def open_adapter(kind: str, where: str, key: str
                  ) -> FileStore | SQLiteStore | RedisStore | PostgresStore:

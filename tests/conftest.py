@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 from _helpers import started_postgres, started_redis_server
 
-from cascadeui.adapters import BaseStore, MemoryStore
+from cascadeui.adapters import BaseStore
+
+#: ``pytester`` runs the shipped conformance class against broken adapters.
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")
@@ -91,21 +94,20 @@ def anyio_backend() -> str:
 @pytest.fixture
 def new_store(request: pytest.FixtureRequest, tmp_path: Path
               ) -> Iterator[Callable[[str], BaseStore]]:
-    """``new_store(kind)``: a store of ``kind`` (see ``_helpers.STORE_BUILDERS``); every
+    """``new_store(kind)``: a store of ``kind`` (see ``_registry.BACKENDS``); every
     call in one test opens the same medium. All are closed afterwards."""
-    from _helpers import STORE_BUILDERS
+    from _registry import BACKENDS
 
     opened: list[BaseStore] = []
 
     def build(kind: str) -> BaseStore:
-        store = STORE_BUILDERS[kind](request, tmp_path)
+        store = BACKENDS[kind].build(request, tmp_path, "state")
         opened.append(store)
         return store
 
     yield build
     for store in opened:
         store.close()
-    MemoryStore.forget(f"test:{tmp_path}")
 
 
 # -- no blocking calls on the event loop (issue 2) -------------------------------------------

@@ -1,9 +1,9 @@
-"""One contract suite for every store (issue 2).
+"""The async facade's contract over every store (issue 2).
 
-Each test runs over [file, sqlite, redis] x [the sync adapter, the async facade under
-asyncio, the async facade under trio]. The sync adapter is driven from a worker thread
-(it needs no loop; on the loop thread blockbuster would flag it), the facade from the
-loop. Custom backends (the ``StorageBackend`` Protocol) and a plain sync object wrapped
+Each test runs over every backend of ``_registry.BACKENDS`` x [the async facade under
+asyncio, under trio], from the loop (the adapters themselves run the same promises, with
+no loop, in ``cascadeui.testing.conformance``: ``tests/adapters/test_conformance.py``).
+Custom backends (the ``StorageBackend`` Protocol) and a plain sync object wrapped
 by ``as_backend`` get the round-trip part of the contract at the end.
 """
 
@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-from _helpers import STORE_BUILDERS, STORE_KINDS
+from _registry import build, kinds
 from blockbuster import BlockingError
 
 from cascadeui._backends import AsyncBackend
@@ -46,8 +46,8 @@ from cascadeui.persistence import (
 
 pytestmark = pytest.mark.anyio
 
-KINDS = STORE_KINDS
-LAYERS = (("sync", "asyncio"), ("async", "asyncio"), ("async", "trio"))
+KINDS = kinds()
+LOOPS = ("asyncio", "trio")
 
 RICH: dict[str, Any] = {
     "application": {
@@ -73,61 +73,45 @@ RICH: dict[str, Any] = {
 
 
 def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> BaseStore:
-    return STORE_BUILDERS[kind](request, tmp_path)
+    return build(kind, request, tmp_path)
 
 
 class Api:
-    """The same contract calls on either layer: adapter (in a worker thread) or facade."""
+    """The contract calls through the async facade over one adapter."""
 
-    def __init__(self, store: BaseStore, layer: str) -> None:
+    def __init__(self, store: BaseStore) -> None:
         self.store = store
-        self.layer = layer
         self.backend: AsyncBackend[Any] = AsyncBackend(store)
 
     async def load(self) -> dict[str, Any]:
-        if self.layer == "sync":
-            return await anyio.to_thread.run_sync(self.store.load)
         return await self.backend.load_state()
 
     async def save(self, state: Mapping[str, Any]) -> None:
-        if self.layer == "sync":
-            await anyio.to_thread.run_sync(self.store.save, state)
-        else:
-            assert await self.backend.save_state(state) is True
+        assert await self.backend.save_state(state) is True
 
     async def update(self, change: Callable[[dict[str, Any]], None]) -> None:
-        if self.layer == "sync":
-            def run() -> None:
-                with self.store.transaction() as st:
-                    change(st)
-            await anyio.to_thread.run_sync(run)
-        else:
-            async with self.backend.transaction() as st:
-                change(st)
+        async with self.backend.transaction() as st:
+            change(st)
 
     async def version(self) -> int:
-        if self.layer == "sync":
-            return int(await anyio.to_thread.run_sync(self.store.version))
         return await self.backend.version()
 
 
-@pytest.fixture(params=[(k, layer, loop) for k in KINDS for layer, loop in LAYERS],
-                ids=lambda p: "-".join(p))
-def combo(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+@pytest.fixture(params=[(k, loop) for k in KINDS for loop in LOOPS], ids=lambda p: "-".join(p))
+def combo(request: pytest.FixtureRequest) -> tuple[str, str]:
     return tuple(request.param)  # type: ignore[return-value]
 
 
 @pytest.fixture
-def anyio_backend(combo: tuple[str, str, str]) -> str:
-    return combo[2]
+def anyio_backend(combo: tuple[str, str]) -> str:
+    return combo[1]
 
 
 @pytest.fixture
-def api(combo: tuple[str, str, str], tmp_path: Path, request: pytest.FixtureRequest
+def api(combo: tuple[str, str], tmp_path: Path, request: pytest.FixtureRequest
         ) -> Iterator[Api]:
-    kind, layer, _ = combo
-    store = make_store(kind, request, tmp_path)
-    yield Api(store, layer)
+    store = make_store(combo[0], request, tmp_path)
+    yield Api(store)
     store.close()
 
 
@@ -231,12 +215,8 @@ async def test_concurrent_transactions_lose_no_update(api: Api) -> None:
 
 async def test_close_is_idempotent_and_final(api: Api) -> None:
     await api.save({"a": 1})
-    if api.layer == "sync":
-        api.store.close()
-        api.store.close()
-    else:
-        await api.backend.aclose()
-        await api.backend.aclose()
+    await api.backend.aclose()
+    await api.backend.aclose()
     assert api.store.closed
     with pytest.raises(StoreClosedError, match="closed"):
         await api.load()
@@ -246,7 +226,7 @@ async def test_close_is_idempotent_and_final(api: Api) -> None:
 
 
 async def test_repr_names_location(api: Api) -> None:
-    text = repr(api.store if api.layer == "sync" else api.backend)
+    text = repr(api.backend)
     assert api.store.location in text
 
 

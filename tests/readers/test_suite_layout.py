@@ -2,8 +2,8 @@
 
 - ``anyio_backend`` is defined once, in ``conftest.py`` (asyncio); a module that runs
   under both loops parametrizes it, and only such a module defines its own.
-- Every adapter in ``cascadeui.adapters`` has a builder in ``_helpers.STORE_BUILDERS``, so
-  the contract suites (``test_adapters.py``, ``test_contract.py``) run on it.
+- Every adapter in ``cascadeui.adapters`` is an entry of ``_registry.BACKENDS``, so the
+  conformance class (``test_conformance.py``) and every suite whose traits apply run on it.
 - Scripts run at a tiny size (benchmark smoke, campaigns) are marked ``slow``: skipped by
   ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh`` (CI).
 - The no-blocking guard (``conftest.no_blocking_on_loop``) is on for every module; only
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from _helpers import STORE_BUILDERS
+from _registry import BACKENDS
 
 import cascadeui.adapters as adapters_module
 from cascadeui.adapters import BaseStore
@@ -58,7 +58,7 @@ def test_every_adapter_is_in_the_contract_suite() -> None:
                 and issubclass(getattr(adapters_module, name), BaseStore)
                 and getattr(adapters_module, name) is not BaseStore}
     assert concrete == {"file", "sqlite", "redis", "postgres", "memory"}
-    assert set(STORE_BUILDERS) == concrete
+    assert set(BACKENDS) == concrete
 
 
 def test_script_smoke_tests_are_marked_slow() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
-from _helpers import STORE_BUILDERS
+from _registry import build, kinds
 
 from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
@@ -27,8 +27,8 @@ from cascadeui.store import StateStore
 # The checks read the media directly (test code may block); cascadeui calls on the loop may not.
 pytestmark = pytest.mark.anyio
 
-# Every kind with a medium to look at (memory has none: tests/adapters/test_contract.py covers it).
-KINDS = ["file", "sqlite", "redis", "postgres"]
+# Every kind with a medium to look at (memory has none: the conformance class covers it).
+KINDS = kinds("multiprocess")
 
 
 
@@ -42,7 +42,7 @@ class Target:
 
     def adapter(self) -> BaseStore:
         """A new adapter on this target's medium (the shared builders)."""
-        return STORE_BUILDERS[self.kind](self.request, self.tmp_path)
+        return build(self.kind, self.request, self.tmp_path)
 
     def backend(self) -> AsyncBackend[Any]:
         return AsyncBackend(self.adapter())
