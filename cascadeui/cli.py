@@ -486,7 +486,9 @@ def _a(value: Any) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cascadeui.demo import main as demo_main
 
-    demo_main()
+    if args.json:
+        raise UsageError("demo has no machine-readable output; run it without --json")
+    demo_main(["--dir", str(args.dir)] if args.dir is not None else [])
     return 0
 
 
@@ -502,9 +504,10 @@ class _CommandError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and debug logging")
+    debug_only = argparse.ArgumentParser(add_help=False)
+    debug_only.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks and debug logging")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug_only])
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
     parser = argparse.ArgumentParser(
@@ -515,8 +518,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], text: str,
-            *arguments: tuple[str, dict[str, Any]]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
+            *arguments: tuple[str, dict[str, Any]],
+            json_output: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common if json_output else debug_only],
+                           help=text, description=text)
         p.set_defaults(usage=p.print_usage)
         for flag, options in arguments:
             p.add_argument(flag, **options)
@@ -558,7 +563,10 @@ def _parser() -> argparse.ArgumentParser:
                              "MIGRATIONS)")
     schema.add_argument("--dry-run", action="store_true",
                         help="show what would change and write nothing")
-    add("demo", cmd_demo, "run the README walkthrough in the current directory")
+    demo = add("demo", cmd_demo, "run the README walkthrough in a scratch directory (no "
+                                 "existing state is touched)", json_output=False)
+    demo.add_argument("--dir", metavar="DIR", type=Path, default=None,
+                      help="run in DIR instead (kept; refused when it holds a state)")
     return parser
 
 

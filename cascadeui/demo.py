@@ -1,6 +1,8 @@
 """The README's main job: panels that survive a bot restart, with their data.
 
-Run ``python -m cascadeui.demo`` in an empty directory; it needs no token and no server.
+Run ``python -m cascadeui.demo``; it needs no token and no server, and works in a scratch
+directory of its own (removed afterwards; ``--dir DIR`` uses DIR, which must hold no state,
+and keeps it), so a bot's ``cascadeui.db`` in the current directory is never touched.
 Bot 1 talks to a local Discord API double (:mod:`cascadeui.testing.discord_double`), sends
 two panels, users click, bot 1 shuts down. While it is down a moderator deletes one panel's
 message. Bot 2 is a second OS process with a fresh store: ``setup_persistence`` restores
@@ -10,10 +12,12 @@ and purges the deleted one; a click on a restored panel still works.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +148,49 @@ async def bot2(workdir: Path) -> None:
     _say(f"stored in {DB_FILE}: {json.dumps(stored['application']['panels'])}")
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cascadeui.demo",
+        description="Panels that survive a bot restart, on a local Discord API double (no "
+                    "token, no server). Runs in a fresh scratch directory, removed "
+                    "afterwards, so no existing state is touched.")
+    parser.add_argument("--dir", metavar="DIR", type=Path,
+                        help="run in DIR instead (created if missing, kept afterwards); "
+                             f"refused when it already holds {DB_FILE} or {WORLD_FILE}")
+    parser.add_argument("--bot2", metavar="DIR", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m cascadeui.demo``: runs in the current directory."""
-    args = sys.argv[1:] if argv is None else argv
-    workdir = Path.cwd()
-    if args[:1] == ["--bot2"]:
-        asyncio.run(bot2(workdir))
+    """Entry point of ``python -m cascadeui.demo`` and ``cascadeui demo``.
+
+    :raises SystemExit: 1 when ``--dir`` already holds a state (nothing is touched).
+    """
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.bot2 is not None:
+        asyncio.run(bot2(args.bot2))
         return
+    if args.dir is None:
+        with tempfile.TemporaryDirectory(prefix="cascadeui-demo-") as scratch:
+            _run(Path(scratch))
+        _say(f"removed the scratch directory {scratch} (--dir DIR keeps the files)")
+        return
+    taken = [name for name in (DB_FILE, WORLD_FILE) if (args.dir / name).exists()]
+    if taken:
+        raise SystemExit(f"cascadeui demo: {args.dir} already holds {', '.join(taken)}; "
+                         "refusing to touch an existing state (pick an empty directory, "
+                         "or run without --dir for a scratch one)")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    _run(args.dir.resolve())
+
+
+def _run(workdir: Path) -> None:
+    """Bot 1 in this process, bot 2 in a new one, both in ``workdir``."""
+    _say(f"demo directory: {workdir}")
     asyncio.run(bot1(workdir))
     _say("restarting: bot 2 runs in a new process")
-    done = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--bot2"], cwd=workdir,
-                          check=False, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--bot2", str(workdir)],
+                          cwd=workdir, check=False, timeout=120)
     if done.returncode != 0:
         raise SystemExit(done.returncode)
     _say(f"done; files in {workdir}: {', '.join(sorted(p.name for p in workdir.iterdir()))}")

@@ -16,7 +16,7 @@ if [ -z "${CASCADEUI_DEMO_KEEP:-}" ]; then
     trap 'rm -rf "$workdir"' EXIT
 fi
 cd "$workdir"
-"$python" -m cascadeui.demo "$@"
+"$python" -m cascadeui.demo --dir "$workdir" "$@"
 if [ -n "${CASCADEUI_DEMO_KEEP:-}" ]; then
     echo "demo files kept in $workdir"
 else

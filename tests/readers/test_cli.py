@@ -230,11 +230,22 @@ def test_failures_are_one_line_and_debug_adds_the_traceback(
 def test_console_script_and_demo(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("cascadeui")
     assert script.exists(), "the console script is declared in setup.cfg"
+    # Run in a bot's directory: the demo works in a scratch directory of its own and
+    # never touches the bot's cascadeui.db (issue 23 item 3).
+    sync.save_state(str(tmp_path / "cascadeui.db"),
+                    {"application": {"panels": {"poll:lunch": {"votes": {"1": "real"}}}}})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     proc = subprocess.run([str(script), "demo"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
-    assert any(tmp_path.iterdir())
+    assert "bot 2: setup_persistence -> " in proc.stdout
+    assert "removed the scratch directory" in proc.stdout
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert sync.load_state(str(tmp_path / "cascadeui.db"))["application"]["panels"] == {
+        "poll:lunch": {"votes": {"1": "real"}}}
+    refused = subprocess.run([str(script), "demo", "--json"], capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode == 2
 
 
 def test_every_command_is_documented() -> None:

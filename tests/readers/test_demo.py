@@ -18,8 +18,9 @@ from cascadeui.views import unregister_view_class
 
 
 def test_demo_lifecycle(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     summary = next(line for line in lines if line.startswith("bot 2: setup_persistence -> "))
@@ -36,6 +37,26 @@ def test_demo_lifecycle(tmp_path: Path) -> None:
     assert (tmp_path / "cascadeui.db").exists()
     assert f"done; files in {tmp_path}: cascadeui.db, discord_world.json" in out
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_refuses_a_directory_holding_a_state(tmp_path: Path) -> None:
+    (tmp_path / "cascadeui.db").write_bytes(b"a bot's state")
+    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "refusing to touch an existing state" in proc.stderr
+    assert (tmp_path / "cascadeui.db").read_bytes() == b"a bot's state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cascadeui.db"]
+
+
+def test_demo_help_prints_help_and_runs_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m cascadeui.demo")
+    assert "scratch directory" in proc.stdout
+    assert "bot 1" not in proc.stdout
+    assert not any(tmp_path.iterdir())
 
 
 def test_demo_script_removes_its_directory() -> None:
