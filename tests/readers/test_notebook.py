@@ -45,6 +45,11 @@ def _text(cell: Any) -> str:
 
 
 def test_the_example_notebook_runs_and_shows_a_snapshot(kernel_env: Path) -> None:
+    # CASCADEUI_NOTEBOOK_DB names a bot's store: the notebook only reads it (issue 23).
+    bot_db = kernel_env / "nb.db"
+    sync.save_state(str(bot_db), {"application": {"guild_prefix": "!"},
+                                  "persistent_views": {}})
+    original = bot_db.read_bytes()
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, kernel_name=KERNEL, timeout=120, startup_timeout=60,
                    resources={"metadata": {"path": str(kernel_env)}}).execute()
@@ -66,6 +71,8 @@ def test_the_example_notebook_runs_and_shows_a_snapshot(kernel_env: Path) -> Non
     diff = _text(code[4])
     assert "~ application.scores.1234567890123456789: 10 -> 15" in diff
     assert "+ application.motd: hello from a notebook" in diff
-    # the kernel's writes are on disk for any other reader
-    assert sync.load_state(str(kernel_env / "nb.db"))["application"]["motd"] == (
-        "hello from a notebook")
+    # 5. the bot's store is shown, and was never written: the demo went to a scratch store
+    assert "guild_prefix" in _text(code[5])
+    assert bot_db.read_bytes() == original
+    assert sync.load_state(str(bot_db)) == {"application": {"guild_prefix": "!"},
+                                            "persistent_views": {}}
