@@ -19,8 +19,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "is_registered",
-           "kind_of", "lookup", "register_class", "registered", "unregister"]
+__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "class_and_kind",
+           "is_registered", "kind_of", "lookup", "register_class", "registered", "unregister"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ def lookup(name: object, kind: type[PanelKind] | None = None) -> type | None:
     if known is None or (kind is not None and not isinstance(known[1], kind)):
         return None
     return known[0]
+
+
+def class_and_kind(name: object) -> tuple[type, PanelKind] | None:
+    """The class registered as ``name`` and its kind, or None (one lookup, for restore)."""
+    return _REGISTRY.get(name) if isinstance(name, str) else None
 
 
 def kind_of(cls: type) -> PanelKind | None:

@@ -54,7 +54,7 @@ import discord
 from ._backends import FileStorageBackend, StorageBackend
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
-from ._kinds import EntryPanel, kind_of, lookup, registered
+from ._kinds import EntryPanel, class_and_kind, kind_of, registered
 from ._targets import resolve
 from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
 from .adapters import SyncStore
@@ -493,15 +493,15 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         log.warning("panel %r: malformed registry entry (%s); kept", state_key, exc)
         known["failed"].append(state_key)
         return None
-    cls = lookup(entry["class_name"])
-    kind = kind_of(cls) if cls is not None else None
-    if cls is None or kind is None:
+    found = class_and_kind(entry["class_name"])
+    if found is None:
         log.warning("panel %r: class %r is not registered, so its clicks get no answer "
                     "until a restart that registers it; load the cog or import the module "
                     "defining %s before setup_persistence. The entry is kept.",
                     state_key, entry["class_name"], entry["class_name"])
         known["skipped"].append(state_key)
         return None
+    cls, kind = found
     if not kind.message_bound:
         log.warning("panel %r: class %s is a %s panel, routed by class with no registry "
                     "entry; the entry is kept but routes nothing", state_key, cls.__name__,

@@ -7,7 +7,7 @@ rebuilt or checked: :func:`~cascadeui.setup_persistence` only calls
 ``bot.add_dynamic_items`` with every registered class, which costs no Discord request,
 however many messages carry them. The item's data lives in the store under the ids its
 template captures: ``state["application"]["dynamic_panels"][class_name][data_key]``
-(several ids are escaped and joined: see :func:`_encode_data_key`).
+(several ids are escaped and joined: see ``docs/panels.md``).
 
 Choose a :class:`~cascadeui.views.PersistentView` / ``PersistentLayoutView`` for a panel
 per message that needs ``on_restore``, an owner, detaching on re-send or a purge when its
@@ -103,8 +103,9 @@ class DynamicPanel(KindMember, PanelData, register=False):
     ``bot.add_dynamic_items`` and binds it to its store.
 
     :attr:`data_key` encodes the template's captured groups (only :attr:`key_groups`,
-    when set; see :func:`_encode_data_key`); :attr:`data` and :meth:`set_data` read and
-    write ``state["application"]["dynamic_panels"][class_name][data_key]``.
+    when set; escaped and joined, see ``docs/panels.md``); :attr:`data` and
+    :meth:`set_data` read and write
+    ``state["application"]["dynamic_panels"][class_name][data_key]``.
     """
 
     panel_kind = _DYNAMIC_KIND
@@ -131,7 +132,7 @@ class DynamicPanel(KindMember, PanelData, register=False):
 
     @property
     def data_key(self) -> str:
-        """The ids this item's ``custom_id`` captures, encoded by :func:`_encode_data_key`.
+        """The ids this item's ``custom_id`` captures, one-to-one (see ``docs/panels.md``).
 
         :raises ValueError: the ``custom_id`` does not match the class's template.
         """

@@ -5,9 +5,11 @@
 :class:`PersistentView` adds it to a classic ``discord.ui.View`` and
 :class:`PersistentLayoutView` to a Components V2 ``discord.ui.LayoutView``.
 
-Every concrete subclass registers itself under its class name when it is defined. The
-registry is the only way a stored entry becomes a view again: a class name read from
-storage selects among registered subclasses and nothing else (no import by name, no eval).
+Every concrete subclass registers itself under its class name when it is defined, in the
+one panel registry every kind shares (:mod:`cascadeui._kinds`; this module's kind rebuilds
+one view per registry entry). The registry is the only way a stored entry becomes a view
+again: a class name read from storage selects among registered subclasses and nothing else
+(no import by name, no eval).
 A class whose components declared in its body lack an explicit ``custom_id`` is refused
 right there (``TypeError`` naming them), not first at ``send()``.
 

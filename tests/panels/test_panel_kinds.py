@@ -1,10 +1,12 @@
 """The one panel-kind abstraction and its registry (issue 20 item 6), and panel defects.
 
-A toy kind is added here, in this one module and nowhere else, and restored end to end
-with the real discord.py client against the Discord API double. Also: one registry for
-every kind, decorated selects without ``custom_id`` refused at definition (issue 23 item
-5), ``register=False`` classes refused at ``send()``/``respond()`` (issue 23 item 6), and
-DynamicPanel data keys that never merge two items' data (issue 21 item 10).
+Two toy kinds are added here, in this one module and nowhere else, and restored end to
+end with the real discord.py client against the Discord API double: one routed per
+class, one rebuilt per registry entry (whose messages restore checks and purges when
+gone). Also: one registry for every kind, decorated selects without ``custom_id``
+refused at definition (issue 23 item 5), ``register=False`` classes refused at
+``send()``/``respond()`` (issue 23 item 6), and DynamicPanel data keys that never merge
+two items' data (issue 21 item 10).
 """
 
 from __future__ import annotations
@@ -126,6 +128,104 @@ async def test_a_toy_kind_defined_in_one_module_restores_end_to_end(
     finally:
         await bot2.close()
     assert json.loads(path.read_text())["application"]["boards"] == {"Tally": {"count": 2}}
+
+
+# -- a second toy kind: one panel per registry entry, built by the kind itself -------------
+
+
+class NoteKind(PanelKind):
+    """Message-bound: restore rebuilds one note per registry entry, routes it to its
+    message with ``bot.add_view`` and checks the message, as for any such kind."""
+
+    name = "note"
+    data_root = "notes"
+    message_bound = True
+
+    def build(self, cls: type, state_key: str, entry: Any, ids: Any, store: Any,
+              upgrades: dict[str, dict[str, Any]]) -> NotePanel:
+        assert issubclass(cls, NotePanel)
+        return cls(state_key=state_key, store=store, message_id=ids["message_id"],
+                   channel_id=ids["channel_id"])
+
+
+class NotePanel(KindMember, PanelData, discord.ui.View, register=False):
+    """The second toy kind's base: a view that records its own registry entry."""
+
+    panel_kind = NoteKind()
+    restore_error: BaseException | None = None
+
+    def __init__(self, *, state_key: str, store: StateStore, message_id: int | None = None,
+                 channel_id: int | None = None) -> None:
+        super().__init__(timeout=None)
+        self.state_key, self._store = state_key, store
+        self.message_id, self.channel_id = message_id, channel_id
+
+    def _data_path(self) -> list[str]:
+        return [self.panel_kind.data_root, self.state_key]
+
+    def _mark_live(self) -> None:
+        pass
+
+    async def on_restore(self, bot: Any) -> None:
+        pass
+
+    async def post(self, where: discord.PartialMessageable) -> discord.Message:
+        message = await where.send("note", view=self)
+        self.message_id, self.channel_id = message.id, where.id
+        await self.store.dispatch("PERSISTENT_VIEW_REGISTERED", {
+            "state_key": self.state_key, "class_name": type(self).__name__,
+            "message_id": str(message.id), "channel_id": str(where.id),
+            "guild_id": None, "user_id": None})
+        return message
+
+
+@pytest.fixture
+def sticky() -> Iterator[type[NotePanel]]:
+    class Sticky(NotePanel):
+        @discord.ui.button(label="+1", custom_id="sticky:inc")
+        async def inc(self, interaction: discord.Interaction[Any],
+                      button: discord.ui.Button[Any]) -> None:
+            count = int(self.data.get("count", 0)) + 1
+            await self.set_data("count", count)
+            await interaction.response.send_message(f"{self.state_key}={count}",
+                                                    ephemeral=True)
+
+    try:
+        yield Sticky
+    finally:
+        unregister("Sticky")
+
+
+async def test_a_message_bound_toy_kind_is_rebuilt_checked_and_purged_by_restore(
+        double: DiscordDouble, sticky: type[NotePanel], tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    path = tmp_path / "state.json"
+    store1 = StateStore()
+    bot1 = await logged_in_bot(double)
+    try:
+        await setup_persistence(bot1, file_path=path, store=store1)
+        where = bot1.get_partial_messageable(cid)
+        kept = await sticky(state_key="kept", store=store1).post(where)
+        gone = await sticky(state_key="gone", store=store1).post(where)
+        assert await double.click(bot1, kept.id, "sticky:inc", user_id=ALICE)
+    finally:
+        await bot1.close()
+    double.delete_message(gone.id)  # deleted while the bot was down
+
+    store2 = StateStore()
+    bot2 = await logged_in_bot(double)
+    try:
+        summary = await setup_persistence(bot2, file_path=path, store=store2, verify="await")
+        assert summary["restored"] == ["kept"]
+        assert summary["removed"] == ["gone"]
+        assert sorted(store2.state["persistent_views"]) == ["kept"]
+        assert "note" not in summary.routed_classes  # routed per entry, not per class
+        answer = await double.click(bot2, kept.id, "sticky:inc", user_id=BOB)
+        assert answer is not None
+        assert answer["data"]["content"] == "kept=2"
+    finally:
+        await bot2.close()
+    assert json.loads(path.read_text())["application"]["notes"] == {"kept": {"count": 2}}
 
 
 async def test_an_entry_naming_a_class_routed_kind_is_kept_and_reported_failed(
