@@ -18,6 +18,10 @@ It reaches storage only through the backend: a built-in
 and catch-up reads (each one worker-thread call), so several processes can share a state;
 any other :class:`~cascadeui._backends.StorageBackend` gets whole ``save_state`` calls.
 
+What is durable and every transition live in :mod:`cascadeui._persist_state`, a plain
+object with no event loop; this module is its asyncio driver: the task, the timers, the
+listener, and the backend calls.
+
 Errors are classified by type, once, here:
 
 * bad data: :class:`~cascadeui.errors.SerializationError` (or a plain ``TypeError`` /
@@ -34,83 +38,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from . import _shutdown
 from ._backends import AsyncBackend, StorageBackend
-from ._merge import diff, merge3
-from ._watch import Listener, listener_for
-from .actions import PERSISTED_SLICES, STATE_RELOADED
-from .adapters import apply_shared
-from .errors import (
-    DurabilityTimeoutError,
-    PersistenceError,
-    SerializationError,
-    StateCorruptedError,
-    StorageUnavailableError,
-    StoreClosedError,
+from ._persist_state import (
+    MISSING,
+    EngineCore,
+    Ledger,
+    Timing,
+    is_bad_data,
+    persisted_part,
+    replay,
 )
+from ._watch import Listener, listener_for
+from .actions import STATE_RELOADED
+from .errors import PersistenceError, StoreClosedError
 from .serializer import SnapshotEncoder, StateSerializer
 
-if TYPE_CHECKING:
-    from .store import StateStore
-
-__all__ = ["MISSING", "Engine", "Timing", "is_bad_data", "load_persisted", "same_backend"]
+__all__ = ["MISSING", "Engine", "Host", "Timing", "is_bad_data", "load_persisted",
+           "same_backend"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
-#: A slice value no state holds: "nothing known to be durable".
-MISSING: Any = object()
-#: Compare-and-set attempts per write before giving up until the next retry.
-_MAX_MERGE_ROUNDS = 20
-#: Each retry delay is the capped exponential one times a factor drawn from this range, so
-#: processes that failed together do not retry together.
-_JITTER = (1.0, 1.25)
 
+class Host(Protocol):
+    """What the engine needs of its store (:class:`~cascadeui.store.StateStore`)."""
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """The writer's timings, in seconds (checked once, at ``enable_persistence``)."""
+    @property
+    def state(self) -> dict[str, Any]: ...
 
-    debounce: float
-    max_delay: float
-    retry_initial: float
-    retry_max: float
-    poll_interval: float | None = None
-    durable_timeout: float = 2.5
-    #: Listen for commits announced by other processes (cascadeui._watch), on top of polling.
-    push: bool = True
+    @property
+    def generation(self) -> int: ...
 
-    def __post_init__(self) -> None:
-        if min(self.debounce, self.max_delay, self.retry_initial, self.retry_max) < 0:
-            raise ValueError("persistence timings must be >= 0 seconds")
-        if self.poll_interval is not None and self.poll_interval <= 0:
-            raise ValueError("poll_interval must be > 0 seconds, or None")
-        if not self.durable_timeout > 0:
-            raise ValueError("durable_timeout must be > 0 seconds")
+    @property
+    def batching(self) -> bool: ...
 
-    def backoff(self, failures: int) -> tuple[float, float]:
-        """The delay before retry number ``failures`` (1-based), as (nominal, jitter).
-
-        The nominal delay doubles from ``retry_initial`` up to ``retry_max``; the jitter
-        adds up to a quarter of it at random, so processes that failed together (a server
-        restart) do not retry together.
-        """
-        nominal = min(self.retry_initial * 2.0 ** min(failures - 1, 60), self.retry_max)
-        return nominal, float(nominal * (random.uniform(*_JITTER) - 1.0))
-
-
-def is_bad_data(exc: BaseException) -> bool:
-    """True for an error that retrying the same snapshot cannot cure (see the module doc)."""
-    if isinstance(exc, SerializationError):
-        return True
-    # A custom backend's own json.dumps raises plain TypeError/ValueError on bad data; a
-    # PersistenceError that happens to be a ValueError (StateCorruptedError,
-    # ConfigurationError) is the medium's fault, not the data's.
-    return isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, PersistenceError)
+    async def dispatch(self, action_type: str, payload: Any = None, *,
+                       durable: bool = False) -> dict[str, Any]: ...
 
 
 def versioned_backend(backend: StorageBackend) -> AsyncBackend[Any] | None:
@@ -129,6 +96,11 @@ def versioned_backend(backend: StorageBackend) -> AsyncBackend[Any] | None:
     return backend
 
 
+def location_of(backend: StorageBackend) -> str:
+    """Where ``backend`` keeps the state (password-free), for messages."""
+    return str(getattr(backend, "location", backend))
+
+
 async def load_persisted(backend: StorageBackend) -> tuple[dict[str, Any], int | None, bool]:
     """Load what ``backend`` holds: its persisted slices, their version, and whether the
     stored document holds other keys too (then the next write must be whole to drop them).
@@ -141,7 +113,7 @@ async def load_persisted(backend: StorageBackend) -> tuple[dict[str, Any], int |
         loaded, version = await versioned.load_versioned()
     else:
         loaded = await backend.load_state()
-    stored = persisted_part(loaded, backend)
+    stored = persisted_part(loaded, location_of(backend))
     return stored, version, len(stored) != len(loaded)
 
 
@@ -154,81 +126,38 @@ def same_backend(a: StorageBackend, b: StorageBackend) -> bool:
         b, "location", None)
 
 
-def persisted_part(loaded: Any, backend: StorageBackend) -> dict[str, Any]:
-    """The persisted slices of what a backend returned, checked; other keys are ignored."""
-    location = str(getattr(backend, "location", backend))
-    if not isinstance(loaded, dict):
-        raise StateCorruptedError(f"{location}: stored state is a {type(loaded).__name__}, "
-                                  "not a dict", location=location)
-    stored: dict[str, Any] = {}
-    for name in PERSISTED_SLICES:
-        if name in loaded:
-            if not isinstance(loaded[name], dict):
-                raise StateCorruptedError(
-                    f"{location}: stored slice {name!r} is a {type(loaded[name]).__name__}, "
-                    "not a dict", location=location)
-            stored[name] = loaded[name]
-    ignored = sorted(str(k) for k in loaded if k not in PERSISTED_SLICES)
-    if ignored:
-        # pycascadeui 2.x also wrote its transient "views"; they are dropped on next write.
-        log.info("ignoring stored keys %s from %s (not persisted slices)", ignored, location)
-    return stored
-
-
 class Engine:
-    """The background writer of one store: one task, one snapshot in flight at a time."""
+    """The background writer of one store: one task, one snapshot in flight at a time.
 
-    def __init__(self, store: StateStore, backend: StorageBackend, timing: Timing) -> None:
+    It drives an :class:`~cascadeui._persist_state.EngineCore` (given: a successor that
+    continues another loop's engine on the same ledger).
+    """
+
+    def __init__(self, store: Host, backend: StorageBackend, timing: Timing,
+                 core: EngineCore | None = None) -> None:
         self.store = store
         self.backend = backend
         self.timing = timing
-        #: Slice objects known to be in the backend (identity compared).
-        self.durable: dict[str, Any] = dict.fromkeys(PERSISTED_SLICES, MISSING)
-        #: The persisted slices as last loaded or written: the common ancestor of a merge.
-        self.base: dict[str, Any] = {}
-        #: The backend version ``base`` was read at (None: not a versioned backend).
-        self.version: int | None = None
         #: The compare-and-set backend (None: whole ``save_state`` calls only).
         self.cas: AsyncBackend[Any] | None = versioned_backend(backend)
-        serializer = self.cas.serializer if self.cas is not None else None
-        #: Re-encodes only the subtrees that changed since the last write (issue 6); not
-        #: for a custom serializer class, whose own ``serialize`` must be the one used.
-        self.encoder: SnapshotEncoder | None = SnapshotEncoder(serializer) if (
-            serializer is not None and type(serializer) is StateSerializer) else None
-        #: The backend appends changes to a journal (issue 6); ``appended`` is set once it
-        #: has since the last whole-document write, so close() can fold the journal in.
-        self.journaled: bool = self.cas is not None and self.cas.journaled
-        self.appended: bool = False
-        #: The stored document holds keys that are not persisted slices (pycascadeui 2.x
-        #: wrote its transient ``views``): the next write is whole, which drops them.
-        self.rewrite: bool = False
-        self.conflicts: int = 0
-        #: Slices whose write failed with a data error: not retried until they change.
-        self.rejected: dict[str, Any] | None = None
-        self.rejected_error: BaseException | None = None
-        self.last_error: BaseException | None = None
-        self.first_change: float | None = None
-        self.last_change: float = 0.0
-        self.failures: int = 0
-        self.retry_at: float | None = None
-        #: flush() callers: (generation wanted, future); settled by the next attempt.
-        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
-        #: Durable dispatches: (generation wanted, future, deadline); settled only by a write
-        #: that holds their change (or a rejection, the writer stopping, or the deadline),
-        #: never by a failure. In arrival order, so deadlines only grow.
-        self.durable_waiters: list[tuple[int, asyncio.Future[None], float]] = []
+        if core is None:
+            serializer = self.cas.serializer if self.cas is not None else None
+            # Re-encodes only the subtrees that changed since the last write (issue 6); not
+            # for a custom serializer class, whose own ``serialize`` must be the one used.
+            encoder = SnapshotEncoder(serializer) if (
+                serializer is not None and type(serializer) is StateSerializer) else None
+            ledger = Ledger(journaled=self.cas is not None and self.cas.journaled,
+                            saved_generation=store.generation, encoder=encoder)
+            core = EngineCore(ledger, backend, location_of(backend))
+        self.core: EngineCore = core
         #: One timer for all durable deadlines, at the oldest pending one: a timer (and a
         #: shielded wait_for) per dispatch cost a quarter of a durable change's CPU and
         #: sent enough short-lived objects to the oldest GC generation to trigger full
         #: collections, which stall the loop (scripts/bench/durable.py).
         self.expiry: asyncio.TimerHandle | None = None
-        #: A durable waiter arrived since the last attempt: try again soon after a failure.
-        self.demand: bool = False
-        self.failed_at: float = 0.0
-        #: The store's generation the last durable write held (unsaved changes = the
-        #: generations since, for the shutdown WARNING).
-        self.saved_generation: int = store._generation
         self.stopping: bool = False
+        #: A successor on another loop persists the store now (see :meth:`hand_over`).
+        self.retired: bool = False
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.wake: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -237,34 +166,40 @@ class Engine:
         #: A commit was announced (or a listener reconnected): check the version now.
         self.pushed: bool = False
 
+    @property
+    def durable_timeout(self) -> float:
+        """Seconds a durable change (or a final write at shutdown) may take."""
+        return self.timing.durable_timeout
+
+    @property
+    def conflicts(self) -> int:
+        """Key paths both this store and another process changed (ours won)."""
+        return self.core.ledger.conflicts
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The error of the latest failed write, cleared by the next successful one."""
+        return self.core.last_error
+
     def adopt(self, stored: dict[str, Any], version: int | None, *, rewrite: bool) -> None:
         """Take what :func:`load_persisted` found as the durable starting point.
 
         Durable = the objects the backend holds (identity compared later; a dispatch made
-        by another task while the restore was notified is therefore still written). A
-        slice the backend lacks counts as durable only while the memory copy is empty.
+        by another task while the restore was notified is therefore still written).
         """
-        state = self.store.state
-        for name in PERSISTED_SLICES:
-            if name in stored:
-                self.durable[name] = stored[name]
-            elif not state[name]:
-                self.durable[name] = state[name]
-        self.base = {name: stored.get(name, {}) for name in PERSISTED_SLICES}
-        self.version = version
-        self.rewrite = rewrite  # keys to drop: a journal cannot
-        self.saved_generation = self.store._generation
+        self.core.adopt(self.store.state, self.store.generation, stored, version,
+                        rewrite=rewrite)
 
-    def successor(self) -> Engine:
-        """A new engine on the running loop that continues this one (same durable state)."""
-        fresh = Engine(self.store, self.backend, self.timing)
-        # Durable waiters of the old loop went with it (their futures cannot be woken).
-        fresh.durable, fresh.base = self.durable, self.base
-        fresh.version, fresh.conflicts = self.version, self.conflicts
-        fresh.encoder, fresh.appended = self.encoder, self.appended
-        fresh.rewrite = self.rewrite
-        fresh.rejected, fresh.rejected_error = self.rejected, self.rejected_error
-        fresh.saved_generation = self.saved_generation
+    def _successor(self) -> Engine:
+        """A new engine on the running loop that continues this one (the same ledger)."""
+        # Waiters of the old loop stay with it (their futures cannot be woken).
+        return Engine(self.store, self.backend, self.timing, self.core.successor())
+
+    def hand_over(self) -> Engine:
+        """This engine's loop is closed: a started successor on the running loop."""
+        self.retired = True
+        fresh = self._successor()
+        fresh.start()
         return fresh
 
     def start(self) -> None:
@@ -287,45 +222,46 @@ class Engine:
                 self.listener.signal_stop()
 
     def _on_announced(self, version: int | None) -> None:
-        if version is not None and self.version is not None and version <= self.version:
-            return  # our own commit, or one we already hold
-        self.pushed = True
-        self.wake.set()
-
-    def note_change(self) -> None:
-        """Hot path (every persisted change): O(1), wakes the writer on the first one only."""
-        now = self.loop.time()
-        self.last_change = now
-        if self.first_change is None:
-            self.first_change = now
+        if self.core.is_news(version):  # not our own commit, nor one we already hold
+            self.pushed = True
             self.wake.set()
 
-    def _matches(self, slices: dict[str, Any] | None) -> bool:
-        state = self.store.state
-        return slices is not None and all(state[n] is slices[n] for n in PERSISTED_SLICES)
+    def note_change(self) -> None:
+        """Hot path (every persisted change): O(1), wakes the writer on the first one only.
+
+        :meth:`EngineCore.note_change` inlined: one call less on every dispatch.
+        """
+        core, now = self.core, self.loop.time()
+        core.last_change = now
+        if core.first_change is None:
+            core.first_change = now
+            self.wake.set()
+
+    def batch_closed(self, changed: bool) -> None:
+        """The store's outermost batch ended (``changed``: a persisted slice changed)."""
+        if changed:
+            self.note_change()
+        self.wake.set()  # the writer may be waiting for the batch
 
     def needs_write(self) -> bool:
-        return not self._matches(self.durable) and not self._matches(self.rejected)
-
-    def _rejection(self) -> BaseException:
-        return self.rejected_error or PersistenceError("the snapshot was rejected")
+        return self.core.needs_write(self.store.state)
 
     async def flush(self) -> bool:
         """Write now unless durable and wait; see :meth:`StateStore.flush`."""
-        if self._matches(self.durable):
+        state, core = self.store.state, self.core
+        if core.is_durable(state):
             return True
-        if self._matches(self.rejected):
-            raise self._rejection()
+        if core.is_rejected(state):
+            raise core.rejection()
         if self.task is None or self.task.done():
             return False
         waiter: asyncio.Future[bool] = self.loop.create_future()
-        self.waiters.append((self.store._generation, waiter))
+        core.add_waiter(self.store.generation, waiter)
         self.wake.set()
         try:
             return await asyncio.shield(waiter)
         finally:
-            if waiter in (w for _, w in self.waiters):
-                self.waiters = [(g, w) for g, w in self.waiters if w is not waiter]
+            core.drop_waiter(waiter)
 
     async def wait_durable(self) -> None:
         """Return once the current state's persisted slices are durable (group commit).
@@ -334,19 +270,19 @@ class Engine:
         :raises SerializationError: the state holds a value that cannot be stored.
         :raises StoreClosedError: the writer stopped before the change was durable.
         """
-        if self._matches(self.durable):
+        state, core = self.store.state, self.core
+        if core.is_durable(state):
             return
-        if self._matches(self.rejected):
-            raise self._rejection()
+        if core.is_rejected(state):
+            raise core.rejection()
         if self.task is None or self.task.done():
             raise StoreClosedError(f"the writer of {self.backend!r} is stopped; the change "
-                                   "is not durable", location=self._location())
-        waiter: asyncio.Future[None] = self.loop.create_future()
+                                   "is not durable", location=core.location)
+        waiter: asyncio.Future[bool] = self.loop.create_future()
         deadline = self.loop.time() + self.timing.durable_timeout
-        self.durable_waiters.append((self.store._generation, waiter, deadline))
+        core.add_durable(self.store.generation, waiter, deadline)
         if self.expiry is None:
             self.expiry = self.loop.call_at(deadline, self._expire)
-        self.demand = True
         self.wake.set()
         # Not shielded: a cancelled caller cancels its own future, which every settling
         # path skips (done), and it leaves the list with the next write or deadline.
@@ -355,29 +291,9 @@ class Engine:
     def _expire(self) -> None:
         """The timer: fail the durable waiters past their deadline, re-arm for the next."""
         self.expiry = None
-        now = self.loop.time()
-        keep = []
-        timeout = self.timing.durable_timeout
-        for target, waiter, deadline in self.durable_waiters:
-            if waiter.done():
-                continue
-            if deadline > now:
-                keep.append((target, waiter, deadline))
-                continue
-            error = self.last_error
-            reason = f"{type(error).__name__}: {error}" if error else "the writes were slow"
-            exc = DurabilityTimeoutError(
-                f"change not stored in {self._location()} within {timeout:g} s ({reason}); "
-                "it is kept in memory and the writer keeps retrying",
-                timeout=timeout, location=self._location(), last_error=error)
-            exc.__cause__, exc.__suppress_context__ = error, True  # as `raise ... from`
-            waiter.set_exception(exc)
-        self.durable_waiters = keep
-        if keep:
-            self.expiry = self.loop.call_at(keep[0][2], self._expire)
-
-    def _location(self) -> str:
-        return str(getattr(self.backend, "location", self.backend))
+        deadline = self.core.expire(self.loop.time(), self.timing.durable_timeout)
+        if deadline is not None:
+            self.expiry = self.loop.call_at(deadline, self._expire)
 
     # -- shutdown (see cascadeui._shutdown) ---------------------------------------------
 
@@ -390,7 +306,7 @@ class Engine:
         deadline = self.loop.time() + self.timing.durable_timeout
         while self.needs_write():
             await self._write_once()
-            wait = min((self.retry_at or 0.0) - self.loop.time(),
+            wait = min((self.core.retry_at or 0.0) - self.loop.time(),
                        deadline - self.loop.time())
             if not self.needs_write() or self.loop.time() >= deadline:
                 break
@@ -428,9 +344,8 @@ class Engine:
             return
 
         async def write_on_new_loop() -> None:
-            fresh = self.successor()
+            fresh = self._successor()  # the same ledger: what it writes is ours too
             await fresh.final_write("interpreter exit")
-            self.durable, self.saved_generation = fresh.durable, fresh.saved_generation
             fresh.warned = self.warned = True  # said once, by final_write
 
         asyncio.run(write_on_new_loop())
@@ -445,17 +360,16 @@ class Engine:
         A closed store keeps working in memory: what it changes afterwards is not ours to
         write at exit.
         """
-        return self.store._engine is self and not self.stopping
+        return not self.retired and not self.stopping
 
     def warn_unsaved(self, why: str) -> None:
         """Log a WARNING naming how many changes are not saved and where (once)."""
         if not self.needs_write() or self.warned:
             return
         self.warned = True
-        count = max(1, self.store._generation - self.saved_generation)
-        reason = self.rejected_error if self._matches(self.rejected) else self.last_error
+        count, reason = self.core.unsaved(self.store.state, self.store.generation)
         log.warning("%d change(s) to the persisted state were NOT saved to %s before %s "
-                    "(%s); they are lost", count, self._location(), why,
+                    "(%s); they are lost", count, self.core.location, why,
                     f"{type(reason).__name__}: {reason}" if reason else "no write finished")
 
     async def stop(self) -> None:
@@ -472,25 +386,6 @@ class Engine:
             if listener.alive:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ended.wait(), 2.0)
-
-    def _due(self) -> float:
-        """Loop time at which the next write may start."""
-        if self.stopping or self.waiters:
-            return 0.0
-        if self.durable_waiters:
-            # Group commit: no coalescing delay. After a failure, new durable demand may
-            # cut the backoff short, but attempts stay at least retry_initial apart.
-            if self.retry_at is None:
-                return 0.0
-            if self.demand:
-                return min(self.retry_at, self.failed_at + self.timing.retry_initial)
-            return self.retry_at
-        if self.retry_at is not None:
-            return self.retry_at
-        if self.first_change is None:
-            return self.loop.time()  # dirty without a recorded change (e.g. after enable)
-        return min(self.last_change + self.timing.debounce,
-                   self.first_change + self.timing.max_delay)
 
     async def _run(self) -> None:
         try:
@@ -509,11 +404,10 @@ class Engine:
             raise
 
     async def _serve(self) -> None:
+        core, store = self.core, self.store
         while not self.stopping:
-            if not self.needs_write():
-                self.first_change = None
-                self._resolve(self.store._generation,
-                              True if self._matches(self.durable) else self._rejection())
+            if not core.needs_write(store.state):
+                core.idle(store.state, store.generation)
                 if self.pushed:  # announced by another process: catch up at once
                     self.pushed = False
                     await self._poll()
@@ -525,12 +419,13 @@ class Engine:
                 except asyncio.TimeoutError:
                     await self._poll()  # the safety net: announcements can be lost
                 continue
-            if self.store._batch_depth and not (self.waiters or self.durable_waiters):
+            if store.batching and not (core.waiters or core.durable_waiters):
                 # A batch is open: its end is the one persistence step (it sets wake).
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            delay = self._due() - self.loop.time()
+            now = self.loop.time()
+            delay = core.due(now, self.timing, stopping=self.stopping) - now
             if delay > 0:
                 # New changes only move last_change; this wakes once per interval, not per
                 # dispatch. flush() and stop() set the event to cut the wait short.
@@ -539,52 +434,37 @@ class Engine:
                     await asyncio.wait_for(self.wake.wait(), delay)
                 continue
             await self._write_once()
-        self._resolve(self.store._generation, False)
-        if self._matches(self.durable):
-            self._resolve(self.store._generation, True)
-        self._abandon()
+        core.stopped(store.state, store.generation)
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
 
     async def _write_once(self) -> None:
-        state, generation = self.store.state, self.store._generation
-        snapshot = {name: state[name] for name in PERSISTED_SLICES}
-        first = self.first_change
-        self.first_change = None  # changes from now on start a new coalescing window
-        self.demand = False  # durable waiters arriving from now on need the next write
+        core, generation = self.core, self.store.generation
+        snapshot, first = core.begin_write(self.store.state)
         error: BaseException | None = None
         try:
             written = await self.commit(snapshot)
         except Exception as exc:
             if is_bad_data(exc):
-                self._reject(snapshot, generation, exc)
+                log.error("state not saved to %r, the data cannot be stored: %s",
+                          self.backend, exc)
+                core.rejected(snapshot, generation, exc)
                 return
             written, error = None, exc
         if written is not None:
-            self.saved_generation = generation
-            self.durable, self.rejected, self.rejected_error = written, None, None
-            self.failures, self.retry_at, self.last_error = 0, None, None
-            self._resolve(generation, True)
+            core.succeeded(written, generation)
             return
-        self.failures += 1
-        backoff, jitter = self.timing.backoff(self.failures)
-        self.failed_at = self.loop.time()
-        self.retry_at = self.failed_at + backoff + jitter
-        if self.first_change is None or (first is not None and first < self.first_change):
-            self.first_change = first if first is not None else self.loop.time()
+        backoff, jitter = self.timing.backoff(core.failures + 1)
+        core.failed(generation, first,
+                    error or PersistenceError(f"save to {self.backend!r} failed"),
+                    self.loop.time(), backoff + jitter)
         reason = f"{type(error).__name__}: {error}" if error else "save_state returned False"
-        self.last_error = error or PersistenceError(f"save to {self.backend!r} failed")
         # A traceback only for the unexpected: a storage error's message is its reason.
         expected = error is None or isinstance(error, (PersistenceError, OSError))
         log.error("state not saved to %r (%s); attempt %d, retrying in %.2fs (+%.3fs jitter)",
-                  self.backend, reason, self.failures, backoff, jitter,
+                  self.backend, reason, core.failures, backoff, jitter,
                   exc_info=None if expected else error)
-        self._resolve(generation, False)
-
-    def _reject(self, snapshot: dict[str, Any], generation: int, exc: BaseException) -> None:
-        """Bad data: keep the previous durable state, wait for the data to change."""
-        log.error("state not saved to %r, the data cannot be stored: %s", self.backend, exc)
-        self.rejected, self.rejected_error, self.last_error = snapshot, exc, exc
-        self.retry_at, self.failures = None, 0
-        self._resolve(generation, exc)
 
     async def commit(self, snapshot: dict[str, Any]) -> dict[str, Any] | None:
         """The one write step: persist ``snapshot`` (the persisted slices only).
@@ -601,55 +481,26 @@ class Engine:
         ``save_state``. The document is encoded by :class:`SnapshotEncoder`, which reuses
         the text of every subtree unchanged since the last write (same object).
         """
-        cas = self.cas
-        if cas is None or self.version is None:
+        cas, core = self.cas, self.core
+        attempt = core.begin_commit(snapshot) if cas is not None else None
+        if cas is None or attempt is None:
             return snapshot if await self.backend.save_state(snapshot) else None
-        expected: int = self.version
-        stored = self.base  # what the backend holds at `expected`
-        doc = snapshot
-        changed: list[tuple[Any, ...]] = []
-        for _ in range(_MAX_MERGE_ROUNDS):
-            journaled = self.journaled and not self.rewrite
-            if journaled and expected:
-                # Only the leaf changes are appended (the journal may compact instead).
-                version = await cas.save_changes(stored, doc, expected, encoder=self.encoder)
+        encoder = core.ledger.encoder
+        while True:
+            if attempt.append:  # only the leaf changes (the journal may compact instead)
+                version = await cas.save_changes(attempt.stored, attempt.doc,
+                                                 attempt.expected, encoder=encoder)
             else:
-                version = await cas.save_if_version(doc, expected, encoder=self.encoder)
+                version = await cas.save_if_version(attempt.doc, attempt.expected,
+                                                    encoder=encoder)
             if version is not None:
-                self.base, self.version, self.rewrite = doc, version, False
-                self.appended = self.appended or (journaled and expected != 0)
                 break
-            theirs, expected, lost = await self._load_theirs(stored, expected)
-            # Local only: self.base and self.version change together, on success. Taking
-            # their version while keeping our older base would let a write that fails
-            # next leave the two out of step, and the retry would pass the
-            # compare-and-set with a document lacking their commits (found by
-            # scripts/partition_campaign.py; tests/test_engine_retry.py).
-            stored = theirs
-            if expected == 0:
-                # The document vanished (a Redis restarted without persistence, a file
-                # removed): that is lost data, not another writer's deletions. Write ours,
-                # with whatever is left there (a counter evicted, its document not).
-                log.warning("%r holds no state any more; writing this store's state again",
-                            self.backend)
-                doc = snapshot
-                if any(theirs.values()):
-                    doc, changed = self._merge_after_loss(snapshot, theirs,
-                                                          "its version counter is gone")
-                continue
-            if lost is not None:
-                doc, changed = self._merge_after_loss(snapshot, theirs, lost)
-                continue
-            result = merge3(self.base, snapshot, theirs)
-            doc, changed = result.merged, result.theirs
-            self._count_conflicts(result.conflicts)
-        else:
-            raise StorageUnavailableError(
-                f"{self.backend!r}: other writers kept moving the version; gave up after "
-                f"{_MAX_MERGE_ROUNDS} merge rounds (will retry)")
+            theirs, expected, lost = await self._load_theirs(attempt.stored, attempt.expected)
+            core.missed(attempt, theirs, expected, lost)
+        doc = core.committed(attempt, version)
         if doc is not snapshot:
             await self.store.dispatch(STATE_RELOADED,
-                                      {"state": doc, "base": snapshot, "paths": changed})
+                                      {"state": doc, "base": snapshot, "paths": attempt.changed})
         return doc
 
     async def compact(self) -> None:
@@ -659,56 +510,43 @@ class Engine:
         whole state, for tools that read it directly. Skipped when another process has
         committed since (its own writes keep the journal bounded); failures are logged.
         """
-        if not self.appended or self.cas is None or self.version is None:
+        led = self.core.ledger
+        if not led.appended or self.cas is None or led.version is None:
             return
         try:
-            version = await self.cas.save_if_version(self.base, self.version,
-                                                     encoder=self.encoder)
+            version = await self.cas.save_if_version(led.base, led.version,
+                                                     encoder=led.encoder)
         except (PersistenceError, TypeError, ValueError) as exc:
             log.warning("could not compact the journal of %r on close: %s", self.backend, exc)
             return
         if version is not None:
-            self.version, self.appended = version, False
+            self.core.compacted(version)
 
     async def _poll(self) -> None:
         """Load and install what another process committed, if the version moved."""
-        cas = self.cas
-        if cas is None or self.version is None:
+        cas, core = self.cas, self.core
+        known = core.ledger.version
+        if cas is None or known is None:
             return
         try:
             version = await cas.version()
-            if version == self.version:
+            if version == known:
                 return
             if version == 0:  # the document vanished: lost data, write ours again
                 log.warning("%r holds no state any more; writing this store's state again",
                             self.backend)
-                left, version, _ = await self._load_theirs(self.base, 0)
-                if version == 0 and any(left.values()):  # a counter evicted, not its state
-                    state = self.store.state
-                    await self._recover_in_poll({n: state[n] for n in PERSISTED_SLICES},
-                                                left, 0, "its version counter is gone")
-                    return
-                self.version = 0
-                self.durable = dict.fromkeys(PERSISTED_SLICES, MISSING)
-                self.note_change()
-                return
-            theirs, version, lost = await self._load_theirs(self.base, self.version)
+                left, version, _ = await self._load_theirs(core.ledger.base, 0)
+                reload = core.vanished(self.store.state, left, version, self.loop.time())
+            else:
+                theirs, version, lost = await self._load_theirs(core.ledger.base, known)
+                reload = core.caught_up(self.store.state, theirs, version, lost,
+                                        self.loop.time())
         except PersistenceError as exc:
             log.warning("cannot check %r for changes from other processes: %s",
                         self.backend, exc)
             return
-        state = self.store.state
-        current = {name: state[name] for name in PERSISTED_SLICES}
-        if lost is not None:
-            await self._recover_in_poll(current, theirs, version, lost)
-            return
-        result = merge3(self.base, current, theirs)  # unsaved local changes stay on top
-        self.version = version
-        if not result.theirs:
-            return  # rewritten with the same content: what is durable is unchanged
-        self.base, self.durable = theirs, dict(theirs)
-        await self.store.dispatch(STATE_RELOADED, {
-            "state": result.merged, "base": current, "paths": result.theirs})
+        if reload is not None:
+            await self.store.dispatch(STATE_RELOADED, reload)
 
     async def _load_theirs(self, known: dict[str, Any],
                            at: int) -> tuple[dict[str, Any], int, str | None]:
@@ -722,98 +560,15 @@ class Engine:
         is loaded, and the backend says whether it descends from version ``at``.
         """
         assert self.cas is not None
-        found = await self.cas.load_changes(at) if self.journaled and at else None
+        found = await self.cas.load_changes(at) if self.core.ledger.journaled and at else None
+        raw: Mapping[str, Any]
         lost: str | None = None
         if found is not None:
             records, version = found
-            raw = known
-            for ops in records:
-                raw = apply_shared(raw, ops)
+            raw = replay(known, records)
         else:
             raw, version, lost = await self.cas.load_checked(at)
-        stored = persisted_part(raw, self.backend)  # the slices must still be dicts
-        self.rewrite = self.rewrite or len(stored) != len(raw)
-        return {name: stored.get(name, {}) for name in PERSISTED_SLICES}, version, lost
-
-    def _merge_after_loss(self, ours: dict[str, Any], theirs: dict[str, Any],
-                          lost: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
-        """What to write when the medium lost data: ours, plus what only it holds.
-
-        The stored document is not a sequel of what this store saw, so nothing missing
-        from it is a deletion: merged against an empty base, it can add key paths but
-        never remove one, and a leaf both hold keeps our value (the acknowledged one).
-        The next write is whole (a journal cannot be appended to what was lost), and the
-        adapter starts a new lineage with it, so other processes see the loss too.
-
-        :returns: the document to write, and the key paths only the medium held.
-        """
-        merged = merge3({}, ours, theirs).merged
-        added = [path for path, _ in diff(ours, merged)]
-        self.rewrite = True
-        log.warning("%r lost data (%s): keeping this store's state and writing it whole; "
-                    "%d key path(s) found only there are merged in, nothing is deleted",
-                    self.backend, lost, len(added))
-        return merged, added
-
-    async def _recover_in_poll(self, current: dict[str, Any], theirs: dict[str, Any],
-                               version: int, lost: str) -> None:
-        """A poll found the medium lost data: install the add-only merge, write it soon."""
-        merged, added = self._merge_after_loss(current, theirs, lost)
-        self.version, self.base = version, theirs
-        self.durable = dict.fromkeys(PERSISTED_SLICES, MISSING)  # ours is not all stored
-        self.note_change()
-        if added:
-            await self.store.dispatch(STATE_RELOADED,
-                                      {"state": merged, "base": current, "paths": added})
-
-    def _count_conflicts(self, conflicts: list[tuple[Any, ...]]) -> None:
-        if conflicts:
-            self.conflicts += len(conflicts)
-            shown = ", ".join(repr(list(p)) for p in conflicts[:5])
-            log.warning("%d key path(s) changed both here and by another process; this "
-                        "store's later write wins: %s%s", len(conflicts), shown,
-                        " ..." if len(conflicts) > 5 else "")
-
-    def _resolve(self, generation: int, outcome: bool | BaseException) -> None:
-        """Settle the waiters whose state was in the snapshot just attempted.
-
-        flush() waiters get the outcome, success or failure. Durable waiters get success
-        or a rejection (bad data); a failed write (False) leaves them waiting for a retry.
-        """
-        keep = []
-        for target, waiter in self.waiters:
-            if target > generation:
-                keep.append((target, waiter))
-            elif not waiter.done():
-                if isinstance(outcome, BaseException):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
-        self.waiters = keep
-        if outcome is False or not self.durable_waiters:
-            return
-        pending = []
-        for target, durable, deadline in self.durable_waiters:
-            if target > generation:
-                pending.append((target, durable, deadline))
-            elif not durable.done():
-                if isinstance(outcome, BaseException):
-                    durable.set_exception(outcome)
-                else:
-                    durable.set_result(None)
-        self.durable_waiters = pending
-
-    def _abandon(self) -> None:
-        """The writer stopped: no durable waiter may be told its change is stored."""
-        if self.expiry is not None:
-            self.expiry.cancel()
-            self.expiry = None
-        for _, durable, _ in self.durable_waiters:
-            if not durable.done():
-                durable.set_exception(StoreClosedError(
-                    f"the writer of {self.backend!r} stopped before the change was durable",
-                    location=self._location()))
-        self.durable_waiters = []
+        return self.core.loaded(raw), version, lost
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         if self.listener is not None:
@@ -821,8 +576,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.error("the persistence writer of %r died", self.store,
                       exc_info=task.exception())
-        for _, waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(False)
-        self.waiters = []
-        self._abandon()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        self.core.abandon()

@@ -28,22 +28,41 @@ import logging
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ["watch"]
+__all__ = ["Covered", "watch"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
-_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class Covered(Protocol):
+    """What shutdown needs of a store's writer (:class:`cascadeui._engine.Engine`)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def current(self) -> bool: ...
+
+    @property
+    def durable_timeout(self) -> float: ...
+
+    def needs_write(self) -> bool: ...
+
+    async def drain(self, why: str, *, warn: bool = True) -> None: ...
+
+    def warn_unsaved(self, why: str) -> None: ...
+
+    def save_at_exit(self) -> None: ...
+
+
+_ENGINES: weakref.WeakSet[Covered] = weakref.WeakSet()
 _SIGTERM_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _hooked = False
 _hook_lock = threading.Lock()
 
 
-def watch(engine: Engine) -> None:
+def watch(engine: Covered) -> None:
     """Cover ``engine`` at interpreter exit and, on the main thread's loop, at SIGTERM."""
     global _hooked
     _ENGINES.add(engine)
@@ -95,7 +114,7 @@ def _on_sigterm(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _save_then_terminate(loop: asyncio.AbstractEventLoop) -> None:
     engines = [engine for engine in list(_ENGINES) if engine.loop is loop and engine.current]
-    deadline = loop.time() + max((e.timing.durable_timeout for e in engines), default=0.0)
+    deadline = loop.time() + max((e.durable_timeout for e in engines), default=0.0)
     # The program keeps running meanwhile (a bot keeps dispatching): drain until one
     # synchronous check finds nothing pending, so no change lands between it and the end.
     while True:

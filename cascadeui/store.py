@@ -126,6 +126,21 @@ class StateStore:
         """The backend persistence writes to, or None when persistence is not enabled."""
         return self._engine.backend if self._engine is not None else None
 
+    @property
+    def generation(self) -> int:
+        """A counter of changes to the persisted slices (+1 each): the writer's clock."""
+        return self._generation
+
+    @property
+    def batching(self) -> bool:
+        """A :meth:`batch` is open: its end is the one notification and persistence step."""
+        return self._batch_depth > 0
+
+    @property
+    def persistence_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the persistence writer runs on (None when persistence is off)."""
+        return self._engine.loop if self._engine is not None else None
+
     def register_reducer(self, action_type: str, fn: Reducer, *, replace: bool = False) -> None:
         """Add a reducer ``fn(action, state) -> new_state`` (plain or async) for ``action_type``.
 
@@ -216,11 +231,14 @@ class StateStore:
                 await self._notify(before, self._state, applied)
         state = self._state
         if durable:
-            await self._wait_durable()
+            await self.wait_durable()
         return state
 
-    async def _wait_durable(self) -> None:
-        """Wait until the persisted slices as they are now are stored (see ``dispatch``)."""
+    async def wait_durable(self) -> None:
+        """Wait until the persisted slices as they are now are stored (see ``dispatch``).
+
+        Returns at once without persistence. Raises as ``dispatch(..., durable=True)``.
+        """
         engine = self._live_engine() if self._engine is not None else None
         if engine is not None:
             await engine.wait_durable()
@@ -330,9 +348,7 @@ class StateStore:
                 applied, self._batch_actions = self._batch_actions, []
                 engine = self._live_engine()
                 if engine is not None:
-                    if self._generation != generation:
-                        engine.note_change()
-                    engine.wake.set()  # the writer may be waiting for the batch
+                    engine.batch_closed(self._generation != generation)
                 if applied:
                     await self._notify(before, self._state, applied)
 
@@ -428,8 +444,7 @@ class StateStore:
         """
         engine = self._engine
         if engine is not None and engine.loop.is_closed():
-            self._engine = engine = engine.successor()
-            engine.start()
+            self._engine = engine = engine.hand_over()
         return engine
 
     async def flush(self) -> bool:

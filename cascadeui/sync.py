@@ -370,10 +370,8 @@ def migrate_schema(target: Target, version: int, migrations: Mapping[int, Migrat
 
 def _store_loop(store: Any) -> asyncio.AbstractEventLoop | None:
     """The event loop the store's persistence writer runs on (None when off)."""
-    # The store keeps it on its private engine; read defensively so a refactor there
-    # degrades to "run on our loop" instead of an AttributeError here.
-    loop = getattr(getattr(store, "_engine", None), "loop", None)
-    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+    loop: asyncio.AbstractEventLoop | None = store.persistence_loop
+    return loop
 
 
 def dispatch(action_type: str, payload: Any = None, *,

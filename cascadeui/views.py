@@ -312,7 +312,7 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
         if isinstance(previous, Mapping):
             await _detach(message, previous, self.message_id)
         if durable:  # after the bookkeeping: a timeout must not leave the panel half-live
-            await store._wait_durable()
+            await store.wait_durable()
 
     def _bind(self, *, store: StateStore, message_id: int, channel_id: int,
               guild_id: int | None, user_id: int | None) -> None:

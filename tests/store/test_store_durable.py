@@ -237,7 +237,7 @@ async def test_a_cancelled_durable_dispatch_stops_waiting_and_the_change_is_stil
         await user
     engine = store._engine
     assert engine is not None
-    assert all(entry[1].done() for entry in engine.durable_waiters)  # nobody waiting
+    assert all(entry[1].done() for entry in engine.core.durable_waiters)  # nobody waiting
     await anyio.to_thread.run_sync(outage_server.start)
     assert await store.flush()
     assert (await stored("redis", outage_server.url, redis_key))["application"] == {"a": 1}
