@@ -10,7 +10,8 @@ Every concrete panel class, of every kind, registers here under its class name w
 defined (through :class:`KindMember`), so a class name read from storage selects one
 class and nothing else (no import by name, no eval), and two kinds can never claim the
 same stored name. Adding a kind of panel is one module: a :class:`PanelKind` subclass and
-a base class that names it in ``panel_kind``. No discord.py import here: the CLI reads it.
+a base class that names it in ``panel_kind``. No discord.py import here, so a reader
+without a bot may import it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ class EntryPanel(Protocol):
     def stop(self) -> None: ...
 
     def is_finished(self) -> bool: ...
-
-    def _mark_live(self) -> None: ...
 
     async def on_restore(self, bot: Any) -> None: ...
 

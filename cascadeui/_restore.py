@@ -519,7 +519,6 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         log.exception("panel %r: rebuilding %s failed; kept", state_key, cls.__name__)
         known["failed"].append(state_key)
         return None
-    view._mark_live()
     return view
 
 

@@ -88,6 +88,10 @@ class _ViewKind(PanelKind):
         view.check_persistent()
         return view
 
+    def route(self, bot: Any, panel: Any, message_id: int) -> None:
+        super().route(bot, panel, message_id)
+        panel._mark_live()  # a later send() under its key stops this copy
+
 
 _VIEW_KIND = _ViewKind()
 

@@ -163,9 +163,6 @@ class NotePanel(KindMember, PanelData, discord.ui.View, register=False):
     def _data_path(self) -> list[str]:
         return [self.panel_kind.data_root, self.state_key]
 
-    def _mark_live(self) -> None:
-        pass
-
     async def on_restore(self, bot: Any) -> None:
         pass
 
