@@ -237,6 +237,18 @@ class SQLiteStore(BaseStore):
                     f"(name a file, e.g. {Path(self.path) / 'cascadeui.db'})",
                     location=self.location)
 
+    def backup_to(self, dest: str | os.PathLike[str]) -> None:
+        """Copy the whole database (state, journal, backup tables) to the new file ``dest``
+        with SQLite's online backup API: consistent while others write, ``-wal`` included
+        (a plain ``cp`` of the main file alone can read back as an empty state)."""
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600))  # private, as ours are
+        target = sqlite3.connect(os.fspath(dest))
+        try:
+            with self._connection() as conn:
+                conn.backup(target)
+        finally:
+            target.close()
+
     def companion(self, tag: str) -> SQLiteStore:
         """The table ``<table>_<tag>_backup`` in the same database."""
         other = SQLiteStore(self.path, timeout=self.timeout, serializer=self.serializer,

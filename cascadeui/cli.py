@@ -57,6 +57,13 @@ PROGRESS_THRESHOLD = 1 << 20
 LOCK_NOTE_AFTER = 1.0
 
 
+#: What ``verify`` says of an empty SQLite database (issue 23): it may be a copy.
+WAL_NOTE = ("an empty database: if it is a copy, the copy may have missed its -wal file "
+            "(a SQLite database in WAL mode is the file plus <name>-wal until a checkpoint; "
+            "`cp` of the file alone while a bot runs or after a kill loses every change in "
+            "the -wal). Copy with `cascadeui backup TARGET DEST` instead")
+
+
 class UsageError(Exception):
     """A bad argument found after parsing (bad PATH, bad JSON value): exit code 2."""
 
@@ -282,6 +289,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of TARGET at the new DEST; never replaces a state."""
+    source = open_store(args.target, existing=True)
+    dest: SyncStore | None = None
+    try:
+        dest = _open_for_write(args.dest)
+        holds = dest.exists() if isinstance(dest, DescribedStore) else bool(dest.load())
+        if holds:
+            raise _CommandError(args.dest, "already holds state; a backup never replaces "
+                                           "one (name a new file, key or table)")
+        whole = getattr(source, "backup_to", None)  # the medium's own copy (SQLite)
+        path = getattr(dest, "path", None)
+        if callable(whole) and _kind(dest) == _kind(source) and isinstance(path, str):
+            dest.close()
+            whole(path)
+            how = "whole database, online backup"
+            reread = open_store(args.dest, existing=True)
+            try:
+                reread.load()  # the copy decodes
+            finally:
+                reread.close()
+        else:
+            sync.migrate_storage(source, dest, strict=True)
+            how = "state copied, read back and compared"
+    finally:
+        source.close()
+        if dest is not None:
+            dest.close()
+    src, dst = redacted(args.target), redacted(args.dest)
+    if args.json:
+        _print_json({"target": src, "dest": dst, "method": how}, sys.stdout)
+    else:
+        print(f"backed up {src} to {dst} ({how})")
+    return 0
+
+
 def cmd_migrate_schema(args: argparse.Namespace) -> int:
     if args.to < 0:
         raise UsageError(f"--to must be a schema version >= 0, not {args.to}")
@@ -422,6 +465,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         adapter.close()
     if state is not None:
         _verify_shape(state, checks)
+    if not state and _kind(adapter) == "sqlite":
+        checks.append(Check("copied without its -wal?", False, WAL_NOTE))
     problems = [c for c in checks if not c.ok]
     if args.json:
         _print_json({"target": redacted(args.target), "ok": not problems,
@@ -547,6 +592,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="replace a target that already holds state")
     migrate.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                          help="progress bar on stderr (auto: a terminal and >= 1 MB)")
+    add("backup", cmd_backup, "copy TARGET's state to a new DEST safely while bots run (a "
+                              "SQLite database whole, with its -wal, by the online backup "
+                              "API)", target, ("dest", {"metavar": "DEST"}))
     add("backups", cmd_backups, "list the backup generations of a JSON state file", target)
     add("restore-backup", cmd_restore_backup,
         "make backup N (0 = the newest) the current state; the current one becomes backup 0",

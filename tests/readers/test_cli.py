@@ -254,7 +254,8 @@ def test_every_command_is_documented() -> None:
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert commands is not None
     assert sorted(commands) == sorted(
-        ["inspect", "get", "set", "delete", "dump", "migrate", "backups", "restore-backup",
+        ["inspect", "get", "set", "delete", "dump", "migrate", "backup", "backups",
+         "restore-backup",
          "verify", "migrate-schema", "demo"])
     for name in commands:
         assert f"cascadeui {name}" in docs, name
