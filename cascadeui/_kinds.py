@@ -83,10 +83,6 @@ class PanelKind:
         """Make a rebuilt panel answer clicks on its message."""
         bot.add_view(panel, message_id=message_id)
 
-    def entry_data_path(self, state_key: str, entry: Mapping[str, Any]) -> list[str] | None:
-        """The path in ``state["application"]`` of the data a registry entry owns."""
-        return [self.data_root, state_key] if self.message_bound else None
-
 
 # class name -> (class, its kind): the one registry, whatever the kind
 _REGISTRY: dict[str, tuple[type, PanelKind]] = {}
