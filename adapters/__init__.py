@@ -4,7 +4,11 @@ They need no event loop: call them from scripts, threads and notebooks. The asyn
 backends in :mod:`cascadeui.persistence` run them in worker threads.
 """
 
+from ._journal import JournaledStore, apply_shared
+from ._memory_store import MemoryStore
+from ._postgres_store import PostgresStore
 from ._redis_store import RedisStore
+from ._sqlite_store import SQLiteStore
 from ._urls import redact_url
 from .base import (
     BackupInfo,
@@ -18,10 +22,6 @@ from .base import (
     VersionedStore,
 )
 from .file_store import FileStore
-from .journal import JournaledStore, apply_shared
-from .memory_store import MemoryStore
-from .postgres_store import PostgresStore
-from .sqlite_store import SQLiteStore
 
 __all__ = [
     "BackupInfo",

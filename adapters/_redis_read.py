@@ -18,9 +18,9 @@ from cascadeui.errors import ConfigurationError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
 from . import _redis_scripts as lua
+from ._journal import Budget, apply_records, corrupt, decode_records, nbytes
 from ._redis_client import RedisClient, is_cluster
 from .base import BaseStore, Check, StoreInfo
-from .journal import Budget, apply_records, corrupt, decode_records, nbytes
 
 __all__ = ["RedisReads"]
 

@@ -4,7 +4,7 @@ Keys (``key`` defaults to ``cascadeui:state``)::
 
     <key>          string: the StateSerializer document, the *snapshot* (what ``save`` wrote)
     <key>:journal  list: journal records appended after the snapshot, oldest first (one per
-                   commit of the store's engine, :mod:`cascadeui.adapters.journal`)
+                   commit of the store's engine, :mod:`cascadeui.adapters._journal`)
     <key>:version  integer: +1 on every commit, appends included, for change detection
                    (never expires, so it never repeats a value a poller has seen)
     <key>:lock     string: a random token while a full writer holds the lock (leased, PX)
@@ -68,8 +68,8 @@ from cascadeui._watch import TICK, Listener, Notify, announced_version
 from cascadeui.errors import LockTimeoutError, StorageUnavailableError
 
 from . import _redis_scripts as lua
+from ._journal import Budget, commit_changes, encode_record
 from ._redis_read import RedisReads
-from .journal import Budget, commit_changes, encode_record
 
 __all__ = ["RedisListener", "RedisStore"]
 
@@ -160,7 +160,7 @@ class RedisStore(RedisReads):
         """Append ``changes`` as one journal record if the version is still ``expected``.
 
         The contract is :meth:`~cascadeui.adapters.JournaledStore.save_changes`'s, and the
-        decision is the journal module's :func:`~cascadeui.adapters.journal.commit_changes`.
+        decision is the journal module's :func:`~cascadeui.adapters._journal.commit_changes`.
         One Lua script, no lock round trips; a full write of ``full()`` instead when the
         journal is due for compaction or no snapshot is stored.
 

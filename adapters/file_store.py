@@ -8,7 +8,7 @@ Layout next to ``<path>``:
   and the directory is fsynced; just before, the current file is hard-linked to
   ``<path>.bak`` (older generations shift to ``.bak.1``, ``.bak.2`` ...). A crash at any
   moment leaves either the old or the new document under ``<path>``.
-- ``<path>.journal``, the *change journal* (see :mod:`cascadeui.adapters.journal`): the
+- ``<path>.journal``, the *change journal* (see :mod:`cascadeui.adapters._journal`): the
   commits appended after that snapshot by :meth:`FileStore.save_changes`, so a commit
   costs what changed instead of the whole document. Line 1 is a header binding the
   journal to the *content* of the snapshot it was started against, ``<crc>
@@ -85,14 +85,14 @@ from cascadeui.errors import (
 )
 from cascadeui.serializer import StateSerializer
 
-from . import journal as _journal
+from . import _journal
 from .base import BackupInfo, BaseStore, Check, StoreInfo
 from .locks import LockUnavailableError, PathLock
 
 if TYPE_CHECKING:
     from cascadeui._watch import Listener
 
-    from .journal import JournaledStore
+    from ._journal import JournaledStore
 
 __all__ = ["FileStore"]
 

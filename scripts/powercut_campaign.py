@@ -156,7 +156,7 @@ def sabotage_file(kind: str) -> None:
 
 
 def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -> None:
-    from cascadeui.adapters import journal
+    from cascadeui.adapters import _journal as journal
 
     if sabotage and backend == "file":
         sabotage_file(sabotage)
@@ -216,7 +216,7 @@ async def store_writer(backend: str, root: Path, gens: int, seed: int) -> None:
     Its writes are journal appends of the changed leaves, compactions, and the closing
     compaction, made from anyio worker threads.
     """
-    from cascadeui.adapters import journal
+    from cascadeui.adapters import _journal as journal
     from cascadeui.store import StateStore
 
     journal.JOURNAL_MIN_BYTES = JOURNAL_BUDGET

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BACKENDS, Ticker, build_application, private_redis, size_bytes
 from w_dispatch import _backend
 
-from cascadeui.adapters import journal
+from cascadeui.adapters import _journal as journal
 from cascadeui.store import StateStore
 
 

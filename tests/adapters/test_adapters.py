@@ -304,7 +304,7 @@ def test_sqlite_layout_is_documented_single_row(tmp_path: Path) -> None:
     # The snapshot row is what the last full save wrote, with that save's version; the
     # journal row is the append, its seq the version it made.
     assert rows == [(1, '{"a":2}', 2)]
-    assert journal == [(3, '{"ops":[[["b",5],"x"],[["a"]]]}')]
+    assert journal == [(3, '{"v":1,"ops":[[["b",5],"x"],[["a"]]]}')]
     assert columns == [("seq", "INTEGER", 1), ("ops", "TEXT", 0)]
     # The lineage id a whole write into the empty table started (issue 11, item 4).
     assert [k for k, _ in meta] == ["schema_version", "lineage"]

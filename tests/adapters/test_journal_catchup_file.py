@@ -19,7 +19,7 @@ from _helpers import JournalWriter
 
 from cascadeui._merge import Change
 from cascadeui.adapters import FileStore
-from cascadeui.adapters import journal as journal_mod
+from cascadeui.adapters import _journal as journal_mod
 from cascadeui.errors import StateCorruptedError
 from cascadeui.serializer import StateSerializer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import cascadeui.adapters.journal as journal
+import cascadeui.adapters._journal as journal
 import pytest
 import redis
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from cascadeui.adapters import SQLiteStore, journal
+from cascadeui.adapters import SQLiteStore
+from cascadeui.adapters import _journal as journal
 from cascadeui.errors import StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
@@ -220,15 +221,15 @@ def test_the_compaction_budget_stays_known_after_a_catch_up(
         monkeypatch.setattr(journal, "JOURNAL_MIN_BYTES", journal_bytes + 40)
         assert snapshot_bytes * journal.JOURNAL_RATIO < journal_bytes + 40
         measures: list[int] = []
-        real = SQLiteStore._sizes_at
+        real = SQLiteStore._budget_at
 
-        def counted(self: SQLiteStore, conn: sqlite3.Connection,
+        def counted(self: SQLiteStore, conn: Any,
                     at: int) -> tuple[journal.Budget, bool]:
             result = real(self, conn, at)
             measures.append(result[1])
             return result
 
-        monkeypatch.setattr(SQLiteStore, "_sizes_at", counted)
+        monkeypatch.setattr(SQLiteStore, "_budget_at", counted)
         state["application"]["n"] = "x" * 60
         assert b.save_changes([(("application", "n"), "x" * 60)], version,
                               full=lambda: SER.serialize(state)) == version + 1

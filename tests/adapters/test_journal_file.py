@@ -31,7 +31,7 @@ from _helpers import JournalWriter, apply_changes
 
 from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import FileStore, JournaledStore
-from cascadeui.adapters import journal as journal_mod
+from cascadeui.adapters import _journal as journal_mod
 from cascadeui.errors import (
     ConfigurationError,
     PersistenceError,
@@ -489,7 +489,7 @@ def test_lock_free_reads_only_see_committed_states(path: Path,
 
 CHILD = textwrap.dedent("""
     import sys
-    import cascadeui.adapters.journal as journal
+    import cascadeui.adapters._journal as journal
     from cascadeui.adapters import FileStore
     from cascadeui.serializer import StateSerializer
     journal.JOURNAL_MIN_BYTES = int(sys.argv[3])

@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cascadeui.adapters.journal as journal
+import cascadeui.adapters._journal as journal
 import pytest
 import redis
 
@@ -174,7 +174,7 @@ def test_budget_measured_when_the_cache_is_cold(redis_url: str, redis_key: str,
                                                 raw: redis.Redis,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A store that never read this version measures (by reading) before deciding."""
-    monkeypatch.setattr(journal, "JOURNAL_MIN_BYTES", 160)
+    monkeypatch.setattr(journal, "JOURNAL_MIN_BYTES", 180)
     with RedisStore(redis_url, key=redis_key) as writer:
         writer.save({"a": 0})
         for n in range(1, 4):
@@ -183,7 +183,7 @@ def test_budget_measured_when_the_cache_is_cold(redis_url: str, redis_key: str,
     with RedisStore(redis_url, key=redis_key) as cold:
         doc = {"a": "z" * 30}
         assert cold.save_changes([(("a",), "z" * 30)], 4, full=whole(doc)) == 5
-        assert not raw.exists(cold.journal_key)  # 3 x 50 bytes + this one > 160: compacted
+        assert not raw.exists(cold.journal_key)  # 3 x 57 bytes + this one > 180: compacted
         assert snapshot(raw, redis_key) == doc
         assert cold.save_changes([(("a",), 1)], 4, full=whole(doc)) is None  # stale, cold
 
@@ -413,7 +413,7 @@ def test_lease_expiry_with_appends(redis_url: str, redis_key: str, raw: redis.Re
 
 _WORKER = textwrap.dedent("""
     import sys
-    import cascadeui.adapters.journal as journal
+    import cascadeui.adapters._journal as journal
     from cascadeui.adapters import RedisStore
 
     journal.JOURNAL_MIN_BYTES = 300  # compactions race with appends too

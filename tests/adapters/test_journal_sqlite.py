@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 
 from cascadeui._merge import DELETED, Change, diff
-from cascadeui.adapters import JournaledStore, SQLiteStore, journal, sqlite_store
+from cascadeui.adapters import JournaledStore, SQLiteStore
+from cascadeui.adapters import _journal as journal
+from cascadeui.adapters import _sqlite_store as sqlite_store
 from cascadeui.errors import SerializationError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
@@ -140,7 +142,7 @@ def test_every_append_bumps_the_version_by_one(db: Path) -> None:
             assert store.save_changes([(("n",), n)], n, full=lambda: "unused") == n + 1
             assert store.version() == n + 1
             assert len(journal_rows(db)) == n
-        assert journal_rows(db)[-1] == (21, '{"ops":[[["n"],20]]}')
+        assert journal_rows(db)[-1] == (21, '{"v":1,"ops":[[["n"],20]]}')
         assert sql(db, "SELECT data FROM cascadeui_state") == [('{"n":0}',)]
         # An append never rewrites the row: SQLite would copy the whole snapshot.
         assert sql(db, "SELECT version, updated_at FROM cascadeui_state") == [(1, before)]
@@ -524,7 +526,8 @@ def test_a_journal_out_of_step_with_its_row_is_refused(db: Path, damage: str) ->
 SPAWNER = r'''
 import os, sys, time
 import sqlite_utils  # imported once here, not in every forked worker
-from cascadeui.adapters import SQLiteStore, journal
+from cascadeui.adapters import SQLiteStore
+from cascadeui.adapters import _journal as journal
 
 path = sys.argv[1]
 journal.JOURNAL_MIN_BYTES = int(sys.argv[2])

@@ -3,13 +3,16 @@
 A running store whose medium loses part of the state (a Redis journal key evicted by
 ``maxmemory``, expired or deleted; the snapshot key gone with its journal left; the server
 emptied by FLUSHALL or an empty restart; a JSON journal truncated mid-record; the JSON
-file or the SQLite database deleted) keeps its own state, rewrites it whole and logs a
-WARNING, and merges only what another writer put there: nothing it acknowledged
-(``flush()`` returned True) is lost, and another client's writes made meanwhile are kept
-too. Another writer's real deletion (on top of a state this store saw) still deletes.
+file or the SQLite database deleted; a PostgreSQL journal table truncated or emptied, its
+snapshot row deleted, its tables or its database dropped and created again) keeps its own
+state, rewrites it whole and logs a WARNING, and merges only what another writer put
+there: nothing it acknowledged (``flush()`` returned True) is lost, and another client's
+writes made meanwhile are kept too. Another writer's real deletion (on top of a state
+this store saw) still deletes.
 
 Everything is real: a private redis-server (its own, with ``maxmemory`` and allkeys-lru
-where eviction is tested, and for FLUSHALL and restarts), real files, real SQLite.
+where eviction is tested, and for FLUSHALL and restarts), real files, real SQLite, a real
+PostgreSQL (the session's scratch database; a database of its own where it is dropped).
 """
 
 from __future__ import annotations
@@ -20,15 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 import redis
-from _helpers import started_redis_server
+from _helpers import started_postgres, started_redis_server
+from psycopg import sql
 
-from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui._backends import (
+    AsyncBackend,
+    FileStorageBackend,
+    PostgresBackend,
+    RedisBackend,
+    SQLiteBackend,
+)
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.errors import StateCorruptedError
 from cascadeui.store import StateStore
+from cascadeui.testing.postgres_server import scratch_database
 from cascadeui.testing.redis_server import RedisServer
 
 # The tests damage the media with blocking calls on purpose; the store under test does not.
@@ -372,28 +384,156 @@ async def test_sqlite_database_deleted_while_open_is_noticed_and_rewritten(
         other.close()
 
 
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def pg(url: str, *statements: str) -> None:
+    """Run ``statements`` on their own autocommit connection (another client)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def pg_holds(url: str, table: str, *names: str) -> bool:
+    with PostgresStore(url, table=table) as probe:
+        try:
+            app = probe.load().get("application", {})
+        except StateCorruptedError:  # a journal without its snapshot: not rewritten yet
+            return False
+    return all(app.get(n) == n for n in names)
+
+
+def their_transactions(url: str, table: str, count: int) -> None:
+    """Another process's ``count`` transactions (its connection creates the tables)."""
+    with PostgresStore(url, table=table) as script:
+        script.version()
+        for i in range(count):
+            with script.transaction() as state:
+                state.setdefault("application", {})[f"theirs{i}"] = i
+                state.setdefault("persistent_views", {})
+
+
+#: What is done to the tables under the running store (``{t}``: the state table, ``{j}``:
+#: its journal). Every commit after the first one appended a journal row.
+PG_DAMAGE = {
+    "journal truncated": 'TRUNCATE "{j}"',
+    "journal rows deleted": 'DELETE FROM "{j}"',
+    "journal's last rows deleted": 'DELETE FROM "{j}" WHERE seq > (SELECT min(seq) FROM "{j}")',
+    "snapshot row deleted": 'DELETE FROM "{t}" WHERE id = 1',
+    "state table emptied": 'DELETE FROM "{t}"',
+}
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["writing", "idle"])
+@pytest.mark.parametrize("how", list(PG_DAMAGE))
+async def test_postgres_journal_or_snapshot_lost_under_a_running_store(
+        postgres_url: str, pg_table: str, how: str, idle: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before: 7 of the 8 keys were read as deletions (journal), or nothing was logged and
+    the journal kept growing without its snapshot (snapshot row)."""
+    store_it = running(PostgresBackend(url=postgres_url, table=pg_table),
+                       poll=0.05 if idle else None)
+    store = await store_it.__anext__()
+    try:
+        await acknowledge(store, *OURS)
+        with PostgresStore(postgres_url, table=pg_table) as probe:
+            assert probe.describe().extra["journal_records"] == len(OURS) - 1  # appended
+        pg(postgres_url, PG_DAMAGE[how].format(t=pg_table, j=f"{pg_table}_journal"))
+        with caplog.at_level(logging.WARNING, logger="cascadeui"):
+            if idle:  # the poll sees the version move (back, or negative) and looks
+                await eventually(lambda: pg_holds(postgres_url, pg_table, *OURS),
+                                 "the idle store rewrote its state")
+            await acknowledge(store, "after")
+        assert loss_warnings(caplog), caplog.text
+        expect_all(store.state["application"], *OURS, "after")
+    finally:
+        await store_it.aclose()
+    with PostgresStore(postgres_url, table=pg_table) as fresh:
+        expect_all(fresh.load()["application"], *OURS, "after")
+
+
+@pytest.mark.parametrize("their_commits", [0, 1, 30])
+async def test_postgres_tables_dropped_and_created_again_under_a_running_store(
+        postgres_url: str, pg_table: str, their_commits: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another process creates the tables again (and writes): 30 commits take the version
+    past this store's, so only the lineage tells."""
+    store_it = running(PostgresBackend(url=postgres_url, table=pg_table))  # never polls
+    store = await store_it.__anext__()
+    try:
+        await acknowledge(store, *OURS[:5])
+        pg(postgres_url, f'DROP TABLE "{pg_table}", "{pg_table}_journal"')
+        their_transactions(postgres_url, pg_table, their_commits)
+        with caplog.at_level(logging.WARNING, logger="cascadeui"):
+            await acknowledge(store, *OURS[5:])
+        assert loss_warnings(caplog), caplog.text
+    finally:
+        await store_it.aclose()
+    with PostgresStore(postgres_url, table=pg_table) as fresh:
+        app = fresh.load()["application"]
+    expect_all(app, *OURS)
+    assert all(app[f"theirs{i}"] == i for i in range(their_commits)), app
+
+
+@pytest.fixture
+def pg_admin() -> Iterator[str]:
+    """An admin URL of the PostgreSQL server (its role may create and drop databases)."""
+    with started_postgres("the PostgreSQL medium-loss tests") as (admin_url, _server):
+        yield admin_url
+
+
+@pytest.mark.parametrize("their_commits", [0, 30])
+async def test_postgres_database_dropped_and_created_again_under_a_running_store(
+        pg_admin: str, their_commits: int, caplog: pytest.LogCaptureFixture) -> None:
+    with scratch_database(pg_admin, prefix="cascadeui_loss_") as url:
+        name = sql.Identifier(url.rsplit("/", 1)[1].split("?")[0])
+        store_it = running(PostgresBackend(url=url, table="bot_state"))  # never polls
+        store = await store_it.__anext__()
+        try:
+            await acknowledge(store, *OURS[:5])
+            with psycopg.connect(pg_admin, autocommit=True, connect_timeout=5) as admin:
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+            their_transactions(url, "bot_state", their_commits)
+            with caplog.at_level(logging.WARNING, logger="cascadeui"):
+                await acknowledge(store, *OURS[5:])
+            assert loss_warnings(caplog), caplog.text
+        finally:
+            await store_it.aclose()
+        with PostgresStore(url, table="bot_state") as fresh:
+            app = fresh.load()["application"]
+    expect_all(app, *OURS)
+    assert all(app[f"theirs{i}"] == i for i in range(their_commits)), app
+
+
 # -- loss versus a real deletion --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["json", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["json", "sqlite", "redis", "postgres"])
 async def test_another_writers_real_deletion_still_deletes(
-        kind: str, tmp_path: Path, redis_url: str, redis_key: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+        kind: str, tmp_path: Path, redis_url: str, redis_key: str, pg_table: str,
+        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
     """A deletion committed on top of a state this store saw is a deletion, not loss:
     through a whole write (a script's transaction) and through the journal (another
     running store's append)."""
+    pg_url = request.getfixturevalue("postgres_url") if kind == "postgres" else ""
+
     def backend() -> AsyncBackend[Any]:
         if kind == "json":
             return FileStorageBackend(tmp_path / "state.json")
         if kind == "sqlite":
             return SQLiteBackend(tmp_path / "state.db")
+        if kind == "postgres":
+            return PostgresBackend(url=pg_url, table=pg_table)
         return RedisBackend(url=redis_url, key=redis_key)
 
-    def adapter() -> FileStore | SQLiteStore | RedisStore:
+    def adapter() -> FileStore | SQLiteStore | RedisStore | PostgresStore:
         if kind == "json":
             return FileStore(tmp_path / "state.json")
         if kind == "sqlite":
             return SQLiteStore(tmp_path / "state.db")
+        if kind == "postgres":
+            return PostgresStore(pg_url, table=pg_table)
         return RedisStore(redis_url, key=redis_key)
 
     a_it = running(backend(), poll=0.05)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import pytest
 from _helpers import JournalWriter
 
 from cascadeui._backends import PostgresBackend
-from cascadeui.adapters import PostgresStore, postgres_store
+from cascadeui.adapters import PostgresStore
+from cascadeui.adapters import _postgres_store as postgres_store
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
@@ -66,15 +68,19 @@ def dead_url(password: str = SECRET) -> str:
 def test_layout_is_the_documented_row_and_journal(store: PostgresStore, pg_table: str,
                                                   sql: psycopg.Connection[Any]) -> None:
     store.save({"application": {"a": 1}})
-    row = sql.execute(f"SELECT id, data, version FROM {pg_table}").fetchall()
-    assert row == [(1, store.serializer.serialize({"application": {"a": 1}}), 1)]
+    rows = sql.execute(f"SELECT id, data, version FROM {pg_table} ORDER BY id").fetchall()
+    # Row 0 holds the lineage id (issue 20): the state is row 1, as every build reads it.
+    assert rows[1:] == [(1, store.serializer.serialize({"application": {"a": 1}}), 1)]
+    assert rows[0][0] == 0
+    assert rows[0][2] == 0
+    assert re.fullmatch("[0-9a-f]{16}", rows[0][1])
     comment = sql.execute("SELECT obj_description(%s::regclass, 'pg_class')",
                           (pg_table,)).fetchone()
     assert comment == (f"cascadeui state table, schema {postgres_store.SCHEMA_VERSION}",)
     writer = JournalWriter(store)
     assert writer.commit([(("application", "b"), 2)]) == 2
     assert sql.execute(f"SELECT seq FROM {pg_table}_journal").fetchall() == [(2,)]
-    assert sql.execute(f"SELECT version FROM {pg_table}").fetchone() == (1,)  # untouched
+    assert sql.execute(f"SELECT version FROM {pg_table} WHERE id = 1").fetchone() == (1,)
     assert store.load_versioned() == ({"application": {"a": 1, "b": 2}}, 2)
     assert store.load_changes(1) == ([[[["application", "b"], 2]]], 2)
     assert store.load_changes(0) is None  # before the snapshot: load it whole

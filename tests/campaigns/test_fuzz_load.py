@@ -491,7 +491,7 @@ def test_redis_garbage_journal_record(redis_store: tuple[RedisStore, redis.Redis
     typed error naming the journal (the counter says the journal holds no record, issue
     11), never a partial state, and the record is kept; with no lineage key (an earlier
     build's state) the snapshot with the record applied, or that typed error."""
-    from cascadeui.adapters.journal import apply_record, decode_record
+    from cascadeui.adapters._journal import apply_record, decode_record
 
     expected: dict[str, Any] | None = SER.deserialize(GOOD_TEXT)
     try:

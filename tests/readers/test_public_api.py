@@ -34,8 +34,8 @@ MODULES = _modules()
 
 
 def test_the_walk_finds_the_package() -> None:
-    for expected in ("cascadeui.persistence", "cascadeui._targets", "cascadeui.adapters.journal",
-                     "cascadeui.adapters.memory_store", "cascadeui.testing.discord_double"):
+    for expected in ("cascadeui.persistence", "cascadeui._targets", "cascadeui.adapters._journal",
+                     "cascadeui.adapters._memory_store", "cascadeui.testing.discord_double"):
         assert expected in MODULES
 
 

@@ -74,7 +74,7 @@ class Target:
             finally:
                 conn.close()
         if self.kind == "postgres":
-            return str(self._pg(f"SELECT data FROM {self.key}")[0]).encode()
+            return str(self._pg(f"SELECT data FROM {self.key} WHERE id = 1")[0]).encode()
         client = redis.Redis.from_url(self.redis_url)
         try:
             raw = client.get(self.key)

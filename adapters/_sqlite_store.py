@@ -7,19 +7,15 @@ Layout, schema version 2 (documented in docs/backends.md)::
                     version INTEGER NOT NULL, -- the version of the snapshot's commit
                     updated_at REAL NOT NULL) -- unix time of the snapshot's commit
     cascadeui_state_journal(seq INTEGER PRIMARY KEY,  -- the version its commit made
-                            ops TEXT NOT NULL)        -- one record (adapters/journal.py)
+                            ops TEXT NOT NULL)        -- one record (adapters/_journal.py)
     cascadeui_meta(key TEXT PRIMARY KEY, value TEXT)  -- schema_version = 2
 
-(``<table>_journal`` for another ``table``.) The state is the snapshot with every journal
-record applied in ``seq`` order, and its version is the last ``seq`` (the row's
-``version`` when the journal is empty). :meth:`SQLiteStore.save_changes` only inserts one
-record: it never touches the row, because SQLite rewrites a whole row (the 10 MB snapshot
-included) to change any of its columns. Every full write (``save``, ``save_if_version``,
-``transaction``, a compaction) replaces ``data`` with the next version and deletes every
-journal row in the same transaction, so no journal outlives the snapshot it was written
-against. The journal therefore always holds exactly ``version + 1 .. version + n`` of the
-row's ``version``; anything else (the row rewritten by an older pycascadeui that does not
-know the journal, or a hand edit) is refused as corrupt, never applied.
+(``<table>_journal`` for another ``table``; ``cascadeui_meta`` also holds the lineage id.)
+The rows' semantics, shared with PostgreSQL, are in adapters/_rows.py: an append only
+inserts one record and never touches the row, because SQLite rewrites a whole row (the
+10 MB snapshot included) to change any of its columns; a journal that is not the row's
+unbroken sequel (the row rewritten by an older pycascadeui that does not know the
+journal, or a hand edit) is refused as corrupt, never applied.
 
 A version-1 database (no journal table) is upgraded when first opened, in one
 ``BEGIN IMMEDIATE`` transaction, after the same checks that refuse a foreign database.
@@ -29,9 +25,9 @@ journal. Schema versions above 2 are refused.
 Every write starts with ``BEGIN IMMEDIATE`` so a writer takes the write lock before it
 reads: a deferred ``BEGIN`` can fail with "database is locked" when its read lock must
 be upgraded. Every read takes the row and the journal in one read transaction, so it sees
-one commit. :meth:`SQLiteStore.load_changes` selects the row's ``version`` (not its
-``data``) and the journal rows after a given version, so a process catches up with
-another's commits without decoding the snapshot. The store owns its connection
+one commit. ``load_changes`` selects the row's ``version`` (not its ``data``) and the
+journal rows after a given version, so a process catches up with another's commits
+without decoding the snapshot. The store owns its connection
 (``check_same_thread=False``) behind a thread lock, because anyio may run consecutive
 calls on different worker threads.
 """
@@ -42,18 +38,15 @@ import contextlib
 import importlib.util
 import logging
 import os
-import secrets
 import sqlite3
 import stat
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cascadeui._merge import Change
 from cascadeui.errors import (
     LockTimeoutError,
     StateCorruptedError,
@@ -61,21 +54,13 @@ from cascadeui.errors import (
 )
 from cascadeui.serializer import StateSerializer
 
-from .base import BaseStore, Check, StoreInfo
-from .journal import (
-    Budget,
-    apply_records,
-    commit_changes,
-    corrupt,
-    decode_records,
-    encode_record,
-    nbytes,
-)
+from ._rows import RowStore, RowTx
+from .base import Check, StoreInfo
 
 if TYPE_CHECKING:
     from cascadeui._watch import Listener
 
-    from .journal import JournaledStore
+    from ._journal import JournaledStore
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -92,10 +77,12 @@ _UPGRADABLE = ("1",)
 _COLUMNS = {"id": int, "data": str, "version": int, "updated_at": float}
 _JOURNAL_COLUMNS = {"seq", "ops"}
 
+T = TypeVar("T")
 
 
 
-class SQLiteStore(BaseStore):
+
+class SQLiteStore(RowStore):
     """State in one row of a SQLite table plus its change journal, safe across processes.
 
     Implements :class:`~cascadeui.adapters.SyncStore`,
@@ -127,22 +114,10 @@ class SQLiteStore(BaseStore):
         self.timeout = timeout
         self.table = table
         self.journal_table: str = f"{table}_journal"
+        self._t, self._j = table, self.journal_table
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         self._mutex = threading.RLock()
-        # The compaction budget's inputs, for the last commit this store read or wrote
-        # (set only once that commit was read whole or committed by us); see _sizes_at.
-        self._sizes: Budget | None = None
-        self._staged: Budget | None = None  # what the open write transaction commits
-        #: (version, lineage id) of the last commit this store read whole or wrote, and
-        #: what the open write transaction commits; the lineage is '' when none is stored.
-        self._lineage: tuple[int, str] | None = None
-        self._staged_lineage: tuple[int, str] | None = None
-        self._fetched_lineage = ""
-        self._forked = False
-        #: The version at which load_checked found the medium lost: the whole write over
-        #: it starts a new lineage (docs/multiprocess.md).
-        self._fork_at: int | None = None
         #: (st_dev, st_ino) of the database file and its WAL when the connection opened.
         self._identity: tuple[int, int] | None = None
         self._wal_identity: tuple[int, int] | None = None
@@ -323,12 +298,12 @@ class SQLiteStore(BaseStore):
                 return StoreInfo(kind=self.kind, location=self.location, exists=False,
                                  extra={"table": self.table})
             with self._read_transaction(conn), self._mapped_errors():
-                row = conn.execute(f"SELECT length(CAST(data AS BLOB)), updated_at FROM "
-                                   f"{self.table} WHERE id = 1").fetchone()
+                row = conn.execute(f"SELECT length(CAST(data AS BLOB)), updated_at, version "
+                                   f"FROM {self.table} WHERE id = 1").fetchone()
                 journal = conn.execute(
-                    "SELECT count(*), coalesce(sum(length(CAST(ops AS BLOB))), 0) "
-                    f"FROM {self.journal_table}").fetchone()
-                version = self._version(conn)
+                    "SELECT count(*), coalesce(sum(length(CAST(ops AS BLOB))), 0), "
+                    f"max(seq) FROM {self.journal_table}").fetchone()
+                version = self._head((None if row is None else row[2], journal[2], ""))[0]
         snapshot = int(row[0] or 0) if row is not None else 0
         modified = None
         if row is not None and isinstance(row[1], (int, float)):
@@ -355,8 +330,8 @@ class SQLiteStore(BaseStore):
                 with self._mapped_errors():
                     result = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
                 checks.append(Check("sqlite integrity_check", result == "ok", result))
-                with self._read_transaction(conn):
-                    row, records = self._fetch(conn)
+                with self._read_transaction(conn), self._mapped_errors():
+                    row, records, lineage = self._fetch(conn)
             except StateCorruptedError as exc:
                 return [*checks, Check("sqlite readable", False, str(exc))], None
         if row is None:
@@ -368,7 +343,7 @@ class SQLiteStore(BaseStore):
         except StateCorruptedError as exc:
             return [*checks, Check("state row decodes", False, str(exc))], None
         try:
-            state, version = self._assemble(row, records)
+            state, version, _ = self._assemble(row, records, lineage)
         except StateCorruptedError as exc:
             return [*checks, Check("change journal applies", False, str(exc))], None
         return [*checks, Check("change journal applies", True,
@@ -462,9 +437,6 @@ class SQLiteStore(BaseStore):
             "SELECT value FROM cascadeui_meta WHERE key = 'schema_version'").fetchone()
         return None if row is None else str(row[0])
 
-    def _corrupt(self, what: str) -> StateCorruptedError:
-        return corrupt(self.location, what)
-
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
         """Translate sqlite3 errors into the cascadeui hierarchy, naming the database."""
@@ -482,206 +454,48 @@ class SQLiteStore(BaseStore):
             raise StateCorruptedError(f"{self.location}: {exc}", location=self.location,
                                       tried=(self.location,)) from exc
 
-    # -- the contract ------------------------------------------------------------------
+    # -- the row store's dialect ---------------------------------------------------------
 
-    def load(self) -> dict[str, Any]:
-        """Return the stored state (snapshot plus journal), ``{}`` when nothing is stored.
+    def _query(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
-        :raises StateCorruptedError: the file is not SQLite, a table is foreign, or the
-            row or a journal record does not decode or does not fit.
-        :raises StorageUnavailableError: the database cannot be opened or read.
-        """
-        return self.load_versioned()[0]
+    def _exec(self, tx: RowTx, sql: str, params: Sequence[Any] = ()) -> None:
+        tx.conn.execute(sql, params)
 
-    def save(self, state: Mapping[str, Any]) -> None:
-        """Replace the stored state (a new snapshot, an empty journal) in one transaction.
+    def _octets(self, expr: str) -> str:
+        return f"length(CAST({expr} AS BLOB))"
 
-        :raises SerializationError: ``state`` holds a value JSON cannot store (nothing written).
-        :raises LockTimeoutError: the write lock was not had within ``timeout``.
-        """
-        text = self.serializer.serialize(state)
-        with self._connection() as conn, self._immediate(conn):
-            self._write(conn, text)
+    def _lineage_sql(self) -> str:
+        return "(SELECT value FROM cascadeui_meta WHERE key = 'lineage')"
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
-        """``BEGIN IMMEDIATE``, load, yield the state to change in place, commit it whole.
-
-        If the body raises, the transaction is rolled back and nothing is written.
-        """
-        with self._connection() as conn, self._immediate(conn):
-            state, _ = self._assemble(*self._fetch(conn))
-            yield state
-            self._write(conn, self.serializer.serialize(state))
-
-    def version(self) -> int:
-        """The commit counter of the stored row (0 when empty); cheap to poll."""
-        with self._connection() as conn:
-            return self._version(conn)
-
-    def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """:meth:`load` and the :meth:`version` it was read at, from one read transaction."""
-        with self._connection() as conn:
-            with self._read_transaction(conn):
-                fetched = self._fetch(conn)
-            return self._assemble(*fetched)  # decoding needs no read snapshot held open
-
-    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
-                        encoded: str | None = None) -> int | None:
-        """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
-        text = self.serializer.serialize(state) if encoded is None else encoded
-        with self._connection() as conn, self._immediate(conn):
-            if self._version(conn) != expected:
-                return None
-            return self._write(conn, text, fork=self._fork_at == expected)
-
-    def save_changes(self, changes: Sequence[Change], expected: int, *,
-                     full: Callable[[], str]) -> int | None:
-        """Append ``changes`` as one journal row if the version is still ``expected``.
-
-        See :meth:`~cascadeui.adapters.JournaledStore.save_changes`. The first commit of
-        an empty table, and a record that would take the journal past its budget, write
-        ``full()`` as a new snapshot instead.
-
-        :raises SerializationError: a changed value cannot be stored (nothing written).
-        :raises StateCorruptedError: a compaction would replace a stored state this store
-            never read whole and that does not decode (nothing written).
-        """
-        if not changes:
-            return expected if self.version() == expected else None
-        record = encode_record(self.serializer, changes)  # before anything is written
-        record_bytes = nbytes(record)
-        with self._connection() as conn, self._immediate(conn):
-            current = self._version(conn)
-            if not self._same_lineage(conn, current):
-                return None
-
-            def append(budget: Budget) -> int:
-                with self._mapped_errors():
-                    conn.execute(f"INSERT INTO {self.journal_table} (seq, ops) VALUES (?, ?)",
-                                 (current + 1, record))
-                self._staged = budget.appended(current + 1, record_bytes)
-                if self._lineage is not None and self._lineage[0] == current:
-                    self._staged_lineage = (current + 1, self._lineage[1])
-                return current + 1
-
-            return commit_changes(
-                current, expected, record_bytes,
-                budget=lambda at: self._sizes_at(conn, at),
-                verify=lambda: self._assemble(*self._fetch(conn)),
-                snapshot=lambda: self._write(conn, full(), fork=self._fork_at == current),
-                append=append)
-
-    def _same_lineage(self, conn: sqlite3.Connection, version: int) -> bool:
-        """False when this store knows the lineage at ``version`` and another is stored
-        (the database replaced by another with the same version number)."""
-        seen = self._lineage
-        if seen is None or seen[0] != version or not seen[1]:
-            return True
-        with self._mapped_errors():
-            return self._stored_lineage(conn) == seen[1]
-
-    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
-        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
-        this store read or wrote at version ``since``: the medium lost data.
-
-        Loss is: a state of another lineage (the database deleted or emptied, then
-        written by another process; another database put in its place), or a version
-        older than ``since`` (an older copy restored). The next whole write over it
-        starts a new lineage, so other processes see the loss too. None when nothing was
-        lost, or when this store did not read or write version ``since`` itself.
-
-        :raises StateCorruptedError: as :meth:`load`.
-        :raises StorageUnavailableError: the database cannot be opened or read.
-        """
-        seen = self._lineage if self._lineage is not None and self._lineage[0] == since \
-            else None
-        state, version = self.load_versioned()
-        now = self._lineage
-        problem: str | None = None
-        if seen is not None and version != 0:
-            if version < since:
-                problem = f"its version went back from {since} to {version}"
-            elif seen[1] and now is not None and now[1] != seen[1]:
-                problem = (f"it holds another lineage ({now[1] or 'none'}, this store saw "
-                           f"{seen[1]}): the database was deleted, emptied or replaced, "
-                           "then written by another process")
-        if problem is not None:
-            self._fork_at = version
-        return state, version, problem
-
-    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
-        """The records after version ``since`` and the current version, from one commit.
-
-        See :meth:`~cascadeui.adapters.JournaledStore.load_changes`. Selects the row's
-        ``version``, never its ``data``. None when there is no row, a full write happened
-        since ``since``, or ``since`` is past the current version.
-
-        :raises StateCorruptedError: the journal is out of step with the row, or a record
-            since ``since`` does not decode.
-        """
-        with self._connection() as conn:
-            with self._read_transaction(conn), self._mapped_errors():
-                row = conn.execute(
-                    f"SELECT version FROM {self.table} WHERE id = 1").fetchone()
-                # Two subqueries: SQLite answers each from the b-tree's ends, but scans
-                # the whole table for min() and max() in one SELECT.
-                first, last = conn.execute(
-                    f"SELECT (SELECT min(seq) FROM {self.journal_table}), "
-                    f"(SELECT max(seq) FROM {self.journal_table})").fetchone()
-                records = conn.execute(
-                    f"SELECT seq, ops FROM {self.journal_table} WHERE seq > ? ORDER BY seq",
-                    (since,)).fetchall() if last is not None and last > since else []
-                same = self._same_lineage(conn, since)
-            if row is None or not same:
-                return None
-            snapshot = row[0]
-            if type(snapshot) is not int:
-                raise self._corrupt(
-                    f"table {self.table!r} holds version {snapshot!r}, not a number")
-            current = snapshot if last is None else int(last)
-            if since < snapshot or since > current:
-                return None  # records before the full write are gone / not ours to place
-            seqs = [seq for seq, _ in records]
-            if (first is not None and first != snapshot + 1) or seqs != list(
-                    range(since + 1, current + 1)):
-                raise self._corrupt(
-                    f"journal {self.journal_table!r} holds {len(seqs)} records after "
-                    f"version {since} and records {first!r}..{current!r} in all, but the "
-                    f"snapshot is at version {snapshot}: they are not its unbroken "
-                    "sequel (edited by hand?)")
-            decoded, new_bytes = self._decode_records(records)
-            sizes = self._sizes
-            if sizes is not None and sizes.version == since:  # same snapshot, a longer journal
-                self._sizes = sizes.caught_up(current, len(records), new_bytes)
-            if self._lineage is not None and self._lineage[0] == since:
-                self._lineage = (current, self._lineage[1])
-            return decoded, current
-
-    # -- internals ---------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _immediate(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """A write transaction; what it staged becomes the size cache once committed."""
-        with self._mapped_errors():
-            conn.execute("BEGIN IMMEDIATE")
-        self._staged = self._staged_lineage = None
-        self._forked = False
+    def _read_lineage(self, conn: Any) -> str:
+        """The lineage id in ``cascadeui_meta`` ('' when none: an earlier build's state)."""
         try:
-            yield
-        except BaseException:
-            self._staged = self._staged_lineage = None
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        with self._mapped_errors():
+            return super()._read_lineage(conn)
+        except sqlite3.OperationalError:  # a schema-1 database read without upgrading it
+            return ""
+
+    def _put_lineage(self, tx: RowTx, lineage: str) -> None:
+        tx.conn.execute("INSERT INTO cascadeui_meta (key, value) VALUES ('lineage', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (lineage,))
+
+    def _read_unit(self, fn: Callable[[Any], T]) -> T:
+        with self._connection() as conn, self._read_transaction(conn):
+            return fn(conn)
+
+    @contextlib.contextmanager
+    def _write_tx(self, *, whole: bool = False) -> Iterator[RowTx]:
+        """``BEGIN IMMEDIATE`` (the write lock first: a deferred BEGIN can fail to upgrade
+        its read lock), then the head; COMMIT on a clean exit, else ROLLBACK."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._open_tx(conn, fetched=self._fetch(conn) if whole else None)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
             conn.execute("COMMIT")
-        if self._staged is not None:
-            self._sizes, self._staged = self._staged, None
-        if self._staged_lineage is not None:
-            self._lineage, self._staged_lineage = self._staged_lineage, None
-            if self._forked:
-                self._fork_at, self._forked = None, False
 
     @contextlib.contextmanager
     def _read_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -696,134 +510,6 @@ class SQLiteStore(BaseStore):
             raise
         with self._mapped_errors():
             conn.execute("COMMIT")
-
-    def _version(self, conn: sqlite3.Connection) -> int:
-        """The last journal record's ``seq``, else the row's version, else 0 (two lookups)."""
-        with self._mapped_errors():
-            row = conn.execute(
-                f"SELECT coalesce((SELECT max(seq) FROM {self.journal_table}), "
-                f"(SELECT version FROM {self.table} WHERE id = 1), 0)").fetchone()
-        if type(row[0]) is not int:
-            raise self._corrupt(f"table {self.table!r} holds version {row[0]!r}, not a number")
-        return int(row[0])
-
-    def _fetch(self, conn: sqlite3.Connection) -> tuple[Any, list[Any]]:
-        """The row (data, version) or None, and the journal rows in order.
-
-        The caller holds a transaction, so both come from the same commit (and the
-        lineage, read into ``self._fetched_lineage`` for :meth:`_assemble`).
-        """
-        with self._mapped_errors():
-            row = conn.execute(
-                f"SELECT data, version FROM {self.table} WHERE id = 1").fetchone()
-            records = conn.execute(
-                f"SELECT seq, ops FROM {self.journal_table} ORDER BY seq").fetchall()
-            self._fetched_lineage = self._stored_lineage(conn)
-        return row, records
-
-    def _stored_lineage(self, conn: sqlite3.Connection) -> str:
-        """The lineage id in ``cascadeui_meta`` ('' when none: an earlier build's state)."""
-        try:
-            row = conn.execute(
-                "SELECT value FROM cascadeui_meta WHERE key = 'lineage'").fetchone()
-        except sqlite3.OperationalError:  # a schema-1 database read without upgrading it
-            return ""
-        return "" if row is None else str(row[0])
-
-    def _assemble(self, row: Any, records: list[Any]) -> tuple[dict[str, Any], int]:
-        """The state (snapshot plus journal) and its version, from :meth:`_fetch`'s rows.
-
-        :raises StateCorruptedError: the row or a record does not decode, a record does
-            not fit, or the journal does not end at the row's version.
-        """
-        self._sizes = None  # known again only once this commit decoded whole
-        self._lineage = None
-        if row is None:
-            if records:
-                raise self._corrupt(f"{self.journal_table!r} holds {len(records)} records "
-                                    f"but {self.table!r} holds no snapshot")
-            self._lineage = (0, "")
-            return {}, 0
-        data, version = row
-        if type(version) is not int:
-            raise self._corrupt(f"table {self.table!r} holds version {version!r}, not a number")
-        seqs = [seq for seq, _ in records]
-        if seqs != list(range(version + 1, version + len(seqs) + 1)):
-            raise self._corrupt(
-                f"journal {self.journal_table!r} holds records {seqs[0]!r}..{seqs[-1]!r} "
-                f"but the snapshot is at version {version}: they were not written against "
-                "it (the row rewritten by an older pycascadeui, or edited by hand?)")
-        version += len(seqs)
-        state = self._decode_row(data)
-        decoded, journal_bytes = self._decode_records(records)
-        apply_records(state, zip(seqs, decoded, strict=True), location=self.location,
-                      name=self._record_name)
-        self._sizes = Budget(version, len(seqs), journal_bytes, nbytes(data))
-        self._lineage = (version, self._fetched_lineage)
-        return state, version
-
-    def _decode_records(self, records: list[Any]) -> tuple[list[list[list[Any]]], int]:
-        """The decoded ops of ``(seq, ops)`` journal rows, and their bytes.
-
-        :raises StateCorruptedError: a row that is not a record, naming its ``seq``.
-        """
-        return decode_records(self.serializer, records, location=self.location,
-                              name=self._record_name)
-
-    def _record_name(self, seq: Any) -> str:
-        return f"journal record {seq} in {self.journal_table!r}"
-
-    def _decode_row(self, data: Any) -> dict[str, Any]:
-        if not isinstance(data, (str, bytes)):
-            raise self._corrupt(f"table {self.table!r} holds a {type(data).__name__}, "
-                                "not a JSON document")
-        try:
-            return self.serializer.deserialize(data)
-        except StateCorruptedError as exc:
-            raise self._corrupt(str(exc)) from exc
-
-    def _sizes_at(self, conn: sqlite3.Connection, version: int) -> tuple[Budget, bool]:
-        """Journal and snapshot bytes at ``version``, and whether this store read it whole.
-
-        Cached from the store's own last read or write (the engine loads, then writes,
-        then writes again); measured by SQLite in the rare case the cache is stale.
-        """
-        if self._sizes is not None and self._sizes.version == version:
-            return self._sizes, True
-        with self._mapped_errors():
-            snapshot = conn.execute(f"SELECT length(CAST(data AS BLOB)) FROM {self.table} "
-                                    "WHERE id = 1").fetchone()
-            journal = conn.execute("SELECT coalesce(sum(length(CAST(ops AS BLOB))), 0) "
-                                   f"FROM {self.journal_table}").fetchone()
-        snapshot_bytes = int(snapshot[0] or 0) if snapshot is not None else 0
-        return Budget(version, 0, int(journal[0] or 0), snapshot_bytes), False
-
-    def _write(self, conn: sqlite3.Connection, text: str, *, fork: bool = False) -> int:
-        """Replace the snapshot and empty the journal (inside ``_immediate``); new version.
-
-        The stored lineage goes on, except into an empty table (a deleted or emptied
-        database) or with ``fork`` (the caller found the medium lost): a new lineage
-        then tells other processes this document is not their state's sequel.
-        """
-        version = self._version(conn) + 1
-        with self._mapped_errors():
-            lineage = "" if fork else self._stored_lineage(conn)
-            self._forked = fork
-            if not lineage or version == 1 or conn.execute(
-                    f"SELECT 1 FROM {self.table} WHERE id = 1").fetchone() is None:
-                lineage = secrets.token_hex(8)
-                conn.execute("INSERT INTO cascadeui_meta (key, value) VALUES ('lineage', ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                             (lineage,))
-            conn.execute(
-                f"INSERT INTO {self.table} (id, data, version, updated_at) "
-                "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
-                "version = excluded.version, updated_at = excluded.updated_at",
-                (text, version, time.time()))
-            conn.execute(f"DELETE FROM {self.journal_table}")
-        self._staged = Budget(version, 0, 0, nbytes(text))
-        self._staged_lineage = (version, lineage)
-        return version
 
     def _release(self) -> None:
         with self._mutex:

@@ -17,28 +17,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cascadeui._merge import Change
 from cascadeui.errors import ConfigurationError, LockTimeoutError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
-from .base import BaseStore, Check, StoreInfo
-from .journal import (
-    Budget,
-    apply_record,
-    commit_changes,
-    corrupt,
-    decode_record,
-    encode_record,
-    nbytes,
-)
+from ._journal import Budget, apply_records, decode_record, nbytes
+from ._journaled import JournaledBase, Tail
+from .base import Check, StoreInfo
 
 if TYPE_CHECKING:
-    from .journal import JournaledStore
+    from ._journal import JournaledStore
 
 __all__ = ["MemoryStore"]
 
@@ -54,6 +46,8 @@ class _Medium:
     journal: list[str] = field(default_factory=list)
     version: int = 0
     modified: datetime | None = None
+    #: The lineage id of the stored state ('' before its first whole write).
+    lineage: str = ""
 
     def budget(self) -> Budget:
         """The compaction budget's inputs now."""
@@ -71,7 +65,7 @@ def _medium(name: str) -> _Medium:
         return _MEDIA.setdefault(name, _Medium())
 
 
-class MemoryStore(BaseStore):
+class MemoryStore(JournaledBase):
     """State in this process's memory, shared by every store of the same ``name``.
 
     :param name: stores of one name share one state (None: a state private to this store).
@@ -111,97 +105,70 @@ class MemoryStore(BaseStore):
         finally:
             medium.lock.release()
 
-    # -- the contract ------------------------------------------------------------------
-
-    def load(self) -> dict[str, Any]:
-        """Return the stored state, ``{}`` when nothing was saved."""
-        return self.load_versioned()[0]
-
-    def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """The state and the version it was read at."""
-        with self._locked() as medium:
-            snapshot, journal, version = medium.snapshot, list(medium.journal), medium.version
-        if snapshot is None:
-            return {}, version
-        state = self.serializer.deserialize(snapshot)
-        for index, text in enumerate(journal):
-            try:
-                apply_record(state, decode_record(self.serializer, text))
-            except StateCorruptedError as exc:  # pragma: no cover - we wrote every record
-                raise corrupt(self.location, f"journal record {index}: {exc}") from exc
-        return state, version
-
-    def save(self, state: Mapping[str, Any]) -> None:
-        """Replace the stored state (a new snapshot, an empty journal).
-
-        :raises SerializationError: ``state`` holds a value JSON cannot store (nothing stored).
-        """
-        text = self.serializer.serialize(state)
-        with self._locked() as medium:
-            self._write(medium, text)
+    # -- the journaled base's hooks -----------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
-        """Lock, load, yield the state to change in place, store it on a clean exit."""
+    def _write_tx(self, *, whole: bool = False) -> Iterator[_Medium]:
         with self._locked() as medium:
-            state = self.load()
-            yield state
-            self._write(medium, self.serializer.serialize(state))
+            yield medium
+
+    def _current(self, tx: _Medium) -> int:
+        return tx.version
+
+    def _lineage_of(self, tx: _Medium) -> str | None:
+        return None if tx.snapshot is None else tx.lineage
+
+    def _put_record(self, tx: _Medium, version: int, record: str) -> None:
+        tx.journal.append(record)
+        tx.version = version
+        tx.modified = datetime.now(timezone.utc)
+
+    def _put_snapshot(self, tx: _Medium, text: str, version: int, lineage: str | None) -> None:
+        tx.snapshot, tx.journal = text, []
+        tx.version = tx.snapshot_version = version
+        tx.modified = datetime.now(timezone.utc)
+        if lineage is not None:
+            tx.lineage = lineage
+
+    def _measure(self, tx: _Medium, version: int) -> tuple[Budget, bool]:
+        return tx.budget(), True  # everything in memory was encoded by a store
+
+    def _read_in(self, tx: _Medium) -> tuple[dict[str, Any], int]:
+        return self._decode(tx.snapshot, list(tx.journal), tx.version, tx.lineage)
+
+    def _read(self, *, lenient: bool) -> tuple[dict[str, Any], int, str | None]:
+        with self._locked() as medium:
+            got = (medium.snapshot, list(medium.journal), medium.version, medium.lineage)
+        return (*self._decode(*got), None)
+
+    def _decode(self, snapshot: str | None, journal: list[str], version: int,
+                lineage: str) -> tuple[dict[str, Any], int]:
+        """The state of a snapshot and its records; records what it read."""
+        if snapshot is None:
+            self._seen(None, None)
+            self._lineage = (version, "")
+            return {}, version
+        state = self.serializer.deserialize(snapshot)
+        labelled = enumerate(decode_record(self.serializer, t) for t in journal)
+        apply_records(state, labelled, location=self.location, name=self._record_name)
+        self._seen(Budget(version, len(journal), sum(map(nbytes, journal)), nbytes(snapshot)),
+                   lineage)
+        return state, version
+
+    def _tail(self, since: int) -> Tail:
+        with self._locked() as medium:
+            base = medium.snapshot_version
+            journal = medium.journal[max(0, since - base):] if since < medium.version else []
+            return Tail(None if medium.snapshot is None else base,
+                        base + 1 if medium.journal else None,
+                        medium.version if medium.journal else None,
+                        [(medium.version - len(journal) + i + 1, text)
+                         for i, text in enumerate(journal)], medium.lineage)
 
     def version(self) -> int:
         """The commit counter (0 when nothing was stored)."""
         self._check_open()
         return self._medium.version
-
-    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
-                        encoded: str | None = None) -> int | None:
-        """Compare-and-set save; None when another writer committed since ``expected``."""
-        text = self.serializer.serialize(state) if encoded is None else encoded
-        with self._locked() as medium:
-            if medium.version != expected:
-                return None
-            return self._write(medium, text)
-
-    def save_changes(self, changes: Sequence[Change], expected: int, *,
-                     full: Callable[[], str]) -> int | None:
-        """Append ``changes`` as one journal record if the version is still ``expected``
-        (a new snapshot of ``full()`` when nothing is stored or the journal is due)."""
-        record = encode_record(self.serializer, changes) if changes else ""
-        with self._locked() as medium:
-            if not changes:
-                return expected if medium.version == expected else None
-
-            def append(budget: Budget) -> int:
-                medium.journal.append(record)
-                medium.version += 1
-                medium.modified = datetime.now(timezone.utc)
-                return medium.version
-
-            # Everything in memory was encoded by us: always "known", nothing to verify.
-            return commit_changes(
-                medium.version, expected, nbytes(record),
-                budget=lambda at: (medium.budget(), True), verify=lambda: None,
-                snapshot=lambda: self._write(medium, full()), append=append)
-
-    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
-        """The records after version ``since`` and the current version; None when a full
-        write since then (or a version this store cannot place) leaves them unknown."""
-        with self._locked() as medium:
-            if since == medium.version:
-                return [], since
-            if since < medium.snapshot_version or since > medium.version:
-                return None
-            texts = medium.journal[since - medium.snapshot_version:]
-            version = medium.version
-        return [decode_record(self.serializer, t) for t in texts], version
-
-    def _write(self, medium: _Medium, text: str) -> int:
-        medium.snapshot = text
-        medium.journal = []
-        medium.version += 1
-        medium.snapshot_version = medium.version
-        medium.modified = datetime.now(timezone.utc)
-        return medium.version
 
     def companion(self, tag: str) -> MemoryStore:
         """The state named ``<name>:<tag>:backup`` in this process."""

@@ -7,10 +7,13 @@ leaf changes of one commit. ``load`` applies the records in order; a full write 
 atomic step. Only the store's persistence engine appends (``save_changes``); scripts, the
 CLI and migrations keep writing whole documents. See docs/backends.md, "Change journal".
 
-A record is the serializer's JSON of ``{"ops": [[path], [path, value], ...]}``: a path is a
-list of keys from the top of the document (keys of any storable type), ``[path, value]``
-sets it and ``[path]`` deletes it. A record whose path runs through a value that is not a
-dict does not belong to its snapshot: applying it raises StateCorruptedError.
+A record is the serializer's JSON of ``{"v": 1, "ops": [[path], [path, value], ...]}``:
+``v`` is the record format (:data:`RECORD_FORMAT`; a record without it, as every build
+before the field wrote, is format 1), a path is a list of keys from the top of the
+document (keys of any storable type), ``[path, value]`` sets it and ``[path]`` deletes
+it. A record of a newer format is refused as corrupt, never half applied: a later format
+change is this module's job alone. A record whose path runs through a value that is not
+a dict does not belong to its snapshot: applying it raises StateCorruptedError.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from cascadeui.serializer import StateSerializer, check_depth
 __all__ = [
     "JOURNAL_MIN_BYTES",
     "JOURNAL_RATIO",
+    "RECORD_FORMAT",
     "Budget",
     "JournaledStore",
     "apply_record",
@@ -45,6 +49,11 @@ __all__ = [
 #: and a load reads at most 1.5x the snapshot.
 JOURNAL_MIN_BYTES = 64 * 1024
 JOURNAL_RATIO = 0.5
+
+#: The journal record format this build writes (the ``v`` field of every record).
+RECORD_FORMAT = 1
+#: The formats :func:`decode_record` reads; a record without ``v`` is format 1.
+_READABLE_FORMATS = frozenset({1})
 
 
 @runtime_checkable
@@ -101,15 +110,20 @@ def encode_record(serializer: StateSerializer, changes: Sequence[Change]) -> str
             check_depth(value, len(path), path)
     ops = [[list(path)] if value is DELETED else [list(path), value]
            for path, value in changes]
-    return serializer.serialize({"ops": ops})
+    return serializer.serialize({"v": RECORD_FORMAT, "ops": ops})
 
 
 def decode_record(serializer: StateSerializer, text: str | bytes) -> list[list[Any]]:
     """The ops of one record's text.
 
-    :raises StateCorruptedError: not a record this module wrote.
+    :raises StateCorruptedError: not a record this module wrote, or one of a newer format.
     """
     record = serializer.deserialize(text)
+    form = record.get("v", 1)
+    if type(form) is not int or form not in _READABLE_FORMATS:
+        raise StateCorruptedError(
+            f"journal record of format {form!r}; this cascadeui reads format "
+            f"{RECORD_FORMAT} (written by a newer pycascadeui?)")
     ops = record.get("ops")
     if not isinstance(ops, list) or not all(
             isinstance(op, list) and len(op) in (1, 2) and isinstance(op[0], list) and op[0]
@@ -244,7 +258,7 @@ def commit_changes(current: int, expected: int, record_bytes: int, *,
     """
     if current != expected:
         return None
-    if current == 0:  # nothing stored: the first commit is a snapshot
+    if current <= 0:  # nothing stored (or a journal without its snapshot): a snapshot
         return snapshot()
     now, known = budget(current)
     if now.due(record_bytes):

@@ -43,12 +43,11 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from cascadeui._merge import Change
 from cascadeui._watch import TICK, Listener, Notify, announced_version
 from cascadeui.errors import (
     ConfigurationError,
@@ -59,20 +58,13 @@ from cascadeui.errors import (
 )
 from cascadeui.serializer import StateSerializer
 
+from ._journaled import Tail
+from ._rows import RowStore, RowTx
 from ._urls import redact_secret, redact_url, url_secrets
-from .base import BaseStore, Check, StoreInfo
-from .journal import (
-    Budget,
-    apply_records,
-    commit_changes,
-    corrupt,
-    decode_records,
-    encode_record,
-    nbytes,
-)
+from .base import Check, StoreInfo
 
 if TYPE_CHECKING:
-    from .journal import JournaledStore
+    from ._journal import JournaledStore
 
 __all__ = ["PostgresListener", "PostgresStore", "SCHEMA_VERSION"]
 
@@ -89,11 +81,16 @@ _COLUMNS = {"id": "integer", "data": "text", "version": "bigint",
             "updated_at": "double precision"}
 _JOURNAL_COLUMNS = {"seq": "bigint", "ops": "text"}
 _COMMENT = re.compile(r"cascadeui state table, schema (\d+)")
+#: The row ``id`` that holds the lineage id (in ``data``); the state is row 1. Readers
+#: of every earlier build select row 1 only.
+_LINEAGE_ROW = 0
+
+T = TypeVar("T")
 
 
 
 
-class PostgresStore(BaseStore):
+class PostgresStore(RowStore):
     """State in one row of a PostgreSQL table plus its change journal, safe across hosts.
 
     Implements :class:`~cascadeui.adapters.SyncStore`,
@@ -155,9 +152,6 @@ class PostgresStore(BaseStore):
         self._held: list[Any] = [None, 0]
         weakref.finalize(self, _close_held, self._held)
         self._mutex = threading.RLock()
-        # The compaction budget's inputs, for the last commit this store read or wrote.
-        self._sizes: Budget | None = None
-        self._staged: Budget | None = None  # what the open write transaction commits
         #: Statements the open write transaction sends with its COMMIT, in one pipeline.
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._committing = False  # the COMMIT was sent: a lost connection is not retried
@@ -338,9 +332,6 @@ class PostgresStore(BaseStore):
                         f"{SCHEMA_VERSION} (written by a newer pycascadeui?)")
         return work
 
-    def _corrupt(self, what: str) -> StateCorruptedError:
-        return corrupt(self.location, what)
-
     @contextlib.contextmanager
     def _mapped_errors(self) -> Iterator[None]:
         """Translate psycopg errors into the cascadeui hierarchy, naming the database and
@@ -388,174 +379,6 @@ class PostgresStore(BaseStore):
     def _redacted(self, exc: BaseException) -> str:
         return redact_secret(str(exc).strip(), self._secrets)
 
-    # -- the contract ------------------------------------------------------------------
-
-    def load(self) -> dict[str, Any]:
-        """Return the stored state (snapshot plus journal), ``{}`` when nothing is stored.
-
-        :raises StateCorruptedError: a table is foreign, or the row or a journal record
-            does not decode or does not fit.
-        :raises StorageUnavailableError: the server cannot be reached or refused us.
-        """
-        return self.load_versioned()[0]
-
-    def save(self, state: Mapping[str, Any]) -> None:
-        """Replace the stored state (a new snapshot, an empty journal) in one transaction.
-
-        :raises SerializationError: ``state`` holds a value JSON cannot store (nothing written).
-        :raises LockTimeoutError: the write lock was not had within ``timeout``.
-        """
-        text = self.serializer.serialize(state)
-
-        def unit(conn: Any) -> None:
-            with self._write_transaction(conn) as current:
-                self._write(conn, text, current)
-
-        self._run(unit)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
-        """Lock, load, yield the state to change in place, commit it whole.
-
-        If the body raises, the transaction is rolled back and nothing is written. A
-        connection the server dropped while idle is replaced before the body runs.
-        """
-        for attempt in (0, 1):
-            with self._connection() as conn:
-                self._committing = False
-                try:
-                    with self._mapped_errors():
-                        got = self._begin(conn, fetch=True)
-                except StorageUnavailableError:
-                    if conn.closed or conn.broken:
-                        self._drop_connection()
-                        if attempt == 0:
-                            continue  # nothing was sent that could have committed
-                    raise
-                try:
-                    with self._mapped_errors():
-                        state, version = self._assemble(*got)
-                    yield state
-                    text = self.serializer.serialize(state)
-                    with self._mapped_errors():
-                        self._write(conn, text, version)
-                        self._finish(conn)
-                except BaseException:
-                    self._abort(conn)
-                    if conn.closed or conn.broken:
-                        self._drop_connection()
-                    raise
-                return
-
-    def version(self) -> int:
-        """The commit counter (0 when empty): one statement, cheap to poll."""
-        return int(self._run(self._version))
-
-    def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """:meth:`load` and the :meth:`version` it was read at, from one statement."""
-        rows = self._run(self._fetch)
-        return self._assemble(*rows)
-
-    def save_if_version(self, state: Mapping[str, Any], expected: int, *,
-                        encoded: str | None = None) -> int | None:
-        """Compare-and-set save: see :meth:`~cascadeui.adapters.VersionedStore.save_if_version`."""
-        text = self.serializer.serialize(state) if encoded is None else encoded
-
-        def unit(conn: Any) -> int | None:
-            with self._write_transaction(conn) as current:
-                if current != expected:
-                    return None
-                return self._write(conn, text, current)
-
-        result: int | None = self._run(unit)
-        return result
-
-    def save_changes(self, changes: Sequence[Change], expected: int, *,
-                     full: Callable[[], str]) -> int | None:
-        """Append ``changes`` as one journal row if the version is still ``expected``.
-
-        See :meth:`~cascadeui.adapters.JournaledStore.save_changes`. The first commit of
-        an empty table, and a record that would take the journal past its budget, write
-        ``full()`` as a new snapshot instead.
-
-        :raises SerializationError: a changed value cannot be stored (nothing written).
-        :raises StateCorruptedError: a compaction would replace a stored state this store
-            never read whole and that does not decode (nothing written).
-        """
-        if not changes:
-            return expected if self.version() == expected else None
-        record = encode_record(self.serializer, changes)  # before anything is written
-        record_bytes = nbytes(record)
-
-        def unit(conn: Any) -> int | None:
-            with self._write_transaction(conn) as current:
-
-                def append(budget: Budget) -> int:
-                    version = int(current) + 1
-                    self._queue(f"INSERT INTO {self._j} (seq, ops) VALUES (%s, %s)",
-                                version, record)
-                    self._announce(version)
-                    self._staged = budget.appended(version, record_bytes)
-                    return version
-
-                return commit_changes(
-                    current, expected, record_bytes,
-                    budget=lambda at: self._sizes_at(conn, at),
-                    verify=lambda: self._assemble(*self._fetch(conn)),
-                    snapshot=lambda: self._write(conn, full(), current), append=append)
-
-        result: int | None = self._run(unit)
-        return result
-
-    def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
-        """The records after version ``since`` and the current version, from one statement.
-
-        See :meth:`~cascadeui.adapters.JournaledStore.load_changes`. Reads the row's
-        ``version``, never its ``data``. None when there is no row, a full write happened
-        since ``since``, or ``since`` is past the current version.
-
-        :raises StateCorruptedError: the journal is out of step with the row, or a record
-            since ``since`` does not decode.
-        """
-        def unit(conn: Any) -> list[Any]:
-            return list(conn.execute(
-                f"SELECT 0, version, NULL::text FROM {self._t} WHERE id = 1 "
-                f"UNION ALL SELECT 1, min(seq), NULL FROM {self._j} "
-                f"UNION ALL SELECT 2, max(seq), NULL FROM {self._j} "
-                f"UNION ALL (SELECT 3, seq, ops FROM {self._j} WHERE seq > %s) "
-                "ORDER BY 1, 2", (since,)).fetchall())
-
-        rows = self._run(unit)
-        snapshot = first = last = None
-        records = []
-        for kind, number, ops in rows:
-            if kind == 0:
-                snapshot = number
-            elif kind == 1:
-                first = number
-            elif kind == 2:
-                last = number
-            else:
-                records.append((number, ops))
-        if snapshot is None:
-            return None
-        current = snapshot if last is None else int(last)
-        if since < snapshot or since > current:
-            return None  # records before the full write are gone / not ours to place
-        seqs = [seq for seq, _ in records]
-        if (first is not None and first != snapshot + 1) or seqs != list(
-                range(since + 1, current + 1)):
-            raise self._corrupt(
-                f"journal {self.journal_table!r} holds {len(seqs)} records after "
-                f"version {since} and records {first!r}..{current!r} in all, but the "
-                f"snapshot is at version {snapshot}: they are not its unbroken sequel "
-                "(edited by hand?)")
-        decoded, new_bytes = self._decode_records(records)
-        sizes = self._sizes
-        if sizes is not None and sizes.version == since:  # same snapshot, a longer journal
-            self._sizes = sizes.caught_up(current, len(records), new_bytes)
-        return decoded, current
-
     def exists(self) -> bool:
         """True when the state table exists, checked without creating anything (for
         read-only tools: a typo must not create tables).
@@ -595,12 +418,13 @@ class PostgresStore(BaseStore):
                     f"(SELECT updated_at FROM {self._t} WHERE id = 1), "
                     f"(SELECT count(*) FROM {self._j}), "
                     f"(SELECT coalesce(sum(octet_length(ops)), 0) FROM {self._j}), "
-                    f"({self._version_sql()})").fetchone()
+                    f"{self._head_sql()[len('SELECT '):]}").fetchone()
         finally:
             conn.close()
-        snapshot, updated, count, journal, version = row
+        snapshot, updated, count, journal = row[:4]
+        version = self._head(row[4:])[0]
         return StoreInfo(
-            kind=self.kind, location=self.location, exists=True, version=int(version),
+            kind=self.kind, location=self.location, exists=True, version=version,
             size=int(snapshot or 0) + int(journal), snapshot_size=int(snapshot or 0),
             journal_size=int(journal),
             modified=datetime.fromtimestamp(float(updated), timezone.utc)
@@ -614,178 +438,154 @@ class PostgresStore(BaseStore):
         conn = self.connect()
         try:
             with self._mapped_errors():
-                row, records = self._fetch(conn)
+                row, records, lineage = self._fetch(conn)
         finally:
             conn.close()
         if row is None:
             return [Check("state row present", False, "the table holds no state")], None
         try:
-            state, version = self._assemble(row, records)
+            state, version, _ = self._assemble(row, records, lineage)
         except StateCorruptedError as exc:
             return [Check("state row and change journal decode", False, str(exc))], None
         return [Check("state row and change journal decode", True,
                       f"{len(records)} record(s) after the snapshot; version {version}")], state
 
-    # -- internals ---------------------------------------------------------------------
+    # -- the row store's dialect ---------------------------------------------------------
+
+    def _query(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(conn.execute(sql.replace("?", "%s"), tuple(params) or None).fetchall())
+
+    def _exec(self, tx: RowTx, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue ``sql``: the open write transaction sends it with its COMMIT."""
+        self._pending.append((sql.replace("?", "%s"), tuple(params)))
+
+    def _announce(self, tx: RowTx, version: int) -> None:
+        """Queue ``pg_notify(channel, version)``: delivered to listeners at COMMIT."""
+        self._pending.append(("SELECT pg_notify(%s, %s)", (self.channel, str(version))))
+
+    def _octets(self, expr: str) -> str:
+        return f"octet_length({expr})"
+
+    def _lineage_sql(self) -> str:
+        return f"(SELECT data FROM {self._t} WHERE id = {_LINEAGE_ROW})"
+
+    def _put_lineage(self, tx: RowTx, lineage: str) -> None:
+        self._exec(tx, f"INSERT INTO {self._t} (id, data, version, updated_at) "
+                       f"VALUES ({_LINEAGE_ROW}, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET "
+                       "data = excluded.data, updated_at = excluded.updated_at",
+                       (lineage, time.time()))
+
+    def _read_unit(self, fn: Callable[[Any], T]) -> T:
+        result: T = self._run(fn)
+        return result
+
+    def _fetch(self, conn: Any) -> tuple[Any, list[Any], str]:
+        """The row, the journal rows and the lineage, from one statement (one commit)."""
+        return self._split(conn.execute(self._fetch_sql()).fetchall())
+
+    def _fetch_sql(self) -> str:
+        return (f"SELECT 0, version, data FROM {self._t} WHERE id = 1 "
+                f"UNION ALL SELECT 1, seq, ops FROM {self._j} "
+                f"UNION ALL SELECT 2, 0, data FROM {self._t} WHERE id = {_LINEAGE_ROW} "
+                "ORDER BY 1, 2")
+
+    @staticmethod
+    def _split(rows: list[Any]) -> tuple[Any, list[Any], str]:
+        row = None
+        records = []
+        lineage = ""
+        for kind, number, text in rows:
+            if kind == 0:
+                row = (text, number)
+            elif kind == 1:
+                records.append((number, text))
+            else:
+                lineage = str(text)
+        return row, records, lineage
+
+    def _tail(self, since: int) -> Tail:
+        """The journal's end after ``since``, from one statement (one commit)."""
+        def unit(conn: Any) -> list[Any]:
+            return list(conn.execute(
+                f"SELECT 0, version, NULL::text FROM {self._t} WHERE id = 1 "
+                f"UNION ALL SELECT 1, min(seq), NULL FROM {self._j} "
+                f"UNION ALL SELECT 2, max(seq), NULL FROM {self._j} "
+                f"UNION ALL (SELECT 3, seq, ops FROM {self._j} WHERE seq > %s) "
+                f"UNION ALL SELECT 4, 0, data FROM {self._t} WHERE id = {_LINEAGE_ROW} "
+                "ORDER BY 1, 2", (since,)).fetchall())
+
+        found: dict[int, Any] = {}
+        records = []
+        for kind, number, text in self._run(unit):
+            if kind == 3:
+                records.append((number, text))
+            else:
+                found[kind] = text if kind == 4 else number
+        return Tail(found.get(0), found.get(1), found.get(2), records,
+                    str(found.get(4) or ""))
+
+    # -- the write transaction -----------------------------------------------------------
 
     @contextlib.contextmanager
-    def _write_transaction(self, conn: Any, *, fetch: bool = False) -> Iterator[Any]:
+    def _write_tx(self, *, whole: bool = False) -> Iterator[RowTx]:
         """``BEGIN; LOCK TABLE; SELECT ...`` in one round trip, then the queued writes,
-        the announcement and ``COMMIT`` in another (a pipeline); ROLLBACK if the body raises.
+        the announcement and ``COMMIT`` in another (a pipeline); ROLLBACK if the body
+        raises. A connection the server dropped while idle is replaced before the body
+        runs (nothing was sent that could have committed)."""
+        for attempt in (0, 1):
+            with self._connection() as conn:
+                self._committing = False
+                try:
+                    with self._mapped_errors():
+                        tx = self._begin(conn, whole=whole)
+                except StorageUnavailableError:
+                    if conn.closed or conn.broken:
+                        self._drop_connection()
+                        if attempt == 0:
+                            continue
+                    raise
+                try:
+                    with self._mapped_errors():
+                        yield tx
+                        self._finish(conn)
+                except BaseException:
+                    self._abort(conn)
+                    if conn.closed or conn.broken:
+                        self._drop_connection()
+                    raise
+                return
 
-        Yields the current version, or with ``fetch`` the row and journal rows (as
-        :meth:`_fetch`).
-        """
-        got = self._begin(conn, fetch=fetch)
-        try:
-            yield got
-        except BaseException:
-            self._abort(conn)
-            raise
-        self._finish(conn)
-
-    def _begin(self, conn: Any, *, fetch: bool) -> Any:
+    def _begin(self, conn: Any, *, whole: bool) -> RowTx:
         """The first round trip of a write transaction (rolled back if it fails)."""
-        query = self._fetch_sql() if fetch else self._version_sql()
-        self._staged, self._pending = None, []
+        query = self._fetch_sql() if whole else self._head_sql()
+        self._pending = []
         try:
             cur = conn.execute(
                 f"BEGIN; LOCK TABLE {self._t} IN SHARE ROW EXCLUSIVE MODE; {query}")
             while cur.nextset():
                 pass
-            if fetch:
-                return self._split(cur.fetchall())
-            return self._checked_version(cur.fetchone()[0])
+            if whole:
+                return self._open_tx(conn, fetched=self._split(cur.fetchall()))
+            return self._open_tx(conn, head=cur.fetchone())
         except BaseException:
             self._abort(conn)
             raise
 
     def _finish(self, conn: Any) -> None:
-        """Send the queued writes and COMMIT in one pipeline; the size cache follows."""
+        """Send the queued writes and COMMIT in one pipeline."""
         pending, self._pending = self._pending, []
         self._committing = True
-        try:
-            with conn.pipeline():
-                for statement, params in pending:
-                    conn.execute(statement, params)
-                conn.execute("COMMIT")
-        except BaseException:
-            self._abort(conn)
-            raise
-        if self._staged is not None:
-            self._sizes, self._staged = self._staged, None
+        with conn.pipeline():
+            for statement, params in pending:
+                conn.execute(statement, params)
+            conn.execute("COMMIT")
 
     def _abort(self, conn: Any) -> None:
-        """Forget what the transaction staged; ROLLBACK while the connection is usable."""
-        self._staged, self._pending = None, []
+        """Forget what the transaction queued; ROLLBACK while the connection is usable."""
+        self._pending = []
         if not conn.closed and not conn.broken:
             with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
-
-    def _queue(self, statement: str, *params: Any) -> None:
-        """Send ``statement`` with the open write transaction's COMMIT."""
-        self._pending.append((statement, params))
-
-    def _announce(self, version: int) -> None:
-        """Queue ``pg_notify(channel, version)``: delivered to listeners at COMMIT."""
-        self._queue("SELECT pg_notify(%s, %s)", self.channel, str(version))
-
-    def _version_sql(self) -> str:
-        return (f"SELECT coalesce((SELECT max(seq) FROM {self._j}), "
-                f"(SELECT version FROM {self._t} WHERE id = 1), 0)")
-
-    def _fetch_sql(self) -> str:
-        return (f"SELECT 0, version, data FROM {self._t} WHERE id = 1 "
-                f"UNION ALL SELECT 1, seq, ops FROM {self._j} ORDER BY 1, 2")
-
-    def _version(self, conn: Any) -> int:
-        """The last journal record's ``seq``, else the row's version, else 0."""
-        return self._checked_version(conn.execute(self._version_sql()).fetchone()[0])
-
-    def _checked_version(self, value: Any) -> int:
-        if type(value) is not int:  # pragma: no cover - a bigint column
-            raise self._corrupt(f"table {self.table!r} holds version {value!r}, not a number")
-        return value
-
-    def _fetch(self, conn: Any) -> tuple[Any, list[Any]]:
-        """The row (data, version) or None, and the journal rows in order, from one
-        statement (so from one commit)."""
-        return self._split(conn.execute(self._fetch_sql()).fetchall())
-
-    @staticmethod
-    def _split(rows: list[Any]) -> tuple[Any, list[Any]]:
-        row = None
-        records = []
-        for kind, number, text in rows:
-            if kind == 0:
-                row = (text, number)
-            else:
-                records.append((number, text))
-        return row, records
-
-    def _assemble(self, row: Any, records: list[Any]) -> tuple[dict[str, Any], int]:
-        """The state (snapshot plus journal) and its version, from :meth:`_fetch`'s rows.
-
-        :raises StateCorruptedError: the row or a record does not decode, a record does
-            not fit, or the journal does not follow the row's version.
-        """
-        self._sizes = None  # known again only once this commit decoded whole
-        if row is None:
-            if records:
-                raise self._corrupt(f"{self.journal_table!r} holds {len(records)} records "
-                                    f"but {self.table!r} holds no snapshot")
-            return {}, 0
-        data, version = row
-        seqs = [seq for seq, _ in records]
-        if seqs != list(range(version + 1, version + len(seqs) + 1)):
-            raise self._corrupt(
-                f"journal {self.journal_table!r} holds records {seqs[0]!r}..{seqs[-1]!r} "
-                f"but the snapshot is at version {version}: they were not written against "
-                "it (edited by hand?)")
-        version += len(seqs)
-        try:
-            state = self.serializer.deserialize(data)
-        except StateCorruptedError as exc:
-            raise self._corrupt(str(exc)) from exc
-        decoded, journal_bytes = self._decode_records(records)
-        apply_records(state, zip(seqs, decoded, strict=True), location=self.location,
-                      name=self._record_name)
-        self._sizes = Budget(version, len(seqs), journal_bytes, nbytes(data))
-        return state, version
-
-    def _decode_records(self, records: list[Any]) -> tuple[list[list[list[Any]]], int]:
-        """The decoded ops of ``(seq, ops)`` journal rows, and their bytes.
-
-        :raises StateCorruptedError: a row that is not a record, naming its ``seq``.
-        """
-        return decode_records(self.serializer, records, location=self.location,
-                              name=self._record_name)
-
-    def _record_name(self, seq: Any) -> str:
-        return f"journal record {seq} in {self.journal_table!r}"
-
-    def _sizes_at(self, conn: Any, version: int) -> tuple[Budget, bool]:
-        """Journal and snapshot bytes at ``version``, and whether this store read it whole."""
-        if self._sizes is not None and self._sizes.version == version:
-            return self._sizes, True
-        row = conn.execute(
-            f"SELECT coalesce((SELECT octet_length(data) FROM {self._t} WHERE id = 1), 0), "
-            f"(SELECT coalesce(sum(octet_length(ops)), 0) FROM {self._j})").fetchone()
-        return Budget(version, 0, int(row[1]), int(row[0])), False
-
-    def _write(self, conn: Any, text: str, current: int) -> int:
-        """Queue the new snapshot, the journal's deletion and the announcement (inside a
-        write transaction at version ``current``); the new version."""
-        version = current + 1
-        self._queue(
-            f"INSERT INTO {self._t} (id, data, version, updated_at) "
-            "VALUES (1, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
-            "version = excluded.version, updated_at = excluded.updated_at",
-            text, version, time.time())
-        self._queue(f"DELETE FROM {self._j}")
-        self._announce(version)
-        self._staged = Budget(version, 0, 0, nbytes(text))
-        return version
 
     def _release(self) -> None:
         with self._mutex:
