@@ -84,11 +84,18 @@ class MemoryStore(JournaledBase):
         self.location = f"memory://{self.name}"
         self.lock_timeout = lock_timeout
         # A private state is not registered: its generated name cannot join it (issue 21).
-        self._medium = _medium(self.name) if name is not None else _Medium()
+        self._private = None if name is not None else _Medium()
+
+    @property
+    def _medium(self) -> _Medium:
+        """The state this store reads: the name's current one (a private one never
+        changes), so a forgotten name reads as a medium that lost its state."""
+        return self._private if self._private is not None else _medium(self.name)
 
     @classmethod
     def forget(cls, name: str) -> None:
-        """Drop the state kept under ``name`` (stores still open keep their reference)."""
+        """Drop the state kept under ``name``: every store of the name, open ones too,
+        then finds an empty medium (as after a loss)."""
         with _MEDIA_LOCK:
             _MEDIA.pop(name, None)
 
