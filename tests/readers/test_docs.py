@@ -86,6 +86,22 @@ def test_code_blocks_run(page: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
 
 
+def test_the_backend_walkthrough_passes_the_contract(pytester: pytest.Pytester) -> None:
+    """docs/writing-a-backend.md's adapter, run against ``AdapterContract`` as the page says."""
+    page = (ROOT / "docs" / "writing-a-backend.md").read_text()
+    module = re.findall(r"<!-- contract-module -->\n```python\n(.*?)```", page, flags=re.S)
+    assert len(module) == 2  # the adapter, then the test class
+    pytester.makepyfile(test_directory_store="\n".join(module))
+    result = pytester.runpytest_subprocess("-q", "-rs", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= 18
+    out = result.stdout.str()
+    for group in ("loadsave", "transaction", "cas", "locks"):
+        assert f"::test_{group}_" not in out  # no group it implements was skipped
+    assert "DirectoryStore has no change journal" in out
+
+
 def test_no_run_markers_are_rare_and_say_why() -> None:
     blocks = 0
     marked: list[str] = []
