@@ -51,6 +51,8 @@ class Backend:
     target: Callable[[pytest.FixtureRequest, Path, str], str]
     #: (request, tmp_path, name) -> destroy everything the medium holds.
     lose: Callable[[pytest.FixtureRequest, Path, str], None]
+    #: (request, tmp_path, name) -> everything the medium holds, to compare before/after.
+    dump: Callable[[pytest.FixtureRequest, Path, str], Any]
 
 
 def _redis_key(request: pytest.FixtureRequest, name: str) -> str:
@@ -73,6 +75,48 @@ def _lose_files(tmp: Path, prefix: str) -> None:
     for path in tmp.iterdir():
         if path.name.startswith(prefix) and not path.name.endswith(".lock"):
             path.unlink()
+
+
+def _dump_files(tmp: Path, prefix: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(tmp.iterdir())
+            if p.name.startswith(prefix) and p.is_file() and not p.name.endswith(".lock")}
+
+
+def _dump_sqlite(tmp: Path, name: str) -> dict[str, list[Any]]:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp / f"{name}.db")
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall() for t in tables}
+    finally:
+        conn.close()
+
+
+def _dump_redis(request: pytest.FixtureRequest, tmp: Path, name: str) -> dict[str, Any]:
+    import redis
+
+    key = _redis_key(request, name)
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        return {suffix: client.dump(f"{key}{suffix}") for suffix in REDIS_SUFFIXES}
+    finally:
+        client.close()
+
+
+def _dump_postgres(request: pytest.FixtureRequest, tmp: Path, name: str) -> dict[str, Any]:
+    import psycopg
+
+    table = _pg_table(request, name)
+    with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as conn:
+        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall()
+                for t in (table, f"{table}_journal")}
+
+
+def _dump_memory(request: pytest.FixtureRequest, tmp: Path, name: str) -> Any:
+    with MemoryStore(_memory_name(request, tmp, name)) as probe:
+        return probe.load_versioned(), probe.describe().size
 
 
 def _lose_redis(request: pytest.FixtureRequest, tmp: Path, name: str) -> None:
@@ -102,28 +146,31 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("file", frozenset({"files", "multiprocess", "listener", "backups"}),
             build=lambda request, tmp, name: FileStore(tmp / f"{name}.json"),
             target=lambda request, tmp, name: str(tmp / f"{name}.json"),
-            lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.json")),
+            lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.json"),
+            dump=lambda request, tmp, name: _dump_files(tmp, f"{name}.json")),
     Backend("sqlite", frozenset({"files", "multiprocess", "listener"}),
             build=lambda request, tmp, name: SQLiteStore(tmp / f"{name}.db"),
             target=lambda request, tmp, name: str(tmp / f"{name}.db"),
-            lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.db")),
+            lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.db"),
+            dump=lambda request, tmp, name: _dump_sqlite(tmp, name)),
     Backend("redis", frozenset({"server", "multiprocess", "listener"}),
             build=lambda request, tmp, name: RedisStore(request.getfixturevalue("redis_url"),
                                                         key=_redis_key(request, name)),
             target=lambda request, tmp, name: _with_query(
                 request.getfixturevalue("redis_url"), f"key={_redis_key(request, name)}"),
-            lose=_lose_redis),
+            lose=_lose_redis, dump=_dump_redis),
     Backend("postgres", frozenset({"server", "multiprocess", "listener"}),
             build=lambda request, tmp, name: PostgresStore(
                 request.getfixturevalue("postgres_url"), table=_pg_table(request, name)),
             target=lambda request, tmp, name: _with_query(
                 request.getfixturevalue("postgres_url"), f"table={_pg_table(request, name)}"),
-            lose=_lose_postgres),
+            lose=_lose_postgres, dump=_dump_postgres),
     Backend("memory", frozenset(),
             build=lambda request, tmp, name: MemoryStore(_memory_name(request, tmp, name)),
             target=lambda request, tmp, name: f"memory://{_memory_name(request, tmp, name)}",
             lose=lambda request, tmp, name: MemoryStore.forget(
-                _memory_name(request, tmp, name))),
+                _memory_name(request, tmp, name)),
+            dump=_dump_memory),
 ]}
 
 
@@ -145,3 +192,9 @@ def target(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
            name: str = "state") -> str:
     """The path or URL string of backend ``kind``'s medium ``name`` of this test."""
     return BACKENDS[kind].target(request, tmp_path, name)
+
+
+def dump(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+         name: str = "state") -> Any:
+    """Everything backend ``kind``'s medium ``name`` holds (bytes, rows, keys), to compare."""
+    return BACKENDS[kind].dump(request, tmp_path, name)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from _registry import build, dump, kinds
 
 from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
@@ -339,23 +340,17 @@ def test_unreachable_redis(caplog: pytest.LogCaptureFixture) -> None:
 # -- unstorable data: TypeError, nothing changes ---------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", kinds())
 def test_unserializable_state_changes_nothing(kind: str, tmp_path: Path,
                                               request: pytest.FixtureRequest) -> None:
     import anyio
 
-    if kind == "file":
-        store: Any = FileStore(tmp_path / "s.json")
-    elif kind == "sqlite":
-        store = SQLiteStore(tmp_path / "s.db")
-    else:
-        store = RedisStore(request.getfixturevalue("redis_url"),
-                           key=request.getfixturevalue("redis_key"))
+    store = build(kind, request, tmp_path)
     bad = {"application": {"ok": 1, "when": Decimal("1.5")}}
     with store:
         store.save(GOOD)
         version = store.version()
-        files = {p: p.read_bytes() for p in tmp_path.iterdir()}
+        medium = dump(kind, request, tmp_path)
         with pytest.raises(TypeError) as info:
             store.save(bad)
         assert isinstance(info.value, SerializationError)
@@ -367,7 +362,7 @@ def test_unserializable_state_changes_nothing(kind: str, tmp_path: Path,
             st["x"] = object()
         assert store.load() == GOOD
         assert store.version() == version
-        assert {p: p.read_bytes() for p in tmp_path.iterdir()} == files
+        assert dump(kind, request, tmp_path) == medium
 
 
 # -- passwords never leak ----------------------------------------------------------------

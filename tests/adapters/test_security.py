@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from _registry import build, kinds
 
 from cascadeui._backends import RedisBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
@@ -381,16 +382,9 @@ def test_cli_output_never_shows_the_password(redis_url: str, redis_key: str,
 # -- hostile keys, every backend -----------------------------------------------------------
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
+@pytest.fixture(params=kinds())
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "file":
-        s: Any = FileStore(tmp_path / "state.json")
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "state.db")
-    else:
-        s = RedisStore(request.getfixturevalue("redis_url"),
-                       key=request.getfixturevalue("redis_key"))
-    with s:
+    with build(request.param, request, tmp_path) as s:
         yield s
 
 
@@ -417,7 +411,7 @@ def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
         assert {t for t in tables if not t.startswith("sqlite_")} <= {
             "cascadeui_state", "cascadeui_meta", "cascadeui_state_journal"}, tables
         assert rows == 1
-    else:
+    elif isinstance(any_store, RedisStore):
         raw = redis.Redis.from_url(request.getfixturevalue("redis_url"))
         found = {k.decode() for k in raw.scan_iter(match=f"{any_store.key}*")}
         raw.close()

@@ -18,11 +18,12 @@ from typing import Any
 
 import anyio
 import pytest
+from _registry import build, dump, kinds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cascadeui._backends import AsyncBackend
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore
 from cascadeui.errors import SerializationError
 from cascadeui.serializer import StateSerializer
 
@@ -217,30 +218,12 @@ def test_huge_int_is_rejected_not_crashing() -> None:
 # -- through every real adapter ------------------------------------------------------------
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
+@pytest.fixture(params=kinds())
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "file":
-        s: Any = FileStore(tmp_path / "state.json", backups=2)
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "state.db")
-    else:
-        url = request.getfixturevalue("redis_url")
-        s = RedisStore(url, key=request.getfixturevalue("redis_key"))
-    with s:
+    with build(request.param, request, tmp_path) as s:
+        # Every byte (row, key) the medium keeps, to prove that a failed save changed nothing.
+        s.snapshot_medium = lambda: dump(request.param, request, tmp_path)
         yield s
-
-
-def snapshot(store: Any) -> Any:
-    """Every byte the store keeps, to prove that a failed save changed nothing."""
-    if isinstance(store, FileStore):
-        d = store.path.parent
-        return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()
-                and not p.name.endswith(".lock")}
-    if isinstance(store, SQLiteStore):
-        with store._connection() as conn:
-            return conn.execute(f"SELECT * FROM {store.table}").fetchall()
-    return (store._client.get(store.key), store._client.get(store.version_key),
-            store._client.get(store.lock_key))
 
 
 @STORES
@@ -256,14 +239,14 @@ def test_failed_serialization_changes_nothing_stored(
         store: Any, good: dict[str, Any], case: tuple[dict[str, Any], str]) -> None:
     store.save(good)
     store.save(good)  # a backup generation exists too
-    before = snapshot(store)
+    before = store.snapshot_medium()
     bad, path = case
     with pytest.raises(SerializationError) as info:
         store.save(bad)
     assert info.value.path == path
     with pytest.raises(TypeError), store.transaction() as st_:
         st_["replaced"] = bad
-    assert snapshot(store) == before
+    assert store.snapshot_medium() == before
     assert_exact(good, store.load())
 
 

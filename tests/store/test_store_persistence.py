@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import pytest
 from _helpers import started_redis_server
+from _registry import kinds, target
 
 from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui._engine import Timing
@@ -29,6 +30,7 @@ from cascadeui.errors import (
     StorageUnavailableError,
     StoreClosedError,
 )
+from cascadeui.persistence import backend_from_url
 from cascadeui.store import Action, State, StateStore
 from cascadeui.testing.redis_server import RedisServer
 
@@ -100,22 +102,15 @@ async def store() -> AsyncIterator[StateStore]:
     await s.close()
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
+@pytest.fixture(params=kinds())
 def make_backend(request: pytest.FixtureRequest,
                  tmp_path: Path) -> Iterator[Callable[[], Awaitable[Any]]]:
     """A factory of fresh backend objects on one real medium (a second one = a restart)."""
     made: list[Any] = []
-
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-    key = request.getfixturevalue("redis_key") if request.param == "redis" else ""
+    where = target(request.param, request, tmp_path)
 
     async def make() -> Any:
-        if request.param == "file":
-            backend: Any = await off_loop(FileStorageBackend, tmp_path / "state.json")
-        elif request.param == "sqlite":
-            backend = await off_loop(SQLiteBackend, tmp_path / "state.db")
-        else:
-            backend = await off_loop(RedisBackend, url, key=key)
+        backend = await off_loop(backend_from_url, where)
         made.append(backend)
         return backend
 
