@@ -40,6 +40,14 @@ pytestmark = pytest.mark.anyio
 ALICE, BOB = 1234567890123456789, 42
 
 
+async def count_click(panel: PanelData, interaction: discord.Interaction[Any],
+                      name: str) -> None:
+    """A toy panel's button: count the click in the panel's data and say the count."""
+    count = int(panel.data.get("count", 0)) + 1
+    await panel.set_data("count", count)
+    await interaction.response.send_message(f"{name}={count}", ephemeral=True)
+
+
 # -- a toy kind, defined here and nowhere else --------------------------------------------
 
 
@@ -77,9 +85,7 @@ def tally() -> Iterator[type[BoardPanel]]:
         @discord.ui.button(label="+1", custom_id="tally:inc")
         async def inc(self, interaction: discord.Interaction[Any],
                       button: discord.ui.Button[Any]) -> None:
-            count = int(self.data.get("count", 0)) + 1
-            await self.set_data("count", count)
-            await interaction.response.send_message(f"count={count}", ephemeral=True)
+            await count_click(self, interaction, "count")
 
     try:
         yield Tally
@@ -182,10 +188,7 @@ def sticky() -> Iterator[type[NotePanel]]:
         @discord.ui.button(label="+1", custom_id="sticky:inc")
         async def inc(self, interaction: discord.Interaction[Any],
                       button: discord.ui.Button[Any]) -> None:
-            count = int(self.data.get("count", 0)) + 1
-            await self.set_data("count", count)
-            await interaction.response.send_message(f"{self.state_key}={count}",
-                                                    ephemeral=True)
+            await count_click(self, interaction, self.state_key)
 
     try:
         yield Sticky
