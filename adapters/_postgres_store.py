@@ -96,7 +96,7 @@ class PostgresStore(RowStore):
     Implements :class:`~cascadeui.adapters.SyncStore`,
     :class:`~cascadeui.adapters.VersionedStore` and
     :class:`~cascadeui.adapters.JournaledStore` (structurally). Needs
-    ``pip install 'pycascadeui[postgres]'`` (psycopg 3).
+    ``pip install 'cascadeui-persistence[postgres]'`` (psycopg 3).
 
     :param url: a libpq URL, ``postgresql://user[:password]@host[:port]/dbname[?...]``
         (``postgres://`` too); the password never appears in reprs, logs or errors.
@@ -121,7 +121,7 @@ class PostgresStore(RowStore):
         # the event loop and must not stall it.
         if "psycopg" not in sys.modules and importlib.util.find_spec("psycopg") is None:
             raise ImportError(  # pragma: no cover - exercised only without the extra
-                "PostgresStore needs psycopg: pip install 'pycascadeui[postgres]'")
+                "PostgresStore needs psycopg: pip install 'cascadeui-persistence[postgres]'")
         self.url: str = redact_url(url)
         self._secrets = url_secrets(url)
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""

@@ -44,7 +44,7 @@ class RedisReads(BaseStore):
         # in the worker thread: constructors run on the event loop and must not stall it.
         if "redis" not in sys.modules and importlib.util.find_spec("redis") is None:
             raise ImportError(  # pragma: no cover - exercised only without the extra
-                "RedisStore needs redis: pip install 'pycascadeui[redis]'")
+                "RedisStore needs redis: pip install 'cascadeui-persistence[redis]'")
         if ttl is not None and ttl <= 0:
             raise ConfigurationError(f"ttl must be a positive number of seconds, not {ttl!r}")
         if not key:

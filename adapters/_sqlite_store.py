@@ -105,7 +105,7 @@ class SQLiteStore(RowStore):
         # constructors run on the event loop and must not stall it.
         if "sqlite_utils" not in sys.modules and not importlib.util.find_spec("sqlite_utils"):
             raise ImportError(  # pragma: no cover - exercised only without the extra
-                "SQLiteStore needs sqlite-utils: pip install 'pycascadeui[sqlite]'")
+                "SQLiteStore needs sqlite-utils: pip install 'cascadeui-persistence[sqlite]'")
         if not table.isidentifier():
             raise ValueError(f"table name must be an identifier, not {table!r}")
         raw = os.fspath(path)

@@ -1,17 +1,21 @@
-"""cascadeui: one state store for discord.py bots, persisted to JSON, SQLite or Redis.
+"""cascadeui: one state store for discord.py bots, persisted to JSON, SQLite, Redis or
+PostgreSQL (the distribution ``cascadeui-persistence``).
 
 ``await setup_persistence(bot, backend=SQLiteBackend("cascadeui.db"))`` in ``setup_hook``
 restores the state and re-attaches every :class:`PersistentView`, so old buttons answer.
 Importing this package creates no files and installs no logging handlers.
 
 The top-level names are imported on first use, so ``import cascadeui.adapters`` in a
-script, a worker process or the CLI does not pay for importing discord.py.
+script, a worker process or the CLI does not pay for importing discord.py. Importing it
+logs a WARNING when upstream CascadeUI's ``pycascadeui`` is installed too (same import name).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from ._distribution import warn_if_upstream_installed
 
 if TYPE_CHECKING:
     from ._inspection import inspect
@@ -40,6 +44,9 @@ _LAZY = {
     "panel_shard": "._restore",
     "setup_persistence": "._restore",
 }
+
+
+warn_if_upstream_installed()
 
 
 def __getattr__(name: str) -> Any:

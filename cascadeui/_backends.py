@@ -358,7 +358,7 @@ class FileStorageBackend(AsyncBackend[FileStore]):
 class SQLiteBackend(AsyncBackend[SQLiteStore]):
     """SQLite backend (recommended): one row, WAL mode, ``BEGIN IMMEDIATE`` writes.
 
-    Needs ``pip install 'pycascadeui[sqlite]'``.
+    Needs ``pip install 'cascadeui-persistence[sqlite]'``.
 
     :param db_path: the database file, created on first use.
     :param timeout: seconds to wait for the write lock.
@@ -373,7 +373,7 @@ class SQLiteBackend(AsyncBackend[SQLiteStore]):
 class RedisBackend(AsyncBackend[RedisStore]):
     """Redis backend: the document under ``key``, optional TTL refreshed on every save.
 
-    Needs ``pip install 'pycascadeui[redis]'``.
+    Needs ``pip install 'cascadeui-persistence[redis]'``.
 
     :param url: Redis connection URL; a password in it never appears in reprs or logs.
     :param key: the key holding the state.
@@ -406,7 +406,7 @@ class RedisBackend(AsyncBackend[RedisStore]):
 class PostgresBackend(AsyncBackend[PostgresStore]):
     """PostgreSQL backend: one snapshot row plus a change journal, one transaction per commit.
 
-    Needs ``pip install 'pycascadeui[postgres]'`` (psycopg 3).
+    Needs ``pip install 'cascadeui-persistence[postgres]'`` (psycopg 3).
 
     :param url: a ``postgresql://user[:password]@host[:port]/dbname`` URL; a password in
         it never appears in reprs, logs or errors.

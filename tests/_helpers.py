@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.postgres_server import DEFAULT_URL as PG_DEFAULT_URL
+from kit.postgres_server import PostgresServer, PostgresServerError
+from kit.postgres_server import find_binaries as find_pg_binaries
+from kit.redis_server import RedisServer, RedisServerError, find_server_binary
 
 from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import (
@@ -19,10 +23,6 @@ from cascadeui.adapters import (
     SQLiteStore,
 )
 from cascadeui.serializer import StateSerializer
-from cascadeui.testing.postgres_server import DEFAULT_URL as PG_DEFAULT_URL
-from cascadeui.testing.postgres_server import PostgresServer, PostgresServerError
-from cascadeui.testing.postgres_server import find_binaries as find_pg_binaries
-from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_server_binary
 
 #: The tests/ directory (shared helpers and worker scripts live here) and the repository root.
 TESTS = Path(__file__).resolve().parent

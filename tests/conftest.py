@@ -70,7 +70,7 @@ def postgres_url() -> Iterator[str]:
     Created on ``CASCADEUI_TEST_POSTGRES_URL``'s server, else on 127.0.0.1:5432 (user
     ``postgres``), else on a private server started for the session.
     """
-    from cascadeui.testing.postgres_server import scratch_database
+    from kit.postgres_server import scratch_database
 
     with started_postgres("the PostgreSQL tests") as (admin_url, _server), \
             scratch_database(admin_url) as url:

@@ -3,7 +3,7 @@
 A worker runs in either interpreter (ours or pycascadeui 2.1.0's), so nothing here may
 import ``cascadeui`` at import time. Sizes, state builders, the loop-lateness ticker, memory
 probes and the private Redis server (:func:`private_redis`, orchestrator only: it imports
-``cascadeui.testing.redis_server`` when called) live here.
+``kit.redis_server`` when called) live here.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def private_redis(given: str | None = None) -> Iterator[str | None]:
     if given:
         yield given
         return
-    from cascadeui.testing.redis_server import RedisServer, find_server_binary
+    from kit.redis_server import RedisServer, find_server_binary
 
     binary = find_server_binary()
     if binary is None:

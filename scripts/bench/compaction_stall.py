@@ -7,7 +7,7 @@ backend, ``--writes`` rounds of (one small action, ``await store.flush()``) with
 default journal (appends), then with a zero budget (every write compacts), while a 1 ms
 ticker records the loop's lateness. Prints a markdown table::
 
-    .venv/bin/python scripts/bench/compaction_stall.py --size 10MB --writes 10
+    python -m bench.compaction_stall --size 10MB --writes 10
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ make small changes, each awaited until durable, and reports the dispatch-to-dura
 latency (p50/p99), the durable changes per second and the event loop's worst stall. The
 summary compares each figure with its target::
 
-    .venv/bin/python scripts/bench/durable.py                 # 10KB,1MB,10MB x 1,10,100 users
-    .venv/bin/python scripts/bench/durable.py --smoke         # tiny: tests/test_bench_smoke.py
+    python -m bench.durable                 # 10KB,1MB,10MB x 1,10,100 users
+    python -m bench.durable --smoke         # tiny: tests/campaigns/test_bench_smoke.py
 
 Targets (issue 11): >= 20,000 durable changes/s with 100 users, at every size and backend;
 p99 <= 10 ms with 100 users; with 1 user, p99 <= 3x the raw medium's small commit (its
@@ -94,7 +94,7 @@ def _redis(args: argparse.Namespace) -> Any:
 
     @contextlib.contextmanager
     def aof() -> Any:
-        from cascadeui.testing.redis_server import RedisServer, find_server_binary
+        from kit.redis_server import RedisServer, find_server_binary
 
         binary = find_server_binary()
         if binary is None:
@@ -199,7 +199,7 @@ def markdown(rows: list[dict[str, Any]], failures: list[str], command: str) -> s
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
-    command = "python scripts/bench/durable.py " + " ".join(
+    command = "python -m bench.durable " + " ".join(
         sys.argv[1:] if argv is None else argv)
     out = (args.out or ROOT / "bench-results" / ("durable-" + time.strftime("%Y%m%d-%H%M%S"))
            ).resolve()

@@ -3,7 +3,7 @@
 orjson is not a dependency of the project; run this in a scratch venv that has it::
 
     python3 -m venv /tmp/oj && /tmp/oj/bin/pip install orjson
-    /tmp/oj/bin/python scripts/bench/orjson_check.py
+    /tmp/oj/bin/python -m bench.orjson_check
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The peer's virtualenv: pycascadeui 2.1.0 with its SQLite and Redis extras, from PyPI.
 
-``python scripts/bench/peer.py [--venv .venv-peer] [--check]`` creates (or reuses) the venv
+``python -m bench.peer [--venv .venv-peer] [--check]`` creates (or reuses) the venv
 and prints its Python. Both packages import as ``cascadeui``, so the peer always runs in
 its own interpreter. The bench-only venv with matplotlib for the chart is made here too.
 """

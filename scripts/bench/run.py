@@ -2,8 +2,8 @@
 
 Run it with our venv's Python::
 
-    .venv/bin/python scripts/bench/run.py --sizes 10KB,1MB --reps 3
-    .venv/bin/python scripts/bench/run.py --smoke          # tiny sizes: the scripts work
+    python -m bench.run --sizes 10KB,1MB --reps 3
+    python -m bench.run --smoke          # tiny sizes: the scripts work
 
 Every measurement is one worker process (``worker.py``) per (implementation, workload,
 size, backend), ours with this venv's Python and the peer with ``.venv-peer``'s (made by
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the private redis-server and the double are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
-    command = "python scripts/bench/run.py " + " ".join(
+    command = "python -m bench.run " + " ".join(
         sys.argv[1:] if argv is None else argv)
     impls = ["ours"] if args.no_peer else ["ours", "peer"]
     print(f"plan: workloads={args.workloads} sizes={args.sizes} backends={args.backends} "

@@ -3,7 +3,7 @@
 Eight consecutive ~10 MB saves into a new database, through ``SQLiteStore.save_if_version``
 and through raw sqlite3 with WAL and ``synchronous=FULL``, in milliseconds::
 
-    .venv/bin/python scripts/bench/sqlite_wal_warmup.py
+    python -m bench.sqlite_wal_warmup
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         result["traceback"] = traceback.format_exc()
     result["wall_s"] = time.perf_counter() - t0
     try:
-        result["cascadeui_version"] = importlib.metadata.version("pycascadeui")
+        result["cascadeui_version"] = importlib.metadata.version(
+            "pycascadeui" if args.impl == "peer" else "cascadeui-persistence")
     except importlib.metadata.PackageNotFoundError:
         result["cascadeui_version"] = None
     write_json(args.out, result)

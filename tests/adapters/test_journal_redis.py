@@ -22,12 +22,12 @@ from typing import Any
 import cascadeui.adapters._journal as journal
 import pytest
 import redis
+from kit.redis_server import RedisServer, find_server_binary, free_port
 
 from cascadeui._merge import DELETED, Change, diff
 from cascadeui.adapters import JournaledStore, RedisStore
 from cascadeui.errors import LockTimeoutError, StateCorruptedError, StorageUnavailableError
 from cascadeui.serializer import StateSerializer
-from cascadeui.testing.redis_server import RedisServer, find_server_binary, free_port
 
 SER = StateSerializer()
 

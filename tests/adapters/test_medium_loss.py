@@ -27,6 +27,8 @@ import psycopg
 import pytest
 import redis
 from _helpers import started_postgres, started_redis_server
+from kit.postgres_server import scratch_database
+from kit.redis_server import RedisServer
 from psycopg import sql
 
 from cascadeui._backends import (
@@ -40,8 +42,6 @@ from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.errors import StateCorruptedError
 from cascadeui.store import StateStore
-from cascadeui.testing.postgres_server import scratch_database
-from cascadeui.testing.redis_server import RedisServer
 
 # The tests damage the media with blocking calls on purpose; the store under test does not.
 pytestmark = [pytest.mark.anyio, pytest.mark.allow_blocking]

@@ -23,6 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 from _helpers import JournalWriter
+from kit.postgres_server import PostgresServer, find_binaries, with_database
+from kit.spawn import script_command, script_env
 
 from cascadeui._backends import PostgresBackend
 from cascadeui.adapters import PostgresStore
@@ -34,7 +36,6 @@ from cascadeui.errors import (
     StorageUnavailableError,
 )
 from cascadeui.persistence import backend_from_url
-from cascadeui.testing.postgres_server import PostgresServer, find_binaries, with_database
 
 SECRET = "s3cr3t-Pw"
 
@@ -320,12 +321,11 @@ def test_server_restart_is_survived(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_crash_campaign_on_postgres() -> None:
-    """scripts/crash_campaign.py, tiny: writers SIGKILLed mid-transaction, the server once
+    """scripts/campaigns/crash.py, tiny: writers SIGKILLed mid-transaction, the server once
     per mode; nothing acknowledged is lost."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "crash_campaign.py"
-    done = subprocess.run([sys.executable, str(script), "--kills", "3", "--size", "4000",
+    done = subprocess.run([*script_command("campaigns.crash"), "--kills", "3", "--size", "4000",
                            "--backends", "postgres"], capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=300, check=False, env=script_env())
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     summary = lines[-1]
@@ -409,7 +409,7 @@ async def test_store_keeps_dispatching_through_a_server_outage(anyio_backend: st
 def test_private_server_from_the_pgserver_wheel() -> None:
     """The fallback for a machine without PostgreSQL: the server the ``pgserver`` package
     bundles runs as our private server (killed and restarted, data kept)."""
-    from cascadeui.testing.postgres_server import pgserver_binaries
+    from kit.postgres_server import pgserver_binaries
 
     bindir = pgserver_binaries()
     if bindir is None:

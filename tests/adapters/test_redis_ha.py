@@ -1,6 +1,6 @@
 """Redis beyond one server: a user-built client for a Redis Cluster and for Sentinel.
 
-Real servers on loopback ports (``cascadeui.testing.redis_topologies``): a three-master
+Real servers on loopback ports (``kit.redis_topologies``): a three-master
 cluster formed with CLUSTER MEET/ADDSLOTSRANGE, and one master, one replica and three
 sentinels whose master is SIGKILLed while a store writes (issue 14).
 """
@@ -17,13 +17,13 @@ import pytest
 import redis
 import redis.cluster
 import redis.sentinel
+from kit.redis_topologies import RedisClusterServers, SentinelServers
 
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.adapters import RedisStore
 from cascadeui.errors import DurabilityTimeoutError, StorageUnavailableError
 from cascadeui.persistence import RedisBackend
 from cascadeui.store import StateStore
-from cascadeui.testing.redis_topologies import RedisClusterServers, SentinelServers
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""cascadeui.testing.redis_server: start, PING, stop without a leftover process, restart."""
+"""kit.redis_server: start, PING, stop without a leftover process, restart."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from cascadeui.testing.redis_server import (
+from kit.redis_server import (
     RedisServer,
     RedisServerError,
     find_server_binary,

@@ -18,13 +18,13 @@ import psycopg
 import pytest
 import redis
 from _helpers import started_redis_server
+from kit.redis_server import RedisServer
 
 from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
-from cascadeui.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio]
 

@@ -1,7 +1,7 @@
 """Issue 13's benchmark scripts at a tiny size (smoke tests, not timed tests).
 
-``scripts/bench_push.py`` (commit-to-running-store delay, pushed and polled, all four
-backends) and ``scripts/bench_postgres.py`` (PostgreSQL multi-process transactions
+``scripts/bench/push.py`` (commit-to-running-store delay, pushed and polled, all four
+backends) and ``scripts/bench/postgres.py`` (PostgreSQL multi-process transactions
 against raw psycopg) must run end to end and keep their checks: every commit reaches the
 running store, no increment is lost.
 """
@@ -10,34 +10,34 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from kit.spawn import script_command, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
-# always run by `bash scripts/test.sh` (CI).
+# always run by `bash scripts/test.sh full` (CI).
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> list[dict[str, object]]:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run(script_command(*args), capture_output=True, text=True,
+                          timeout=600, check=False, env=script_env())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def test_bench_push_runs_every_backend_and_mode(postgres_url: str) -> None:
-    rows = _run(str(ROOT / "scripts" / "bench_push.py"), "--commits", "4")
+    rows = _run("bench.push", "--commits", "4")
     assert {(r["backend"], r["mode"]) for r in rows} == {
         (b, m) for b in ("file", "sqlite", "redis", "postgres") for m in ("poll", "push")}
     assert all(r["missed"] == 0 for r in rows)
 
 
 def test_bench_postgres_loses_no_increment(postgres_url: str) -> None:
-    rows = _run(str(ROOT / "scripts" / "bench_postgres.py"), "--procs", "1,2",
+    rows = _run("bench.postgres", "--procs", "1,2",
                 "--per-proc", "10", "--reps", "1")
     assert {(r["impl"], r["procs"]) for r in rows} == {
         (i, p) for i in ("raw", "ours") for p in (1, 2)}
@@ -45,7 +45,7 @@ def test_bench_postgres_loses_no_increment(postgres_url: str) -> None:
 
 
 def test_bench_postgres_durable_stores_what_memory_holds(postgres_url: str) -> None:
-    rows = _run(str(ROOT / "scripts" / "bench_postgres.py"), "--durable", "--actions", "20",
+    rows = _run("bench.postgres", "--durable", "--actions", "20",
                 "--state", "10KB", "--users", "1,10")
     assert [r["users"] for r in rows] == [1, 10]
     assert all(r["stored_equals_memory"] and r["changes"] == 20 for r in rows)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from kit.spawn import script_command, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
-# always run by `bash scripts/test.sh` (CI).
+# always run by `bash scripts/test.sh full` (CI).
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +23,13 @@ BENCH = ROOT / "scripts" / "bench"
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run(script_command(*args), env=script_env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
 def test_smoke_run_covers_every_workload(tmp_path: Path, redis_url: str) -> None:
     out = tmp_path / "bench"
-    proc = _run(str(BENCH / "run.py"), "--smoke", "--out", str(out), "--redis-url", redis_url)
+    proc = _run("bench.run", "--smoke", "--out", str(out), "--redis-url", redis_url)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
@@ -54,7 +54,7 @@ def test_smoke_run_covers_every_workload(tmp_path: Path, redis_url: str) -> None
 
 
 def test_compaction_stall_script_runs(redis_url: str) -> None:
-    proc = _run(str(BENCH / "compaction_stall.py"), "--size", "10KB", "--writes", "2",
+    proc = _run("bench.compaction_stall", "--size", "10KB", "--writes", "2",
                 "--redis-url", redis_url, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3])
@@ -65,7 +65,7 @@ def test_compaction_stall_script_runs(redis_url: str) -> None:
 def test_durable_script_runs(tmp_path: Path, redis_url: str) -> None:
     """Issue 11's durable benchmark at smoke size: every cell runs, nothing is lost."""
     out = tmp_path / "durable"
-    proc = _run(str(BENCH / "durable.py"), "--smoke", "--out", str(out), "--redis-url",
+    proc = _run("bench.durable", "--smoke", "--out", str(out), "--redis-url",
                 redis_url, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
@@ -81,20 +81,20 @@ def test_durable_script_runs(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_arguments_are_checked_before_anything_runs(tmp_path: Path) -> None:
-    proc = _run(str(BENCH / "run.py"), "--sizes", "10KB,huge", "--dry-run", timeout=60)
+    proc = _run("bench.run", "--sizes", "10KB,huge", "--dry-run", timeout=60)
     assert proc.returncode != 0
     assert "huge" in proc.stderr
-    proc = _run(str(BENCH / "run.py"), "--workloads", "dispatch,nope", "--dry-run",
+    proc = _run("bench.run", "--workloads", "dispatch,nope", "--dry-run",
                 timeout=60)
     assert proc.returncode != 0
     assert "nope" in proc.stderr
-    proc = _run(str(BENCH / "run.py"), "--smoke", "--no-peer", "--dry-run", timeout=60)
+    proc = _run("bench.run", "--smoke", "--no-peer", "--dry-run", timeout=60)
     assert proc.returncode == 0
     assert "impls=['ours']" in proc.stdout
 
 
 def test_peer_check_reports_a_missing_venv(tmp_path: Path) -> None:
-    proc = _run(str(BENCH / "peer.py"), "--check", "--venv", str(tmp_path / "none"),
+    proc = _run("bench.peer", "--check", "--venv", str(tmp_path / "none"),
                 timeout=60)
     assert proc.returncode == 1
     assert "absent" in proc.stdout
@@ -102,10 +102,6 @@ def test_peer_check_reports_a_missing_venv(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", ["10KB", "1MB"])
 def test_state_builder_hits_the_requested_size(size: str) -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from common import build_application, json_size, size_bytes
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench.common import build_application, json_size, size_bytes
     got = json_size(build_application(size_bytes(size)))
     assert 0.9 * size_bytes(size) <= got <= 1.05 * size_bytes(size)

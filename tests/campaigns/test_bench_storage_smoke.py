@@ -1,26 +1,26 @@
-"""scripts/bench_storage.py runs at a tiny size and prints its table (issue 2)."""
+"""scripts/bench/storage.py runs at a tiny size and prints its table (issue 2)."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from kit.spawn import script_command, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
-# always run by `bash scripts/test.sh` (CI).
+# always run by `bash scripts/test.sh full` (CI).
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_storage.py"
 
 
 def test_bench_storage_quick(redis_url: str, tmp_path: Path) -> None:
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--redis-url", redis_url, "--dir",
-         str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+        [*script_command("bench.storage"), "--quick", "--redis-url", redis_url, "--dir",
+         str(tmp_path)], capture_output=True, text=True, timeout=60, check=False,
+        env=script_env())
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - start < 15
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]

@@ -9,7 +9,7 @@
 - Lock timeouts and stale locks: a real process holds the file lock, the SQLite write
   lock or the Redis lease, then is SIGKILLed: a typed error while it lives, recovery
   after its death, never a hang.
-- A Redis outage while a store keeps dispatching: ``scripts/fault_campaign.py`` at a
+- A Redis outage while a store keeps dispatching: ``scripts/campaigns/fault.py`` at a
   small size (a private redis-server, SIGKILLed and restarted on the same port).
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import pytest
+from kit.spawn import script_command, script_env
 
 from cascadeui._backends import AsyncBackend, FileStorageBackend
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
@@ -353,15 +354,15 @@ def test_stale_lock_file_from_dead_process(tmp_path: Path) -> None:
             assert state == {"ok": 1}
 
 
-# -- Redis outage (the full-size campaign is scripts/fault_campaign.py) --------------------
+# -- Redis outage (the full-size campaign is scripts/campaigns/fault.py) --------------------
 
 
 @pytest.mark.slow
 def test_redis_outage_campaign_small() -> None:
     out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "fault_campaign.py"), "--outage", "2.5",
+        [*script_command("campaigns.fault"), "--outage", "2.5",
          "--retry-max", "0.4", "--before", "0.3"],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True, text=True, timeout=120, check=False, env=script_env())
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     if summary["problems"]:
         pytest.fail(f"outage campaign problems: {summary['problems']}")

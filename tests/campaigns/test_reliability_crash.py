@@ -1,4 +1,4 @@
-"""SIGKILL campaign at a small size (issue 7, "Crashes"); full size: scripts/crash_campaign.py.
+"""SIGKILL campaign at a small size (issue 7, "Crashes"); full size: scripts/campaigns/crash.py.
 
 Real writer processes (the adapters directly, and a StateStore dispatching and flushing)
 are SIGKILLed at random moments for the JSON file and SQLite; for Redis a private
@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit.spawn import script_command, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
-# always run by `bash scripts/test.sh` (CI).
+# always run by `bash scripts/test.sh full` (CI).
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "crash_campaign.py"
 
 
 def run_campaign(*args: str, timeout: float = 240) -> tuple[int, list[dict[str, Any]], str]:
-    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
-                         text=True, timeout=timeout, check=False, cwd=REPO)
+    out = subprocess.run(script_command("campaigns.crash", *args), capture_output=True,
+                         text=True, timeout=timeout, check=False, env=script_env())
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return out.returncode, lines, out.stderr
 
@@ -74,7 +73,6 @@ def test_campaign_catches_a_writer_that_writes_in_place() -> None:
     assert rc == 1
 
 
-DURABLE_SCRIPT = REPO / "scripts" / "durable_campaign.py"
 
 
 def test_durable_users_lose_nothing_acknowledged_under_sigkill() -> None:
@@ -85,9 +83,9 @@ def test_durable_users_lose_nothing_acknowledged_under_sigkill() -> None:
     """
     kills = 2
     out = subprocess.run(
-        [sys.executable, str(DURABLE_SCRIPT), "--kills", str(kills), "--sizes", "10KB",
+        [*script_command("campaigns.durable"), "--kills", str(kills), "--sizes", "10KB",
          "--modes", "durable,default", "--max-run", "0.25"],
-        capture_output=True, text=True, timeout=240, check=False, cwd=REPO)
+        capture_output=True, text=True, timeout=240, check=False, env=script_env())
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     campaigns = [c for c in lines if not c.get("summary")]
     assert {(c["backend"], c["mode"]) for c in campaigns} == {

@@ -1,7 +1,7 @@
 """Restores that know about shards, and the fast default start (issue 14).
 
 Real discord.py bots (``AutoShardedBot`` and ``Client`` with ``shard_id``) against the
-local Discord API double; the multi-process case runs ``scripts/cluster_restore.py`` at a
+local Discord API double; the multi-process case runs ``scripts/campaigns/cluster_restore.py`` at a
 small size: real cluster processes restoring from one SQLite file (and one Redis key) at
 once under the double's global rate limit.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import discord
 import pytest
 from _panels import CounterPanel
 from discord.ext import commands
+from kit.spawn import script_command, script_env
 
 from cascadeui import setup_persistence
 from cascadeui._restore import RestoreSummary, panel_shard
@@ -30,7 +30,6 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "cluster_restore.py"
 
 
 
@@ -210,8 +209,8 @@ async def test_bad_shard_and_budget_arguments_are_refused(tmp_path: Path) -> Non
 
 
 def run_clusters(*args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(script_command("campaigns.cluster_restore", *args), capture_output=True,
+                          text=True, timeout=300, check=False, env=script_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].endswith("0 duplicate fetches, 0 lost entries, 0 HTTP 429"), lines[-1]

@@ -5,7 +5,7 @@
 - Every adapter in ``cascadeui.adapters`` is an entry of ``_registry.BACKENDS``, so the
   conformance class (``test_conformance.py``) and every suite whose traits apply run on it.
 - Scripts run at a tiny size (benchmark smoke, campaigns) are marked ``slow``: skipped by
-  ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh`` (CI).
+  ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh full`` (CI).
 - The no-blocking guard (``conftest.no_blocking_on_loop``) is on for every module; only
   the modules listed here opt a whole module out, each with its reason.
 """

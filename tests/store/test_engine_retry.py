@@ -1,6 +1,6 @@
 """A storage failure in the middle of a merge round must not desynchronise the engine.
 
-Found by ``scripts/partition_campaign.py`` (a PostgreSQL host behind a 50 ms link): a
+Found by ``scripts/campaigns/partition.py`` (a PostgreSQL host behind a 50 ms link): a
 store's compare-and-set missed (another host had committed), it loaded the other host's
 commits, and its retried write then failed with the connection. The engine had already
 taken the other host's version but kept its own older document as the base, so its next

@@ -8,7 +8,7 @@ and PostgreSQL.
 - A process SIGKILLed while it holds the lock: the others go on within the lock timeout.
 
 Sizes: ``CASCADEUI_MP_PROCS`` (8) and ``CASCADEUI_MP_N`` (40 per process in the suite;
-``CASCADEUI_MP_N=250`` is the issue's full size, also run by scripts/bench_multiprocess.py).
+``CASCADEUI_MP_N=250`` is the issue's full size, also run by scripts/bench/multiprocess.py).
 """
 
 from __future__ import annotations
@@ -117,8 +117,10 @@ def test_running_store_and_script_keep_both_and_store_hears(
 def test_two_stores_on_one_redis_lose_nothing(redis_url: str, redis_key: str,
                                               tmp_path: Path) -> None:
     outs = [tmp_path / "a.json", tmp_path / "b.json"]
-    with started("store", "redis", redis_url, redis_key, "a", "2.5", str(outs[0])) as a, \
-            started("store", "redis", redis_url, redis_key, "b", "2.5", str(outs[1])) as b:
+    # b starts only once a is ready, and a loaded machine takes seconds to start a process:
+    # a writes for 8 s and b for 3 s, so b's whole run falls inside a's and each hears the other.
+    with started("store", "redis", redis_url, redis_key, "a", "8.0", str(outs[0])) as a, \
+            started("store", "redis", redis_url, redis_key, "b", "3.0", str(outs[1])) as b:
         finished(a)
         finished(b)
     reports = [json.loads(out.read_text()) for out in outs]

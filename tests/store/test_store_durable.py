@@ -14,13 +14,13 @@ import anyio.to_thread
 import pytest
 from _helpers import open_adapter, started_redis_server
 from _panels import CounterPanel
+from kit.redis_server import RedisServer
 
 from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.errors import DurabilityTimeoutError, SerializationError, StorageUnavailableError
 from cascadeui.serializer import SnapshotEncoder
 from cascadeui.store import StateStore
-from cascadeui.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 KINDS = ["file", "sqlite", "redis"]

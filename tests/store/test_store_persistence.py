@@ -18,6 +18,7 @@ import anyio.to_thread
 import pytest
 from _helpers import started_redis_server
 from _registry import kinds, target
+from kit.redis_server import RedisServer
 
 from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
 from cascadeui._engine import Timing
@@ -32,7 +33,6 @@ from cascadeui.errors import (
 )
 from cascadeui.persistence import backend_from_url
 from cascadeui.store import Action, State, StateStore
-from cascadeui.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 T = TypeVar("T")

@@ -6,8 +6,8 @@ redis-py WATCH/MULTI increments, a ``flock``-locked read-modify-write of a JSON 
 Every run checks that the final counter equals processes x increments. It is the ``mp``
 workload of the benchmark suite (``scripts/bench/w_mp.py``), run without the peer::
 
-    .venv/bin/python scripts/bench_multiprocess.py                 # 1,2,4,8 procs x 200
-    .venv/bin/python scripts/bench_multiprocess.py --per-proc 50 --procs 1,2
+    python -m bench.multiprocess                 # 1,2,4,8 procs x 200
+    python -m bench.multiprocess --per-proc 50 --procs 1,2
 
 Extra arguments go to ``scripts/bench/run.py``; the table is in its summary.md.
 """
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RUN = Path(__file__).resolve().parent / "bench" / "run.py"
+RUN = Path(__file__).resolve().parent / "run.py"
 
 
 def main(argv: list[str]) -> int:

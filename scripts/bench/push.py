@@ -11,8 +11,8 @@ to the receiver's ``STATE_RELOADED`` (one host, one clock). Modes: ``poll`` (``p
 the version is polled every 0.5 s, as before) and ``push`` (announcements: PostgreSQL
 NOTIFY, Redis PUBLISH, a stat watch of the JSON file / SQLite database; polling stays on).
 
-    .venv/bin/python scripts/bench_push.py                   # 200 commits per run
-    .venv/bin/python scripts/bench_push.py --commits 20 --backends redis,postgres
+    python -m bench.push                   # 200 commits per run
+    python -m bench.push --commits 20 --backends redis,postgres
 
 Redis: a private redis-server; PostgreSQL: a scratch database on
 ``CASCADEUI_TEST_POSTGRES_URL``, 127.0.0.1:5432 or a private server. Prints one JSON line
@@ -35,6 +35,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from kit.spawn import script_command, script_env
 
 BACKENDS = ("file", "sqlite", "redis", "postgres")
 MODES = ("poll", "push")
@@ -86,7 +88,7 @@ def one_run(kind: str, where: str, key: str, mode: str, commits: int,
     with adapter(kind, where, key) as store:
         store.save({"application": {}, "persistent_views": {}})
     receiver = subprocess.Popen(
-        [sys.executable, __file__, "--receive", kind, where, key, mode],
+        script_command("bench.push", "--receive", kind, where, key, mode), env=script_env(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert receiver.stdin is not None
     assert receiver.stdout is not None
@@ -126,12 +128,12 @@ def target(kind: str, workdir: Path) -> Iterator[tuple[str, str]]:
     elif kind == "sqlite":
         yield str(workdir / "state.db"), ""
     elif kind == "redis":
-        from cascadeui.testing.redis_server import RedisServer
+        from kit.redis_server import RedisServer
 
         with RedisServer() as server:
             yield server.url, "bench:push"
     else:
-        from cascadeui.testing.postgres_server import (
+        from kit.postgres_server import (
             DEFAULT_URL,
             PostgresServer,
             find_binaries,

@@ -24,11 +24,11 @@ round costs no interpreter start. Also checked: the loaded state names no change
 never attempted, and the padding records are intact. One JSON line per campaign, then a
 summary. Full size (docs/reliability.md)::
 
-    .venv/bin/python scripts/durable_campaign.py --kills 200 --sizes 10KB,1MB
+    python -m campaigns.durable --kills 200 --sizes 10KB,1MB
 
-Small size (tests/test_reliability_crash.py)::
+Small size (tests/campaigns/test_reliability_crash.py)::
 
-    .venv/bin/python scripts/durable_campaign.py --kills 3 --sizes 10KB --modes durable,default
+    python -m campaigns.durable --kills 3 --sizes 10KB --modes durable,default
 """
 
 from __future__ import annotations
@@ -50,10 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "bench"))
-
-from common import build_application, size_bytes  # noqa: E402  (stdlib only)
+from bench.common import build_application, size_bytes  # stdlib only: runs in the peer too
+from kit.spawn import script_command, script_env
 
 BACKENDS = ("json", "sqlite", "redis")
 MODES = ("durable", "default", "peer")
@@ -292,9 +290,10 @@ class Zygote:
     """A zygote process in ``python``, in ``cwd``."""
 
     def __init__(self, python: str, cwd: Path) -> None:
-        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--zygote"],
+        self.proc = subprocess.Popen(script_command("campaigns.durable", "--zygote",
+                                                    python=python),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     cwd=cwd, bufsize=0)
+                                     cwd=cwd, env=script_env(), bufsize=0)
         if self.proc.stdout is None or self.proc.stdin is None:
             raise RuntimeError("no pipes to the zygote")
         self.out, self.inp = self.proc.stdout, self.proc.stdin
@@ -402,7 +401,7 @@ def play(zyg: Zygote, cfg: dict[str, Any], run_for: float | None,
 
 def campaign(backend: str, size: str, mode: str, args: argparse.Namespace,
              rnd: random.Random, workdir: Path, zyg: Zygote) -> dict[str, Any]:
-    from cascadeui.testing.redis_server import RedisServer, find_server_binary
+    from kit.redis_server import RedisServer, find_server_binary
 
     started = time.monotonic()
     redis: RedisServer | None = None

@@ -35,15 +35,15 @@ started again. Without the binaries, a scratch database on
 
 Full size (the numbers in docs/reliability.md)::
 
-    .venv/bin/python scripts/crash_campaign.py --kills 200
+    python -m campaigns.crash --kills 200
 
-Small size (what tests/test_reliability_crash.py runs)::
+Small size (what tests/campaigns/test_reliability_crash.py runs)::
 
-    .venv/bin/python scripts/crash_campaign.py --kills 6 --size 8000
+    python -m campaigns.crash --kills 6 --size 8000
 
 PostgreSQL::
 
-    .venv/bin/python scripts/crash_campaign.py --kills 60 --backends postgres
+    python -m campaigns.crash --kills 60 --backends postgres
 """
 
 from __future__ import annotations
@@ -66,16 +66,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fault_campaign import durable_redis
+from kit.redis_server import RedisServer, durable_redis
 
 from cascadeui._backends import AsyncBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
 from cascadeui.errors import PersistenceError
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
-from cascadeui.testing.redis_server import RedisServer
 
 BACKENDS = ("file", "sqlite", "redis")
 SABOTAGE = ""  # --sabotage: a deliberately broken file writer (self-test of the campaign)
@@ -297,7 +294,7 @@ def spawn(backend: str, mode: str, where: str, key: str, size: int) -> tuple[int
 @contextlib.contextmanager
 def postgres_target() -> Iterator[tuple[Any, str]]:
     """(a private server or None, the URL of a scratch database on it), cleaned up after."""
-    from cascadeui.testing.postgres_server import (
+    from kit.postgres_server import (
         DEFAULT_URL,
         PostgresServer,
         find_binaries,

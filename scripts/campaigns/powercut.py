@@ -2,7 +2,7 @@
 """Power-cut campaign (issue 16): what was acknowledged survives losing every unsynced write.
 
 For each backend (the JSON file adapter, SQLite), a writer process runs under ``strace``
-(:mod:`cascadeui.testing.powercut`) and commits generation after generation through the
+(:mod:`kit.powercut`) and commits generation after generation through the
 adapter's whole protocol: journal appends (``save_changes``), compactions (the journal
 budget is lowered so one comes every few appends), full saves with ``.bak`` rotation,
 ``transaction()``, ``save_if_version``, and closing and reopening the store (a new store
@@ -23,11 +23,11 @@ directory and loaded with a fresh adapter. Each state must:
 
 Full size (the numbers in docs/reliability.md)::
 
-    .venv-test/bin/python scripts/powercut_campaign.py --cuts 1000
+    python -m campaigns.powercut --cuts 1000
 
-Small size (what tests/test_powercut.py runs)::
+Small size (what tests/campaigns/test_powercut.py runs)::
 
-    .venv-test/bin/python scripts/powercut_campaign.py --cuts 40 --gens 12
+    python -m campaigns.powercut --cuts 40 --gens 12
 
 The last line is ``N cuts, M crash states, K acknowledged changes, L lost``; the line
 before it is a JSON summary. Exit status 1 if anything was lost or a check failed.
@@ -48,16 +48,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cascadeui._merge import diff
-from cascadeui.errors import PersistenceError
-from cascadeui.serializer import StateSerializer
-from cascadeui.testing.powercut import (
+from kit.generations import expected, generation
+from kit.powercut import (
     CrashState,
     crash_states,
     materialise,
     parse_trace,
     record,
 )
+from kit.spawn import script_command, script_env
+
+from cascadeui._merge import diff
+from cascadeui.errors import PersistenceError
+from cascadeui.serializer import StateSerializer
 
 BACKENDS = ("file", "sqlite")
 NAMES = {"file": "state.json", "sqlite": "state.db"}
@@ -66,31 +69,6 @@ JOURNAL_BUDGET = 1500
 
 
 # -- the states written ---------------------------------------------------------------------
-
-
-def expected(g: int) -> dict[str, Any]:
-    """Generation ``g``: every field derives from ``g``, so a mixed state cannot pass."""
-    if g == 0:
-        return {}
-    app: dict[str, Any] = {"gen": g, "pad": f"{g // 4:04d}" * 80}
-    for k in range(5):  # slot k holds the last generation <= g that is k mod 5
-        last = g - ((g - k) % 5)
-        if last > 0:
-            app[f"slot{k}"] = last
-    if g % 3 == 0:
-        app["every_third"] = {"g": g, "set": {g, g + 1}}
-    return {"application": app}
-
-
-def generation(state: dict[str, Any]) -> int | None:
-    """The generation ``state`` is exactly, or None when it is none of them."""
-    if state == {}:
-        return 0
-    try:
-        g = state["application"]["gen"]
-    except (KeyError, TypeError):
-        return None
-    return g if isinstance(g, int) and state == expected(g) else None
 
 
 def store_generation(state: dict[str, Any]) -> int | None:
@@ -346,12 +324,12 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
     root = work / f"{backend}-{seed}"
     root.mkdir()
     trace = work / f"{backend}-{seed}.trace"
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", backend,
-            "--root", str(root), "--gens", str(gens), "--seed", str(seed)]
+    argv = script_command("campaigns.powercut", "--worker", backend,
+                          "--root", str(root), "--gens", str(gens), "--seed", str(seed))
     if sabotage:
         argv += ["--sabotage", sabotage]
     argv += ["--mode", mode]
-    out = record(argv, trace)
+    out = record(argv, trace, env=script_env())
     if out.returncode != 0:
         raise SystemExit(f"writer failed: {out.stderr.decode()[-2000:]}")
     ops = parse_trace(trace.read_text(), root)

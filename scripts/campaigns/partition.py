@@ -2,7 +2,7 @@
 
 Each host is a Linux network namespace (``ip netns``) joined to this one by a veth pair;
 its bot process reaches the servers (a private Redis, a scratch PostgreSQL database, both
-on this namespace's loopback) through a :class:`~cascadeui.testing.tcp_proxy.TcpProxy`
+on this namespace's loopback) through a :class:`~kit.tcp_proxy.TcpProxy`
 listening on this side of its veth. Every host runs a real ``StateStore`` with users that
 make durable changes (``dispatch(..., durable=True)``) at a steady rate, plus non-durable
 ones, each logged with its outcome.
@@ -23,10 +23,10 @@ convergence are reported. Needs root (namespaces); everything it creates is remo
 
 Full size::
 
-    sudo python scripts/partition_campaign.py --hosts 3 --partition 30 --backends redis,postgres
-    sudo python scripts/partition_campaign.py --mode latency --latency 0.05 --drop-every 2
+    sudo python -m campaigns.partition --hosts 3 --partition 30 --backends redis,postgres
+    sudo python -m campaigns.partition --mode latency --latency 0.05 --drop-every 2
 
-The suite runs both modes small (``tests/test_partitions.py``). The last line is
+The suite runs both modes small (``tests/campaigns/test_partitions.py``). The last line is
 ``H hosts, B backends: A acknowledged, L lost, F failed visibly, N non-durable kept, M
 missing, converged in C s``.
 """
@@ -46,6 +46,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from kit.spawn import script_command, script_env
 
 DEFAULT_PG = os.environ.get("CASCADEUI_TEST_POSTGRES_URL",
                             "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -190,14 +192,14 @@ def _server(kind: str, redis_url: str | None) -> Iterator[tuple[str, int, str]]:
             port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
             yield "127.0.0.1", port, f"redis://{{host}}:{{port}}/0?key=cui:part:{os.getpid()}"
             return
-        from cascadeui.testing.redis_server import RedisServer
+        from kit.redis_server import RedisServer
 
         with RedisServer() as server:
             yield "127.0.0.1", server.port, "redis://{host}:{port}/0?key=cui:part"
         return
     from urllib.parse import urlsplit
 
-    from cascadeui.testing.postgres_server import scratch_database
+    from kit.postgres_server import scratch_database
 
     with scratch_database(DEFAULT_PG, prefix="cascadeui_part_") as url:
         parts = urlsplit(url)
@@ -208,8 +210,9 @@ def _server(kind: str, redis_url: str | None) -> Iterator[tuple[str, int, str]]:
 
 def _run_backend(args: argparse.Namespace, kind: str, hosts: Hosts,
                  workdir: Path) -> dict[str, Any]:
+    from kit.tcp_proxy import TcpProxy
+
     from cascadeui.persistence import backend_from_url
-    from cascadeui.testing.tcp_proxy import TcpProxy
 
     with _server(kind, args.redis_url) as (shost, sport, template), \
             contextlib.ExitStack() as stack:
@@ -225,8 +228,9 @@ def _run_backend(args: argparse.Namespace, kind: str, hosts: Hosts,
             spec_path = workdir / f"{kind}-h{k}.json"
             spec_path.write_text(json.dumps(spec))
             procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__),
-                 "--host", str(spec_path)], stdin=subprocess.PIPE, text=True))
+                ["ip", "netns", "exec", ns,
+                 *script_command("campaigns.partition", "--host", str(spec_path))],
+                stdin=subprocess.PIPE, text=True, env=script_env()))
             logs.append(log)
         try:
             _wait_ready(logs, procs, 60)

@@ -13,7 +13,7 @@ Discord requests made until then, requests made in all, seconds until the messag
 end (unpaced against the double: with Discord's limit, ``N / 45`` seconds more), and that a
 click on the last message is answered with its data.
 
-    .venv-test/bin/python scripts/bench_panel_kinds.py --panels 10000 --runs 3
+    python -m bench.panel_kinds --panels 10000 --runs 3
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ temp dir, a free port; never the shared 6379), for each ``appendfsync`` mode:
   own buffering (everysec may postpone the AOF ``write()`` while a background fsync is
   slow).
 - ``power``: the server and the writer run under ``strace``
-  (:mod:`cascadeui.testing.powercut`); at each sampled cut, every crash state of the AOF
+  (:mod:`kit.powercut`); at each sampled cut, every crash state of the AOF
   directory that POSIX allows (unsynced writes dropped, ...) is copied to a fresh
   directory, a server is started on it, and the state loaded. This measures what reaches
   the disk: everysec fsyncs once a second from a background thread.
@@ -19,7 +19,7 @@ temp dir, a free port; never the shared 6379), for each ``appendfsync`` mode:
 Both count *acknowledged-then-lost* commits: ``save_changes`` returned for generation
 ``a``, and after the crash the state is an older generation.
 
-    .venv-test/bin/python scripts/redis_aof_campaign.py --kills 20 --cuts 40
+    python -m campaigns.redis_aof --kills 20 --cuts 40
 
 The last line is ``<mode>: ...`` per mode; exit status 0 (this measures, it does not judge).
 """
@@ -38,15 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from powercut_campaign import expected, generation
+from kit.generations import expected, generation
+from kit.powercut import crash_states, materialise, parse_trace, record
+from kit.redis_server import RedisServer, find_server_binary, free_port
+from kit.spawn import script_command, script_env
 
 from cascadeui._merge import diff
 from cascadeui.errors import PersistenceError
 from cascadeui.serializer import StateSerializer
-from cascadeui.testing.powercut import crash_states, materialise, parse_trace, record
-from cascadeui.testing.redis_server import RedisServer, find_server_binary, free_port
 
 MODES = ("always", "everysec")
 KEY = "cascadeui:aof"
@@ -174,9 +173,9 @@ def power_campaign(mode: str, cuts: int, seconds: float, seed: int, limit: int,
     root = work / f"power-{mode}-{predir}"
     root.mkdir()
     trace = work / f"power-{mode}.trace"
-    argv = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--root", str(root),
-            "--seconds", str(seconds)] + (["--predir"] if predir else [])
-    out = record(argv, trace)
+    argv = script_command("campaigns.redis_aof", "--worker", mode, "--root", str(root),
+                          "--seconds", str(seconds), *(["--predir"] if predir else []))
+    out = record(argv, trace, env=script_env())
     if out.returncode != 0:
         raise SystemExit(f"worker failed: {out.stderr.decode()[-2000:]}")
     ops = parse_trace(trace.read_text(), root)  # redis-server chdirs into root

@@ -2,7 +2,7 @@
 
 For tests and campaigns of :class:`~cascadeui.adapters.RedisStore` with a client the user
 built (``RedisCluster(...)``, ``Sentinel(...).master_for(...)``). Each node is a
-:class:`~cascadeui.testing.redis_server.RedisServer` (a private process on a free port);
+:class:`~kit.redis_server.RedisServer` (a private process on a free port);
 the cluster is formed with ``CLUSTER MEET``/``CLUSTER ADDSLOTSRANGE`` through redis-py, so
 ``redis-cli`` is not needed::
 

