@@ -23,6 +23,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
@@ -32,6 +33,8 @@ import anyio.to_thread
 
 from cascadeui._merge import diff
 from cascadeui.adapters import (
+    BackupStore,
+    DescribedStore,
     FileStore,
     JournaledStore,
     MemoryStore,
@@ -47,13 +50,17 @@ from cascadeui.serializer import SnapshotEncoder, StateSerializer
 
 __all__ = [
     "AsyncBackend",
+    "Capabilities",
     "FileStorageBackend",
     "MemoryBackend",
     "PostgresBackend",
     "RedisBackend",
     "SQLiteBackend",
     "StorageBackend",
+    "aclose_backend",
     "as_backend",
+    "is_adapter",
+    "location_of",
     "save_or_log",
 ]
 
@@ -74,6 +81,80 @@ class StorageBackend(Protocol):
     async def load_state(self) -> dict[str, Any]:
         """Return the saved state, an empty dict when nothing was saved."""
         ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a synchronous adapter offers beyond ``load``/``save``, worked out once.
+
+    The engine, the readers and the migrations ask this value (``backend.capabilities``,
+    or :meth:`of` for a bare adapter) instead of probing the adapter's attributes.
+    """
+
+    #: ``load_versioned()`` / ``save_if_version()``: compare-and-set writes.
+    versioned: bool = False
+    #: ``save_changes()`` / ``load_changes()``: a change journal (with versions only).
+    journaled: bool = False
+    #: ``load_checked(since)``: tells a medium that lost data from another writer's commit
+    #: (with versions only).
+    load_checked: bool = False
+    #: ``version()``: a cheap change counter.
+    counter: bool = False
+    #: ``transaction()``: an atomic read-modify-write.
+    transaction: bool = False
+    #: ``listener(notify)``: hears the commits other processes announce.
+    listener: bool = False
+    #: ``list_backups()`` / ``read_backup()``.
+    backups: bool = False
+    #: ``exists()`` / ``describe()`` / ``check()``.
+    described: bool = False
+    #: ``companion(tag)``: another store on the same medium (migration backups).
+    companion: bool = False
+    #: ``close()``.
+    closable: bool = False
+    #: The backend's short name (``"redis"``), else the adapter's class name.
+    kind: str = ""
+
+    @classmethod
+    def of(cls, adapter: object) -> Capabilities:
+        """Work out what ``adapter`` offers (the one place that probes an adapter)."""
+
+        def has(name: str) -> bool:
+            return callable(getattr(adapter, name, None))
+
+        versioned = isinstance(adapter, VersionedStore)
+        return cls(versioned=versioned,
+                   journaled=versioned and isinstance(adapter, JournaledStore),
+                   load_checked=versioned and has("load_checked"),
+                   counter=has("version"),
+                   transaction=isinstance(adapter, TransactionalStore),
+                   listener=has("listener"),
+                   backups=isinstance(adapter, BackupStore),
+                   described=isinstance(adapter, DescribedStore),
+                   companion=has("companion"),
+                   closable=has("close"),
+                   kind=str(getattr(adapter, "kind", None) or type(adapter).__name__))
+
+
+def is_adapter(obj: object) -> bool:
+    """``obj`` is a synchronous adapter: it has ``load()`` and ``save(state)``."""
+    return callable(getattr(obj, "load", None)) and callable(getattr(obj, "save", None))
+
+
+def location_of(target: object, default: str | None = None) -> str:
+    """Where a backend or an adapter keeps its state, password-free: its ``location``,
+    else ``default``, else its class name."""
+    found = getattr(target, "location", None)
+    if found is not None:
+        return str(found)
+    return default if default is not None else type(target).__name__
+
+
+async def aclose_backend(backend: object) -> None:
+    """Close ``backend`` if it can be closed (a custom backend may have no ``aclose()``)."""
+    close = getattr(backend, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -113,19 +194,15 @@ class AsyncBackend(Generic[S]):
 
     def __init__(self, store: S) -> None:
         self.store: S = store
-        # Optional capabilities, detected once here rather than probed on every call
-        # (a runtime protocol check walks every member).
-        self._versioned: VersionedStore | None = (
-            store if isinstance(store, VersionedStore) else None)
-        self._journal: JournaledStore | None = (
-            store if isinstance(store, JournaledStore) and self._versioned is not None
-            else None)
-        self._transactional = isinstance(store, TransactionalStore)
-        probe: Callable[[], int] | None = getattr(store, "version", None)
-        self._version: Callable[[], int] | None = probe if callable(probe) else None
-        checked: Callable[[int], tuple[dict[str, Any], int, str | None]] | None = getattr(
-            store, "load_checked", None)
-        self._checked = checked if callable(checked) and self._versioned is not None else None
+        #: What the adapter offers, detected once here rather than probed on every call
+        #: (a runtime protocol check walks every member).
+        self.capabilities: Capabilities = Capabilities.of(store)
+        caps, any_store = self.capabilities, cast(Any, store)
+        self._versioned: VersionedStore | None = any_store if caps.versioned else None
+        self._journal: JournaledStore | None = any_store if caps.journaled else None
+        self._version: Callable[[], int] | None = any_store.version if caps.counter else None
+        self._checked: Callable[[int], tuple[dict[str, Any], int, str | None]] | None = (
+            any_store.load_checked if caps.load_checked else None)
 
     @property
     def versioned(self) -> bool:
@@ -145,7 +222,7 @@ class AsyncBackend(Generic[S]):
     @property
     def location(self) -> str:
         """Where the state lives (password-free)."""
-        return str(getattr(self.store, "location", type(self.store).__name__))
+        return location_of(self.store)
 
     async def save_state(self, state: Mapping[str, Any]) -> bool:
         """Write ``state``; True on success, False (logged) when the medium failed.
@@ -171,7 +248,7 @@ class AsyncBackend(Generic[S]):
         lock and connection belong to that thread) while the body runs on the event loop.
         Nothing is written if the body raises.
         """
-        if not self._transactional:
+        if not self.capabilities.transaction:
             raise TypeError(f"{type(self.store).__name__} has no transaction()")
         commands: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         replies: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -313,9 +390,8 @@ class AsyncBackend(Generic[S]):
 
     async def aclose(self) -> None:
         """Release the adapter's connections and handles; idempotent."""
-        close = getattr(self.store, "close", None)
-        if callable(close):
-            await _in_thread(close)
+        if self.capabilities.closable:
+            await _in_thread(self.store.close)
 
     async def __aenter__(self) -> AsyncBackend[S]:
         return self
@@ -434,7 +510,7 @@ def as_backend(obj: object) -> StorageBackend:
     """
     if isinstance(obj, StorageBackend):
         return obj
-    if callable(getattr(obj, "load", None)) and callable(getattr(obj, "save", None)):
+    if is_adapter(obj):
         # A plain adapter may have only load/save: transaction()/version() then raise
         # TypeError and aclose() does nothing (see AsyncBackend).
         return AsyncBackend(cast(SyncStore, obj))

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from . import _shutdown
-from ._backends import AsyncBackend, StorageBackend
+from ._backends import AsyncBackend, StorageBackend, location_of
 from ._persist_state import (
     MISSING,
     EngineCore,
@@ -96,11 +96,6 @@ def versioned_backend(backend: StorageBackend) -> AsyncBackend[Any] | None:
     return backend
 
 
-def location_of(backend: StorageBackend) -> str:
-    """Where ``backend`` keeps the state (password-free), for messages."""
-    return str(getattr(backend, "location", backend))
-
-
 async def load_persisted(backend: StorageBackend) -> tuple[dict[str, Any], int | None, bool]:
     """Load what ``backend`` holds: its persisted slices, their version, and whether the
     stored document holds other keys too (then the next write must be whole to drop them).
@@ -113,7 +108,7 @@ async def load_persisted(backend: StorageBackend) -> tuple[dict[str, Any], int |
         loaded, version = await versioned.load_versioned()
     else:
         loaded = await backend.load_state()
-    stored = persisted_part(loaded, location_of(backend))
+    stored = persisted_part(loaded, location_of(backend, str(backend)))
     return stored, version, len(stored) != len(loaded)
 
 
@@ -121,9 +116,8 @@ def same_backend(a: StorageBackend, b: StorageBackend) -> bool:
     """The same object, or the same built-in backend class on the same location."""
     if a is b:
         return True
-    location = getattr(a, "location", None)
-    return type(a) is type(b) and location is not None and location == getattr(
-        b, "location", None)
+    where = location_of(a, "")
+    return type(a) is type(b) and where != "" and where == location_of(b, "")
 
 
 class Engine:
@@ -148,7 +142,7 @@ class Engine:
                 serializer is not None and type(serializer) is StateSerializer) else None
             ledger = Ledger(journaled=self.cas is not None and self.cas.journaled,
                             saved_generation=store.generation, encoder=encoder)
-            core = EngineCore(ledger, backend, location_of(backend))
+            core = EngineCore(ledger, backend, location_of(backend, str(backend)))
         self.core: EngineCore = core
         #: One timer for all durable deadlines, at the oldest pending one: a timer (and a
         #: shielded wait_for) per dispatch cost a quarter of a durable change's CPU and

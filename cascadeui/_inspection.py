@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+from cascadeui._backends import location_of
 from cascadeui._targets import redacted, resolve
 from cascadeui.actions import SCHEMA_KEY
 from cascadeui.adapters import BackupInfo, DescribedStore
@@ -546,7 +547,7 @@ def inspect(target: Any) -> Snapshot:
         if adapter is None:  # a custom async backend: read on cascadeui's private loop
             from cascadeui.sync import load_state
 
-            where = str(getattr(target, "location", type(target).__name__))
+            where = location_of(target)
             return Snapshot(load_state(resolved.backend), backend=type(target).__name__,
                             location=redacted(where), taken_at=taken)
         return _snapshot_of(adapter, adapter.load(), taken)
@@ -558,7 +559,7 @@ def inspect(target: Any) -> Snapshot:
 def _snapshot_of(adapter: Any, state: dict[str, Any], taken: datetime) -> Snapshot:
     """The snapshot of a loaded state, with what the adapter says about its medium."""
     if not isinstance(adapter, DescribedStore):  # a custom sync adapter
-        location = str(getattr(adapter, "location", type(adapter).__name__))
+        location = location_of(adapter)
         return Snapshot(state, backend=type(adapter).__name__, location=redacted(location),
                         taken_at=taken)
     info = adapter.describe()  # after the load: it says which copy the load read

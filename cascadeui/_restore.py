@@ -51,7 +51,7 @@ from typing import Any, Literal, cast
 import anyio.to_thread
 import discord
 
-from ._backends import FileStorageBackend, StorageBackend
+from ._backends import FileStorageBackend, StorageBackend, aclose_backend, location_of
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
 from ._kinds import EntryPanel, class_and_kind, kind_of, registered
@@ -370,14 +370,12 @@ async def _enable(store: StateStore, backend: StorageBackend, *, owned: bool,
                                        strict_version=strict_version)
         return
     if current is not backend:
-        where = getattr(backend, "location", repr(backend))
-        if where != getattr(current, "location", repr(current)):
+        where = location_of(backend, repr(backend))
+        if where != location_of(current, repr(current)):
             log.warning("persistence is already enabled on %r; ignoring %s (close the "
                         "store first to switch backends)", current, where)
         if owned:
-            aclose = getattr(backend, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_backend(backend)
 
 
 def _chain_close(bot: discord.Client, store: StateStore,
@@ -403,9 +401,7 @@ def _chain_close(bot: discord.Client, store: StateStore,
             await original()
         finally:
             await store.close()
-            aclose = getattr(owned_backend, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_backend(owned_backend)
 
     bot.close = close  # type: ignore[method-assign]
 

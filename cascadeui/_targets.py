@@ -27,6 +27,8 @@ from ._backends import (
     SQLiteBackend,
     StorageBackend,
     as_backend,
+    is_adapter,
+    location_of,
 )
 from .adapters import DescribedStore, SyncStore, redact_url
 from .errors import ConfigurationError, StateNotFoundError
@@ -170,7 +172,7 @@ def resolve(target: Any, *, existing: bool = False, tools: bool = True) -> Resol
         return Resolved(adapter, backend, True)
     if isinstance(target, AsyncBackend):
         return Resolved(target.store, target, False)
-    if callable(getattr(target, "load", None)) and callable(getattr(target, "save", None)):
+    if is_adapter(target):
         return Resolved(cast(SyncStore, target), as_backend(target), False)
     if isinstance(target, StorageBackend):
         return Resolved(None, target, False)
@@ -185,7 +187,7 @@ def require_state(adapter: object) -> None:
     :raises StateCorruptedError: the medium belongs to something else (a foreign database).
     """
     if isinstance(adapter, DescribedStore) and not adapter.exists():
-        where = str(getattr(adapter, "location", type(adapter).__name__))
+        where = location_of(adapter)
         raise StateNotFoundError(f"{where}: no state stored here", location=where)
 
 

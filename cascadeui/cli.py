@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from cascadeui import sync
+from cascadeui._backends import Capabilities
 from cascadeui._entries import entry_problem
 from cascadeui._inspection import (
     _human_bytes,
@@ -390,7 +391,7 @@ class _ProgressBar:
 
 
 def _kind(adapter: object) -> str:
-    return str(getattr(adapter, "kind", None) or type(adapter).__name__)
+    return Capabilities.of(adapter).kind
 
 
 def cmd_backups(args: argparse.Namespace) -> int:

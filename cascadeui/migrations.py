@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ._backends import AsyncBackend, Capabilities, location_of
 from ._merge import DELETED, diff
 from .actions import SCHEMA_KEY
 from .adapters import SyncStore
@@ -185,9 +186,9 @@ def backup_store(adapter: SyncStore, from_version: int) -> SyncStore | None:
     SQLite or PostgreSQL database, the key ``<key>:v<N>:backup`` on the same Redis; ``N``
     is the version the document had. Other adapters keep no backup (a WARNING says so).
     """
-    companion = getattr(adapter, "companion", None)  # BaseStore.companion; adapters/ knows where
-    store = companion(f"v{from_version}") if callable(companion) else None
-    return cast("SyncStore | None", store)
+    if not Capabilities.of(adapter).companion:  # BaseStore.companion; adapters/ knows where
+        return None
+    return cast("SyncStore | None", cast(Any, adapter).companion(f"v{from_version}"))
 
 
 def plan_migration(adapter: SyncStore, version: int,
@@ -249,7 +250,7 @@ def _keep_backup(adapter: SyncStore, document: dict[str, Any], start: int, *,
                     "(%s has no backup location)", _location(adapter), start,
                     type(adapter).__name__)
         return None
-    where = str(getattr(backup, "location", backup))
+    where = location_of(backup, str(backup))
     try:
         if first:
             held = backup.load()
@@ -303,7 +304,7 @@ def _commit(adapter: SyncStore, before: dict[str, Any], version: int,
 
 
 def _location(adapter: object) -> str:
-    return str(getattr(adapter, "location", type(adapter).__name__))
+    return location_of(adapter)
 
 
 async def migrate_backend(backend: object, version: int,
@@ -319,13 +320,11 @@ async def migrate_backend(backend: object, version: int,
     """
     import anyio.to_thread
 
-    from ._backends import AsyncBackend
     from .errors import StorageUnavailableError
 
     steps = dict(migrations or {})
     check_migrations(version, steps)
-    if isinstance(backend, AsyncBackend) and callable(
-            getattr(backend.store, "transaction", None)):
+    if isinstance(backend, AsyncBackend) and backend.capabilities.transaction:
         adapter: SyncStore = backend.store
         return await anyio.to_thread.run_sync(migrate_adapter, adapter, version, steps)
     location = _location(backend)

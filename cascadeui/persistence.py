@@ -23,6 +23,7 @@ from ._backends import (
     SQLiteBackend,
     StorageBackend,
     as_backend,
+    location_of,
 )
 from ._targets import backend_for
 from .errors import (
@@ -127,7 +128,7 @@ async def copy_state(src: StorageBackend, dst: StorageBackend, *,
 
 
 def _where(backend: object) -> str:
-    return str(getattr(backend, "location", None) or type(backend).__name__)
+    return location_of(backend)
 
 
 def backend_from_url(url: str | os.PathLike[str]) -> AsyncBackend[Any]:

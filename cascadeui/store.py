@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ._backends import StorageBackend, as_backend
+from ._backends import StorageBackend, aclose_backend, as_backend, location_of
 from ._engine import Engine, Timing, load_persisted, same_backend
 from .actions import (
     BATCH_APPLIED,
@@ -424,7 +424,7 @@ class StateStore:
             raise ValueError("migrations= needs version=, the schema version this code writes")
         stored, stored_at, rewrite = await load_persisted(backend)
         if version is None:
-            check_unversioned(stored, location=str(getattr(backend, "location", backend)),
+            check_unversioned(stored, location=location_of(backend, str(backend)),
                               strict=strict_version)
         if self._engine is not None:  # enabled by a concurrent call while we loaded
             raise RuntimeError("persistence was enabled concurrently; call it once")
@@ -489,9 +489,8 @@ class StateStore:
         finally:
             self._engine = None
             await engine.stop()
-            aclose = getattr(engine.backend, "aclose", None)
-            if close_backend and aclose is not None:
-                await aclose()
+            if close_backend:
+                await aclose_backend(engine.backend)
 
     @property
     def merge_conflicts(self) -> int:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from cascadeui._backends import save_or_log
+from cascadeui._backends import location_of, save_or_log
 from cascadeui._targets import Resolved, open_store, redacted, resolve
 from cascadeui.actions import PERSISTED_SLICES, SCHEMA_KEY
 from cascadeui.adapters import SyncStore, TransactionalStore
@@ -294,8 +294,7 @@ def migrate_storage(source: Target, target: Target, *,
 def _where(target: object) -> str:
     if isinstance(target, (str, os.PathLike)):
         return redacted(os.fspath(target))
-    store = getattr(target, "store", target)
-    return str(getattr(store, "location", type(target).__name__))
+    return location_of(target)
 
 
 # -- the store, through the private loop ------------------------------------------------
