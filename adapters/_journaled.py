@@ -5,6 +5,8 @@ commit appends a record and when it writes a whole snapshot (:func:`commit_chang
 the compaction budget's cache, the lineage (a per-state id that tells a medium that lost
 data from another writer's deletion), catching up from the journal (``load_changes``)
 and telling loss (``load_checked``). A medium implements only the hooks below.
+:class:`JournalReads` is its reading half (the caches, ``load_checked``), for a medium
+whose writes check and commit atomically without the write lock (Redis's Lua scripts).
 
 Hook contract (each a whole unit of work unless it takes ``tx``):
 
@@ -61,7 +63,7 @@ from .base import BaseStore
 if TYPE_CHECKING:
     from ._journal import JournaledStore
 
-__all__ = ["JournaledBase", "Tail"]
+__all__ = ["JournalReads", "JournaledBase", "Tail"]
 
 T = TypeVar("T")
 
@@ -80,7 +82,91 @@ class Tail(NamedTuple):
     lineage: str
 
 
-class JournaledBase(BaseStore, abc.ABC):
+class JournalReads(BaseStore, abc.ABC):
+    """The reading half of the protocol: the caches a whole read fills (the budget, the
+    lineage), ``load``, ``load_versioned`` and ``load_checked``, over ``_read`` and
+    ``version``. :class:`JournaledBase` adds the writes under a write lock; Redis builds
+    on this half only, because its Lua scripts check and write atomically without one.
+    """
+
+    def __init__(self, *, serializer: Any = None) -> None:
+        super().__init__(serializer=serializer)
+        #: The compaction budget's inputs for the last commit this store read whole or wrote.
+        self._sizes: Budget | None = None
+        #: (version, lineage id) of the last commit this store read whole or wrote; the id
+        #: is '' when none is stored.
+        self._lineage: tuple[int, str] | None = None
+        #: The version at which load_checked found the medium lost: the whole write over
+        #: it starts a new lineage (docs/multiprocess.md).
+        self._fork_at: int | None = None
+
+    @abc.abstractmethod
+    def _read(self, *, lenient: bool) -> tuple[dict[str, Any], int, str | None]:
+        """The whole state, its version and what the medium lost (see the contract)."""
+
+    @abc.abstractmethod
+    def version(self) -> int:
+        """The commit counter (0 when nothing is stored); cheap to poll."""
+
+    def _seen(self, budget: Budget | None, lineage: str | None) -> None:
+        """Record what a whole read found (None: nothing known about it)."""
+        self._sizes = budget
+        self._lineage = None if budget is None or lineage is None else (
+            budget.version, lineage)
+
+    def _corrupt(self, what: str) -> StateCorruptedError:
+        return corrupt(self.location, what)
+
+    def load(self) -> dict[str, Any]:
+        """Return the stored state (snapshot plus journal), ``{}`` when nothing is stored.
+
+        :raises StateCorruptedError: the snapshot or a record does not decode or fit.
+        :raises StorageUnavailableError: the medium cannot be read.
+        """
+        return self.load_versioned()[0]
+
+    def load_versioned(self) -> tuple[dict[str, Any], int]:
+        """:meth:`load` and the :meth:`version` it was read at, consistently."""
+        state, version, _ = self._read(lenient=False)
+        return state, version
+
+    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
+        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
+        this store read or wrote at version ``since``: the medium lost data.
+
+        Loss is: part of the state gone (a journal without its snapshot, records missing
+        from the journal), a state of another lineage (the medium deleted or emptied,
+        then written by another process; another medium put in its place), or a version
+        older than ``since`` (records removed from the journal's end, an older copy
+        restored). Never raises for those: the state returned is what is left, and the
+        next whole write over it starts a new lineage, so other processes see the loss
+        too. None when nothing was lost, or when this store did not read or write
+        version ``since`` itself (then nothing can be told).
+
+        :raises StateCorruptedError: what is stored does not decode.
+        :raises StorageUnavailableError: the medium cannot be read.
+        """
+        seen = self._lineage if self._lineage is not None and self._lineage[0] == since \
+            else None
+        state, version, problem = self._read(lenient=True)
+        now = self._lineage
+        if problem is None and seen is not None and version != 0:
+            if version < since:
+                problem = f"its version went back from {since} to {version}"
+            elif seen[1] and now is not None and now[1] != seen[1]:
+                problem = (f"it holds another lineage ({now[1] or 'none'}, this store saw "
+                           f"{seen[1]}): the medium was deleted, emptied or replaced, "
+                           "then written by another process")
+        if problem is not None:
+            self._fork_at = version
+        return state, version, problem
+
+    def _record_name(self, label: Any) -> str:
+        """How an error names a journal record, from its version."""
+        return f"journal record {label}"
+
+
+class JournaledBase(JournalReads):
     """A snapshot plus a change journal, with a lineage: the protocol, once.
 
     Implements :class:`~cascadeui.adapters.VersionedStore` and
@@ -89,18 +175,10 @@ class JournaledBase(BaseStore, abc.ABC):
 
     def __init__(self, *, serializer: Any = None) -> None:
         super().__init__(serializer=serializer)
-        #: The compaction budget's inputs for the last commit this store read whole or
-        #: wrote, and what the open write transaction commits.
-        self._sizes: Budget | None = None
+        #: What the open write transaction commits (the budget, the (version, lineage)).
         self._staged: Budget | None = None
-        #: (version, lineage id) of the last commit this store read whole or wrote, and
-        #: what the open write transaction commits; the id is '' when none is stored.
-        self._lineage: tuple[int, str] | None = None
         self._staged_lineage: tuple[int, str] | None = None
         self._forked = False
-        #: The version at which load_checked found the medium lost: the whole write over
-        #: it starts a new lineage (docs/multiprocess.md).
-        self._fork_at: int | None = None
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -134,16 +212,8 @@ class JournaledBase(BaseStore, abc.ABC):
         """Decode the whole stored state inside ``tx`` (raises StateCorruptedError)."""
 
     @abc.abstractmethod
-    def _read(self, *, lenient: bool) -> tuple[dict[str, Any], int, str | None]:
-        """The whole state, its version and what the medium lost (see the contract)."""
-
-    @abc.abstractmethod
     def _tail(self, since: int) -> Tail:
         """The journal's end after ``since``, from one consistent read."""
-
-    @abc.abstractmethod
-    def version(self) -> int:
-        """The commit counter (0 when nothing is stored); cheap to poll."""
 
     def _write_unit(self, body: Callable[[Any], T]) -> T:
         """``body(tx)`` in one write transaction; its staged caches follow a commit."""
@@ -169,35 +239,13 @@ class JournaledBase(BaseStore, abc.ABC):
             if self._forked:
                 self._fork_at, self._forked = None, False
 
-    def _seen(self, budget: Budget | None, lineage: str | None) -> None:
-        """Record what a whole read found (None: nothing known about it)."""
-        self._sizes = budget
-        self._lineage = None if budget is None or lineage is None else (
-            budget.version, lineage)
-
     def _budget_at(self, tx: Any, version: int) -> tuple[Budget, bool]:
         """The cached budget when it is for ``version``, else measured."""
         if self._sizes is not None and self._sizes.version == version:
             return self._sizes, True
         return self._measure(tx, version)
 
-    def _corrupt(self, what: str) -> StateCorruptedError:
-        return corrupt(self.location, what)
-
     # -- the protocol ------------------------------------------------------------------
-
-    def load(self) -> dict[str, Any]:
-        """Return the stored state (snapshot plus journal), ``{}`` when nothing is stored.
-
-        :raises StateCorruptedError: the snapshot or a record does not decode or fit.
-        :raises StorageUnavailableError: the medium cannot be read.
-        """
-        return self.load_versioned()[0]
-
-    def load_versioned(self) -> tuple[dict[str, Any], int]:
-        """:meth:`load` and the :meth:`version` it was read at, consistently."""
-        state, version, _ = self._read(lenient=False)
-        return state, version
 
     def save(self, state: Mapping[str, Any]) -> None:
         """Replace the stored state (a new snapshot, an empty journal) in one transaction.
@@ -300,37 +348,6 @@ class JournaledBase(BaseStore, abc.ABC):
         self._staged_lineage = (version, new if new is not None else stored or "")
         return version
 
-    def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
-        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
-        this store read or wrote at version ``since``: the medium lost data.
-
-        Loss is: part of the state gone (a journal without its snapshot, records missing
-        from the journal), a state of another lineage (the medium deleted or emptied,
-        then written by another process; another medium put in its place), or a version
-        older than ``since`` (records removed from the journal's end, an older copy
-        restored). Never raises for those: the state returned is what is left, and the
-        next whole write over it starts a new lineage, so other processes see the loss
-        too. None when nothing was lost, or when this store did not read or write
-        version ``since`` itself (then nothing can be told).
-
-        :raises StateCorruptedError: what is stored does not decode.
-        :raises StorageUnavailableError: the medium cannot be read.
-        """
-        seen = self._lineage if self._lineage is not None and self._lineage[0] == since \
-            else None
-        state, version, problem = self._read(lenient=True)
-        now = self._lineage
-        if problem is None and seen is not None and version != 0:
-            if version < since:
-                problem = f"its version went back from {since} to {version}"
-            elif seen[1] and now is not None and now[1] != seen[1]:
-                problem = (f"it holds another lineage ({now[1] or 'none'}, this store saw "
-                           f"{seen[1]}): the medium was deleted, emptied or replaced, "
-                           "then written by another process")
-        if problem is not None:
-            self._fork_at = version
-        return state, version, problem
-
     def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
         """The records after version ``since`` and the current version, from one read.
 
@@ -365,10 +382,6 @@ class JournaledBase(BaseStore, abc.ABC):
         if seen is not None and seen[0] == since:
             self._lineage = (current, seen[1])
         return decoded, current
-
-    def _record_name(self, label: Any) -> str:
-        """How an error names a journal record, from its version."""
-        return f"journal record {label}"
 
 
 if TYPE_CHECKING:

@@ -18,18 +18,19 @@ from cascadeui.errors import ConfigurationError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
 from . import _redis_scripts as lua
-from ._journal import Budget, apply_records, corrupt, decode_records, nbytes
+from ._journal import Budget, apply_records, decode_records, nbytes
+from ._journaled import JournalReads
 from ._redis_client import RedisClient, is_cluster
-from .base import BaseStore, Check, StoreInfo
+from .base import Check, StoreInfo
 
 __all__ = ["RedisReads"]
 
 log: logging.Logger = logging.getLogger("cascadeui.adapters.redis")
 
 
-class RedisReads(BaseStore):
+class RedisReads(JournalReads):
     """The state's keys on one server and every read of them; see :class:`RedisStore`
-    for the parameters."""
+    for the parameters. ``load_checked`` and the caches are the journaled base's."""
 
     kind = "redis"
 
@@ -69,13 +70,6 @@ class RedisReads(BaseStore):
         self.wait_aof = wait_aof
         self.min_replicas = min_replicas
         self.replica_timeout = replica_timeout
-        #: The compaction budget's inputs as of this store's last read or write, and the
-        #: lineage id stored at that version ('' when none: written by an earlier build).
-        self._sizes: Budget | None = None
-        self._lineage: tuple[int, str] | None = None
-        #: The version at which :meth:`load_checked` found the medium lost: the whole
-        #: write over it starts a new lineage (see docs/multiprocess.md).
-        self._fork_at: int | None = None
 
     @property
     def _client(self) -> Any:
@@ -119,7 +113,7 @@ class RedisReads(BaseStore):
         checks: list[Check] = []
         try:
             with self._mapped_errors():
-                state, version, lost = self._read()
+                state, version, lost = self._read_raw()
             checks.append(Check("state decodes", True, "snapshot and change journal"))
         except StateCorruptedError as exc:
             return [Check("state decodes", False, str(exc))], None
@@ -140,44 +134,18 @@ class RedisReads(BaseStore):
         :raises StorageUnavailableError: the server is unreachable or failed.
         """
         with self._mapped_errors():
-            return self._read()[0]
+            return self._read_raw()[0]
 
     def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
-        """:meth:`load_versioned`, plus why the stored state is not a descendant of the one
-        this store read or wrote at version ``since``: the medium lost data.
-
-        Loss is: a journal shorter than the version counter says (the ``:journal`` key
-        evicted, expired or deleted), a snapshot gone (with or without its journal), a
-        state of another lineage (the server emptied, then written by someone else), or a
-        version older than ``since`` (restored from an older dump). Never raises for
-        those: the state returned is what is left (the snapshot without the records; ``{}``
-        without a snapshot), and the next whole write over it starts a new lineage, so
-        other processes see the loss too. None when nothing was lost, or when this store
-        did not read or write version ``since`` itself (then nothing can be told).
+        """The journaled base's :meth:`~JournalReads.load_checked`; loss here is also a
+        journal shorter than the version counter says (the ``:journal`` key evicted,
+        expired or deleted) and a snapshot gone, with or without its journal.
 
         :raises StateCorruptedError: a key holds another type, or something does not decode.
         :raises StorageUnavailableError: the server is unreachable or failed.
         """
         with self._mapped_errors():
-            seen = self._sizes if self._sizes is not None and self._sizes.version == since \
-                else None
-            seen_lineage = self._lineage_at(since)
-            state, raw, problem = self._read(lenient=True)
-            version = self._parse_version(raw)
-            now = self._sizes
-            now_lineage = self._lineage_at(version)
-            if problem is None and seen is not None and version != 0:
-                if version < since:
-                    problem = f"its version went back from {since} to {version}"
-                elif now is None or (now.snapshot_bytes == 0 and seen.snapshot_bytes):
-                    problem = f"the snapshot {self.key!r} is gone"
-                elif seen_lineage and now_lineage != seen_lineage:
-                    problem = (f"it holds another lineage ({now_lineage or 'none'}, this "
-                               f"store saw {seen_lineage}): the server was emptied or the "
-                               "keys replaced, then written by another client")
-            if problem is not None:
-                self._fork_at = version
-            return state, version, problem
+            return super().load_checked(since)
 
     def version(self) -> int:
         """The commit counter (0 when never written); cheap to poll (one round trip).
@@ -206,8 +174,7 @@ class RedisReads(BaseStore):
     def load_versioned(self) -> tuple[dict[str, Any], int]:
         """:meth:`load` and the :meth:`version` of that state, read in one MULTI/EXEC."""
         with self._mapped_errors():
-            state, version, _ = self._read()
-            return state, self._parse_version(version)
+            return super().load_versioned()
 
     def load_changes(self, since: int) -> tuple[list[list[list[Any]]], int] | None:
         """The records committed after version ``since`` and the current version.
@@ -249,7 +216,12 @@ class RedisReads(BaseStore):
         seen = self._lineage
         return seen[1] if seen is not None and seen[0] == version else None
 
-    def _read(self, *, lenient: bool = False) -> tuple[dict[str, Any], Any, str | None]:
+    def _read(self, *, lenient: bool) -> tuple[dict[str, Any], int, str | None]:
+        """The journaled base's hook: :meth:`_read_raw` with the version parsed."""
+        state, raw, lost = self._read_raw(lenient=lenient)
+        return state, self._parse_version(raw), lost
+
+    def _read_raw(self, *, lenient: bool = False) -> tuple[dict[str, Any], Any, str | None]:
         """The state (snapshot + journal), the version's raw reply and what the medium
         lost (None: nothing), in one MULTI/EXEC.
 
@@ -258,11 +230,13 @@ class RedisReads(BaseStore):
         deleted) is not applied: the snapshot is what is left (WARNING).
 
         :param lenient: report a journal without its snapshot, or of the wrong length, as
-            a loss instead of raising (a running store rewrites its own state over it).
+            a loss instead of raising (a running store rewrites its own state over it);
+            so is a snapshot gone that this store's last read or write saw.
         :raises StateCorruptedError: a key of another type, a journal without its snapshot,
             a journal longer than the counter says, or a snapshot or record that does not
             decode or does not fit.
         """
+        prior = self._sizes
         pipe = self._client.pipeline(transaction=True)
         pipe.get(self.key)
         pipe.lrange(self.journal_key, 0, -1)
@@ -279,12 +253,15 @@ class RedisReads(BaseStore):
             lost = (f"{self.journal_key!r} holds {len(records)} journal record(s) but "
                     f"{self.key!r}, their snapshot, is missing")
             if not lenient:
-                raise self._corrupted(f"{lost} (deleted by hand?); delete the journal too, or "
+                raise self._corrupt(f"{lost} (deleted by hand?); delete the journal too, or "
                                       "restore the snapshot")
             records = []
         lineage_id, expected = self._parse_lineage(lineage, version)
         if raw is None:
             lineage_id, expected = "", None  # what is left of a state without its snapshot
+            if lenient and lost is None and prior is not None and prior.snapshot_bytes \
+                    and version is not None:
+                lost = f"the snapshot {self.key!r} is gone"
         if lost is None and expected is not None and expected != len(records):
             lost = (f"{self.journal_key!r} holds {len(records)} journal record(s) where the "
                     f"version counter and {self.lineage_key!r} say {max(expected, 0)} " + (
@@ -297,17 +274,16 @@ class RedisReads(BaseStore):
                 records = []
         decoded, journal_bytes = self._decode_records(records, len(records))
         apply_records(state, enumerate(decoded), location=self.location,
-                      name=lambda index: self._record_name(index, len(records)))
+                      name=lambda index: self._journal_record(index, len(records)))
         if records and lost is not None:  # more records than the counter says: refuse them
-            raise self._corrupted(lost)
+            raise self._corrupt(lost)
         with contextlib.suppress(StateCorruptedError):  # load() works with a bad counter
-            at = self._parse_version(version)
-            self._sizes = Budget(at, len(records), journal_bytes,
-                                 nbytes(raw) if raw is not None else 0)
-            self._lineage = (at, lineage_id if lost is None else "")
+            self._seen(Budget(self._parse_version(version), len(records), journal_bytes,
+                              nbytes(raw) if raw is not None else 0),
+                       lineage_id if lost is None else "")
         return state, version, lost
 
-    def _record_name(self, index: int, length: int) -> str:
+    def _journal_record(self, index: int, length: int) -> str:
         """How an error names journal record ``index`` of ``length``."""
         return f"{self.journal_key!r} record {index} of {length}"
 
@@ -318,7 +294,7 @@ class RedisReads(BaseStore):
         first = length - len(texts)
         return decode_records(self.serializer, enumerate(texts, start=first),
                               location=self.location,
-                              name=lambda index: self._record_name(index, length))
+                              name=lambda index: self._journal_record(index, length))
 
     def _parse_lineage(self, reply: Any, version: Any) -> tuple[str, int | None]:
         """The lineage id in a ``<key>:lineage`` reply ('' when none), and how many journal
@@ -339,7 +315,7 @@ class RedisReads(BaseStore):
 
         if isinstance(reply, rex.ResponseError):
             if "WRONGTYPE" in str(reply):
-                raise self._corrupted(wrong_type)
+                raise self._corrupt(wrong_type)
             raise self._redis.server_error(reply)
 
     def _parse_version(self, reply: Any) -> int:
@@ -348,10 +324,7 @@ class RedisReads(BaseStore):
         try:
             return int(reply) if reply is not None else 0
         except ValueError:  # garbage planted under the key (issue 7, test_fuzz_load)
-            raise self._corrupted(f"{self.version_key!r} holds no integer") from None
-
-    def _corrupted(self, what: str) -> StateCorruptedError:
-        return corrupt(self.location, what)
+            raise self._corrupt(f"{self.version_key!r} holds no integer") from None
 
     def _decode(self, raw: bytes | str | None) -> dict[str, Any]:
         if raw is None:

@@ -144,7 +144,7 @@ class RedisStore(RedisReads):
         full write: a new snapshot, an empty journal.
         """
         with self._mapped_errors(), self._locked() as token:
-            state = self._read()[0]
+            state = self._read_raw()[0]
             yield state
             self._write(token, self.serializer.serialize(state))
 
@@ -196,7 +196,7 @@ class RedisStore(RedisReads):
         # Rare (the engine reads before it writes).
         if self.version() != expected:
             return None
-        self._read()
+        self._read_raw()
         sizes = self._sizes
         return sizes if sizes is not None and sizes.version == expected else None
 
@@ -316,15 +316,15 @@ class RedisStore(RedisReads):
     def _raise_for(self, result: int) -> None:
         """Raise the error a script's negative result stands for (a version passes)."""
         if result == lua.FOREIGN_KEY:
-            raise self._corrupted(
+            raise self._corrupt(
                 "the key holds another Redis type, not a string; refusing to overwrite it "
                 "(is the key shared with something else?)")
         if result == lua.FOREIGN_JOURNAL:
-            raise self._corrupted(
+            raise self._corrupt(
                 f"{self.journal_key!r} holds another Redis type, not a list; refusing to "
                 "overwrite it (is the key shared with something else?)")
         if result == lua.FOREIGN_LINEAGE:
-            raise self._corrupted(
+            raise self._corrupt(
                 f"{self.lineage_key!r} holds another Redis type, not a string; refusing to "
                 "overwrite it (is the key shared with something else?)")
         if result == lua.LEASE_LOST:
