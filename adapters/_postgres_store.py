@@ -320,8 +320,11 @@ class PostgresStore(RowStore):
                 "AND i.indisprimary", (f'"{name}"',)).fetchall()]
             key = "id" if what == "table" else "seq"
             if found != columns or keys != [key]:
+                shown = sorted(found.items())
+                listed = (f"columns {shown}" if len(shown) <= 8 else  # a system table: dozens
+                          f"{len(shown)} columns ({', '.join(c for c, _ in shown[:6])}, ...)")
                 raise self._corrupt(
-                    f"table {name!r} has columns {sorted(found.items())}, expected "
+                    f"table {name!r} has {listed}, expected "
                     f"{sorted(columns.items())} with {key} the primary key "
                     "(not a cascadeui table?)")
             if what == "table" and comment:
@@ -345,7 +348,7 @@ class PostgresStore(RowStore):
             raise
         except pge.LockNotAvailable as exc:
             raise LockTimeoutError(
-                f"{self.location}: write lock not had within {self.timeout:g}s "
+                f"{self.location}: could not get the write lock within {self.timeout:g}s "
                 f"({self._redacted(exc)})", lock=f"{self.location} (LOCK TABLE)",
                 timeout=self.timeout, location=self.location) from None
         except pge.QueryCanceled as exc:
@@ -363,6 +366,10 @@ class PostgresStore(RowStore):
                 reason = "authentication failed"
             elif "does not exist" in text:
                 reason = "no such database or role"
+            elif "invalid" in text and ("value" in text or "option" in text):
+                raise ConfigurationError(  # ?sslmode=bogus: the URL, not the network
+                    f"{self.location}: invalid connection option in the URL: {text}",
+                    location=self.location) from None
             else:
                 reason = "server unreachable or connection lost"
             raise StorageUnavailableError(f"{self.location}: {reason}: {text}",

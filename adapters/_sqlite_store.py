@@ -446,7 +446,8 @@ class SQLiteStore(RowStore):
             msg = str(exc)
             if "locked" in msg or "busy" in msg:
                 raise LockTimeoutError(
-                    f"{self.location}: write lock not had within {self.timeout:g}s ({msg})",
+                    f"{self.location}: could not get the write lock within "
+                    f"{self.timeout:g}s ({msg})",
                     lock=self.location, timeout=self.timeout, location=self.location) from exc
             raise StorageUnavailableError(f"{self.location}: {msg}",
                                           location=self.location) from exc

@@ -275,7 +275,7 @@ class Snapshot:
             size += (f" (snapshot {_human_bytes(self.size - self.journal_size)} + change "
                      f"journal {_human_bytes(self.journal_size)})")
         read = [("read from", f"{self.read_from} (the main copy is missing or unreadable; "
-                              "the size and times above are the main copy's)")
+                              "the size and times below are the main copy's)")
                 ] if self.read_from else []
         return [
             ("backend", self.backend),
@@ -296,8 +296,10 @@ class Snapshot:
         lines.append(f"  persistent views: {count}")
         for row in self.view_rows(20):
             # The key in full (it is what `cascadeui get` needs), the other columns cut.
+            # A panel without an owner shows no user= column (anyone may click it).
             lines.append("    " + "  ".join(
-                f"{c}={row[c] if c == 'key' else _short(row[c], 40)}" for c in _VIEW_COLUMNS))
+                f"{c}={row[c] if c == 'key' else _short(row[c], 40)}" for c in _VIEW_COLUMNS
+                if c != "user" or row[c] is not None))
         if count > 20:
             lines.append(f"    ... {count - 20} more")
         app = self.application

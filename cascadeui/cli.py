@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from cascadeui import sync
+from cascadeui import __version__, sync
 from cascadeui._backends import Capabilities
 from cascadeui._entries import entry_problem
 from cascadeui._inspection import (
@@ -45,7 +45,7 @@ from cascadeui.errors import (
     SerializationError,
     StateCorruptedError,
 )
-from cascadeui.serializer import StateSerializer
+from cascadeui.serializer import StateSerializer, check_storable
 
 __all__ = ["UsageError", "main"]
 
@@ -78,8 +78,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number and cannot be stored")
 
 
-def _decoded(text: str) -> Any:
-    """Parse a JSON value, honouring the serializer's tags (``{"$set": [1, 2]}``).
+def _decoded(text: str, path: Sequence[Any] = ()) -> Any:
+    """Parse a JSON value, honouring the serializer's tags (``{"$set": [1, 2]}``); errors
+    name the user's ``path`` (``application.v``), not the serializer's internals.
 
     :raises UsageError: not one JSON value, ``NaN``/``Infinity``, a bad tag: the VALUE
         is to blame, never the stored state.
@@ -91,7 +92,7 @@ def _decoded(text: str) -> Any:
     serializer = StateSerializer()
     try:
         value = serializer.deserialize('{"v": ' + text + "}")["v"]
-        serializer.serialize({"v": value})
+        check_storable(value, path)
     except (StateCorruptedError, SerializationError) as exc:
         reason = str(exc).removeprefix("stored state is not valid: ")
         raise UsageError(f"VALUE {_clip(text)} cannot be stored: {reason}") from None
@@ -190,7 +191,7 @@ def _check_panels(state: dict[str, Any], segs: list[Any]) -> None:
 
 def cmd_set(args: argparse.Namespace) -> int:
     segs = _writable(args.path)
-    value = _decoded(args.value)
+    value = _decoded(args.value, [s.text for s in segs])
     adapter = _open_for_write(args.target)
     try:
         with _lock_note(args.command, args.target), sync.transaction(adapter) as state:
@@ -257,7 +258,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    source = open_store(args.source, existing=True)
+    with _blaming(args.source):
+        source = open_store(args.source, existing=True)
     target: SyncStore | None = None
     try:
         target = _open_for_write(args.target)
@@ -295,7 +297,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     source = open_store(args.target, existing=True)
     dest: SyncStore | None = None
     try:
-        dest = _open_for_write(args.dest)
+        with _blaming(args.dest):
+            dest = _open_for_write(args.dest)
         holds = dest.exists() if isinstance(dest, DescribedStore) else bool(dest.load())
         if holds:
             raise _CommandError(args.dest, "already holds state; a backup never replaces "
@@ -561,6 +564,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect, edit, migrate and check cascadeui state. TARGET is a path or "
                     "URL: state.json, cascadeui.db, sqlite:///x.db, redis://host/0?key=k, "
                     "postgresql://user@host/db?table=t")
+    parser.add_argument("--version", action="version", version=f"cascadeui {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], text: str,
@@ -599,7 +603,9 @@ def _parser() -> argparse.ArgumentParser:
     add("backups", cmd_backups, "list the backup generations of a JSON state file", target)
     add("restore-backup", cmd_restore_backup,
         "make backup N (0 = the newest) the current state; the current one becomes backup 0",
-        target, ("n", {"metavar": "N", "type": int, "nargs": "?", "default": 0}))
+        target, ("n", {"metavar": "N", "type": int, "nargs": "?", "default": 0,
+                       "help": "which backup: 0 (the default) is the newest, 1 the one "
+                               "before it...; `cascadeui backups TARGET` lists them"}))
     add("verify", cmd_verify, "check the stored state's integrity (exit 1 on problems)",
         target)
     schema = add("migrate-schema", cmd_migrate_schema,
@@ -659,13 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="cascadeui: %(levelname)s: %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _refuse_directories(args)
         return func(args)
-    except (UsageError, ConfigurationError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        getattr(args, "usage", parser.print_usage)(sys.stderr)
-        print(_error_line(args, exc, _target_of(args)), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("cascadeui: interrupted", file=sys.stderr)
         return 130
@@ -675,11 +676,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except Exception as exc:
+        target = _target_of(args)
+        if isinstance(exc, _BlamedError):  # an error of another argument (the SOURCE, DEST)
+            target, exc = exc.target, exc.error
+        elif isinstance(exc, _CommandError):
+            target = exc.target
         if args.debug:
-            traceback.print_exc()
-        target = exc.target if isinstance(exc, _CommandError) else _target_of(args)
-        print(_error_line(args, exc, target), file=sys.stderr)
-        return 1
+            traceback.print_exception(exc)
+        code = 2 if isinstance(exc, (UsageError, ConfigurationError)) else 1
+        if code == 2:
+            getattr(args, "usage", parser.print_usage)(sys.stderr)
+        line = _error_line(args, exc, target)
+        if args.json:  # a script parses stdout: the error is JSON there too
+            _print_json({"ok": False, "command": args.command, "exit_code": code,
+                         "target": redacted(target) if target else None,
+                         "error": type(exc).__name__.lstrip("_"),
+                         "message": line.split(": ", 1)[1] if ": " in line else line},
+                        sys.stdout)
+        print(line, file=sys.stderr)
+        return code
+
+
+class _BlamedError(Exception):
+    """Internal: ``error`` belongs to argument ``target``, not to the command's TARGET."""
+
+    def __init__(self, target: str, error: Exception) -> None:
+        super().__init__(str(error))
+        self.target, self.error = target, error
+
+
+@contextlib.contextmanager
+def _blaming(target: str) -> Iterator[None]:
+    """Errors raised inside name ``target`` (e.g. ``migrate``'s SOURCE)."""
+    try:
+        yield
+    except (_BlamedError, _CommandError):
+        raise
+    except Exception as exc:
+        raise _BlamedError(target, exc) from exc
+
+
+def _refuse_directories(args: argparse.Namespace) -> None:
+    """A directory given where a state file belongs is a usage error (exit 2) for every
+    command and file kind alike (issue 23: ``x.db`` and ``x.json`` exited differently)."""
+    for name in ("target", "source", "dest"):
+        given = getattr(args, name, None)
+        if not isinstance(given, str) or "://" in given or not os.path.isdir(given):
+            continue
+        raise _BlamedError(given, UsageError(
+            f"{Path(given).absolute()} is a directory; name a state file or database "
+            f"inside it, e.g. {Path(given) / 'cascadeui.db'}"))
 
 
 if __name__ == "__main__":  # pragma: no cover

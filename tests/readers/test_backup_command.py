@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _registry import kinds, target
 
 from cascadeui import sync
 from cascadeui.adapters import SQLiteStore
@@ -47,15 +48,10 @@ def test_backup_of_a_live_sqlite_database_keeps_what_only_the_wal_holds(
     assert "cascadeui backup" in checked.stdout
 
 
-@pytest.mark.parametrize("kind", ["file", "sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("kind", kinds("multiprocess"))  # a subprocess reads the source
 def test_backup_copies_any_backend_and_never_replaces_a_state(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    source = {"file": lambda: str(tmp_path / "s.json"),
-              "sqlite": lambda: str(tmp_path / "s.db"),
-              "redis": lambda: (f"{request.getfixturevalue('redis_url')}"
-                                f"?key={request.getfixturevalue('redis_key')}"),
-              "postgres": lambda: (f"{request.getfixturevalue('postgres_url')}"
-                                   f"?table={request.getfixturevalue('pg_table')}")}[kind]()
+    source = target(kind, request, tmp_path)
     sync.save_state(source, STATE)
     proc = _cli(tmp_path, "backup", source, "copy.json")
     assert proc.returncode == 0, proc.stderr

@@ -108,7 +108,7 @@ def test_migrate_with_progress_refuses_to_overwrite(tmp_path: Path,
     assert sync.load_state(str(dst)) == STATE
     out, err = run(capsys, "migrate", str(src), str(dst), "--json", check=1)
     assert "--force" in err
-    assert out == ""
+    assert json.loads(out)["ok"] is False  # --json errors are JSON on stdout (issue 23)
     out, _ = run(capsys, "migrate", str(src), str(dst), "--force", "--json")
     forced = json.loads(out)
     assert forced["verified"] is True

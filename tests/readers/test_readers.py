@@ -392,12 +392,13 @@ def test_verify_fails_an_empty_state(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_a_directory_named_like_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
+    # One rule whatever the suffix (issue 23): a usage error naming the directory.
     (tmp_path / "x.db").mkdir()
-    _, err = run(capsys, "set", str(tmp_path / "x.db"), "application.a", "1", check=1)
-    assert "is a directory, not a database file" in err
+    _, err = run(capsys, "set", str(tmp_path / "x.db"), "application.a", "1", check=2)
+    assert "x.db is a directory; name a state file or database inside it" in err
     (tmp_path / "x.json").mkdir()
     _, err = run(capsys, "set", str(tmp_path / "x.json"), "application.a", "1", check=2)
-    assert "is a directory, not a state file" in err
+    assert "x.json is a directory; name a state file or database inside it" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db", "x.json"]  # no .lock
 
 

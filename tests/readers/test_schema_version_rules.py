@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-from _helpers import STORE_KINDS
+from _registry import kinds
 
 from cascadeui import sync
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET, SCHEMA_KEY
@@ -66,7 +66,7 @@ def test_migrate_schema_to_a_negative_version_is_a_usage_error(tmp_path: Path) -
     assert "--to must be a schema version >= 0" in proc.stderr
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 @pytest.mark.anyio
 async def test_keys_above_the_target_are_ignored_by_start_sync_and_cli(
         kind: str, new_store: Callable[[str], BaseStore], tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_the_cli_follows_the_same_rule(tmp_path: Path) -> None:
     assert app == {"a": 1, "v1": True, "v2": True, SCHEMA_KEY: 2}
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 @pytest.mark.anyio
 async def test_an_unversioned_start_on_a_versioned_state_warns_or_refuses(
         kind: str, new_store: Callable[[str], BaseStore],

@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from _helpers import STORE_KINDS
+from _registry import kinds
 
 from cascadeui import sync
 from cascadeui.adapters import BaseStore
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 def test_the_readme_transaction_works_on_a_fresh_store(
         kind: str, new_store: Callable[[str], BaseStore]) -> None:
     adapter = new_store(kind)
@@ -21,7 +21,7 @@ def test_the_readme_transaction_works_on_a_fresh_store(
     assert new_store(kind).load() == {"application": {"motd": "maintenance at 18:00"}}
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 def test_a_transaction_that_changes_nothing_adds_no_empty_slices(
         kind: str, new_store: Callable[[str], BaseStore]) -> None:
     with sync.transaction(new_store(kind)) as state:

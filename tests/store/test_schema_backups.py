@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _helpers import STORE_KINDS
+from _registry import kinds
 
 from cascadeui.adapters import BaseStore, MemoryStore
 from cascadeui.errors import MigrationError
@@ -31,7 +31,7 @@ def _backup_of(adapter: BaseStore) -> BaseStore:
     return backup
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 def test_a_backup_name_holding_an_unrelated_state_is_refused(
         kind: str, new_store: Callable[[str], BaseStore]) -> None:
     adapter = new_store(kind)
@@ -48,7 +48,7 @@ def test_a_backup_name_holding_an_unrelated_state_is_refused(
             MemoryStore.forget(str(getattr(taken, "name", "")))
 
 
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 def test_a_retry_after_a_failed_step_reuses_its_own_backup(
         kind: str, new_store: Callable[[str], BaseStore]) -> None:
     adapter = new_store(kind)

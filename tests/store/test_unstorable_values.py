@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-from _helpers import STORE_KINDS
+from _registry import kinds
 
 from cascadeui._panel_data import PanelData
 from cascadeui.actions import APPLICATION_SET
@@ -39,7 +39,7 @@ def _nest(levels: int) -> Any:
 
 
 @pytest.mark.parametrize("durable", [True, False])
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", kinds())
 async def test_an_unstorable_value_is_refused_at_dispatch_and_later_writes_still_work(
         kind: str, durable: bool, new_store: Callable[[str], BaseStore]) -> None:
     store = StateStore()
