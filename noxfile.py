@@ -163,8 +163,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def types(session: nox.Session) -> None:
     """mypy --strict, then pyright (standard mode and --verifytypes: scripts/check_types.py)."""
-    _install(session)
-    session.install(*_group("types"))
+    wheel = _wheel(session)
+    session.install(f"{wheel}[all]", *_group("types"))
+    session.install("--no-deps", "--force-reinstall", str(wheel))
     session.run("mypy")
     session.run("python", "scripts/check_types.py")
 

@@ -118,6 +118,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "allow_blocking: do not fail this async test for blocking calls on the loop")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Sweep what a crashed or timed-out run left: private servers whose run is gone, and
+    their temp dirs (scratch databases of such runs go when the next one is made)."""
+    from kit.reaper import sweep_stale_servers
+
+    sweep_stale_servers()
+
+
 class _LoopProbe:
     """Stands in for ``asyncio`` inside blockbuster, which only asks asyncio for a loop.
 

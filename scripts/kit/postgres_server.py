@@ -4,7 +4,7 @@ One implementation for the suite's session database, the benchmarks and the camp
 Stdlib only until a database is actually created (psycopg is imported then).
 
     with scratch_database("postgresql://postgres@127.0.0.1:5432/postgres") as url:
-        store = PostgresStore(url)          # a database named cascadeui_test_<random>
+        store = PostgresStore(url)          # a database cascadeui_test_<pid>_<random>
 
     with PostgresServer() as server:        # initdb + postgres on a free port, a temp dir
         url = server.url                    # trust auth, user "postgres", database "postgres"
@@ -23,13 +23,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .reaper import die_with_parent, owned_tempdir, stale_database
 from .redis_server import _StartedProcesses
 
 __all__ = [
@@ -116,8 +116,15 @@ def scratch_database(admin_url: str, *, prefix: str = "cascadeui_test_") -> Iter
     import psycopg
     from psycopg import sql
 
-    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    # The creator's pid in the name: a later run drops the databases of runs that are gone.
+    name = f"{prefix}{os.getpid()}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        rows = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                             (f"{prefix}%",)).fetchall()
+        for (stale,) in rows:
+            if stale_database(stale, prefix):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(stale)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield with_database(admin_url, name)
@@ -150,12 +157,13 @@ class PostgresServer(_StartedProcesses):
         self.bindir: Path = Path(found)
         self.port: int = port or _free_port()
         self.timeout = timeout
-        self.workdir: Path = Path(tempfile.mkdtemp(prefix="cascadeui-pg-"))
+        self.workdir: Path = owned_tempdir("pg")
         self.datadir: Path = self.workdir / "data"
         #: PostgreSQL refuses to run as root: as root, run it as an unprivileged account.
         self.user: str | None = _unprivileged_user() if os.geteuid() == 0 else None
         if self.user is not None:
             shutil.chown(self.workdir, user=self.user)
+            self.bindir = self._reachable_bindir()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -168,6 +176,24 @@ class PostgresServer(_StartedProcesses):
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def _reachable_bindir(self) -> Path:
+        """``bindir``, or a copy of its installation in our work dir when :attr:`user` cannot
+        run it (a virtualenv under a directory that account cannot enter: ``mktemp -d``,
+        root's home)."""
+        try:
+            subprocess.run([str(self.bindir / "initdb"), "--version"], user=self.user,
+                           capture_output=True, check=True, timeout=30)
+            return self.bindir
+        except (PermissionError, subprocess.CalledProcessError):
+            # <site>/pgserver/pginstall/bin finds its libraries in <site>/pgserver.libs
+            # (rpath $ORIGIN/../../../pgserver.libs): copy both, keeping their layout.
+            install = self.bindir.parent
+            package, copy = install.parent, self.workdir / "binaries"
+            shutil.copytree(install, copy / package.name / install.name, symlinks=True)
+            for libs in package.parent.glob(f"{package.name}.libs"):
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
+            return copy / package.name / install.name / self.bindir.name
 
     def _initdb(self) -> None:
         if (self.datadir / "PG_VERSION").exists():
@@ -196,7 +222,7 @@ class PostgresServer(_StartedProcesses):
                  "-h", HOST, "-k", str(self.workdir), "-c", "max_connections=100",
                  "-c", "shared_buffers=32MB"],
                 stdout=log, stderr=log, start_new_session=True, user=self.user,
-                cwd=self.workdir)
+                cwd=self.workdir, preexec_fn=die_with_parent())
         finally:
             log.close()
         deadline = time.monotonic() + self.timeout

@@ -17,12 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+from .reaper import die_with_parent, owned_tempdir
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -128,8 +129,7 @@ class RedisServer(_StartedProcesses):
         self.timeout = timeout
         self.args: tuple[str, ...] = tuple(args)
         self._own_dir = workdir is None
-        self.workdir: Path = Path(tempfile.mkdtemp(prefix="cascadeui-redis-")
-                            if workdir is None else workdir)
+        self.workdir: Path = owned_tempdir("redis") if workdir is None else Path(workdir)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -161,8 +161,10 @@ class RedisServer(_StartedProcesses):
         """
         if self.running:
             return
+        # Dies with the run (PR_SET_PDEATHSIG): a SIGKILLed pytest leaves no server behind.
         self._proc = proc = subprocess.Popen(self._argv(), stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL)
+                                             stderr=subprocess.DEVNULL,
+                                             preexec_fn=die_with_parent())
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
