@@ -132,6 +132,14 @@ def replay(known: Mapping[str, Any], records: list[list[list[Any]]]) -> Mapping[
     return raw
 
 
+def _settle(waiter: Waiter, outcome: bool | BaseException) -> None:
+    if not waiter.done():
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
 def _matches(state: Mapping[str, Any], slices: Mapping[str, Any] | None) -> bool:
     return slices is not None and all(state[n] is slices[n] for n in PERSISTED_SLICES)
 
@@ -306,11 +314,8 @@ class EngineCore:
         for target, waiter in self.waiters:
             if target > generation:
                 keep.append((target, waiter))
-            elif not waiter.done():
-                if isinstance(outcome, BaseException):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
+            else:
+                _settle(waiter, outcome)
         self.waiters = keep
         if outcome is False or not self.durable_waiters:
             return
@@ -318,11 +323,8 @@ class EngineCore:
         for target, durable, deadline in self.durable_waiters:
             if target > generation:
                 pending.append((target, durable, deadline))
-            elif not durable.done():
-                if isinstance(outcome, BaseException):
-                    durable.set_exception(outcome)
-                else:
-                    durable.set_result(True)
+            else:
+                _settle(durable, outcome)
         self.durable_waiters = pending
 
     def expire(self, now: float, timeout: float) -> float | None:
