@@ -135,19 +135,10 @@ def one(url: str, impl: str, procs: int, per_proc: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    from kit.postgres_server import (
-        DEFAULT_URL,
-        PostgresServer,
-        find_binaries,
-        reachable,
-        scratch_database,
-    )
+    from kit.postgres_server import any_database
 
-    admin = os.environ.get("CASCADEUI_TEST_POSTGRES_URL", DEFAULT_URL)
-    with contextlib.ExitStack() as stack:
-        if not reachable(admin) and find_binaries() is not None:
-            admin = stack.enter_context(PostgresServer()).url
-        yield stack.enter_context(scratch_database(admin))
+    with any_database() as url:
+        yield url
 
 
 def raw_commit_ms(url: str, n: int) -> float:

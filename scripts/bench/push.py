@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -133,19 +132,10 @@ def target(kind: str, workdir: Path) -> Iterator[tuple[str, str]]:
         with RedisServer() as server:
             yield server.url, "bench:push"
     else:
-        from kit.postgres_server import (
-            DEFAULT_URL,
-            PostgresServer,
-            find_binaries,
-            reachable,
-            scratch_database,
-        )
+        from kit.postgres_server import any_database
 
-        admin = os.environ.get("CASCADEUI_TEST_POSTGRES_URL", DEFAULT_URL)
-        with contextlib.ExitStack() as stack:
-            if not reachable(admin) and find_binaries() is not None:
-                admin = stack.enter_context(PostgresServer()).url
-            yield stack.enter_context(scratch_database(admin)), "bench_push"
+        with any_database() as url:
+            yield url, "bench_push"
 
 
 def main(argv: list[str] | None = None) -> int:

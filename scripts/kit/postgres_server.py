@@ -34,6 +34,7 @@ from .redis_server import _StartedProcesses
 
 __all__ = [
     "PostgresServer",
+    "any_database",
     "PostgresServerError",
     "find_binaries",
     "pgserver_binaries",
@@ -132,6 +133,17 @@ def scratch_database(admin_url: str, *, prefix: str = "cascadeui_test_") -> Iter
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def any_database() -> Iterator[str]:
+    """A scratch database on ``CASCADEUI_TEST_POSTGRES_URL``'s server (default 127.0.0.1:5432),
+    or on a private server when that one does not answer (the benchmarks' choice)."""
+    admin = os.environ.get("CASCADEUI_TEST_POSTGRES_URL", DEFAULT_URL)
+    with contextlib.ExitStack() as stack:
+        if not reachable(admin) and find_binaries() is not None:
+            admin = stack.enter_context(PostgresServer()).url
+        yield stack.enter_context(scratch_database(admin))
 
 
 class PostgresServer(_StartedProcesses):
