@@ -60,6 +60,24 @@ def _redis_key(request: pytest.FixtureRequest, name: str) -> str:
     return key if name == "state" else f"{key}/{name}"
 
 
+def _redis_target(request: pytest.FixtureRequest, tmp: Path, name: str) -> str:
+    """The URL of the medium; its keys (companions included) are removed after the test."""
+    import redis
+
+    url, key = request.getfixturevalue("redis_url"), _redis_key(request, name)
+
+    def remove() -> None:
+        client = redis.Redis.from_url(url)
+        try:
+            for found in client.scan_iter(match=f"{key}*"):
+                client.delete(found)
+        finally:
+            client.close()
+
+    request.addfinalizer(remove)
+    return _with_query(url, f"key={key}")
+
+
 def _pg_table(request: pytest.FixtureRequest, name: str) -> str:
     table = str(request.getfixturevalue("pg_table"))
     return table if name == "state" else f"{table}_{name}"
@@ -156,8 +174,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("redis", frozenset({"server", "multiprocess", "listener"}),
             build=lambda request, tmp, name: RedisStore(request.getfixturevalue("redis_url"),
                                                         key=_redis_key(request, name)),
-            target=lambda request, tmp, name: _with_query(
-                request.getfixturevalue("redis_url"), f"key={_redis_key(request, name)}"),
+            target=_redis_target,
             lose=_lose_redis, dump=_dump_redis),
     Backend("postgres", frozenset({"server", "multiprocess", "listener"}),
             build=lambda request, tmp, name: PostgresStore(

@@ -18,17 +18,12 @@ import _panels  # noqa: F401  (registers the panel classes, as a bot's cogs woul
 
 from cascadeui import PersistentView, get_store, setup_persistence
 from cascadeui.actions import APPLICATION_SET
-from cascadeui.persistence import FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.persistence import backend_from_url
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot, mark_ready
 
 
 def make_backend(spec: dict[str, Any]) -> Any:
-    kind = spec["kind"]
-    if kind == "json":
-        return FileStorageBackend(spec["path"])
-    if kind == "sqlite":
-        return SQLiteBackend(spec["path"])
-    return RedisBackend(spec["url"], key=spec["key"])
+    return backend_from_url(spec["target"])
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:

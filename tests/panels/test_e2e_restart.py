@@ -16,11 +16,12 @@ import anyio
 import discord
 import pytest
 from _panels import CounterPanel, OwnerPanel
+from _registry import kinds, target
 from discord.ext import commands
 
 from cascadeui import PersistentView, setup_persistence
 from cascadeui.actions import APPLICATION_SET
-from cascadeui.persistence import FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui.persistence import backend_from_url
 from cascadeui.store import StateStore
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
@@ -41,23 +42,15 @@ class RetiredPanel(PersistentView):
 
 
 def backend_spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
-    if kind == "json":
-        return {"kind": kind, "path": str(tmp_path / "state.json")}
-    if kind == "sqlite":
-        return {"kind": kind, "path": str(tmp_path / "state.db")}
-    return {"kind": kind, "url": request.getfixturevalue("redis_url"),
-            "key": request.getfixturevalue("redis_key")}
+    """What both bots open: the backend's path or URL (bot 2 is another process)."""
+    return {"target": target(kind, request, tmp_path)}
 
 
 def make_backend(spec: dict[str, Any]) -> Any:
-    if spec["kind"] == "json":
-        return FileStorageBackend(spec["path"])
-    if spec["kind"] == "sqlite":
-        return SQLiteBackend(spec["path"])
-    return RedisBackend(spec["url"], key=spec["key"])
+    return backend_from_url(spec["target"])
 
 
-@pytest.mark.parametrize("kind", ["json", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", kinds("multiprocess"))
 async def test_restart_in_a_second_process(kind: str, tmp_path: Path,
                                            request: pytest.FixtureRequest) -> None:
     spec = backend_spec(kind, tmp_path, request)

@@ -13,12 +13,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import pytest
+from _registry import kinds, target
 
 from cascadeui import sync
 from cascadeui.actions import APPLICATION_SET, SCHEMA_KEY
@@ -28,7 +28,8 @@ from cascadeui.migrations import backup_store, check_migrations, migrate_adapter
 from cascadeui.persistence import backend_from_url
 from cascadeui.store import StateStore
 
-KINDS = ["json", "sqlite", "redis", "postgres"]
+#: Two OS processes migrate one state at once: every backend several processes can share.
+KINDS = kinds("multiprocess")
 WORKER = Path(__file__).resolve().parents[1] / "_migrate_worker.py"
 V0 = {"application": {"scores": {"1": 5, "2": 7}, "motd": "hi"},
       "persistent_views": {"p": {"class_name": "Old", "message_id": "1",
@@ -60,23 +61,8 @@ STEPS = {1: to_v1, 2: to_v2, 3: to_v3}
 
 
 @pytest.fixture(params=KINDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind = request.param
-    if kind == "json":
-        yield str(tmp_path / "state.json")
-    elif kind == "sqlite":
-        yield str(tmp_path / "state.db")
-    elif kind == "postgres":
-        base, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
-        yield f"{base}{'&' if '?' in base else '?'}table={table}"
-    else:
-        base, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
-        yield f"{base}?key={key}"
-        import redis
-
-        client = redis.Redis.from_url(base)
-        client.delete(*client.keys(f"{key}*"))
-        client.close()
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return target(request.param, request, tmp_path)
 
 
 def adapter(url: str) -> SyncStore:

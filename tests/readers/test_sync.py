@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _registry import kinds, target
 
 from cascadeui import sync
 from cascadeui._restore import setup_persistence as async_setup
@@ -25,16 +26,10 @@ STATE = {"application": {"scores": {1234567890123456789: 3}, "tags": {"a", "b"}}
          "persistent_views": {}}
 
 
-@pytest.fixture(params=["json", "sqlite", "redis"])
+@pytest.fixture(params=kinds())
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A path or URL string of each built-in backend."""
-    if request.param == "json":
-        return str(tmp_path / "state.json")
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    redis_url: str = request.getfixturevalue("redis_url")
-    key: str = request.getfixturevalue("redis_key")
-    return f"{redis_url}?key={key}"
+    """A path or URL string of each backend."""
+    return target(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -14,16 +14,18 @@ import anyio.to_thread
 import pytest
 from _helpers import open_adapter, started_redis_server
 from _panels import CounterPanel
+from _registry import build, kinds
 from kit.redis_server import RedisServer
 
-from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui._backends import AsyncBackend, FileStorageBackend, RedisBackend
 from cascadeui.actions import APPLICATION_SET
+from cascadeui.adapters import FileStore
 from cascadeui.errors import DurabilityTimeoutError, SerializationError, StorageUnavailableError
 from cascadeui.serializer import SnapshotEncoder
 from cascadeui.store import StateStore
 
 pytestmark = pytest.mark.anyio
-KINDS = ["file", "sqlite", "redis"]
+KINDS = kinds()
 
 
 
@@ -55,29 +57,18 @@ class _Counted:
         return version
 
 
-class CountedFile(_Counted, FileStorageBackend):
-    """Counted writes on the real backend."""
+class Counted(_Counted, AsyncBackend[Any]):
+    """Counted writes on a real adapter of the registry."""
 
 
-class CountedSQLite(_Counted, SQLiteBackend):
-    """Counted writes on the real backend."""
+def _counted(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> _Counted:
+    return Counted(build(kind, request, tmp_path))
 
 
-class CountedRedis(_Counted, RedisBackend):
-    """Counted writes on the real backend."""
-
-
-def _counted(kind: str, tmp_path: Path, redis_url: str, key: str) -> _Counted:
-    if kind == "file":
-        return CountedFile(tmp_path / "state.json")
-    if kind == "sqlite":
-        return CountedSQLite(tmp_path / "state.db")
-    return CountedRedis(redis_url, key=key)
-
-
-def _where(kind: str, tmp_path: Path, redis_url: str) -> str:
-    return {"file": str(tmp_path / "state.json"), "sqlite": str(tmp_path / "state.db"),
-            "redis": redis_url}[kind]
+def _load_built(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """What a fresh adapter of the medium finds."""
+    with build(kind, request, tmp_path) as fresh:
+        return dict(fresh.load())
 
 
 def _load(kind: str, where: str, key: str) -> dict[str, Any]:
@@ -99,8 +90,8 @@ async def store() -> AsyncIterator[StateStore]:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_concurrent_durable_dispatches_share_writes_and_each_returns_stored(
-        kind: str, tmp_path: Path, redis_url: str, redis_key: str, store: StateStore) -> None:
-    backend = await anyio.to_thread.run_sync(_counted, kind, tmp_path, redis_url, redis_key)
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest, store: StateStore) -> None:
+    backend = await anyio.to_thread.run_sync(_counted, kind, request, tmp_path)
     # Coalescing alone would not write for 10 s: every write here is a durable one.
     await store.enable_persistence(backend, debounce=10.0, max_delay=10.0)  # type: ignore[arg-type]
     n = 60
@@ -116,12 +107,12 @@ async def test_concurrent_durable_dispatches_share_writes_and_each_returns_store
     assert time.monotonic() - started < 5.0
     assert not_yet_stored == []
     assert 1 <= backend.writes < n, backend.writes  # a group commit, not one write each
-    found = await stored(kind, _where(kind, tmp_path, redis_url), redis_key)
+    found = await anyio.to_thread.run_sync(_load_built, kind, request, tmp_path)
     assert found["application"]["u"] == {i: i for i in range(n)}
 
 
 async def test_non_durable_dispatch_still_coalesces(tmp_path: Path, store: StateStore) -> None:
-    backend = await anyio.to_thread.run_sync(CountedFile, tmp_path / "state.json")
+    backend = await anyio.to_thread.run_sync(lambda: Counted(FileStore(tmp_path / "state.json")))
     await store.enable_persistence(backend, debounce=0.2, max_delay=1.0)
     for i in range(20):
         await store.dispatch(APPLICATION_SET, {"path": ["u", i], "value": i})
