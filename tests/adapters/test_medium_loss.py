@@ -27,6 +27,7 @@ import psycopg
 import pytest
 import redis
 from _helpers import started_postgres, started_redis_server
+from _registry import build, kinds
 from kit.postgres_server import scratch_database
 from kit.redis_server import RedisServer
 from psycopg import sql
@@ -509,32 +510,19 @@ async def test_postgres_database_dropped_and_created_again_under_a_running_store
 # -- loss versus a real deletion --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["json", "sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("kind", kinds("multiprocess"))
 async def test_another_writers_real_deletion_still_deletes(
-        kind: str, tmp_path: Path, redis_url: str, redis_key: str, pg_table: str,
-        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A deletion committed on top of a state this store saw is a deletion, not loss:
     through a whole write (a script's transaction) and through the journal (another
     running store's append)."""
-    pg_url = request.getfixturevalue("postgres_url") if kind == "postgres" else ""
 
     def backend() -> AsyncBackend[Any]:
-        if kind == "json":
-            return FileStorageBackend(tmp_path / "state.json")
-        if kind == "sqlite":
-            return SQLiteBackend(tmp_path / "state.db")
-        if kind == "postgres":
-            return PostgresBackend(url=pg_url, table=pg_table)
-        return RedisBackend(url=redis_url, key=redis_key)
+        return AsyncBackend(adapter())
 
-    def adapter() -> FileStore | SQLiteStore | RedisStore | PostgresStore:
-        if kind == "json":
-            return FileStore(tmp_path / "state.json")
-        if kind == "sqlite":
-            return SQLiteStore(tmp_path / "state.db")
-        if kind == "postgres":
-            return PostgresStore(pg_url, table=pg_table)
-        return RedisStore(redis_url, key=redis_key)
+    def adapter() -> Any:
+        return build(kind, request, tmp_path)
 
     a_it = running(backend(), poll=0.05)
     a = await a_it.__anext__()

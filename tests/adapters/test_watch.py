@@ -18,11 +18,12 @@ import psycopg
 import pytest
 import redis
 from _helpers import started_redis_server
+from _registry import build, kinds
 from kit.redis_server import RedisServer
 
 from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_SET
-from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, PostgresStore, RedisStore
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
 
@@ -66,18 +67,9 @@ def in_thread(fn: Callable[[], Any]) -> Any:
 # -- every backend: two stores on one medium converge at once ------------------------------
 
 
-@pytest.fixture(params=["file", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=kinds("listener"))
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
-    kind = request.param
-    if kind == "file":
-        return lambda: FileStore(tmp_path / "state.json")
-    if kind == "sqlite":
-        return lambda: SQLiteStore(tmp_path / "state.db")
-    if kind == "redis":
-        url, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
-        return lambda: RedisStore(url, key=key)
-    url, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
-    return lambda: PostgresStore(url, table=table)
+    return lambda: build(request.param, request, tmp_path)
 
 
 async def test_two_running_stores_converge_by_push(make: Callable[[], Any]) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _registry import kinds
 from kit.spawn import script_command, script_env
 
 from cascadeui._backends import AsyncBackend, FileStorageBackend
@@ -290,7 +291,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - t0
 
 
-@pytest.fixture(params=["file", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=kinds("multiprocess"))
 def lock_case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str, Any]:
     """(kind, location, key, a fresh store with a short lock timeout)."""
     if request.param == "file":

@@ -21,11 +21,12 @@ from typing import Any
 import anyio
 import pytest
 import redis
+from _registry import kinds
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cascadeui._backends import FileStorageBackend
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
+from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
 from cascadeui.errors import PersistenceError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 from cascadeui.store import StateStore
@@ -418,7 +419,7 @@ def test_redis_garbage_version_key_is_typed(redis_store: tuple[RedisStore, redis
 # -- setup_persistence over every medium holding garbage -----------------------------------
 
 
-@pytest.mark.parametrize("medium", ["file", "sqlite", "redis"])
+@pytest.mark.parametrize("medium", kinds("multiprocess"))  # every medium garbage can sit on
 def test_setup_persistence_never_writes_empty_over_garbage(
         medium: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from cascadeui import setup_persistence
@@ -445,6 +446,19 @@ def test_setup_persistence_never_writes_empty_over_garbage(
                 return conn.execute("SELECT data FROM cascadeui_state").fetchall()
             finally:
                 conn.close()
+    elif medium == "postgres":
+        import psycopg
+
+        url, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+        with PostgresStore(url, table=table) as first:
+            first.save(GOOD)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'UPDATE "{table}" SET data = %s WHERE id = 1', (garbage.decode(),))
+        adapter = PostgresStore(url, table=table)
+
+        def stored() -> Any:
+            with psycopg.connect(url, autocommit=True) as conn:
+                return conn.execute(f'SELECT data FROM "{table}" ORDER BY id').fetchall()
     else:
         url, key = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_key")
         raw = redis.Redis.from_url(url)

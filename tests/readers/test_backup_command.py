@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _registry import kinds, target
+from _spawn import module, run
 
 from cascadeui import sync
 from cascadeui.adapters import SQLiteStore
@@ -21,8 +21,7 @@ STATE: dict[str, Any] = {"application": {"votes": {"1": "pizza"}, "n": 3},
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascadeui", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return run(module("cascadeui", *args), cwd=cwd, timeout=60)
 
 
 def test_backup_of_a_live_sqlite_database_keeps_what_only_the_wal_holds(
@@ -48,7 +47,7 @@ def test_backup_of_a_live_sqlite_database_keeps_what_only_the_wal_holds(
     assert "cascadeui backup" in checked.stdout
 
 
-@pytest.mark.parametrize("kind", kinds("multiprocess"))  # a subprocess reads the source
+@pytest.mark.parametrize("kind", kinds("multiprocess"))  # the CLI is another process
 def test_backup_copies_any_backend_and_never_replaces_a_state(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     source = target(kind, request, tmp_path)

@@ -4,6 +4,7 @@
   under both loops parametrizes it, and only such a module defines its own.
 - Every adapter in ``cascadeui.adapters`` is an entry of ``_registry.BACKENDS``, so the
   conformance class (``test_conformance.py``) and every suite whose traits apply run on it.
+  No module keeps its own list of backend names: it asks ``_registry.kinds(traits)``.
 - Scripts run at a tiny size (benchmark smoke, campaigns) are marked ``slow``: skipped by
   ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh full`` (CI).
 - The no-blocking guard (``conftest.no_blocking_on_loop``) is on for every module; only
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -59,6 +61,42 @@ def test_every_adapter_is_in_the_contract_suite() -> None:
                 and getattr(adapters_module, name) is not BaseStore}
     assert concrete == {"file", "sqlite", "redis", "postgres", "memory"}
     assert set(BACKENDS) == concrete
+
+
+#: Backend names, as the registry spells them and as the JSON one used to be spelled.
+BACKEND_NAMES = {"file", "json", "sqlite", "redis", "postgres", "memory"}
+#: Literals naming several backends that are not a list of backends to run, and why.
+NOT_A_BACKEND_LIST = {
+    "test_docs.py": "the pip extras named after backends",
+    "test_suite_layout.py": "the registry checked against the adapters",
+    # A campaign script chooses its backends and names them in its output (scripts/).
+    "test_bench_push_smoke.py": "the benchmark script's output",
+    "test_bench_smoke.py": "the benchmark scripts' output",
+    "test_bench_storage_smoke.py": "the benchmark script's output",
+    "test_powercut.py": "the power-cut campaign's output",
+    "test_reliability_crash.py": "the crash campaigns' output",
+}
+
+
+def _backend_lists(path: Path) -> list[int]:
+    """Lines of ``path`` with a list, tuple, set or dict literal naming two backends or more."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        items = node.keys if isinstance(node, ast.Dict) else (
+            node.elts if isinstance(node, ast.List | ast.Tuple | ast.Set) else [])
+        names = [i.value for i in items if isinstance(i, ast.Constant) and i.value in BACKEND_NAMES]
+        if len(names) >= 2:
+            found.append(node.lineno)
+    return found
+
+
+def test_no_backend_list_is_kept_outside_the_registry() -> None:
+    """A new backend is one registry entry: every suite asks the registry for its kinds."""
+    kept = {f"{p.relative_to(TESTS)}:{line}" for p in TESTS.rglob("*.py")
+            if p.name != "_registry.py" and p.name not in NOT_A_BACKEND_LIST
+            for line in _backend_lists(p)}
+    assert not kept, f"use _registry.kinds(traits) instead of a hand-kept list: {sorted(kept)}"
+    assert all(_backend_lists(next(TESTS.rglob(name))) for name in NOT_A_BACKEND_LIST)
 
 
 def test_script_smoke_tests_are_marked_slow() -> None:

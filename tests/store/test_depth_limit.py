@@ -9,15 +9,15 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-from _helpers import open_adapter
+from _registry import build, kinds
 
-from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
+from cascadeui._backends import AsyncBackend
 from cascadeui.actions import APPLICATION_SET
 from cascadeui.errors import SerializationError
 from cascadeui.serializer import MAX_DEPTH, StateSerializer
 from cascadeui.store import StateStore
 
-KINDS = ["file", "sqlite", "redis"]
+KINDS = kinds()
 #: ``state["application"]["deep"]`` nests this many dicts: legal on its own.
 BASE = 150
 #: The key path to the innermost of them, plus a new key ``x`` there (152 keys deep).
@@ -34,22 +34,10 @@ def nest(levels: int) -> Any:
     return value
 
 
-def where(kind: str, tmp_path: Path, redis_url: str) -> str:
-    return {"file": str(tmp_path / "s.json"), "sqlite": str(tmp_path / "s.db"),
-            "redis": redis_url}[kind]
-
-
-def backend_for(kind: str, tmp_path: Path, redis_url: str, key: str) -> Any:
-    if kind == "file":
-        return FileStorageBackend(tmp_path / "s.json")
-    if kind == "sqlite":
-        return SQLiteBackend(tmp_path / "s.db")
-    return RedisBackend(redis_url, key=key)
-
-
-def rewrite_whole(kind: str, at: str, key: str) -> dict[str, Any]:
+def rewrite_whole(kind: str, request: pytest.FixtureRequest, tmp_path: Path
+                  ) -> dict[str, Any]:
     """Load snapshot + journal and write it whole again: what compaction and tools do."""
-    with open_adapter(kind, at, key) as adapter:
+    with build(kind, request, tmp_path) as adapter:
         state = adapter.load()
         adapter.save(state)
         return state
@@ -59,8 +47,9 @@ def rewrite_whole(kind: str, at: str, key: str) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.anyio
 async def test_a_dispatch_that_would_nest_too_deep_is_refused_and_nothing_is_applied(
-        kind: str, tmp_path: Path, redis_url: str, redis_key: str) -> None:
-    backend = await anyio.to_thread.run_sync(backend_for, kind, tmp_path, redis_url, redis_key)
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    backend = await anyio.to_thread.run_sync(
+        lambda: AsyncBackend(build(kind, request, tmp_path)))
     store = StateStore()
     await store.enable_persistence(backend)
     try:
@@ -80,8 +69,7 @@ async def test_a_dispatch_that_would_nest_too_deep_is_refused_and_nothing_is_app
         assert await store.flush()
     finally:
         await store.close()  # compacts: a whole write of what the journal built
-    state = await anyio.to_thread.run_sync(
-        rewrite_whole, kind, where(kind, tmp_path, redis_url), redis_key)
+    state = await anyio.to_thread.run_sync(rewrite_whole, kind, request, tmp_path)
     node = state["application"]["deep"]
     for key in DEEP_PATH[1:]:
         node = node[key]
@@ -90,10 +78,9 @@ async def test_a_dispatch_that_would_nest_too_deep_is_refused_and_nothing_is_app
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_journal_append_is_held_to_the_whole_document_depth(
-        kind: str, tmp_path: Path, redis_url: str, redis_key: str) -> None:
-    at = where(kind, tmp_path, redis_url)
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     path = ("application", *DEEP_PATH)
-    with open_adapter(kind, at, redis_key) as adapter:
+    with build(kind, request, tmp_path) as adapter:
         adapter.save({"application": {"deep": nest(BASE)}})
         _, version = adapter.load_versioned()  # type: ignore[union-attr]
         full_writes: list[int] = []
@@ -110,4 +97,4 @@ def test_a_journal_append_is_held_to_the_whole_document_depth(
         assert adapter.save_changes([(path, nest(ROOM))], version,  # type: ignore[union-attr]
                                     full=full) is not None
         assert full_writes == []  # it was an append
-    rewrite_whole(kind, at, redis_key)  # loads, and is writable whole again
+    rewrite_whole(kind, request, tmp_path)  # loads, and is writable whole again

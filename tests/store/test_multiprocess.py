@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from _helpers import open_adapter
+from _registry import kinds
 
 from cascadeui.adapters import FileStore, RedisStore
 
@@ -36,7 +37,7 @@ N = int(os.environ.get("CASCADEUI_MP_N", "40"))
 TARGET_DELAY = 1.0  # seconds, from the issue
 
 
-@pytest.fixture(params=["file", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=kinds("multiprocess"))
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
     """(kind, where, key): a file, a database file, a Redis key, a PostgreSQL table."""
     kind = request.param

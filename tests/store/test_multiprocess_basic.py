@@ -13,102 +13,36 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import open_adapter
+from _registry import kinds
+from _registry import target as registry_target
+from _spawn import start, worker
 
-from cascadeui.adapters import FileStore, RedisStore
+from cascadeui.adapters import FileStore
+from cascadeui.persistence import backend_from_url
 
 INCREMENTS = int(os.environ.get("CASCADEUI_MP_INCREMENTS", "200"))
 KILLS = int(os.environ.get("CASCADEUI_KILLS", "20"))
-KINDS = ["file", "sqlite", "redis"]
+#: Several OS processes share the medium.
+KINDS = kinds("multiprocess")
 
-SPAWNER = r'''
-import hashlib, os, sys
-import redis, sqlite_utils  # imported once here, not in every forked worker
-from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
-from cascadeui.errors import LockTimeoutError
 
-kind, where, key = sys.argv[1], sys.argv[2], sys.argv[3]
+def adapter(target: tuple[str, str]) -> Any:
+    """A fresh adapter on the target's medium, in this process."""
+    return backend_from_url(target[1]).store
 
-def say(line):
-    # One write() per line: the parent and its forked savers share this pipe, and
-    # print() may write the text and its newline separately ("forked 18781ready 18781").
-    os.write(1, (line + "\n").encode())
-
-def open_store():
-    if kind == "file":
-        return FileStore(where, lock_timeout=60)
-    if kind == "sqlite":
-        return SQLiteStore(where, timeout=60)
-    return RedisStore(where, key=key, lock_timeout=60)
-
-def increment(n):
-    store = open_store()
-    for _ in range(n):
-        with store.transaction() as st:
-            st["counter"] = st.get("counter", 0) + 1
-            st.setdefault("pids", set()).add(os.getpid())
-    store.close()
-
-def save_loop(seq):
-    store = open_store()
-    if kind == "redis":
-        store.lock_timeout = 0.2  # a killed writer's lease ends quickly
-    announced = False
-    while True:
-        seq += 1
-        payload = "x" * (1000 + (seq * 7919) % 60000)
-        digest = hashlib.sha256(f"{seq}:{payload}".encode()).hexdigest()
-        try:
-            store.save({"seq": seq, "payload": payload, "digest": digest,
-                        "ids": {seq: (seq,)}})
-        except LockTimeoutError:
-            continue
-        if not announced:
-            say(f"ready {os.getpid()}")
-            announced = True
-
-def fork(job, *args):
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            job(*args)
-        except BaseException as exc:
-            say(f"error {os.getpid()} {exc!r}")
-            code = 1
-        os._exit(code)
-    return pid
-
-for line in sys.stdin:
-    cmd, *args = line.split()
-    if cmd == "increment":
-        procs, n = int(args[0]), int(args[1])
-        pids = [fork(increment, n) for _ in range(procs)]
-        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
-        say("done " + " ".join(map(str, codes)))
-    elif cmd == "saver":
-        pid = fork(save_loop, int(args[0]))
-        say(f"forked {pid}")
-    elif cmd == "reap":
-        pid = int(args[0])
-        say(f"reaped {os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}")
-'''
 
 
 class Spawner:
     """Drives the spawner subprocess line by line, with bounded waits."""
 
-    def __init__(self, kind: str, where: str, key: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SPAWNER, kind, where, key], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self, target: str) -> None:
+        self.proc = start(worker("fork", target), stdin=True)
         self.children: set[int] = set()
         self.pending: list[str] = []
 
@@ -151,31 +85,23 @@ class Spawner:
 
 
 @pytest.fixture(params=KINDS)
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
-    kind = request.param
-    if kind == "file":
-        yield kind, str(tmp_path / "state.json"), "-"
-    elif kind == "sqlite":
-        yield kind, str(tmp_path / "state.db"), "-"
-    else:
-        key = request.getfixturevalue("redis_key")
-        yield kind, request.getfixturevalue("redis_url"), key
-        with RedisStore(request.getfixturevalue("redis_url"), key=key) as store:
-            store._client.delete(key, store.version_key, store.lock_key)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(kind, the backend's path or URL)."""
+    return request.param, registry_target(request.param, request, tmp_path)
 
 
 @pytest.fixture
-def spawner(target: tuple[str, str, str]) -> Iterator[Spawner]:
-    sp = Spawner(*target)
+def spawner(target: tuple[str, str]) -> Iterator[Spawner]:
+    sp = Spawner(target[1])
     yield sp
     sp.close()
 
 
-def test_four_processes_increment_exactly(target: tuple[str, str, str],
+def test_four_processes_increment_exactly(target: tuple[str, str],
                                           spawner: Spawner) -> None:
     spawner.ask(f"increment 4 {INCREMENTS}")
     assert spawner.read("done") == ["0"] * 4
-    with open_adapter(*target) as store:
+    with adapter(target) as store:
         state = store.load()
         assert state["counter"] == 4 * INCREMENTS
         assert len(state["pids"]) == 4
@@ -194,7 +120,7 @@ def _check_complete(state: dict[str, Any]) -> int:
     return int(seq)
 
 
-def test_sigkill_while_saving_never_leaves_a_torn_state(target: tuple[str, str, str],
+def test_sigkill_while_saving_never_leaves_a_torn_state(target: tuple[str, str],
                                                         spawner: Spawner) -> None:
     rng = random.Random(1234)
     last = 0
@@ -209,7 +135,7 @@ def test_sigkill_while_saving_never_leaves_a_torn_state(target: tuple[str, str, 
         spawner.ask(f"reap {pid}")
         assert spawner.read("reaped") == [str(-signal.SIGKILL)]
         spawner.children.discard(pid)
-        with open_adapter(*target) as store:
+        with adapter(target) as store:
             seq = _check_complete(store.load())
         assert seq > last  # the newest committed state, never an older one
         last = seq
