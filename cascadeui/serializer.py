@@ -127,7 +127,7 @@ def check_storable(value: Any, path: Sequence[Any]) -> None:
         (``application.price``, then the keys inside ``value``, shortened when deep).
     """
     tp = type(value)
-    if tp in _LEAVES or (tp is int and -_INT_BOUND < value < _INT_BOUND) or (
+    if tp in _LEAVES or (tp is int and value.bit_length() <= _MAX_INT_BITS) or (
             tp is float and value - value == 0.0):
         return
     if all(type(key) is str for key in path) and _plainly_storable(value, len(path)):
@@ -149,8 +149,6 @@ def check_storable(value: Any, path: Sequence[Any]) -> None:
                                  path=shown) from None
 
 
-#: Ints strictly inside +-2**_MAX_INT_BITS are always storable (a comparison, no call).
-_INT_BOUND = 1 << _MAX_INT_BITS
 _SEQUENCES: frozenset[type] = frozenset({list, tuple, set, frozenset})
 
 
@@ -178,7 +176,7 @@ def _plainly_storable(value: Any, depth: int) -> bool:
             if ctp in _LEAVES:
                 continue
             if ctp is int:
-                if not -_INT_BOUND < child < _INT_BOUND:
+                if child.bit_length() > _MAX_INT_BITS:
                     return False
             elif ctp is float:
                 if child - child != 0.0:
