@@ -92,6 +92,16 @@ async def test_too_deep_a_value_names_the_users_path_in_a_short_message() -> Non
     assert store.state["application"] == {}
 
 
+async def test_an_integer_past_the_digit_limit_is_refused_in_and_out_of_containers() -> None:
+    store = StateStore()
+    for value, where in ((10 ** 5000, "application.n"),
+                         ({"a": [1, 10 ** 5000]}, "application.n.a.1")):
+        with pytest.raises(SerializationError, match="integer too large") as info:
+            await store.dispatch(APPLICATION_SET, {"path": ["n"], "value": value})
+        assert info.value.path == where
+    assert store.state["application"] == {}
+
+
 async def test_storable_values_of_every_kind_are_accepted() -> None:
     from datetime import date, datetime, timezone
     from enum import IntEnum
