@@ -4,7 +4,9 @@ They need no event loop: call them from scripts, threads and notebooks. The asyn
 backends in :mod:`cascadeui.persistence` run them in worker threads.
 """
 
+from ._file_store import FileStore
 from ._journal import JournaledStore, apply_shared
+from ._listeners import Listener, StatListener, listener_for
 from ._memory_store import MemoryStore
 from ._postgres_store import PostgresStore
 from ._redis_store import RedisStore
@@ -21,7 +23,6 @@ from .base import (
     TransactionalStore,
     VersionedStore,
 )
-from .file_store import FileStore
 
 __all__ = [
     "BackupInfo",
@@ -31,14 +32,17 @@ __all__ = [
     "DescribedStore",
     "FileStore",
     "JournaledStore",
+    "Listener",
     "MemoryStore",
     "PostgresStore",
     "RedisStore",
     "SQLiteStore",
+    "StatListener",
     "StoreInfo",
     "SyncStore",
     "TransactionalStore",
     "VersionedStore",
     "apply_shared",
+    "listener_for",
     "redact_url",
 ]

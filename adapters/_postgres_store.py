@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from cascadeui._watch import TICK, Listener, Notify, announced_version
+from ._listeners import TICK, Listener, Notify, announced_version
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cascadeui._merge import Change
-from cascadeui._watch import TICK, Listener, Notify, announced_version
+from ._listeners import TICK, Listener, Notify, announced_version
 from cascadeui.errors import LockTimeoutError, StorageUnavailableError
 
 from . import _redis_scripts as lua

@@ -58,7 +58,7 @@ from ._rows import RowStore, RowTx
 from .base import Check, StoreInfo
 
 if TYPE_CHECKING:
-    from cascadeui._watch import Listener
+    from ._listeners import Listener
 
     from ._journal import JournaledStore
 
@@ -233,7 +233,7 @@ class SQLiteStore(RowStore):
 
     def listener(self, notify: Callable[[int | None], None]) -> Listener | None:
         """Watch the database and its ``-wal`` by ``stat`` (None for ``:memory:``)."""
-        from cascadeui._watch import StatListener
+        from ._listeners import StatListener
 
         if self.path == ":memory:":
             return None

@@ -53,7 +53,7 @@ from ._persist_state import (
     persisted_part,
     replay,
 )
-from ._watch import Listener, listener_for
+from .adapters import Listener, listener_for
 from .actions import STATE_RELOADED
 from .errors import PersistenceError, StoreClosedError
 from .serializer import SnapshotEncoder, StateSerializer
@@ -155,7 +155,7 @@ class Engine:
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.wake: asyncio.Event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        #: The thread that hears other processes' commits at once (cascadeui._watch).
+        #: The thread that hears other processes' commits at once (the adapter's listener).
         self.listener: Listener | None = None
         #: A commit was announced (or a listener reconnected): check the version now.
         self.pushed: bool = False

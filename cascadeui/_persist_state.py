@@ -59,7 +59,7 @@ class Timing:
     retry_max: float
     poll_interval: float | None = None
     durable_timeout: float = 2.5
-    #: Listen for commits announced by other processes (cascadeui._watch), on top of polling.
+    #: Listen for commits announced by other processes (the adapter's listener), on top of polling.
     push: bool = True
 
     def __post_init__(self) -> None:

@@ -431,8 +431,8 @@ class StateSerializer:
         if not isinstance(state, Mapping):
             raise SerializationError(
                 f"state must be a dict, not {type(state).__name__}", path="state")
-        plain = state if type(state) is dict else dict(state)
         try:
+            plain = state if type(state) is dict else dict(state)
             native = plain if _only_plain(plain) else _encode(plain, 0, _FAST_LEAVES)
             try:
                 return self._utf8_safe(_ENCODER.encode(native), native)
@@ -445,6 +445,13 @@ class StateSerializer:
         except RecursionError:  # only a self-referencing container gets this deep
             raise SerializationError("state contains a reference cycle or is nested too "
                                      "deeply", path="state") from None
+        except RuntimeError as exc:  # "dictionary changed size during iteration"
+            if "during iteration" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"the state changed while it was being saved ({exc}): another thread "
+                "mutated it, which is a bug in the caller; nothing was written. Save a "
+                "copy, or change the state only from the thread that saves it") from exc
 
     def encode_value(self, value: Any, *, depth: int = 0,
                      path: tuple[Any, ...] = ()) -> str:

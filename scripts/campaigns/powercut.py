@@ -122,7 +122,7 @@ def make_store(backend: str, path: Path, sabotage: str = "", backups: int = 2) -
 
 def sabotage_file(kind: str) -> None:
     """Break the JSON file adapter in this (writer) process only."""
-    from cascadeui.adapters import FileStore
+    from cascadeui.adapters import _fileio
 
     if kind == "no-fsync":
         def skip(fd: int) -> None:
@@ -130,7 +130,7 @@ def sabotage_file(kind: str) -> None:
 
         os.fsync = skip
     elif kind == "no-dir-fsync":
-        FileStore._fsync_dir = lambda self, directory=None: None  # type: ignore[method-assign]
+        _fileio.fsync_dir = lambda directory: None
 
 
 def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -> None:

@@ -136,8 +136,8 @@ def _outside_intact(outside: Path) -> None:
 
 
 @pytest.mark.parametrize("where", [
-    "state.json.lock", "state.json.bak", "state.json.bak.1", "state.json.bak.{pid}.tmp",
-    "state.json.bak.1.{pid}.tmp"])
+    "state.json.lock", "state.json.lock.commit", "state.json.bak", "state.json.bak.1",
+    "state.json.bak.{pid}.tmp", "state.json.bak.1.{pid}.tmp"])
 def test_symlink_at_side_paths_never_redirects_a_write(victim: tuple[Path, Path], where: str,
                                                       ) -> None:
     state_dir, outside = victim
@@ -402,7 +402,7 @@ def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
     if isinstance(any_store, FileStore):
         names = set(os.listdir(tmp_path)) - set(before)
         assert names <= {"state.json", "state.json.bak", "state.json.lock",
-                         "state.json.lineage"}, names
+                         "state.json.lock.commit", "state.json.lineage"}, names
     elif isinstance(any_store, SQLiteStore):
         conn = sqlite3.connect(tmp_path / "state.db")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}

@@ -129,7 +129,7 @@ JOURNAL_FAULTS = {
 
 def disk(tmp: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(tmp.iterdir())
-            if p.is_file() and not p.name.endswith(".lock")}
+            if p.is_file() and not p.name.endswith((".lock", ".lock.commit"))}
 
 
 def gen(i: int) -> dict[str, Any]:

@@ -516,7 +516,7 @@ def test_the_architecture_page_lists_every_module() -> None:
 
 
 def test_path_lock_is_reentrant_exclusive_and_never_follows_a_link(tmp_path: Path) -> None:
-    from cascadeui.adapters.locks import LockUnavailableError, PathLock
+    from cascadeui.adapters._locks import LockUnavailableError, PathLock
 
     path = tmp_path / "x.lock"
     first, second = PathLock(path, timeout=5), PathLock(path, timeout=0.1)

@@ -261,4 +261,5 @@ def test_facade_raises_type_error_instead_of_returning_false(tmp_path: Path) -> 
 
     anyio.run(main)
     # No .bak, no temp file (s.json.lineage is the state's lineage id, issue 11).
-    assert set(os.listdir(tmp_path)) - {"s.json.lock"} == {"s.json", "s.json.lineage"}
+    assert set(os.listdir(tmp_path)) - {"s.json.lock", "s.json.lock.commit"} == {
+        "s.json", "s.json.lineage"}

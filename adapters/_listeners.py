@@ -7,7 +7,7 @@ Redis and PostgreSQL ones live with their adapter). A JSON file or a SQLite data
 watched on disk instead: a cheap ``stat``
 of its files every :data:`STAT_INTERVAL` seconds (no dependency, works on any file
 system). The listener calls ``notify(version)`` from its thread; the engine then checks
-the version and catches up from the journal at once (:meth:`cascadeui._engine.Engine._poll`).
+the version and catches up from the journal at once (the engine's poll).
 
 Pub/sub and NOTIFY drop messages while a listener is away, so a lost connection is
 reconnected with capped, jittered backoff, and every (re)connection calls
