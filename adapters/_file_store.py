@@ -9,7 +9,9 @@ Layout next to ``<path>``:
 - ``<path>.journal``, the *change journal* (:mod:`._journal_file`): the commits appended
   after that snapshot by :meth:`FileStore.save_changes`, each one fsynced line, so a
   commit costs what changed. Its header binds it to the snapshot's *content*.
-- ``<path>.lineage``, the lineage id (see :meth:`FileStore.load_checked`).
+- ``<path>.lineage``, ``<lineage id> <generation>``: the id changes when the state is
+  lost and written again, the generation grows with every full write (see
+  :meth:`FileStore.load_checked`).
 - ``<path>.lock`` and ``<path>.lock.commit``, the lock files (:mod:`._locks`).
 
 A load is the snapshot with every journal record applied in order; a store that read or
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -82,6 +85,9 @@ __all__ = ["FileStore"]
 
 log: logging.Logger = logging.getLogger("cascadeui.adapters.file")
 
+#: What ``<path>.lineage`` holds: a hex id, then the generation.
+_LINEAGE_ID = re.compile(r"[0-9a-f]{1,64}")
+_GENERATION = re.compile(r"[0-9]{1,18}")
 #: Lock-free reads that find the snapshot replaced under them retry this often, then lock.
 _READ_ATTEMPTS = 5
 
@@ -124,9 +130,10 @@ class FileStore(BaseStore):
         self._dirs_ready = False
         #: The backup the last load fell back to (None: it read the main file).
         self._read_from: str | None = None
-        #: (version, lineage id) of the last state this store read whole or wrote under
-        #: the lock ('' when no lineage file exists).
-        self._lineage: tuple[int, str] | None = None
+        #: (version, lineage id, generation) of the last state this store read whole or
+        #: wrote under the lock (id '' when no lineage file exists, generation 0 when it
+        #: names none: an earlier build's).
+        self._lineage: tuple[int, str, int] | None = None
         #: The version at which load_checked found the medium lost: the whole write over
         #: it starts a new lineage.
         self._fork_at: int | None = None
@@ -345,7 +352,7 @@ class FileStore(BaseStore):
                 good.end if good is not None else 0, good.lines if good is not None else 0,
                 good.snapshot.format if good is not None and good.snapshot is not None
                 else FORMAT)
-            self._lineage = (self._extent.version, self._read_lineage())
+            self._lineage = (self._extent.version, *self._read_lineage())
         return True
 
     def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
@@ -353,11 +360,13 @@ class FileStore(BaseStore):
         this store read or wrote at version ``since``: the medium lost data.
 
         Loss is: the journal of the same snapshot holding fewer lines than this store saw
-        (truncated, deleted, replaced), or a state of another lineage (``<path>`` deleted,
+        (truncated, deleted, replaced); a state of another lineage (``<path>`` deleted,
         then written again by another process: a whole write into a missing file starts a
-        new lineage in ``<path>.lineage``). The next whole write over it starts a new
-        lineage, so other processes see the loss too. None when nothing was lost, or when
-        this store did not read or write version ``since`` itself.
+        new lineage in ``<path>.lineage``); or an older generation of the same lineage (an
+        older copy of the files put back: ``cp -p``, rsync, a volume snapshot restored).
+        The next whole write over it starts a new lineage, so other processes see the
+        loss too. None when nothing was lost, or when this store did not read or write
+        version ``since`` itself.
 
         :raises StateCorruptedError: as :meth:`load`.
         """
@@ -365,8 +374,8 @@ class FileStore(BaseStore):
         with self._locked():
             seen = self._extent if self._extent is not None and (
                 self._extent.version == since) else None
-            seen_lineage = self._lineage[1] if self._lineage is not None and (
-                self._lineage[0] == since) else ""
+            seen_lineage = self._lineage if self._lineage is not None and (
+                self._lineage[0] == since) else None
             state = self._load(locked=True)
             version = self.version()
             now = self._extent
@@ -377,14 +386,23 @@ class FileStore(BaseStore):
                     problem = (f"{self.journal_path} holds {max(now.journal_lines - 1, 0)} "
                                f"good record(s) of the {seen.journal_lines - 1} this store saw "
                                "(truncated, deleted or replaced)")
-                elif seen_lineage and self._lineage is not None and (
-                        self._lineage[1] != seen_lineage):
-                    problem = (f"{self.path} holds another lineage "
-                               f"({self._lineage[1] or 'none'}, this store saw {seen_lineage}): "
-                               "it was deleted, then written again by another process")
+                elif seen_lineage is not None and self._lineage is not None:
+                    problem = self._lineage_problem(seen_lineage, self._lineage)
             if problem is not None:
                 self._fork_at = version
             return state, version, problem
+
+    def _lineage_problem(self, seen: tuple[int, str, int], now: tuple[int, str, int]
+                         ) -> str | None:
+        """Why the lineage ``now`` is not a descendant of ``seen`` (None: it is)."""
+        if seen[1] and now[1] != seen[1]:
+            return (f"{self.path} holds another lineage ({now[1] or 'none'}, this store saw "
+                    f"{seen[1]}): it was deleted, then written again by another process")
+        if now[2] < seen[2]:
+            return (f"{self.path} went back from generation {seen[2]} to generation {now[2]} "
+                    "of its lineage: an older copy of the state was put back (restored "
+                    "from a copy, an rsync or a volume snapshot)")
+        return None
 
     def _snapshot_moved(self, snapshot: SnapshotId) -> bool:
         """True if ``<path>`` is no longer the snapshot a lock-free read started from."""
@@ -466,7 +484,7 @@ class FileStore(BaseStore):
         snapshot, so the same lineage."""
         self._extent = new
         if self._lineage is not None and self._lineage[0] == old.version:
-            self._lineage = (new.version, self._lineage[1])
+            self._lineage = (new.version, *self._lineage[1:])
 
     # -- writing -----------------------------------------------------------------------
 
@@ -565,7 +583,7 @@ class FileStore(BaseStore):
         The journal is deleted only after the new snapshot is in place: a crash between
         leaves a stale journal, whose header no longer names the snapshot.
         """
-        lineage = self._next_lineage(fork)
+        lineage, generation, written = self._next_lineage(fork)
         # From the last lock check (in `before`, once the new bytes are fsynced) until the
         # stale journal is gone, nobody may confirm a replacement lock file (_locks.py).
         with contextlib.ExitStack() as commit:
@@ -595,38 +613,62 @@ class FileStore(BaseStore):
                 # of the old one (save(a) over a + journal a -> b), a power cut that kept
                 # the journal would apply it again and load b (issue 16, test_powercut).
                 _fileio.fsync_dir(self.path.parent)
+            if not written:
+                self._count_generation(lineage, generation)
         main, journal = os.lstat(self.path), self._journal.lstat(self.location)
         self._extent = Extent(version_of(main, journal), snapshot_id(main), main.st_size,
                                digest, journal_sig(journal) if journal is not None else None,
                                0, 0)
-        self._lineage = (self._extent.version, lineage)
+        self._lineage = (self._extent.version, lineage, generation)
         if fork:
             self._fork_at = None
 
-    def _next_lineage(self, fork: bool) -> str:
-        """The lineage id a whole write goes on with (lock held): the stored one, or a new
-        one written to ``<path>.lineage`` first when there is none, when ``<path>`` is
-        missing (a deleted file: what another process saw is gone) or with ``fork``."""
-        current = self._read_lineage()
+    def _next_lineage(self, fork: bool) -> tuple[str, int, bool]:
+        """The lineage id and generation a whole write goes on with (lock held), and
+        whether ``<path>.lineage`` already holds them.
+
+        The stored id with the next generation; or a new id (generation 1), written
+        durably first, when there is none, when ``<path>`` is missing (a deleted file:
+        what another process saw is gone) or with ``fork``.
+        """
+        current, generation = self._read_lineage()
         if current and not fork and os.path.lexists(self.path):
-            return current
+            return current, generation + 1, False
         lineage = secrets.token_hex(8)
         try:
-            _fileio.put(self.lineage_path, f"{lineage}\n".encode("ascii"), like=self.path,
+            _fileio.put(self.lineage_path, f"{lineage} 1\n".encode("ascii"), like=self.path,
                         tag="lineage")
         except OSError as exc:
             raise StorageUnavailableError(
                 f"cannot write {self.lineage_path}: {exc.strerror or exc}; the stored state "
                 "is intact", location=self.location) from exc
-        return lineage
+        return lineage, 1, True
 
-    def _read_lineage(self) -> str:
-        """The id in ``<path>.lineage``; '' when there is none (or it is unreadable)."""
+    def _count_generation(self, lineage: str, generation: int) -> None:
+        """Record the generation of the snapshot just written (commit lock held).
+
+        Not fsynced: it tells running stores that an older copy was put back, and no
+        running store outlives a power cut. A failure only weakens that check (logged).
+        """
+        try:
+            _fileio.put(self.lineage_path, f"{lineage} {generation}\n".encode("ascii"),
+                        like=self.path, tag="lineage", durable=False)
+        except OSError as exc:
+            log.warning("could not record generation %d in %s: %s", generation,
+                        self.lineage_path, exc.strerror or exc)
+
+    def _read_lineage(self) -> tuple[str, int]:
+        """The id and generation in ``<path>.lineage``; ('', 0) when there is none (or it
+        is unreadable), generation 0 when it names none (an earlier build's)."""
         try:
             data, _, _ = _fileio.read_bytes(self.lineage_path)
         except (OSError, PersistenceError):
-            return ""
-        return data.decode("ascii", "replace").strip()[:64]
+            return "", 0
+        words = data.decode("ascii", "replace").split()
+        if not words or not _LINEAGE_ID.fullmatch(words[0]):
+            return "", 0  # none, or torn (the generation is written without fsync)
+        generation = words[1] if len(words) > 1 else ""
+        return words[0], int(generation) if _GENERATION.fullmatch(generation) else 0
 
     def _sweep(self) -> None:
         """Delete the temp files of writers killed mid-save, once per store, right after

@@ -163,13 +163,14 @@ def keep_mode(fd: int, like: Path) -> None:
 
 
 def put(target: Path, data: bytes | str, *, like: Path, tag: str = "",
-        before: Callable[[], None] | None = None) -> Digest:
+        before: Callable[[], None] | None = None, durable: bool = True) -> Digest:
     """Put ``data`` at ``target`` whole and durably; the digest of the bytes written.
 
     Temp file ``.<name of like>.<tag>.*.tmp`` beside ``target`` (mode 0600, ``O_EXCL``:
     no symlink games; then the bits of ``like``), fsync, ``before()`` (the last checks
     of a commit), ``os.replace``, directory fsync. A ``str`` is encoded a slice at a time
     (UTF-8 of the slices joins to UTF-8 of the whole): no 10 MB copy holds the GIL.
+    ``durable=False`` skips both fsyncs (what no power cut needs to keep: still whole).
     """
     prefix = f".{like.name}." + (f"{tag}." if tag else "")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
@@ -186,7 +187,8 @@ def put(target: Path, data: bytes | str, *, like: Path, tag: str = "",
                     fh.write(chunk)
                     sums = digest(chunk, *sums)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         if before is not None:
             before()
         os.replace(tmp, target)
@@ -194,7 +196,8 @@ def put(target: Path, data: bytes | str, *, like: Path, tag: str = "",
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
     return sums
 
 

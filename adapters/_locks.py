@@ -226,14 +226,15 @@ class StoreLock:
     def confirmed(self) -> Iterator[bool]:
         """Hold the commit lock; yields whether this holder's lock is still the one at
         the path (:meth:`PathLock.committing`)."""
-        try:
-            with self._lock.committing() as held:
-                yield held
-        except LockUnavailableError as exc:
-            raise self._timeout(exc, "another process holds it; nothing was written"
-                                ) from None
-        except OSError as exc:
-            raise self._unusable(exc) from exc
+        with contextlib.ExitStack() as stack:
+            try:
+                held = stack.enter_context(self._lock.committing())
+            except LockUnavailableError as exc:
+                raise self._timeout(exc, "another process holds it; nothing was written"
+                                    ) from None
+            except OSError as exc:
+                raise self._unusable(exc) from exc
+            yield held
 
     def _unusable(self, exc: OSError) -> StorageUnavailableError:
         """The error for a lock file that cannot be opened (a symlink: ConfigurationError)."""

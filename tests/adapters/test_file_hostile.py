@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -53,11 +54,12 @@ def _race_once(tmp_path: Path, n: int) -> tuple[int, int]:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+            p.communicate()
     return FileStore(path).load()["application"]["n"], unlinked
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120 + 60 * ROUNDS)
 def test_a_cleaner_unlinking_the_lock_file_loses_no_increment(tmp_path: Path) -> None:
     for round_ in range(ROUNDS):
         where = tmp_path / str(round_)
@@ -165,3 +167,64 @@ def test_a_state_mutated_during_save_names_the_misuse(tmp_path: Path) -> None:
         assert line.startswith("RuntimeError: the state changed while it was being saved"), line
         assert "another thread mutated it" in line
     assert FileStore(tmp_path / "s.json").load()["application"]["k0"] == 0
+
+
+# -- item 7: an older copy of the state put back is loss, not a newer state ----------------
+
+
+def test_a_rolled_back_state_after_a_compaction_is_loss_and_rewritten(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """state.json, .journal and .lineage copied aside with ``cp -p`` after j0..j2; the
+    store compacts and acknowledges j3..j5; the copies are put back (``cp -p``)."""
+    path = tmp_path / "state.json"
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    files = [str(path), f"{path}.journal", f"{path}.lineage"]
+    store = StateStore()
+
+    async def acknowledge(*names: str, value: object = None) -> None:
+        for name in names:
+            await store.dispatch(APPLICATION_SET,
+                                 {"path": [name], "value": name if value is None else value})
+            assert await store.flush(), f"{name} was not acknowledged"
+
+    def copy(sources: list[str], into: Path) -> None:
+        subprocess.run(["cp", "-p", *sources, str(into)], check=True)
+
+    def journal_exists() -> bool:
+        return Path(f"{path}.journal").exists()
+
+    async def holds_everything() -> bool:
+        with FileStore(path) as probe:
+            app = probe.load().get("application", {})
+        return (all(app.get(n) == n for n in ("j0", "j1", "j2", "j3", "j4", "j5"))
+                and app.get("big") == "x" * 70_000)
+
+    async def main() -> None:
+        await store.enable_persistence(FileStorageBackend(path), debounce=0, max_delay=0.05,
+                                       retry_initial=0.02, retry_max=0.1, poll_interval=0.05)
+        try:
+            await acknowledge("j0", "j1", "j2")
+            assert journal_exists()
+            copy(files, aside)
+            await acknowledge("big", value="x" * 70_000)  # past the journal's budget
+            assert not journal_exists(), "no compaction happened"
+            await acknowledge("j3", "j4", "j5")
+            copy([str(aside / Path(f).name) for f in files], tmp_path)
+            assert not await holds_everything()
+            for _ in range(250):  # the idle store's poll notices within 5 s
+                if await holds_everything():
+                    break
+                await asyncio.sleep(0.02)
+            assert await holds_everything(), "the store did not rewrite its state"
+            await acknowledge("after")
+        finally:
+            await store.close(close_backend=True)
+
+    with caplog.at_level(logging.WARNING, logger="cascadeui"):
+        asyncio.run(main())
+    assert any("generation" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records), caplog.text
+    with FileStore(path) as fresh:
+        app = fresh.load()["application"]
+    assert [n for n in ("j0", "j1", "j2", "j3", "j4", "j5", "after") if app.get(n) != n] == []
