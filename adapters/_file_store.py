@@ -57,8 +57,7 @@ from cascadeui.errors import (
 )
 from cascadeui.serializer import StateSerializer
 
-from . import _fileio
-from . import _journal
+from . import _fileio, _journal
 from ._backups import Backups
 from ._fileio import Digest
 from ._journal_file import (
@@ -78,8 +77,8 @@ from ._locks import StoreLock
 from .base import BackupInfo, BaseStore, Check, StoreInfo
 
 if TYPE_CHECKING:
-    from ._listeners import Listener
     from ._journal import JournaledStore
+    from ._listeners import Listener
 
 __all__ = ["FileStore"]
 

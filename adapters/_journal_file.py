@@ -26,8 +26,7 @@ from cascadeui._merge import Change
 from cascadeui.errors import StateCorruptedError, StorageUnavailableError
 from cascadeui.serializer import StateSerializer
 
-from . import _fileio
-from . import _journal
+from . import _fileio, _journal
 from ._fileio import Digest
 
 if TYPE_CHECKING:

@@ -48,7 +48,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ._listeners import TICK, Listener, Notify, announced_version
 from cascadeui.errors import (
     ConfigurationError,
     LockTimeoutError,
@@ -59,6 +58,7 @@ from cascadeui.errors import (
 from cascadeui.serializer import StateSerializer
 
 from ._journaled import Tail
+from ._listeners import TICK, Listener, Notify, announced_version
 from ._rows import RowStore, RowTx
 from ._urls import redact_secret, redact_url, url_secrets
 from .base import Check, StoreInfo

@@ -64,11 +64,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cascadeui._merge import Change
-from ._listeners import TICK, Listener, Notify, announced_version
 from cascadeui.errors import LockTimeoutError, StorageUnavailableError
 
 from . import _redis_scripts as lua
 from ._journal import Budget, commit_changes, encode_record
+from ._listeners import TICK, Listener, Notify, announced_version
 from ._redis_read import RedisReads
 
 __all__ = ["RedisListener", "RedisStore"]

@@ -58,9 +58,8 @@ from ._rows import RowStore, RowTx
 from .base import Check, StoreInfo
 
 if TYPE_CHECKING:
-    from ._listeners import Listener
-
     from ._journal import JournaledStore
+    from ._listeners import Listener
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 

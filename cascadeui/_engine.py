@@ -53,8 +53,8 @@ from ._persist_state import (
     persisted_part,
     replay,
 )
-from .adapters import Listener, listener_for
 from .actions import STATE_RELOADED
+from .adapters import Listener, listener_for
 from .errors import PersistenceError, StoreClosedError
 from .serializer import SnapshotEncoder, StateSerializer
 
