@@ -116,7 +116,7 @@ class FileStore(BaseStore):
         self.location: str = str(self.path)
         self.lock_timeout = lock_timeout
         self.lock_path: Path = Path(f"{self.path}.lock")
-        self._journal = JournalFile(self.path, self._backups)
+        self._journal = JournalFile(self.path, self._backups.newest_holds)
         #: The change journal appended after the snapshot at :attr:`path`.
         self.journal_path: Path = self._journal.path
         #: The lineage id of the state at :attr:`path` (see :meth:`load_checked`).

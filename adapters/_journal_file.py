@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cascadeui._merge import Change
 from cascadeui.errors import StateCorruptedError, StorageUnavailableError
@@ -28,9 +28,6 @@ from cascadeui.serializer import StateSerializer
 
 from . import _fileio, _journal
 from ._fileio import Digest
-
-if TYPE_CHECKING:
-    from ._backups import Backups
 
 __all__ = ["FORMAT", "Binding", "Extent", "JournalFile", "JournalRead", "JournalSig",
            "SnapshotId", "header", "journal_sig", "line", "record_line", "signature",
@@ -164,13 +161,13 @@ class Extent:
 class JournalFile:
     """``<snapshot>.journal``: read, check, decode, append to, rewrite and set it aside.
 
-    :param backups: the snapshot's backups (a journal naming ``.bak`` is a harmless
-        leftover of an interrupted full write).
+    :param leftover: whether a binding names the newest backup (``.bak``): a journal
+        naming it is the harmless leftover of an interrupted full write.
     """
 
-    def __init__(self, snapshot: Path, backups: Backups) -> None:
+    def __init__(self, snapshot: Path, leftover: Callable[[Binding], bool]) -> None:
         self.snapshot = snapshot
-        self.backups = backups
+        self.leftover = leftover
         self.path: Path = Path(f"{snapshot}.journal")
         #: A journal file this store read (or wrote) whole and found good.
         self.good: JournalSig | None = None
@@ -342,7 +339,7 @@ class JournalFile:
         """What is wrong with a journal that does not name the snapshot; None when it is
         the harmless leftover of an interrupted full write (it names ``.bak``)."""
         binding = journal.snapshot
-        if binding is None or self.backups.newest_holds(binding):
+        if binding is None or self.leftover(binding):
             return None
         return (f"{self.path} does not belong to the snapshot {self.snapshot}: its header "
                 f"names {binding.describe()}, so its {len(journal.records)} record(s) are "
