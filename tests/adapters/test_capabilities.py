@@ -99,11 +99,11 @@ def test_location_of_names_where_any_target_keeps_its_state() -> None:
 
 def test_nothing_but_capabilities_probes_an_adapter() -> None:
     """No ``getattr``/``hasattr`` for an adapter's methods or ``location`` outside the one
-    place (``_backends``); the listener factory is looked up by ``_watch``."""
+    place (``_backends``); the listener factory is looked up by ``adapters/_listeners``."""
     probed = {"location", "aclose", "close", "version", "load_checked", "companion",
               "transaction", "kind", "load", "save", "listener"}
     allowed = {("cascadeui/_backends.py", n) for n in probed}
-    allowed |= {("cascadeui/_watch.py", "listener"), ("adapters/_watch.py", "listener"),
+    allowed |= {("adapters/_listeners.py", "listener"),
                 # A custom async backend's own transaction() (it has no adapter).
                 ("cascadeui/sync.py", "transaction")}
     found = []
