@@ -530,3 +530,43 @@ def test_a_utf8_client_of_any_spelling_stores_any_text(redis_url: str, redis_key
             assert other.load() == {**state, "名前": "✗"}
     finally:
         client.close()
+
+
+def test_a_staged_commit_leaves_no_staging_key_and_a_lost_one_writes_nothing(
+        redis_url: str, redis_key: str, raw: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large documents are SET under <key>:stage:<token> and renamed by the commit script:
+    whatever the outcome, no staging key stays behind, and a staged document evicted
+    before the script ran is an outage (retried by the engine), never a partial write."""
+    stages = f"{redis_key}:stage:*"
+    with RedisStore(redis_url, key=redis_key, ttl=60) as store:
+        store.lua_max_bytes = 0
+        store.save({"a": 1})
+        with store.transaction() as state:
+            state["a"] = 2
+        assert store.load_versioned() == ({"a": 2}, 2)
+        assert 50 < raw.ttl(redis_key) <= 60
+        assert raw.keys(stages) == []
+        raw.hset(store.journal_key, "field", "theirs")  # refused: another type
+        with pytest.raises(StateCorruptedError, match="journal"):
+            store.save({"a": 3})
+        assert raw.keys(stages) == []
+        assert not raw.exists(store.lock_key)
+        raw.delete(store.journal_key)
+
+        real_run = store._redis.run
+
+        def evicting_run(script: Any, keys: list[str], args: list[Any]) -> Any:
+            for key in raw.keys(stages):  # as maxmemory would, between SET and script
+                raw.delete(key)
+            return real_run(script, keys, args)
+
+        monkeypatch.setattr(store._redis, "run", evicting_run)
+        with pytest.raises(StorageUnavailableError, match="staged document was gone"):
+            store.save({"a": 4})
+        monkeypatch.undo()
+        assert store.load_versioned() == ({"a": 2}, 2)  # nothing written
+        assert not raw.exists(store.lock_key)
+        assert raw.keys(stages) == []
+        store.save({"a": 5})
+        assert store.load_versioned() == ({"a": 5}, 3)

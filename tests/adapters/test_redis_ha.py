@@ -51,8 +51,10 @@ def cluster_client(cluster: RedisClusterServers) -> Iterator[Any]:
 
 def test_cluster_keys_share_one_slot(cluster_client: Any) -> None:
     store = RedisStore(client=cluster_client, key="bot:state")
-    keys = [store.key, store.journal_key, store.version_key, store.lock_key]
-    assert keys[1:] == ["{bot:state}:journal", "{bot:state}:version", "{bot:state}:lock"]
+    keys = [store.key, store.journal_key, store.version_key, store.lock_key,
+            store.keys.stage("token")]
+    assert keys[1:] == ["{bot:state}:journal", "{bot:state}:version", "{bot:state}:lock",
+                        "{bot:state}:stage:token"]
     assert len({cluster_client.keyslot(k) for k in keys}) == 1
     tagged = RedisStore(client=cluster_client, key="{bot}:state")
     assert tagged.journal_key == "{bot}:state:journal"  # a hash tag of the user's is kept
@@ -79,6 +81,10 @@ def test_cluster_store_saves_journals_and_transacts(cluster_client: Any) -> None
         with store.transaction() as state:
             state["application"]["n"] += 1
         assert store.load()["application"]["n"] == 3
+        store.lua_max_bytes = 0  # a staged commit: SET, then the script renames it in the slot
+        with store.transaction() as state:
+            state["application"]["n"] += 1
+        assert store.load()["application"]["n"] == 4
     finally:
         store.close()
     assert cluster_client.ping()  # the client stays the user's: closing the store kept it
