@@ -719,8 +719,8 @@ def _blaming(target: str) -> Iterator[None]:
 def _refuse_directories(args: argparse.Namespace) -> None:
     """A directory given where a state file belongs is a usage error (exit 2) for every
     command and file kind alike (issue 23: ``x.db`` and ``x.json`` exited differently)."""
-    for name in ("target", "source", "dest"):
-        given = getattr(args, name, None)
+    for given in (getattr(args, "target", None), getattr(args, "source", None),
+                  getattr(args, "dest", None)):
         if not isinstance(given, str) or "://" in given or not os.path.isdir(given):
             continue
         raise _BlamedError(given, UsageError(
