@@ -19,6 +19,7 @@ from ._distribution import warn_if_upstream_installed
 
 if TYPE_CHECKING:
     from ._inspection import inspect
+    from ._lifecycle import PanelEvent
     from ._panel_data import PanelData
     from ._restore import RestoreSummary, panel_shard, setup_persistence
     from .dynamic import DynamicPanel
@@ -28,13 +29,15 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "DynamicPanel", "PanelData", "PersistentLayoutView", "PersistentView", "RestoreSummary",
-    "StateStore", "__version__", "get_store", "inspect", "panel_shard", "setup_persistence",
+    "DynamicPanel", "PanelData", "PanelEvent", "PersistentLayoutView", "PersistentView",
+    "RestoreSummary", "StateStore", "__version__", "get_store", "inspect", "panel_shard",
+    "setup_persistence",
 ]
 
 _LAZY = {
     "DynamicPanel": ".dynamic",
     "PanelData": "._panel_data",
+    "PanelEvent": "._lifecycle",
     "PersistentLayoutView": ".views",
     "RestoreSummary": "._restore",
     "PersistentView": ".views",

@@ -83,6 +83,10 @@ class PanelKind:
         """Make a rebuilt panel answer clicks on its message."""
         bot.add_view(panel, message_id=message_id)
 
+    def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
+        """Stop the live panel of ``state_key`` on ``message_id`` answering clicks (its
+        message, channel or guild is gone); nothing when none routes in this process."""
+
 
 # class name -> (class, its kind): the one registry, whatever the kind
 _REGISTRY: dict[str, tuple[type, PanelKind]] = {}

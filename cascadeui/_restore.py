@@ -51,12 +51,13 @@ from typing import Any, Literal, cast
 import anyio.to_thread
 import discord
 
+from . import _lifecycle
 from ._backends import FileStorageBackend, StorageBackend, aclose_backend, location_of
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
 from ._kinds import EntryPanel, class_and_kind, kind_of, registered
 from ._targets import resolve
-from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEWS_REMOVED
+from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED
 from .adapters import SyncStore
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
@@ -192,6 +193,7 @@ async def setup_persistence(
     version: int | None = None,
     migrations: Mapping[int, Migration] | None = None,
     strict_version: bool = False,
+    track_deletions: bool = True,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -242,6 +244,10 @@ async def setup_persistence(
         document to version ``k``, for every k in 1..``version`` (later keys are ignored).
     :param strict_version: without ``version``, refuse a stored state that has a schema
         version (by default a WARNING names it and the start goes on).
+    :param track_deletions: remove a panel's entry and data, durably, as soon as the bot
+        sees its message, channel or thread deleted or is removed from its guild (events
+        of this process's shards; see ``docs/panels.md``, "Life of a panel"). False: only
+        a restart's message check finds them gone.
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
@@ -293,6 +299,8 @@ async def setup_persistence(
     if bot is None:
         return summary
     _chain_close(bot, store, chosen if owned and store.backend is chosen else None)
+    if track_deletions:
+        _lifecycle.watch(bot, store, shards.owns if shards is not None else None)
     summary.routed_classes = _route_classes(bot, store)
     summary.dynamic_items = list(summary.routed_classes.get("dynamic", []))
     known, pending = await _attach(bot, store, shards, summary.other_shards)
@@ -589,26 +597,16 @@ async def _verify(bot: discord.Client, store: StateStore, known: Lists,
             gone.append((state_key, view))
         elif outcome == "restored" and type(view).on_restore is not PersistentPanel.on_restore:
             _schedule_on_restore(bot, view)
-    await _purge(store, gone)
-    await store.dispatch(PERSISTENCE_VERIFIED, {name: list(result[name]) for name in _LISTS})
-    return result
-
-
-async def _purge(store: StateStore, gone: list[tuple[str, EntryPanel]]) -> None:
-    if not gone:
-        return
     views = store.state["persistent_views"]
     # A panel re-sent under the same key while its old message was being checked now
     # points at a new message: that entry is not the one Discord said is gone.
-    keys = [key for key, view in gone if isinstance(views.get(key), Mapping)
-            and views[key].get("message_id") == str(view.message_id)]
-    if not keys:
-        return
-    ids = {key: str(view.message_id) for key, view in gone}
-    await store.dispatch(PERSISTENT_VIEWS_REMOVED, {"state_keys": keys, "message_ids": ids})
-    if not await store.flush():
-        log.warning("the purge of %d gone panels is not durable yet; the writer retries",
-                    len(keys))
+    await _lifecycle.remove(bot, store, [(key, {"message_id": str(view.message_id)})
+                                         for key, view in gone], "not_found")
+    await _lifecycle.emit(bot, store, [
+        _lifecycle.panel_event(_lifecycle.PANEL_RESTORED, key, views.get(key), "restored")
+        for key, _ in pending if outcomes[key] == "restored"])
+    await store.dispatch(PERSISTENCE_VERIFIED, {name: list(result[name]) for name in _LISTS})
+    return result
 
 
 async def _check(bot: discord.Client, view: EntryPanel, fetch_timeout: float) -> Outcome:

@@ -11,7 +11,10 @@ Payloads::
     PERSISTENT_VIEW_REGISTERED   {"state_key", "class_name", "message_id", "channel_id",
                                   "guild_id", "user_id"}  ids: decimal strings or None
     PERSISTENT_VIEW_UNREGISTERED {"state_key"}
-    PERSISTENT_VIEWS_REMOVED     {"state_keys": [...], "message_ids": {key: id} (optional)}
+    PERSISTENT_VIEWS_REMOVED     {"state_keys": [...], "message_ids": {key: id} (optional),
+                                  "data_paths": {key: [k1, k2, ...]} (optional)}
+    PANEL_EVENTS                 {"events": [PanelEvent, ...]}: no reducer; what a bot gets
+                                 as on_cascadeui_panel_* events, for store subscribers
     APPLICATION_SET              {"path": [k1, k2, ...], "value": v}
     APPLICATION_DELETE           {"path": [k1, k2, ...]}
     STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
@@ -34,6 +37,7 @@ __all__ = [
     "BATCH_APPLIED",
     "BUILTIN_REDUCERS",
     "PERSISTED_SLICES",
+    "PANEL_EVENTS",
     "PERSISTENCE_VERIFIED",
     "PERSISTENT_VIEWS_REMOVED",
     "PERSISTENT_VIEW_REGISTERED",
@@ -71,6 +75,10 @@ PERSISTENT_VIEW_UNREGISTERED = "PERSISTENT_VIEW_UNREGISTERED"
 PERSISTENT_VIEWS_REMOVED = "PERSISTENT_VIEWS_REMOVED"
 #: Dispatched by setup_persistence when the background checks of restored panels end.
 PERSISTENCE_VERIFIED = "PERSISTENCE_VERIFIED"
+#: Dispatched (no reducer, subscribers only) with the panel life-cycle events
+#: (``cascadeui._lifecycle.PanelEvent``: restored, removed, unreachable, persistence
+#: error), also in data-only mode where no bot receives them.
+PANEL_EVENTS = "CASCADEUI_PANEL_EVENTS"
 APPLICATION_SET = "APPLICATION_SET"
 APPLICATION_DELETE = "APPLICATION_DELETE"
 #: Key of the ``application`` slice holding the stored schema version (docs/migrations.md);
@@ -206,7 +214,9 @@ def persistent_views_removed(action: Action, state: State) -> State:
     """Forget several panels at once (one copy of the registry, however many keys).
 
     With ``payload["message_ids"]`` (``{state_key: message_id}``), an entry goes only if
-    it still points at that message: a panel re-sent meanwhile is kept.
+    it still points at that message: a panel re-sent meanwhile is kept. With
+    ``payload["data_paths"]`` (``{state_key: path}``), each removed panel's data at that
+    path of the ``application`` slice goes in the same action (and only then).
     """
     payload = _payload(action, "state_keys")
     views = state["persistent_views"]
@@ -219,7 +229,34 @@ def persistent_views_removed(action: Action, state: State) -> State:
     kept = dict(views)
     for key in gone:
         kept.pop(key, None)
-    return _with_slice(state, "persistent_views", kept)
+    new = _with_slice(state, "persistent_views", kept)
+    data = payload.get("data_paths")
+    if isinstance(data, Mapping):  # the removed panels' data goes with their entries
+        paths = [_as_path(data[key]) for key in gone if data.get(key)]
+        new = _with_slice(new, "application", _delete_many(new["application"], paths))
+    return new
+
+
+def _delete_many(mapping: dict[str, Any], paths: list[tuple[Hashable, ...]]
+                 ) -> dict[str, Any]:
+    """``delete_in`` for many paths, copying each parent dict once (thousands of panels'
+    data removed together stay linear)."""
+    if len(paths) < 2:
+        return delete_in(mapping, paths[0]) if paths else mapping
+    leaves: dict[tuple[Hashable, ...], list[Hashable]] = {}
+    for path in paths:
+        if path and path[:1] != (SCHEMA_KEY,):
+            leaves.setdefault(path[:-1], []).append(path[-1])
+    new = mapping
+    for parent, keys in leaves.items():
+        found: Any = new
+        for key in parent:
+            found = found.get(key) if isinstance(found, Mapping) else None
+        if not isinstance(found, Mapping) or not any(k in found for k in keys):
+            continue
+        kept = {k: v for k, v in found.items() if k not in set(keys)}
+        new = set_in(new, parent, kept) if parent else kept
+    return new
 
 
 def _keep_schema(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,12 @@ class _ViewKind(PanelKind):
         super().route(bot, panel, message_id)
         panel._mark_live()  # a later send() under its key stops this copy
 
+    def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
+        view = _LIVE.get((id(store), state_key))
+        if view is not None and view.message_id == message_id:
+            view.stop()  # discord.py's public way out of its view store
+            del _LIVE[(id(store), state_key)]
+
 
 _VIEW_KIND = _ViewKind()
 

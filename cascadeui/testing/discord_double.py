@@ -77,6 +77,7 @@ class _Channel:
     guild_id: int | None
     name: str
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    parent_id: int | None = None  # a thread's channel
 
 
 def _now() -> str:
@@ -163,10 +164,11 @@ class DiscordDouble:
         return next(self._ids)
 
     def add_channel(self, channel_id: int | None = None, *, guild_id: int | None = None,
-                    name: str = "panels") -> int:
-        """Create a text channel (in ``guild_id`` when given, else a DM); return its id."""
+                    name: str = "panels", parent_id: int | None = None) -> int:
+        """Create a text channel (in ``guild_id`` when given, else a DM), or a thread of
+        channel ``parent_id``; return its id."""
         cid = channel_id if channel_id is not None else self.new_id()
-        self.channels[cid] = _Channel(cid, guild_id, name)
+        self.channels[cid] = _Channel(cid, guild_id, name, parent_id=parent_id)
         return cid
 
     def add_message(self, channel_id: int, *, content: str = "",
@@ -228,7 +230,7 @@ class DiscordDouble:
         return {
             "next_id": self.new_id(),
             "channels": [{"id": ch.id, "guild_id": ch.guild_id, "name": ch.name,
-                          "messages": list(ch.messages.values())}
+                          "parent_id": ch.parent_id, "messages": list(ch.messages.values())}
                          for ch in self.channels.values()],
             "failures": [[kind, rid, f.status, f.code, f.remaining]
                          for (kind, rid), f in self._failures.items()],
@@ -240,7 +242,8 @@ class DiscordDouble:
         self._ids = itertools.count(int(world["next_id"]))
         self.channels = {}
         for ch in world["channels"]:
-            channel = _Channel(int(ch["id"]), ch["guild_id"], ch["name"])
+            channel = _Channel(int(ch["id"]), ch["guild_id"], ch["name"],
+                               parent_id=ch.get("parent_id"))
             channel.messages = {int(m["id"]): m for m in ch["messages"]}
             self.channels[channel.id] = channel
         self._failures = {(kind, rid): Failure(status, code, remaining=left)
@@ -357,6 +360,71 @@ class DiscordDouble:
                 bot.remove_listener(finished, "on_command_completion")
                 bot.remove_listener(failed, "on_command_error")
         return msg
+
+    # -- gateway events ----------------------------------------------------------------------
+    # What Discord's gateway would send the bot when the world changes: each method changes
+    # the world and hands the event to the bot's connection state, so discord.py parses it
+    # and dispatches its own events (``on_raw_message_delete``, ``on_guild_remove``, ...).
+
+    def deliver_guild(self, bot: discord.Client, guild_id: int) -> None:
+        """GUILD_CREATE for ``guild_id`` with its channels: the guild enters the bot's cache,
+        as at connect (channel, thread and guild events need it there)."""
+        channels = [self._channel_payload(ch) for ch in self.channels.values()
+                    if ch.guild_id == guild_id]
+        bot._connection.parse_guild_create({
+            "id": str(guild_id), "name": f"guild{guild_id}", "owner_id": str(self.new_id()),
+            "channels": [c for c in channels if c["type"] != 11],
+            "threads": [c for c in channels if c["type"] == 11],
+            "roles": [], "emojis": [], "stickers": [], "features": [], "members": [],
+            "member_count": 1, "verification_level": 0, "default_message_notifications": 0,
+            "explicit_content_filter": 0, "mfa_level": 0, "nsfw_level": 0,
+            "premium_tier": 0, "preferred_locale": "en-US", "large": False})
+
+    def deliver_message_delete(self, bot: discord.Client, *message_ids: int) -> None:
+        """Delete messages of one channel: MESSAGE_DELETE for one, MESSAGE_DELETE_BULK for
+        several (``on_raw_message_delete`` / ``on_raw_bulk_message_delete``).
+
+        :raises LookupError: a message does not exist in the double.
+        """
+        found = [self.message(mid) for mid in message_ids]
+        if not found or any(m is None for m in found):
+            raise LookupError(f"not every message of {message_ids} is in the double")
+        channel = self.channels[int(found[0]["channel_id"])]  # type: ignore[index]
+        for mid in message_ids:
+            channel.messages.pop(mid, None)
+        where: dict[str, Any] = {"channel_id": str(channel.id)}
+        if channel.guild_id is not None:
+            where["guild_id"] = str(channel.guild_id)
+        state: Any = bot._connection  # the payloads are plain dicts, as off the gateway
+        if len(message_ids) == 1:
+            state.parse_message_delete({"id": str(message_ids[0]), **where})
+        else:
+            state.parse_message_delete_bulk({"ids": [str(m) for m in message_ids], **where})
+
+    def deliver_channel_delete(self, bot: discord.Client, channel_id: int) -> None:
+        """Delete a guild channel or thread: CHANNEL_DELETE (``on_guild_channel_delete``)
+        or THREAD_DELETE (``on_raw_thread_delete``). The guild must be cached
+        (:meth:`deliver_guild`), as on a real gateway."""
+        channel = self.channels.pop(channel_id)
+        payload = self._channel_payload(channel)
+        if payload["type"] == 11:
+            bot._connection.parse_thread_delete(
+                {"id": str(channel_id), "guild_id": str(channel.guild_id),
+                 "parent_id": payload["parent_id"], "type": 11})
+        else:
+            bot._connection.parse_channel_delete(payload)
+
+    def deliver_guild_remove(self, bot: discord.Client, guild_id: int, *,
+                             unavailable: bool = False) -> None:
+        """GUILD_DELETE: the bot left or was removed (``on_guild_remove``), or with
+        ``unavailable`` an outage (``on_guild_unavailable``; the guild keeps its channels)."""
+        if not unavailable:
+            for cid in [c.id for c in self.channels.values() if c.guild_id == guild_id]:
+                del self.channels[cid]
+        payload: dict[str, Any] = {"id": str(guild_id)}
+        if unavailable:
+            payload["unavailable"] = True
+        bot._connection.parse_guild_delete(payload)  # type: ignore[arg-type]
 
     async def wait_for_message(self, channel_id: int, *, after: int | str,
                                timeout: float = 10.0) -> dict[str, Any]:
@@ -619,6 +687,13 @@ class DiscordDouble:
     def _channel_payload(self, ch: _Channel) -> dict[str, Any]:
         if ch.guild_id is None:
             return {"id": str(ch.id), "type": 1, "recipients": [], "last_message_id": None}
+        if ch.parent_id is not None:
+            return {"id": str(ch.id), "type": 11, "guild_id": str(ch.guild_id),
+                    "name": ch.name, "parent_id": str(ch.parent_id),
+                    "owner_id": str(self.bot_user["id"]), "message_count": len(ch.messages),
+                    "member_count": 1, "thread_metadata": {
+                        "archived": False, "auto_archive_duration": 1440,
+                        "archive_timestamp": _now(), "locked": False}}
         return {"id": str(ch.id), "type": 0, "guild_id": str(ch.guild_id), "name": ch.name,
                 "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}
 

@@ -26,6 +26,8 @@ FOREIGN = {
     ("cascadeui/views.py", "_has_children"): "discord.py: a decorated item's kind",
     ("cascadeui/views.py", "_state"): "discord.py: a message's connection state",
     ("cascadeui/testing/discord_double.py", "_connection"): "discord.py: the bot's state",
+    # A plain discord.Client has no add_listener: its gateway dispatch is extended.
+    ("cascadeui/_lifecycle.py", "_connection"): "discord.py: a Client's gateway dispatch",
     ("cascadeui/testing/discord_double.py", "_handle_ready"): "discord.py: the READY hook",
     # The panel-kind protocol (cascadeui/_kinds.py) names it; restore marks a rebuilt view.
     ("cascadeui/_restore.py", "_mark_live"): "PanelKind protocol member",

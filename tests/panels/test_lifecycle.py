@@ -1,0 +1,221 @@
+"""A panel's life (issue 22): deletions seen live remove the entry and the data, durably,
+with an event, on every backend; an outage removes nothing; the 404 purge removes data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import discord
+import pytest
+from _panels import CounterPanel
+from _registry import build, kinds, target
+from discord.ext import commands
+
+from cascadeui import setup_persistence, sync
+from cascadeui._lifecycle import PANEL_REMOVED, PanelEvent
+from cascadeui.actions import PANEL_EVENTS, Action, State
+from cascadeui.store import StateStore
+from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[DiscordDouble]:
+    async with DiscordDouble() as d:
+        yield d
+
+
+class Seen:
+    """The life-cycle events a bot received (``on_cascadeui_*``) and the store's copies."""
+
+    def __init__(self, bot: commands.Bot, store: StateStore) -> None:
+        self.bot_events: list[PanelEvent] = []
+        self.store_events: list[PanelEvent] = []
+        self.raw_deletes: list[int] = []  # the bot's own listener still runs
+        self.arrived = asyncio.Event()
+        for name in ("restored", "removed", "unreachable"):
+            bot.add_listener(self._record, f"on_cascadeui_panel_{name}")
+        bot.add_listener(self._raw, "on_raw_message_delete")
+        store.subscribe(self._from_store, action_types=[PANEL_EVENTS])
+
+    async def _record(self, event: PanelEvent) -> None:
+        self.bot_events.append(event)
+        self.arrived.set()
+
+    async def _raw(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self.raw_deletes.append(payload.message_id)
+
+    def _from_store(self, state: State, action: Action) -> None:
+        self.store_events.extend(action["payload"]["events"])
+        self.arrived.set()
+
+    def removed(self) -> dict[str, str]:
+        return {e.state_key: e.reason for e in self.bot_events if e.event == PANEL_REMOVED}
+
+    async def until_removed(self, count: int, within: float = 1.0) -> float:
+        """Seconds until ``count`` removed events arrived (the issue: within a second)."""
+        started = time.monotonic()
+        with anyio.fail_after(within):
+            while len(self.removed()) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return time.monotonic() - started
+
+
+async def start(double: DiscordDouble, store: StateStore, backend: Any, **kwargs: Any,
+                ) -> commands.Bot:
+    async def hook(bot: commands.Bot) -> None:
+        await setup_persistence(bot, backend=backend, store=store, verify="await", **kwargs)
+
+    return await logged_in_bot(double, setup_hook=hook)
+
+
+async def send(double: DiscordDouble, bot: commands.Bot, store: StateStore, key: str,
+               channel_id: int) -> int:
+    panel = CounterPanel(state_key=key, store=store)
+    where = bot.get_partial_messageable(channel_id,
+                                        guild_id=double.channels[channel_id].guild_id)
+    mid = int((await panel.send(where, key)).id)
+    await panel.set_data("count", 1)
+    return mid
+
+
+def routed(bot: commands.Bot) -> set[str]:
+    return {v.state_key for v in bot.persistent_views if hasattr(v, "state_key")}
+
+
+@pytest.mark.parametrize("kind", kinds())
+async def test_each_deletion_event_removes_entry_and_data_durably_with_an_event(
+        double: DiscordDouble, request: pytest.FixtureRequest, tmp_path: Path,
+        kind: str) -> None:
+    guild, other, flaky = double.new_id(), double.new_id(), double.new_id()
+    main, side = double.add_channel(guild_id=guild), double.add_channel(guild_id=guild)
+    thread = double.add_channel(guild_id=guild, parent_id=main)
+    elsewhere = double.add_channel(guild_id=other)
+    outage = double.add_channel(guild_id=flaky)
+    dm = double.add_channel()
+    store = StateStore()
+    bot = await start(double, store, build(kind, request, tmp_path))
+    seen = Seen(bot, store)
+    for g in (guild, other, flaky):
+        double.deliver_guild(bot, g)
+    mids = {key: await send(double, bot, store, key, cid) for key, cid in [
+        ("msg", main), ("bulk-1", main), ("bulk-2", main), ("keep", main), ("chan", side),
+        ("thread", thread), ("guild", elsewhere), ("outage", outage), ("dm", dm)]}
+
+    double.deliver_message_delete(bot, mids["msg"])
+    took = await seen.until_removed(1)
+    # Durable at the event: a reader of the medium (a kill now) no longer finds it.
+    stored = await anyio.to_thread.run_sync(sync.load_state,
+                                            target(kind, request, tmp_path))
+    assert "msg" not in stored["persistent_views"]
+    assert "msg" not in stored["application"]["panels"]
+    assert took < 1.0
+    double.deliver_message_delete(bot, mids["bulk-1"], mids["bulk-2"])
+    double.deliver_channel_delete(bot, side)
+    double.deliver_channel_delete(bot, thread)
+    double.deliver_guild_remove(bot, other)
+    double.deliver_guild_remove(bot, flaky, unavailable=True)  # an outage: nothing goes
+    double.deliver_message_delete(bot, mids["dm"])
+    await seen.until_removed(7)
+    await asyncio.sleep(0.05)  # nothing else arrives
+
+    assert seen.removed() == {"msg": "message_deleted", "bulk-1": "message_deleted",
+                              "bulk-2": "message_deleted", "dm": "message_deleted",
+                              "chan": "channel_deleted", "thread": "channel_deleted",
+                              "guild": "guild_removed"}
+    assert sorted(e.state_key for e in seen.store_events) == sorted(seen.removed())
+    event = next(e for e in seen.bot_events if e.state_key == "guild")
+    assert (event.class_name, event.message_id, event.channel_id, event.guild_id) == (
+        "CounterPanel", mids["guild"], elsewhere, other)
+    assert seen.raw_deletes == [mids["msg"], mids["dm"]]
+    assert set(store.state["persistent_views"]) == {"keep", "outage"}
+    assert set(store.state["application"]["panels"]) == {"keep", "outage"}
+    assert routed(bot) == {"keep", "outage"}
+    stored = await anyio.to_thread.run_sync(sync.load_state,
+                                            target(kind, request, tmp_path))
+    assert set(stored["persistent_views"]) == {"keep", "outage"}
+    assert set(stored["application"]["panels"]) == {"keep", "outage"}
+    await bot.close()
+
+
+async def test_track_deletions_false_leaves_panels_to_the_next_start(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    guild = double.new_id()
+    cid = double.add_channel(guild_id=guild)
+    store = StateStore()
+    bot = await start(double, store, str(tmp_path / "s.db"), track_deletions=False)
+    seen = Seen(bot, store)
+    mid = await send(double, bot, store, "p", cid)
+    double.deliver_message_delete(bot, mid)
+    await asyncio.sleep(0.1)
+    assert seen.raw_deletes == [mid]
+    assert seen.removed() == {}
+    assert "p" in store.state["persistent_views"]
+    await bot.close()
+
+    # The next start's check finds it gone: entry *and* data purged, with an event.
+    store2 = StateStore()
+    bot2 = await logged_in_bot(double)
+    seen2 = Seen(bot2, store2)
+    summary = await setup_persistence(bot2, backend=str(tmp_path / "s.db"), store=store2,
+                                      verify="await")
+    assert summary["removed"] == ["p"]
+    assert seen2.removed() == {"p": "not_found"}
+    assert store2.state["persistent_views"] == {}
+    assert "p" not in store2.state["application"].get("panels", {})
+    await bot2.close()
+
+
+async def test_a_plain_client_without_listeners_gets_removals_too(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    store = StateStore()
+    client = discord.Client(intents=discord.Intents.none())
+    await client.login("double-token")
+    own: list[int] = []
+
+    @client.event
+    async def on_raw_message_delete(payload: discord.RawMessageDeleteEvent) -> None:
+        own.append(payload.message_id)
+
+    await setup_persistence(client, backend=str(tmp_path / "s.json"), store=store)
+    removed: list[PanelEvent] = []
+    arrived = asyncio.Event()
+
+    def got(state: State, action: Action) -> None:
+        removed.extend(action["payload"]["events"])
+        arrived.set()
+
+    store.subscribe(got, action_types=[PANEL_EVENTS])
+    panel = CounterPanel(state_key="p", store=store)
+    message = await panel.send(client.get_partial_messageable(cid))
+    double.deliver_message_delete(client, message.id)
+    with anyio.fail_after(1):
+        await arrived.wait()
+    assert own == [message.id]
+    assert [(e.state_key, e.reason) for e in removed] == [("p", "message_deleted")]
+    assert store.state["persistent_views"] == {}
+    await client.close()
+
+
+async def test_a_resent_panel_is_not_removed_by_its_old_message_deletion(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    store = StateStore()
+    bot = await start(double, store, str(tmp_path / "s.json"))
+    seen = Seen(bot, store)
+    old = await send(double, bot, store, "p", cid)
+    new = await send(double, bot, store, "p", cid)
+    double.deliver_message_delete(bot, old)
+    await asyncio.sleep(0.1)
+    assert seen.removed() == {}
+    assert store.state["persistent_views"]["p"]["message_id"] == str(new)
+    assert "p" in routed(bot)
+    await bot.close()
