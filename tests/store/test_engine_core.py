@@ -25,6 +25,7 @@ from cascadeui._persist_state import (
 from cascadeui.errors import (
     DurabilityTimeoutError,
     SerializationError,
+    StateCorruptedError,
     StorageUnavailableError,
     StoreClosedError,
 )
@@ -299,3 +300,39 @@ def test_the_core_has_no_event_loop_clock_or_io() -> None:
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and not node.level}
     assert not imported & {"asyncio", "anyio", "threading", "time", "os", "socket"}
+
+
+def test_a_flush_waiter_for_a_later_change_waits_for_a_later_write() -> None:
+    core, full = enabled({"a": 1})
+    early: Future[bool] = Future()
+    late: Future[bool] = Future()
+    core.add_waiter(1, early)
+    core.add_waiter(2, late)  # dispatched after the write below took its snapshot
+    snapshot, _ = core.begin_write(changed(full, b=2))
+    core.succeeded(snapshot, 1)
+    assert early.result() is True
+    assert not late.done()
+    core.drop_waiter(late)  # its caller was cancelled
+    assert core.waiters == []
+    assert core.due(0.5, TIMING, stopping=True) == 0.0  # stopping: write at once
+
+
+def test_what_a_backend_returns_is_checked_and_its_extra_keys_force_a_whole_write() -> None:
+    core, _ = enabled({"a": 1})
+    theirs = core.loaded({"application": {"a": 2}, "views": {"old": 1}})
+    assert theirs == {"application": {"a": 2}, "persistent_views": {}}
+    assert core.ledger.rewrite  # pycascadeui 2.x's transient "views" must be dropped
+    with pytest.raises(StateCorruptedError, match="not a dict"):
+        core.loaded({"application": [1, 2]})
+    known = {"application": {"a": 1, "big": {"x": 1}}, "persistent_views": {}}
+    records = [[[["application", "c"], 3]], [[["application", "a"]]]]  # set c, delete a
+    caught = core_module.replay(known, records)
+    assert caught["application"] == {"big": {"x": 1}, "c": 3}
+    assert caught["application"]["big"] is known["application"]["big"]  # shared, not copied
+    assert known["application"] == {"a": 1, "big": {"x": 1}}  # unchanged
+    assert core.is_news(None)
+    assert core.is_news(5)
+    assert not core.is_news(1)
+    core.ledger.appended = True
+    core.compacted(9)
+    assert (core.ledger.version, core.ledger.appended) == (9, False)
