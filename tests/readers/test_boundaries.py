@@ -29,8 +29,6 @@ FOREIGN = {
     # A plain discord.Client has no add_listener: its gateway dispatch is extended.
     ("cascadeui/_lifecycle.py", "_connection"): "discord.py: a Client's gateway dispatch",
     ("cascadeui/testing/discord_double.py", "_handle_ready"): "discord.py: the READY hook",
-    # The panel-kind protocol (cascadeui/_kinds.py) names it; restore marks a rebuilt view.
-    ("cascadeui/_restore.py", "_mark_live"): "PanelKind protocol member",
 }
 
 
