@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,8 @@ def _run_backend(args: argparse.Namespace, kind: str, hosts: Hosts,
                 assert proc.stdin is not None
                 proc.stdin.write("stop\n")
                 proc.stdin.flush()
-            time.sleep(args.settle)
+            _settle(args, logs, lambda: asyncio.run(_load(backend_from_url(
+                template.format(host=shost, port=sport)))))
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write("exit\n")
@@ -275,6 +276,24 @@ def _disturb(args: argparse.Namespace, hosts: Hosts, proxies: list[Any]) -> tupl
             next_drop += args.drop_every
     proxies[0].latency = 0.0
     return t0, time.monotonic()
+
+
+def _settle(args: argparse.Namespace, logs: list[Path],
+            stored: Callable[[], dict[str, Any]]) -> None:
+    """Wait ``--settle`` s, then (``--settle-max`` s in all) until every host's last state
+    is the stored one: on a loaded machine a healed host can take longer to catch up, and
+    stopping it earlier would report a convergence that was only not waited for."""
+    time.sleep(args.settle)
+    deadline = time.monotonic() + max(0.0, args.settle_max - args.settle)
+    while time.monotonic() < deadline:
+        final = _digest(stored())
+        try:
+            lasts = [[r["d"] for r in _read(log) if r["kind"] == "digest"] for log in logs]
+        except json.JSONDecodeError:  # a line being written
+            lasts = []
+        if lasts and all(d and d[-1] == final for d in lasts):
+            return
+        time.sleep(0.5)
 
 
 async def _load(backend: Any) -> dict[str, Any]:
@@ -362,6 +381,8 @@ def main() -> int:
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--drop-every", type=float, default=2.0)
     p.add_argument("--settle", type=float, default=5.0)
+    p.add_argument("--settle-max", type=float, default=30.0,
+                   help="wait up to this long in all for every host to converge")
     p.add_argument("--durable-timeout", type=float, default=2.5)
     p.add_argument("--retry-max", type=float, default=0.5)
     p.add_argument("--redis-url", default=None, help="use this Redis (its port) instead")
