@@ -19,13 +19,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from _helpers import JournalWriter
+from _spawn import worker
 
 from cascadeui import cli as cli_module
 from cascadeui.adapters import FileStore
@@ -167,32 +167,13 @@ def test_a_full_save_over_a_foreign_journal_moves_it_aside(tmp_path: Path) -> No
     assert [p.read_bytes() for p in aside] == [records]
 
 
-_KILL_BETWEEN_REPLACE_AND_UNLINK = textwrap.dedent("""
-    import os, signal, sys
-    from cascadeui.adapters import FileStore
-
-    path = sys.argv[1]
-    journal = path + ".journal"
-    real_unlink = os.unlink
-
-    def unlink(target, *args, **kwargs):
-        if os.fspath(target) == journal:  # the snapshot is replaced: die right here
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_unlink(target, *args, **kwargs)
-
-    os.unlink = unlink
-    with FileStore(path, backups=int(sys.argv[2])) as store:
-        store.save({"application": {"n": 99}})
-""")
-
-
 @pytest.mark.parametrize("backups", [1, 0])
 def test_a_write_killed_between_replace_and_journal_removal(
         tmp_path: Path, backups: int, caplog: pytest.LogCaptureFixture) -> None:
     """The crash the binding exists for: the new snapshot, the old snapshot's journal."""
     path = tmp_path / "state.json"
     journaled(path)
-    proc = subprocess.run([sys.executable, "-c", _KILL_BETWEEN_REPLACE_AND_UNLINK, str(path),
+    proc = subprocess.run([*worker("kill_between_replace"), str(path),
                            str(backups)], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert Path(f"{path}.journal").exists()

@@ -18,8 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import zlib
 from datetime import date, datetime, timezone
@@ -28,6 +26,7 @@ from typing import Any
 
 import pytest
 from _helpers import JournalWriter, apply_changes
+from _spawn import worker
 
 from cascadeui._merge import DELETED, Change
 from cascadeui.adapters import FileStore, JournaledStore
@@ -487,43 +486,8 @@ def test_lock_free_reads_only_see_committed_states(path: Path,
         assert reader.load()["application"]["n"] == 399
 
 
-CHILD = textwrap.dedent("""
-    import sys
-    import cascadeui.adapters._journal as journal
-    from cascadeui.adapters import FileStore
-    from cascadeui.serializer import StateSerializer
-    journal.JOURNAL_MIN_BYTES = int(sys.argv[3])
-    mode, ser, store = sys.argv[2], StateSerializer(), FileStore(sys.argv[1])
-    doc, version = store.load_versioned()
-    if mode == "kill":
-        n = doc.get("application", {}).get("n", 0)
-        print("ready", n, flush=True)
-        while True:
-            n += 1
-            app = doc.setdefault("application", {})
-            app["n"] = n
-            app.setdefault("log", {})[n] = "x" * 30
-            changes = [(("application", "n"), n), (("application", "log", n), "x" * 30)]
-            version = store.save_changes(changes, version, full=lambda: ser.serialize(doc))
-            assert version is not None
-            print(n, flush=True)
-    else:
-        done = 0
-        while done < int(mode):
-            n = doc.get("application", {}).get("n", 0) + 1
-            doc.setdefault("application", {})["n"] = n
-            result = store.save_changes([(("application", "n"), n)], version,
-                                        full=lambda: ser.serialize(doc))
-            if result is None:
-                doc, version = store.load_versioned()
-            else:
-                version, done = result, done + 1
-        print("done", flush=True)
-""")
-
-
 def _child(path: Path, mode: str, min_bytes: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(path), mode, str(min_bytes)],
+    return subprocess.Popen([*worker("journal_file_appender"), str(path), mode, str(min_bytes)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +20,7 @@ from typing import Any
 import cascadeui.adapters._journal as journal
 import pytest
 import redis
+from _spawn import worker
 from kit.redis_server import RedisServer, find_server_binary, free_port
 
 from cascadeui._merge import DELETED, Change, diff
@@ -411,34 +410,12 @@ def test_lease_expiry_with_appends(redis_url: str, redis_key: str, raw: redis.Re
         assert not raw.exists(slow.lock_key)
 
 
-_WORKER = textwrap.dedent("""
-    import sys
-    import cascadeui.adapters._journal as journal
-    from cascadeui.adapters import RedisStore
-
-    journal.JOURNAL_MIN_BYTES = 300  # compactions race with appends too
-    url, key, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    retries = 0
-    with RedisStore(url, key=key, lock_timeout=10) as store:
-        for i in range(count):
-            while True:
-                state, version = store.load_versioned()
-                new = {**state, "n": state.get("n", 0) + 1, name: i + 1}
-                changes = [(("n",), new["n"]), ((name,), i + 1)]
-                if store.save_changes(changes, version,
-                                      full=lambda: store.serializer.serialize(new)):
-                    break
-                retries += 1
-    print(retries)
-""")
-
-
 def test_two_processes_increment_with_compare_and_set(redis_url: str, redis_key: str,
                                                       raw: redis.Redis) -> None:
     count = 50
     with RedisStore(redis_url, key=redis_key) as store:
         store.save({"n": 0})
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, redis_key, name,
+    procs = [subprocess.Popen([*worker("journal_redis_appender"), redis_url, redis_key, name,
                                str(count)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
              for name in ("p1", "p2")]

@@ -14,7 +14,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _spawn import worker
 
 from cascadeui._merge import DELETED, Change, diff
 from cascadeui.adapters import JournaledStore, SQLiteStore
@@ -523,87 +523,11 @@ def test_a_journal_out_of_step_with_its_row_is_refused(db: Path, damage: str) ->
 
 # -- real processes ------------------------------------------------------------------------
 
-SPAWNER = r'''
-import os, sys, time
-import sqlite_utils  # imported once here, not in every forked worker
-from cascadeui.adapters import SQLiteStore
-from cascadeui.adapters import _journal as journal
-
-path = sys.argv[1]
-journal.JOURNAL_MIN_BYTES = int(sys.argv[2])
-
-def ack(fd, text):
-    os.write(fd, text.encode() + b"\n")
-
-def appender(ack_path):
-    """Append forever; a line in ack_path only once save_changes returned."""
-    store = SQLiteStore(path)
-    state, version = store.load_versioned()
-    app = state.setdefault("application", {})
-    log = app.setdefault("log", {})
-    n = app.get("n", 0)
-    fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    while True:
-        n += 1
-        app["n"] = n
-        log[n] = ("x" * (n % 50), n)
-        version = store.save_changes(
-            [(("application", "n"), n), (("application", "log", n), log[n])], version,
-            full=lambda: store.serializer.serialize(state))
-        if version is None:
-            raise SystemExit("the version moved: there is another writer")
-        ack(fd, str(n))
-
-def incrementer(name, count, ack_path):
-    """count compare-and-set increments; on None, load again and retry."""
-    store = SQLiteStore(path, timeout=30)
-    retries = 0
-    for k in range(count):
-        while True:
-            state, version = store.load_versioned()
-            app = state.setdefault("application", {})
-            value = app.get("count", 0) + 1
-            app["count"] = value
-            app.setdefault(name, {})[k] = value
-            changes = [(("application", "count"), value), (("application", name, k), value)]
-            time.sleep(0.001)  # widen the race: the other process may commit meanwhile
-            if store.save_changes(changes, version,
-                                  full=lambda: store.serializer.serialize(state)) is not None:
-                break
-            retries += 1
-    fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    ack(fd, str(retries))
-
-def fork(job, *args):
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            job(*args)
-        except BaseException as exc:
-            sys.stderr.write(f"error {os.getpid()} {exc!r}\n")
-            code = 1
-        os._exit(code)
-    return pid
-
-for line in sys.stdin:
-    cmd, *args = line.split()
-    if cmd == "append":
-        print(f"forked {fork(appender, args[0])}", flush=True)
-    elif cmd == "cas":
-        count = int(args[0])
-        pids = [fork(incrementer, f"p{i}", count, args[1]) for i in range(2)]
-        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
-        print("done " + " ".join(map(str, codes)), flush=True)
-    elif cmd == "reap":
-        print(f"reaped {os.waitstatus_to_exitcode(os.waitpid(int(args[0]), 0)[1])}", flush=True)
-'''
-
 
 @pytest.fixture
 def spawner(db: Path) -> Iterator[Callable[[str], list[str]]]:
     """Send a command line to the spawner; get the words of its one-line reply."""
-    proc = subprocess.Popen([sys.executable, "-c", SPAWNER, str(db), "4000"],
+    proc = subprocess.Popen([*worker("journal_sqlite_spawner"), str(db), "4000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdin is not None

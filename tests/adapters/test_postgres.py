@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from _helpers import JournalWriter
+from _spawn import worker
 from kit.postgres_server import PostgresServer, find_binaries, with_database
 from kit.spawn import script_command, script_env
 
@@ -263,21 +264,11 @@ def test_lock_timeout_and_statement_timeout(postgres_url: str, pg_table: str) ->
 
 # -- crashes -------------------------------------------------------------------------------
 
-_HOLDER = """
-import sys, time
-from cascadeui.adapters import PostgresStore
-store = PostgresStore(sys.argv[1], table=sys.argv[2])
-with store.transaction() as st:
-    st["a"]["n"] = 999
-    print("locked", flush=True)
-    time.sleep(60)
-"""
-
 
 def test_client_killed_mid_transaction_leaves_nothing(postgres_url: str,
                                                       store: PostgresStore) -> None:
     store.save({"a": {"n": 1}})
-    with subprocess.Popen([sys.executable, "-c", _HOLDER, postgres_url, store.table],
+    with subprocess.Popen([*worker("postgres_holder"), postgres_url, store.table],
                           stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "locked\n"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _spawn import run, worker
 from kit.postgres_server import (
     PostgresServer,
     find_binaries,
@@ -36,8 +37,7 @@ def _gone(pid: int, within: float) -> bool:
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = run(worker("probe", "pid"), check=True)
     return int(proc.stdout)
 
 

@@ -21,8 +21,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from typing import Any
 import anyio
 import pytest
 from _registry import kinds
+from _spawn import worker
 from kit.spawn import script_command, script_env
 
 from cascadeui._backends import AsyncBackend, FileStorageBackend
@@ -244,29 +243,11 @@ def test_no_temp_files_left_after_faults(tmp_path: Path, monkeypatch: pytest.Mon
 
 # -- lock timeouts and stale locks from dead processes -------------------------------------
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
-    kind, where, key = sys.argv[1], sys.argv[2], sys.argv[3]
-    if kind == "file":
-        store = FileStore(where)
-    elif kind == "sqlite":
-        store = SQLiteStore(where)
-    elif kind == "postgres":
-        store = PostgresStore(where, table=key)
-    else:
-        store = RedisStore(where, key=key, lock_timeout=float(sys.argv[4]))
-    with store.transaction() as state:
-        state["holder"] = "uncommitted"
-        print("locked", flush=True)
-        time.sleep(120)
-""")
-
 
 @contextmanager
 def holder(kind: str, where: str, key: str = "", lease: float = 0.0,
            ) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, kind, where, key, str(lease)],
+    proc = subprocess.Popen([*worker("lock_holder"), kind, where, key, str(lease)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

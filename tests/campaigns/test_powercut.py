@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _spawn import worker
 from kit.powercut import Op, crash_states, materialise, parse_trace
 from kit.spawn import script_command, script_env
 
@@ -138,22 +138,6 @@ def test_parse_trace_reads_strace_lines(tmp_path: Path) -> None:
 
 # -- regressions: crash states the simulator found, replayed ---------------------------------
 
-_REVERT_WRITER = """
-import os, sys
-from cascadeui.adapters import FileStore
-from cascadeui._merge import diff
-from cascadeui.serializer import StateSerializer
-marks = os.open("/dev/null", os.O_WRONLY)
-store = FileStore(sys.argv[1], backups=1)
-a, b = {"application": {"mode": "a"}}, {"application": {"mode": "b"}}
-store.save(a)
-version = store.save_changes(diff(a, b), store.version(),
-                             full=lambda: StateSerializer().serialize(b))
-assert version is not None
-store.save(a)  # the same bytes as the snapshot the journal was bound to
-os.write(marks, b"PCMARK ack")
-"""
-
 
 def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) -> None:
     """Found by the simulator once the journal header named the snapshot's content.
@@ -171,7 +155,7 @@ def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) 
     root = tmp_path / "live"
     root.mkdir()
     trace = tmp_path / "trace"
-    out = record([sys.executable, "-c", _REVERT_WRITER, str(root / "state.json")], trace)
+    out = record([*worker("revert_writer"), str(root / "state.json")], trace)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     ops = parse_trace(trace.read_text(), root)
     mark = next(i for i, op in enumerate(ops) if op.kind == "mark")
@@ -190,16 +174,6 @@ def test_a_full_write_of_the_snapshots_own_bytes_survives_a_cut(tmp_path: Path) 
     assert checked
 
 
-_NEW_DIR_WRITER = """
-import os, sys
-from cascadeui.adapters import FileStore
-marks = os.open("/dev/null", os.O_WRONLY)
-with FileStore(sys.argv[1]) as store:
-    store.save({"application": {"saved": 1}})
-os.write(marks, b"PCMARK ack")
-"""
-
-
 def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> None:
     """Found by the simulator: ``FileStore("data/bot/state.json")`` with no ``data/``.
 
@@ -215,7 +189,7 @@ def test_a_first_save_into_new_directories_survives_a_cut(tmp_path: Path) -> Non
     root = tmp_path / "live"
     root.mkdir()
     trace = tmp_path / "trace"
-    out = record([sys.executable, "-c", _NEW_DIR_WRITER, str(root / "data/bot/state.json")],
+    out = record([*worker("new_dir_writer"), str(root / "data/bot/state.json")],
                  trace)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     ops = parse_trace(trace.read_text(), root)

@@ -4,11 +4,11 @@ Every ```python block of README.md and docs/*.md is executed, not just parsed
 (:func:`test_code_blocks_run`), so the docs cannot drift from the code. The rules, for
 anyone writing docs:
 
-- One fresh process per page (``tests/_doc_blocks.py``), its working directory an empty
+- One fresh process per page (``tests/_doc_blocks_worker.py``), its working directory an empty
   temp dir: relative paths such as ``"cascadeui.db"`` or ``"bot_state.json"`` are created
   there. The page's blocks run in page order in one shared namespace, like one session, and
   top-level ``await`` works (they run on one asyncio event loop per page).
-- Already defined for every block (the prelude in ``tests/_doc_blocks.py``): ``discord``,
+- Already defined for every block (the prelude in ``tests/_doc_blocks_worker.py``): ``discord``,
   ``commands`` (``discord.ext.commands``), ``DiscordDouble``, ``logged_in_bot``,
   ``mark_ready``, and a running local Discord API double with a logged-in, ready bot:
   ``double``, ``bot``, ``guild_id``/``guild`` (a ``discord.Object``), ``channel_id`` and
@@ -37,11 +37,10 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _spawn import run, worker
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -81,9 +80,7 @@ def test_code_blocks_parse_and_their_cascadeui_imports_exist(page: Path) -> None
 @pytest.mark.parametrize("page", [p for p in [ROOT / "README.md", *DOCS]
                                   if "```python" in p.read_text()], ids=lambda p: p.name)
 def test_code_blocks_run(page: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "_doc_blocks.py"), str(page)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          check=False)
+    done = run(worker("doc_blocks", page), cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
@@ -167,16 +164,6 @@ def test_seed_names_are_public() -> None:
 
 
 def test_import_creates_no_files_and_installs_no_handlers(tmp_path: Path) -> None:
-    code = (
-        "import logging, os\n"
-        "import cascadeui, cascadeui.persistence, cascadeui.adapters, cascadeui.sync\n"
-        "from cascadeui import PersistentView, get_store, setup_persistence, inspect\n"
-        "assert os.listdir('.') == [], os.listdir('.')\n"
-        "assert logging.getLogger().handlers == []\n"
-        "assert all(not logging.getLogger(n).handlers for n in logging.root.manager.loggerDict"
-        " if n.startswith('cascadeui'))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = run(worker("probe", "import-clean"), cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []

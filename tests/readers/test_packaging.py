@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import configparser
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _spawn import run, worker
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +53,7 @@ def _import_with(tmp_path: Path, summary: str | None) -> str:
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pycascadeui\n"
                                        f"Version: 3.14.2\nSummary: {summary}\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", "import cascadeui"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = run(worker("probe", "import"), cwd=tmp_path, env=env, timeout=60, check=True)
     return done.stderr
 
 

@@ -14,13 +14,12 @@ import logging
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import _spawn
 import pytest
 
 import cascadeui
@@ -123,9 +122,7 @@ def test_the_rule_catches_what_it_is_for(tmp_path: Path) -> None:
 
 
 def test_inspection_and_sync_do_not_import_each_other() -> None:
-    code = ("import sys, cascadeui.sync; assert 'cascadeui._inspection' not in sys.modules "
-            "or 'cascadeui.sync' in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    _spawn.run(_spawn.worker("probe", "sync-alone"), check=True, timeout=60)
     for name in ("sync.py", "_inspection.py"):
         other = "inspection" if name == "sync.py" else "sync"
         tree = ast.parse((PACKAGE / name).read_text())
@@ -275,37 +272,13 @@ def test_a_symlink_at_the_backup_is_never_read_or_restored(
 
 # -- locks that hold -----------------------------------------------------------------------
 
-COUNTER = r"""
-import sys, time
-from cascadeui.adapters import FileStore
-from cascadeui.errors import StorageUnavailableError
-path, n = sys.argv[1], int(sys.argv[2])
-refused = 0
-with FileStore(path, lock_timeout=60) as store:
-    done = 0
-    while done < n:
-        try:
-            with store.transaction() as state:
-                app = state.setdefault("application", {})
-                value = app.get("n", 0)
-                time.sleep(0.002)  # widen the window a second holder would need
-                app["n"] = value + 1
-        except StorageUnavailableError:  # the lock was pulled from under us: not committed
-            refused += 1
-            continue
-        done += 1
-print("done", refused, flush=True)
-"""
-
 
 @pytest.mark.slow
 def test_an_unlinked_or_replaced_lock_file_admits_no_second_holder(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     FileStore(path).save({"application": {"n": 0}})
     lock = Path(f"{path}.lock")
-    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, str(path), "50"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [_spawn.start(_spawn.worker("counter", path, 50)) for _ in range(3)]
     vandalised = 0
     try:
         while any(p.poll() is None for p in procs):

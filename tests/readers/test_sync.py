@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 
 import pytest
 from _registry import kinds, target
+from _spawn import run, worker
 
 from cascadeui import sync
 from cascadeui._restore import setup_persistence as async_setup
@@ -275,16 +273,8 @@ def test_calls_made_on_the_private_loop_fail_fast(fresh_store: None, tmp_path: P
 
 def test_a_script_exits_promptly_after_using_the_store(tmp_path: Path) -> None:
     """The private loop thread never keeps the interpreter alive; writes are on disk."""
-    script = textwrap.dedent("""
-        import sys
-        from cascadeui import sync
-        sync.setup_persistence(backend=sys.argv[1])
-        sync.dispatch("APPLICATION_SET", {"path": ["done"], "value": True})
-        print("ok")
-    """)
     db = tmp_path / "script.db"
-    proc = subprocess.run([sys.executable, "-c", script, str(db)], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    proc = run(worker("probe", "exit-promptly", db), timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert proc.stderr == ""

@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import random
-import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +14,7 @@ import anyio.to_thread
 import pytest
 from _helpers import started_redis_server
 from _registry import kinds, target
+from _spawn import run, worker
 from kit.redis_server import RedisServer
 
 from cascadeui._backends import FileStorageBackend, RedisBackend, SQLiteBackend
@@ -524,20 +521,7 @@ async def test_redis_outage_is_survived(restartable_redis: RedisServer,
 def test_last_action_before_exit_is_durable_across_processes(tmp_path: Path) -> None:
     """A real restart: one process dispatches and closes; a second one restores."""
     db = tmp_path / "state.db"
-    script = textwrap.dedent(f"""
-        import asyncio
-        from cascadeui import get_store
-        from cascadeui._backends import SQLiteBackend
-        async def main():
-            store = get_store()
-            await store.enable_persistence(SQLiteBackend({str(db)!r}), debounce=30.0)
-            for i in range(100):
-                await store.dispatch("APPLICATION_SET", {{"path": ["n"], "value": i}})
-            await store.close()
-        asyncio.run(main())
-    """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=env)
+    run(worker("probe", "restart-write", db), check=True, timeout=60)
     reader = SQLiteBackend(db)
     try:
         assert reader.store.load()["application"] == {"n": 99}

@@ -1,6 +1,6 @@
 """Run the ```python blocks of one Markdown page (see tests/readers/test_docs.py for the rules).
 
-Usage: ``python tests/_doc_blocks.py PAGE.md`` from the directory the blocks should use as
+Usage: ``python tests/_doc_blocks_worker.py PAGE.md`` from the directory the blocks should use as
 their working directory (test_docs runs it in a fresh temp dir, one process per page).
 Exit 0 when every block ran; otherwise the failing block's page line and traceback go to
 stderr and the exit code is 1.
