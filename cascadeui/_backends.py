@@ -119,20 +119,17 @@ class Capabilities:
     def of(cls, adapter: object) -> Capabilities:
         """Work out what ``adapter`` offers (the one place that probes an adapter)."""
 
-        def has(name: str) -> bool:
-            return callable(getattr(adapter, name, None))
-
         versioned = isinstance(adapter, VersionedStore)
         return cls(versioned=versioned,
                    journaled=versioned and isinstance(adapter, JournaledStore),
-                   load_checked=versioned and has("load_checked"),
-                   counter=has("version"),
+                   load_checked=versioned and callable(getattr(adapter, "load_checked", None)),
+                   counter=callable(getattr(adapter, "version", None)),
                    transaction=isinstance(adapter, TransactionalStore),
-                   listener=has("listener"),
+                   listener=callable(getattr(adapter, "listener", None)),
                    backups=isinstance(adapter, BackupStore),
                    described=isinstance(adapter, DescribedStore),
-                   companion=has("companion"),
-                   closable=has("close"),
+                   companion=callable(getattr(adapter, "companion", None)),
+                   closable=callable(getattr(adapter, "close", None)),
                    kind=str(getattr(adapter, "kind", None) or type(adapter).__name__))
 
 

@@ -390,7 +390,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 def test_hostile_keys_round_trip_and_stay_inside(any_store: Any, tmp_path: Path,
                                                  request: pytest.FixtureRequest) -> None:
-    from test_serializer_properties import assert_exact
+    from _helpers import assert_exact
 
     before = sorted(os.listdir(tmp_path))
     state = hostile_state()

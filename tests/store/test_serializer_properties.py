@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _helpers import assert_exact
 from _registry import build, dump, kinds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -71,33 +72,6 @@ values = st.recursive(scalars, _containers, max_leaves=25)
 states = st.dictionaries(texts, values, max_size=5)
 
 
-# -- exact equality (== is too lenient: 1 == 1.0 == True, aware datetimes by instant) -----
-
-
-def assert_exact(a: Any, b: Any, where: str = "state") -> None:
-    assert type(a) is type(b), f"{where}: {type(a).__name__} became {type(b).__name__}"
-    if isinstance(a, float):
-        assert repr(a) == repr(b), where
-    elif isinstance(a, (datetime, date)):
-        assert a.isoformat() == b.isoformat(), where  # keeps the offset, not just the instant
-    elif isinstance(a, dict):
-        assert len(a) == len(b), where
-        twins = {k: k for k in b}
-        for k, v in a.items():
-            assert k in twins, f"{where}: key {k!r} lost"
-            assert_exact(k, twins[k], f"{where} key {k!r}")
-            assert_exact(v, b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (set, frozenset)):
-        assert a == b, where
-        twins = {x: x for x in b}
-        for x in a:
-            assert_exact(x, twins[x], f"{where} member {x!r}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_exact(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 # -- round trip ----------------------------------------------------------------------------
