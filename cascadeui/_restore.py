@@ -24,7 +24,9 @@ every check and ``verify="background"`` does not wait at all (see
 - ``removed``: Discord answered 404 Unknown Channel (10003) or Unknown Message (10008):
   unrouted, purged from state, and the purge is flushed to the backend;
 - ``failed``: anything else (403, 5xx, a timeout, a network error, a constructor or
-  validation error, a malformed entry); kept for the next start.
+  validation error, a malformed entry); kept for the next start. Lost access (403, 5xx,
+  timeouts) is recorded in the entry and removes the panel only after
+  ``unreachable_ttl`` (:mod:`cascadeui._verify`).
 
 A bot that runs only some of the shards (``shard_ids``/``shard_count`` on an
 ``AutoShardedClient``, ``shard_id``/``shard_count`` on a ``Client``) restores only the
@@ -43,9 +45,9 @@ import gc
 import logging
 import os
 import weakref
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, cast
 
 import anyio.to_thread
@@ -57,11 +59,12 @@ from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
 from ._kinds import EntryPanel, class_and_kind, kind_of, registered
 from ._targets import resolve
+from ._verify import LISTS, RESTORE_FAILED, TASKS, Lists, Outcome, track
+from ._verify import verify as verify_panels
 from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED
 from .adapters import SyncStore
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
-from .views import PersistentPanel
 
 __all__ = ["DEFAULT_FILE", "DEFAULT_RATE_LIMIT", "DEFAULT_VERIFY_BUDGET", "PERSISTENCE_VERIFIED",
            "RESTORE_FAILED", "RestoreSummary", "panel_shard", "setup_persistence"]
@@ -70,9 +73,6 @@ log: logging.Logger = logging.getLogger(__name__)
 
 #: The JSON file used when neither ``file_path`` nor ``backend`` is given.
 DEFAULT_FILE = "cascadeui_state.json"
-#: Dispatched (no reducer, subscribers only) when a view's ``on_restore`` raises:
-#: payload ``{"state_key", "class_name", "error"}``.
-RESTORE_FAILED = "PERSISTENT_VIEW_RESTORE_FAILED"
 #: Dispatched (no reducer, subscribers only) once every attached panel's message has been
 #: checked, in both verify modes: payload ``{"restored", "skipped", "failed", "removed"}``,
 #: the final four lists (the purge, if any, is already applied).
@@ -83,18 +83,17 @@ DEFAULT_RATE_LIMIT = 45.0
 #: message checks before returning (the bot is offline until ``setup_hook`` returns).
 DEFAULT_VERIFY_BUDGET = 1.5
 
-#: Discord's "gone for good" answers: Unknown Channel, Unknown Message.
-GONE_CODES = frozenset({10003, 10008})
-_LISTS = ("restored", "skipped", "failed", "removed")
+#: How long a panel may stay unreachable (403, 5xx, timeouts at every start's check)
+#: before it is removed.
+DEFAULT_UNREACHABLE_TTL = timedelta(days=14)
+_LISTS = LISTS
 _YIELD_EVERY = 500  # attach this many views, then let the loop breathe
 
-Outcome = Literal["restored", "failed", "removed"]
-Lists = dict[str, list[str]]
 Verify = Literal["auto", "await", "background"]
 
 # bot -> the store whose close is chained to the bot's close
 _WRAPPED: weakref.WeakKeyDictionary[discord.Client, StateStore] = weakref.WeakKeyDictionary()
-_TASKS: set[asyncio.Task[Any]] = set()
+_TASKS = TASKS  # our tasks for a bot: its close cancels them
 
 
 class RestoreSummary(dict[str, list[str]]):
@@ -194,6 +193,7 @@ async def setup_persistence(
     migrations: Mapping[int, Migration] | None = None,
     strict_version: bool = False,
     track_deletions: bool = True,
+    unreachable_ttl: timedelta | float | None = DEFAULT_UNREACHABLE_TTL,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -248,12 +248,17 @@ async def setup_persistence(
         sees its message, channel or thread deleted or is removed from its guild (events
         of this process's shards; see ``docs/panels.md``, "Life of a panel"). False: only
         a restart's message check finds them gone.
+    :param unreachable_ttl: how long (a ``timedelta`` or seconds) a panel whose message
+        check keeps failing with 403, 5xx or a timeout stays before a check removes it
+        (default 14 days). Such a panel stays routed and its entry records
+        ``unreachable_since``; a check that reaches it clears that. None: never removed.
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
     :raises ValueError: both ``file_path`` and ``backend``, ``concurrency < 1``, a
         ``rate_limit`` or ``verify_budget`` or ``rate_share`` out of range, an unknown
-        ``verify`` mode, or shard ids that do not fit the bot's ``shard_count``.
+        ``verify`` mode, a negative ``unreachable_ttl``, or shard ids that do not fit the
+        bot's ``shard_count``.
     :raises PersistenceError: the stored state cannot be loaded; nothing is enabled.
     :raises SchemaVersionError: the stored state is newer than ``version``; nothing is
         written or enabled.
@@ -279,6 +284,7 @@ async def setup_persistence(
                          f"{verify_budget!r}")
     if rate_share is not None and not 0 < rate_share <= 1:
         raise ValueError(f"rate_share must be in (0, 1], not {rate_share!r}")
+    ttl = _duration("unreachable_ttl", unreachable_ttl)
     shards = _shards_of(bot) if bot is not None else None
     started = asyncio.get_running_loop().time()
     store = store if store is not None else get_store()
@@ -310,10 +316,11 @@ async def setup_persistence(
         rate_limit *= share
     outcomes: dict[str, Outcome] = {}
     task = asyncio.get_running_loop().create_task(
-        _verify(bot, store, known, pending, outcomes, concurrency=concurrency,
-                fetch_timeout=fetch_timeout, rate_limit=rate_limit),
+        verify_panels(bot, store, known, pending, outcomes, concurrency=concurrency,
+                      fetch_timeout=fetch_timeout, rate_limit=rate_limit,
+                      unreachable_ttl=ttl),
         name="cascadeui-verify-panels")
-    _track(task, bot)
+    track(task, bot)
     summary.verification = task
     wait: float | None = {"await": None, "background": 0.0}.get(
         verify, started + verify_budget - asyncio.get_running_loop().time())
@@ -336,6 +343,18 @@ async def setup_persistence(
              len(summary["skipped"]), len(summary["failed"]), len(summary["removed"]),
              len(summary.unverified), _shard_note(shards, summary))
     return summary
+
+
+def _duration(name: str, value: timedelta | float | None) -> timedelta | None:
+    """A ``timedelta`` from a ``timedelta`` or seconds; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = timedelta(seconds=value)
+    if not isinstance(value, timedelta) or value < timedelta(0):
+        raise ValueError(f"{name} must be a timedelta or seconds >= 0, or None, not "
+                         f"{value!r}")
+    return value
 
 
 def _shard_note(shards: _Shards | None, summary: RestoreSummary) -> str:
@@ -412,18 +431,6 @@ def _chain_close(bot: discord.Client, store: StateStore,
             await aclose_backend(owned_backend)
 
     bot.close = close  # type: ignore[method-assign]
-
-
-def _track(task: asyncio.Task[Any], bot: discord.Client) -> None:
-    task.cascadeui_bot = bot  # type: ignore[attr-defined]
-    _TASKS.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: asyncio.Task[Any]) -> None:
-    _TASKS.discard(task)
-    if not task.cancelled() and task.exception() is not None:  # retrieved: no GC warning
-        log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 #: The one entry check, shared with ``cascadeui verify`` and ``cascadeui set``.
@@ -524,144 +531,3 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         known["failed"].append(state_key)
         return None
     return view
-
-
-def _by_channel(pending: list[tuple[str, EntryPanel]],
-                ) -> Iterator[tuple[str, EntryPanel]]:
-    """Round-robin over channels: discord.py serializes requests per channel bucket, so
-    consecutive checks in different channels never queue behind each other."""
-    queues: dict[int | None, deque[tuple[str, EntryPanel]]] = {}
-    for item in pending:
-        queues.setdefault(item[1].channel_id, deque()).append(item)
-    rounds = list(queues.values())
-    while rounds:
-        for queue in rounds:
-            yield queue.popleft()
-        rounds = [queue for queue in rounds if queue]
-
-
-class _Pacer:
-    """Spaces request starts at least ``1 / rate`` seconds apart, measured when they start.
-
-    Starts go one at a time through a lock and each waits for the previous one's actual
-    start plus the interval, so a stalled event loop (a busy machine, a GC pause) delays
-    the checks but never lets the delayed ones leave together: slots reserved in advance
-    did, and a burst over Discord's global limit got HTTP 429s (4 in 10,000 panels on a
-    loaded 2-core machine, ``scripts/bench``'s ratelimit mode).
-    """
-
-    def __init__(self, rate: float | None) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._last = float("-inf")
-        self._lock: asyncio.Lock | None = None
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            delay = self._last + self._interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._last = loop.time()
-
-
-async def _verify(bot: discord.Client, store: StateStore, known: Lists,
-                  pending: list[tuple[str, EntryPanel]], outcomes: dict[str, Outcome],
-                  *, concurrency: int, fetch_timeout: float, rate_limit: float | None,
-                  ) -> Lists:
-    """Phase 2: check every attached panel's message; unroute and purge the gone ones.
-
-    :param outcomes: filled in as the checks end, so an early return can report them.
-    """
-    result: Lists = {name: list(known[name]) for name in _LISTS}
-    order = _by_channel(pending)
-    pacer = _Pacer(rate_limit)
-
-    async def worker() -> None:
-        for state_key, view in order:  # one shared iterator: each panel is checked once
-            await pacer.wait()
-            outcome = await _check(bot, view, fetch_timeout)
-            if outcome == "removed":
-                view.stop()  # discord.py's public way out of its view store: unrouted now
-            outcomes[state_key] = outcome
-
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)))))
-    gone: list[tuple[str, EntryPanel]] = []
-    for state_key, view in pending:
-        outcome = outcomes[state_key]
-        result[outcome].append(state_key)
-        if outcome == "removed":
-            gone.append((state_key, view))
-        elif outcome == "restored" and type(view).on_restore is not PersistentPanel.on_restore:
-            _schedule_on_restore(bot, view)
-    views = store.state["persistent_views"]
-    # A panel re-sent under the same key while its old message was being checked now
-    # points at a new message: that entry is not the one Discord said is gone.
-    await _lifecycle.remove(bot, store, [(key, {"message_id": str(view.message_id)})
-                                         for key, view in gone], "not_found")
-    await _lifecycle.emit(bot, store, [
-        _lifecycle.panel_event(_lifecycle.PANEL_RESTORED, key, views.get(key), "restored")
-        for key, _ in pending if outcomes[key] == "restored"])
-    await store.dispatch(PERSISTENCE_VERIFIED, {name: list(result[name]) for name in _LISTS})
-    return result
-
-
-async def _check(bot: discord.Client, view: EntryPanel, fetch_timeout: float) -> Outcome:
-    """Fetch one panel's message and say what became of it."""
-    channel_id, message_id = view.channel_id or 0, view.message_id or 0  # set by _bind
-    key = view.state_key
-    try:
-        await asyncio.wait_for(bot.http.get_message(channel_id, message_id), fetch_timeout)
-    except discord.NotFound as exc:
-        if exc.code in GONE_CODES:
-            log.info("panel %r: %s; unrouted and purged", key, exc.text or exc)
-            return "removed"
-        log.warning("panel %r: 404 with code %s; kept", key, exc.code)
-        return "failed"
-    except discord.HTTPException as exc:
-        log.warning("panel %r: HTTP %s (code %s); kept", key, exc.status, exc.code)
-        return "failed"
-    except asyncio.TimeoutError:
-        log.warning("panel %r: no answer within %.1fs; kept", key, fetch_timeout)
-        return "failed"
-    except Exception as exc:  # network errors and anything discord.py lets through
-        log.warning("panel %r: %s: %s; kept", key, type(exc).__name__, exc)
-        return "failed"
-    return "restored"
-
-
-def _schedule_on_restore(bot: discord.Client, view: EntryPanel) -> None:
-    task = asyncio.get_running_loop().create_task(
-        _run_on_restore(bot, view), name=f"cascadeui-on-restore-{view.state_key}")
-    _track(task, bot)
-
-
-async def _when_ready(bot: discord.Client) -> None:
-    while not bot.is_closed():
-        try:
-            await bot.wait_until_ready()
-            return
-        except RuntimeError:  # not logged in yet: discord.py has no ready event to wait on
-            await asyncio.sleep(0.1)
-
-
-async def _run_on_restore(bot: discord.Client, view: EntryPanel) -> None:
-    """Await readiness, then the hook; an exception is logged, kept and dispatched."""
-    await _when_ready(bot)
-    if bot.is_closed():
-        return
-    try:
-        await view.on_restore(bot)
-    except Exception as exc:
-        log.exception("on_restore of panel %r (%s) failed", view.state_key,
-                      type(view).__name__)
-        view.restore_error = exc
-        try:
-            await view.store.dispatch(RESTORE_FAILED, {
-                "state_key": view.state_key, "class_name": type(view).__name__,
-                "error": f"{type(exc).__name__}: {exc}"})
-        except Exception:
-            log.exception("reporting the on_restore failure of %r failed", view.state_key)

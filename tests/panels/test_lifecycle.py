@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,85 @@ async def test_a_resent_panel_is_not_removed_by_its_old_message_deletion(
     assert store.state["persistent_views"]["p"]["message_id"] == str(new)
     assert "p" in routed(bot)
     await bot.close()
+
+
+async def restart(double: DiscordDouble, backend: Any, **kwargs: Any,
+                  ) -> tuple[commands.Bot, StateStore, Seen, dict[str, list[str]]]:
+    """A new bot on the stored state; the checks awaited; its events recorded."""
+    store = StateStore()
+    bot = await logged_in_bot(double)
+    seen = Seen(bot, store)
+    summary = await setup_persistence(bot, backend=backend, store=store, verify="await",
+                                      **kwargs)
+    return bot, store, seen, dict(summary)
+
+
+@pytest.mark.parametrize("kind", kinds())
+async def test_lost_access_is_kept_aged_cleared_and_removed_after_the_ttl(
+        double: DiscordDouble, request: pytest.FixtureRequest, tmp_path: Path,
+        kind: str) -> None:
+    guild = double.new_id()
+    locked, flaky, fine = (double.add_channel(guild_id=guild) for _ in range(3))
+    where = target(kind, request, tmp_path)
+    store = StateStore()
+    bot = await start(double, store, where)
+    mids = {key: await send(double, bot, store, key, cid)
+            for key, cid in [("locked", locked), ("flaky", flaky), ("fine", fine)]}
+    await bot.close()
+
+    double.fail("channel", locked, 403)
+    double.fail("message", mids["flaky"], 503)
+    bot, store, seen, summary = await restart(double, where)
+    assert sorted(summary["failed"]) == ["flaky", "locked"]
+    assert summary["removed"] == []
+    views = store.state["persistent_views"]
+    first = views["locked"]["unreachable_since"]
+    assert "unreachable_since" in views["flaky"]
+    assert "unreachable_since" not in views["fine"]
+    assert routed(bot) == {"locked", "flaky", "fine"}  # lost access is not deletion
+    unreachable = {e.state_key: e for e in seen.bot_events
+                   if e.event == "cascadeui_panel_unreachable"}
+    assert set(unreachable) == {"locked", "flaky"}
+    assert unreachable["locked"].reason == "unreachable"
+    assert unreachable["locked"].unreachable_since is not None
+    assert {e.state_key for e in seen.bot_events
+            if e.event == "cascadeui_panel_restored"} == {"fine"}
+    await bot.close()
+
+    double.heal()
+    double.fail("channel", locked, 403)  # still locked; the 503 is over
+    bot, store, seen, summary = await restart(double, where)
+    views = store.state["persistent_views"]
+    assert views["locked"]["unreachable_since"] == first  # aged, not reset
+    assert "unreachable_since" not in views["flaky"]  # reachable again: cleared
+    assert sorted(summary["restored"]) == ["fine", "flaky"]
+    await bot.close()
+
+    bot, store, seen, summary = await restart(double, where,
+                                              unreachable_ttl=timedelta(seconds=0))
+    assert summary["removed"] == ["locked"]
+    assert seen.removed() == {"locked": "unreachable_expired"}
+    assert "locked" not in store.state["persistent_views"]
+    assert "locked" not in store.state["application"]["panels"]
+    assert routed(bot) == {"flaky", "fine"}
+    await bot.close()
+    stored = await anyio.to_thread.run_sync(sync.load_state, where)
+    assert set(stored["persistent_views"]) == {"flaky", "fine"}
+    assert set(stored["application"]["panels"]) == {"flaky", "fine"}
+
+
+async def test_unreachable_ttl_none_never_removes_and_bad_values_are_refused(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    where = str(tmp_path / "s.db")
+    store = StateStore()
+    bot = await start(double, store, where)
+    await send(double, bot, store, "p", cid)
+    await bot.close()
+    double.fail("channel", cid, 403)
+    for _ in range(2):
+        bot, store, _, summary = await restart(double, where, unreachable_ttl=None)
+        assert summary["failed"] == ["p"]
+        await bot.close()
+    with pytest.raises(ValueError, match="unreachable_ttl"):
+        await setup_persistence(backend=where, store=StateStore(), unreachable_ttl=-1)
