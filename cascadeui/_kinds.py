@@ -17,11 +17,12 @@ without a bot may import it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "class_and_kind",
-           "is_registered", "kind_of", "lookup", "register_class", "registered", "unregister"]
+__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "aliases_of",
+           "class_and_kind", "is_registered", "kind_of", "lookup", "on_register",
+           "register_class", "registered", "unregister"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ class PanelKind:
         """Make a rebuilt panel answer clicks on its message."""
         bot.add_view(panel, message_id=message_id)
 
+    def class_data_path(self, name: str) -> list[str] | None:
+        """Where every panel of the class called ``name`` keeps its data, for a kind whose
+        data is per class (moved to the new name when the class is renamed with
+        ``aliases=``); None (the default) when the data is per registry entry."""
+        return None
+
     def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
         """Stop the live panel of ``state_key`` on ``message_id`` answering clicks (its
         message, channel or guild is gone); nothing when none routes in this process."""
@@ -90,6 +97,8 @@ class PanelKind:
 
 # class name -> (class, its kind): the one registry, whatever the kind
 _REGISTRY: dict[str, tuple[type, PanelKind]] = {}
+# a former name of a class (``aliases=``) -> its class name now
+_ALIASES: dict[str, str] = {}
 
 
 class KindMember:
@@ -103,38 +112,98 @@ class KindMember:
     #: False on a class defined with ``register=False`` (set on each class, not inherited).
     __cascadeui_registered__: ClassVar[bool]
 
-    def __init_subclass__(cls, *, register: bool = True, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, register: bool = True, aliases: Iterable[str] = (),
+                          **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.__cascadeui_registered__ = register
         if register:
-            register_class(cls, cls.panel_kind)
+            register_class(cls, cls.panel_kind, aliases=aliases)
+        elif aliases:
+            raise TypeError(f"{cls.__qualname__}: aliases= names stored panels to restore "
+                            "as this class, which register=False never does")
 
 
-def register_class(cls: type, kind: PanelKind) -> None:
-    """Record ``cls`` under its class name, after its kind's definition check.
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or its re-definition (same module and qualified name: a reload)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def register_class(cls: type, kind: PanelKind, *, aliases: Iterable[str] = ()) -> None:
+    """Record ``cls`` under its class name (and its former names), after its kind's
+    definition check.
 
     A class re-defined with the same module and qualified name (a module reload) replaces
-    the old one; a different class with a taken name, of any kind, is refused.
+    the old one; a different class with a taken name, of any kind, is refused, and so is
+    an alias that is another class's name or alias.
 
-    :raises TypeError: the name is taken, or the kind found problems (all named).
+    :param aliases: former names (``"OldPoll"``, ``"polls.Poll"``) whose stored panels
+        restore as ``cls`` and are rewritten to its name.
+    :raises TypeError: a name is taken, or the kind found problems (all named).
     """
     name = cls.__name__
     known = _REGISTRY.get(name)
-    if known is not None and known[0] is not cls and (
-            (known[0].__module__, known[0].__qualname__) != (cls.__module__, cls.__qualname__)):
+    if known is not None and not _same_class(known[0], cls):
         raise TypeError(
             f"a persistent panel named {name!r} is already registered by "
             f"{known[0].__module__}.{known[0].__qualname__}; {cls.__module__}."
             f"{cls.__qualname__} would make stored panels and their data ambiguous after a "
             "restart. Rename one of them, or pass register=False for a base class that is "
             "never sent.")
+    former = _checked_aliases(cls, aliases)
     problems = list(kind.definition_problems(cls))
     if problems:
         raise TypeError(f"{cls.__module__}.{cls.__qualname__}: {'; '.join(problems)}")
     if known is not None and known[0] is not cls:
         log.debug("panel class %s re-defined in %s; the new class replaces it",
                   name, cls.__module__)
+    for alias in [a for a, owner in _ALIASES.items() if owner == name]:
+        del _ALIASES[alias]  # a re-definition states its aliases anew
     _REGISTRY[name] = (cls, kind)
+    _ALIASES.update(dict.fromkeys(former, name))
+    for callback in list(_ON_REGISTER):
+        callback(cls, kind)
+
+
+def _checked_aliases(cls: type, aliases: Iterable[str]) -> list[str]:
+    """``aliases`` as a list, each checked against every registered name and alias."""
+    if isinstance(aliases, str):
+        raise TypeError(f"{cls.__qualname__}: aliases= takes a tuple of names, not one "
+                        f"string ({aliases!r},)")
+    former = list(aliases)
+    name = cls.__name__
+    owner = _ALIASES.get(name)
+    if owner is not None and owner != name:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__}: {name!r} is an alias of "
+                        f"the registered panel class {owner}; stored panels under it "
+                        "would be ambiguous. Rename the class or drop the alias.")
+    for alias in former:
+        if not isinstance(alias, str) or not alias or alias == name:
+            raise TypeError(f"{cls.__qualname__}: alias {alias!r} must be a non-empty name "
+                            "other than the class's own")
+        taken = _REGISTRY.get(alias)
+        holder = _ALIASES.get(alias)
+        if (taken is not None and not _same_class(taken[0], cls)) or (
+                holder is not None and holder != name):
+            by = taken[0].__qualname__ if taken is not None else f"an alias of {holder}"
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__}: alias {alias!r} is "
+                            f"already taken ({by}); stored panels under it would be "
+                            "ambiguous. Drop or change one of them.")
+    return former
+
+
+#: Called with ``(cls, kind)`` after every registration (late registration: restore).
+_ON_REGISTER: list[Callable[[type, PanelKind], None]] = []
+
+
+def on_register(callback: Callable[[type, PanelKind], None]) -> None:
+    """Call ``callback(cls, kind)`` after each later registration (once per callback)."""
+    if callback not in _ON_REGISTER:
+        _ON_REGISTER.append(callback)
+
+
+def aliases_of(name: str) -> list[str]:
+    """The former names registered for class ``name``."""
+    return [alias for alias, owner in _ALIASES.items() if owner == name]
 
 
 def unregister(name: str, kind: type[PanelKind] | None = None) -> None:
@@ -142,19 +211,27 @@ def unregister(name: str, kind: type[PanelKind] | None = None) -> None:
     known = _REGISTRY.get(name)
     if known is not None and (kind is None or isinstance(known[1], kind)):
         del _REGISTRY[name]
+        for alias in aliases_of(name):
+            del _ALIASES[alias]
 
 
 def lookup(name: object, kind: type[PanelKind] | None = None) -> type | None:
-    """The class registered as ``name`` (of ``kind``, when given), or None."""
-    known = _REGISTRY.get(name) if isinstance(name, str) else None
+    """The class registered as ``name`` or aliased so (of ``kind``, when given), or None."""
+    known = class_and_kind(name)
     if known is None or (kind is not None and not isinstance(known[1], kind)):
         return None
     return known[0]
 
 
 def class_and_kind(name: object) -> tuple[type, PanelKind] | None:
-    """The class registered as ``name`` and its kind, or None (one lookup, for restore)."""
-    return _REGISTRY.get(name) if isinstance(name, str) else None
+    """The class registered as ``name`` (or with ``name`` among its aliases) and its kind,
+    or None (one lookup, for restore)."""
+    if not isinstance(name, str):
+        return None
+    known = _REGISTRY.get(name)
+    if known is None and name in _ALIASES:
+        known = _REGISTRY.get(_ALIASES[name])
+    return known
 
 
 def kind_of(cls: type) -> PanelKind | None:
@@ -180,10 +257,10 @@ class RegistryView(Mapping[str, Any]):
         self._kind = kind
 
     def __getitem__(self, name: str) -> Any:
-        found = lookup(name, self._kind)
-        if found is None:
+        found = _REGISTRY.get(name)  # class names only, as iteration lists them
+        if found is None or not isinstance(found[1], self._kind):
             raise KeyError(name)
-        return found
+        return found[0]
 
     def __iter__(self) -> Iterator[str]:
         return iter([name for name, (_, kind) in _REGISTRY.items()

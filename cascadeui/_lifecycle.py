@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import Any
 
 from ._entries import parse_id
-from ._kinds import class_and_kind
+from ._kinds import PanelKind, aliases_of, class_and_kind, registered
 from ._panel_data import PANELS_KEY
-from .actions import PANEL_EVENTS, PERSISTENT_VIEWS_REMOVED
+from .actions import APPLICATION_DELETE, APPLICATION_SET, PANEL_EVENTS, PERSISTENT_VIEWS_REMOVED
 
 __all__ = ["PANEL_REMOVED", "PANEL_RESTORED", "PANEL_UNREACHABLE", "PERSISTENCE_ERROR",
-           "REASONS", "PanelEvent", "emit", "panel_event", "remove", "watch"]
+           "REASONS", "PanelEvent", "adopt_aliases", "emit", "panel_event", "remove", "watch"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -138,6 +138,36 @@ def _unroute(bot: Any, store: Any, state_key: str, entry: Mapping[str, Any]) -> 
     message_id = _id(entry, "message_id")
     if found is not None and message_id is not None:
         found[1].unroute(bot, store, state_key, message_id)
+
+
+def _at(state: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        state = state.get(key) if isinstance(state, Mapping) else None
+    return state
+
+
+async def adopt_aliases(store: Any, classes: Iterable[tuple[type, PanelKind]] | None = None,
+                        ) -> None:
+    """Move the per-class data of renamed classes (``aliases=``) from a former name to the
+    class's name; data under both names is left alone, with a WARNING."""
+    app = store.state["application"]
+    for cls, kind in registered() if classes is None else classes:
+        new = kind.class_data_path(cls.__name__)
+        for alias in aliases_of(cls.__name__) if new is not None else ():
+            old = kind.class_data_path(alias)
+            found = _at(app, old) if old is not None else None
+            if old is None or new is None or found is None:
+                continue
+            if _at(app, new) is not None:
+                log.warning("%s keeps data under its name and its alias %r; the alias's "
+                            "data is left where it is", cls.__name__, alias)
+                continue
+            async with store.batch():
+                await store.dispatch(APPLICATION_SET, {"path": new, "value": found})
+                await store.dispatch(APPLICATION_DELETE, {"path": old})
+            log.info("%s: data stored under its alias %r moved to its name", cls.__name__,
+                     alias)
+            app = store.state["application"]
 
 
 class _Index:

@@ -301,6 +301,7 @@ async def setup_persistence(
         chosen = await anyio.to_thread.run_sync(FileStorageBackend, file_path or DEFAULT_FILE)
     await _enable(store, chosen, owned=owned, durable_timeout=durable_timeout,
                   version=version, migrations=migrations, strict_version=strict_version)
+    await _lifecycle.adopt_aliases(store)
     summary = RestoreSummary()
     if bot is None:
         return summary
@@ -470,8 +471,8 @@ async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None
             for state_key, entry in upgrades.items():
                 await store.dispatch(PERSISTENT_VIEW_REGISTERED,
                                      {**entry, "state_key": state_key})
-        log.info("setup_persistence: %d registry entries upgraded by their panel class",
-                 len(upgrades))
+        log.info("setup_persistence: %d registry entries upgraded by their panel class or "
+                 "renamed from an alias", len(upgrades))
     return known, pending
 
 
@@ -530,4 +531,6 @@ def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: A
         log.exception("panel %r: rebuilding %s failed; kept", state_key, cls.__name__)
         known["failed"].append(state_key)
         return None
+    if entry["class_name"] != cls.__name__:  # stored under an alias: rewritten to the name
+        upgrades[state_key] = {**upgrades.get(state_key, entry), "class_name": cls.__name__}
     return view

@@ -49,6 +49,9 @@ class _DynamicKind(PanelKind):
                 yield (f"key_groups names {group!r}, which the template "
                        f"{pattern.pattern!r} does not capture")
 
+    def class_data_path(self, name: str) -> list[str] | None:
+        return [self.data_root, name]
+
     def route_class(self, bot: Any, cls: type, store: Any) -> bool:
         assert issubclass(cls, DynamicPanel)
         cls.bind_store(store)
