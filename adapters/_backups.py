@@ -13,15 +13,17 @@ import contextlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from cascadeui.errors import ConfigurationError, PersistenceError, StateCorruptedError
+from cascadeui.serializer import StateSerializer
 
 from . import _fileio
-from ._journal_file import Binding, snapshot_id
+from ._journal_file import Binding, JournalFile, ReadMain, Signature, signature, snapshot_id
 from .base import BackupInfo
 
 __all__ = ["Backups"]
@@ -93,6 +95,29 @@ class Backups:
         except (OSError, PersistenceError):
             return False
         return _fileio.digest(data) == binding.digest
+
+    def set_aside_unreadable(self, known_good: Signature | None, read_main: ReadMain,
+                             journal: JournalFile, serializer: StateSerializer) -> None:
+        """Before a full write: move an unreadable main file aside (never rotate it over
+        the last good backup), and keep journal records that did not load (lock held).
+
+        :param known_good: the signature of a main file this store read or wrote whole.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(journal.path).st_mode):
+                _fileio.refuse_symlink(journal.path)
+        aside: Path | None = None
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.main)
+            _fileio.refuse_symlink(self.main)
+            if known_good != signature(st):
+                try:
+                    read_main()
+                except StateCorruptedError:
+                    aside = _fileio.set_aside(self.main)
+                    log.warning("%s was unreadable; moved it aside to %s before saving",
+                                self.main, aside)
+        journal.keep_before_write(aside, serializer, read_main)
 
     def rotate(self) -> None:
         """Hard-link the main file to ``.bak``, shifting older generations (lock held)."""

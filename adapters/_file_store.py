@@ -38,9 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import secrets
-import stat
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +58,7 @@ from cascadeui.serializer import StateSerializer
 from . import _fileio, _journal
 from ._backups import Backups
 from ._fileio import Digest
+from ._journal import Budget
 from ._journal_file import (
     FORMAT,
     Extent,
@@ -73,6 +72,7 @@ from ._journal_file import (
     snapshot_id,
     version_of,
 )
+from ._lineage_file import Lineage, LineageFile
 from ._locks import StoreLock
 from .base import BackupInfo, BaseStore, Check, StoreInfo
 
@@ -84,9 +84,6 @@ __all__ = ["FileStore"]
 
 log: logging.Logger = logging.getLogger("cascadeui.adapters.file")
 
-#: What ``<path>.lineage`` holds: a hex id, then the generation.
-_LINEAGE_ID = re.compile(r"[0-9a-f]{1,64}")
-_GENERATION = re.compile(r"[0-9]{1,18}")
 #: Lock-free reads that find the snapshot replaced under them retry this often, then lock.
 _READ_ATTEMPTS = 5
 
@@ -119,8 +116,10 @@ class FileStore(BaseStore):
         self._journal = JournalFile(self.path, self._backups.newest_holds)
         #: The change journal appended after the snapshot at :attr:`path`.
         self.journal_path: Path = self._journal.path
-        #: The lineage id of the state at :attr:`path` (see :meth:`load_checked`).
-        self.lineage_path: Path = Path(f"{self.path}.lineage")
+        #: The lineage id and generation of the state at :attr:`path` (see
+        #: :meth:`load_checked`).
+        self._lineage_file = LineageFile(self.path)
+        self.lineage_path: Path = self._lineage_file.path
         self._lock = StoreLock(self.lock_path, timeout=lock_timeout, location=self.location)
         self._known_good: Signature | None = None
         self._extent: Extent | None = None
@@ -129,10 +128,8 @@ class FileStore(BaseStore):
         self._dirs_ready = False
         #: The backup the last load fell back to (None: it read the main file).
         self._read_from: str | None = None
-        #: (version, lineage id, generation) of the last state this store read whole or
-        #: wrote under the lock (id '' when no lineage file exists, generation 0 when it
-        #: names none: an earlier build's).
-        self._lineage: tuple[int, str, int] | None = None
+        #: The lineage of the last state this store read whole or wrote under the lock.
+        self._lineage: Lineage | None = None
         #: The version at which load_checked found the medium lost: the whole write over
         #: it starts a new lineage.
         self._fork_at: int | None = None
@@ -240,24 +237,9 @@ class FileStore(BaseStore):
         except PersistenceError as exc:
             return [Check("main file decodes", False, str(exc))], None
         checks = [Check("main file decodes", True, str(self.path))]
-        try:
-            journal = self._journal.read()
-            if self._snapshot_moved(snapshot_id(st)):
-                return [*checks, Check("change journal applies", False, "moved")], state
-            problem = None
-            if journal is None or journal.snapshot is None:
-                detail = "no journal"
-            elif not journal.bound_to(snapshot_id(st), digest):
-                problem = self._journal.unbound_problem(journal)
-                detail = "it names another snapshot: not applied"
-            else:
-                self._journal.apply(state, journal, self.serializer)
-                detail = f"{len(journal.records)} record(s) after the snapshot"
-        except PersistenceError as exc:
-            return [*checks, Check("change journal applies", False, str(exc))], None
-        return [*checks, Check("change journal belongs to the snapshot", problem is None,
-                               problem or ""),
-                Check("change journal applies", True, detail)], state
+        more, ok = self._journal.checks(state, st, digest, self.serializer,
+                                        lambda: self._snapshot_moved(snapshot_id(st)))
+        return [*checks, *more], state if ok else None
 
     def journal_mismatch(self) -> str | None:
         """Why ``<path>.journal`` does not belong to the snapshot at ``<path>``; None when
@@ -267,15 +249,7 @@ class FileStore(BaseStore):
         :raises StateCorruptedError: the journal's header is damaged.
         """
         self._check_open()
-        try:
-            data, st, _ = _fileio.read_bytes(self.path)
-        except FileNotFoundError:
-            return None
-        journal = self._journal.read()
-        if journal is None or journal.snapshot is None or journal.bound_to(
-                snapshot_id(st), _fileio.digest(data)):
-            return None
-        return self._journal.unbound_problem(journal)
+        return self._journal.mismatch()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -351,7 +325,7 @@ class FileStore(BaseStore):
                 good.end if good is not None else 0, good.lines if good is not None else 0,
                 good.snapshot.format if good is not None and good.snapshot is not None
                 else FORMAT)
-            self._lineage = (self._extent.version, *self._read_lineage())
+            self._lineage = (self._extent.version, *self._lineage_file.read())
         return True
 
     def load_checked(self, since: int) -> tuple[dict[str, Any], int, str | None]:
@@ -386,22 +360,10 @@ class FileStore(BaseStore):
                                f"good record(s) of the {seen.journal_lines - 1} this store saw "
                                "(truncated, deleted or replaced)")
                 elif seen_lineage is not None and self._lineage is not None:
-                    problem = self._lineage_problem(seen_lineage, self._lineage)
+                    problem = self._lineage_file.problem(seen_lineage, self._lineage)
             if problem is not None:
                 self._fork_at = version
             return state, version, problem
-
-    def _lineage_problem(self, seen: tuple[int, str, int], now: tuple[int, str, int]
-                         ) -> str | None:
-        """Why the lineage ``now`` is not a descendant of ``seen`` (None: it is)."""
-        if seen[1] and now[1] != seen[1]:
-            return (f"{self.path} holds another lineage ({now[1] or 'none'}, this store saw "
-                    f"{seen[1]}): it was deleted, then written again by another process")
-        if now[2] < seen[2]:
-            return (f"{self.path} went back from generation {seen[2]} to generation {now[2]} "
-                    "of its lineage: an older copy of the state was put back (restored "
-                    "from a copy, an rsync or a volume snapshot)")
-        return None
 
     def _snapshot_moved(self, snapshot: SnapshotId) -> bool:
         """True if ``<path>`` is no longer the snapshot a lock-free read started from."""
@@ -542,22 +504,36 @@ class FileStore(BaseStore):
         self._check_open()
         line = record_line(self.serializer, changes) if changes else b""
         with self._locked():
-            if self.version() != expected:
-                return None
+            current = self.version()
             if not changes:
-                return expected
+                return expected if current == expected else None
             extent = self._extent
-            if extent is None or extent.version != expected:
-                extent = self._inspect()
-            if extent is None or _journal.should_compact(
-                    extent.journal_end, len(line), extent.snapshot_bytes):
+
+            def budget(at: int) -> tuple[Budget, bool]:
+                nonlocal extent
+                if extent is None or extent.version != at:
+                    extent = self._inspect()
+                if extent is None:  # no readable snapshot to append to: write it whole
+                    return Budget(at, 0, sys.maxsize, 0), True
+                return Budget(at, extent.journal_lines, extent.journal_end,
+                              extent.snapshot_bytes), True  # read or written whole here
+
+            def append(_: Budget) -> int | None:
+                assert extent is not None  # budget() found one
+                with self._lock.committing():
+                    after = self._journal.commit(extent, line, self.location)
+                if after is None:
+                    return None
+                self._moved_to(extent, after)
+                return after.version
+
+            def snapshot() -> int:
                 self._write(full(), fork=self._fork_at == expected)
                 return self.version()
-            with self._lock.committing():
-                after = self._journal.commit(extent, line, self.location)
-            if after is not None:
-                self._moved_to(extent, after)
-            return None if after is None else after.version
+
+            return _journal.commit_changes(current, expected, len(line), budget=budget,
+                                           verify=lambda: None, snapshot=snapshot,
+                                           append=append)
 
     def _inspect(self) -> Extent | None:
         """Read the stored state under the lock to learn its extent (the rare path).
@@ -613,7 +589,7 @@ class FileStore(BaseStore):
                 # the journal would apply it again and load b (issue 16, test_powercut).
                 _fileio.fsync_dir(self.path.parent)
             if not written:
-                self._count_generation(lineage, generation)
+                self._lineage_file.count(lineage, generation)
         main, journal = os.lstat(self.path), self._journal.lstat(self.location)
         self._extent = Extent(version_of(main, journal), snapshot_id(main), main.st_size,
                                digest, journal_sig(journal) if journal is not None else None,
@@ -624,50 +600,13 @@ class FileStore(BaseStore):
 
     def _next_lineage(self, fork: bool) -> tuple[str, int, bool]:
         """The lineage id and generation a whole write goes on with (lock held), and
-        whether ``<path>.lineage`` already holds them.
-
-        The stored id with the next generation; or a new id (generation 1), written
-        durably first, when there is none, when ``<path>`` is missing (a deleted file:
-        what another process saw is gone) or with ``fork``.
-        """
-        current, generation = self._read_lineage()
+        whether ``<path>.lineage`` holds them already: the stored id with the next
+        generation, or a new id when there is none, when ``<path>`` is missing (a deleted
+        file: what another process saw is gone) or with ``fork``."""
+        current, generation = self._lineage_file.read()
         if current and not fork and os.path.lexists(self.path):
             return current, generation + 1, False
-        lineage = secrets.token_hex(8)
-        try:
-            _fileio.put(self.lineage_path, f"{lineage} 1\n".encode("ascii"), like=self.path,
-                        tag="lineage")
-        except OSError as exc:
-            raise StorageUnavailableError(
-                f"cannot write {self.lineage_path}: {exc.strerror or exc}; the stored state "
-                "is intact", location=self.location) from exc
-        return lineage, 1, True
-
-    def _count_generation(self, lineage: str, generation: int) -> None:
-        """Record the generation of the snapshot just written (commit lock held).
-
-        Not fsynced: it tells running stores that an older copy was put back, and no
-        running store outlives a power cut. A failure only weakens that check (logged).
-        """
-        try:
-            _fileio.put(self.lineage_path, f"{lineage} {generation}\n".encode("ascii"),
-                        like=self.path, tag="lineage", durable=False)
-        except OSError as exc:
-            log.warning("could not record generation %d in %s: %s", generation,
-                        self.lineage_path, exc.strerror or exc)
-
-    def _read_lineage(self) -> tuple[str, int]:
-        """The id and generation in ``<path>.lineage``; ('', 0) when there is none (or it
-        is unreadable), generation 0 when it names none (an earlier build's)."""
-        try:
-            data, _, _ = _fileio.read_bytes(self.lineage_path)
-        except (OSError, PersistenceError):
-            return "", 0
-        words = data.decode("ascii", "replace").split()
-        if not words or not _LINEAGE_ID.fullmatch(words[0]):
-            return "", 0  # none, or torn (the generation is written without fsync)
-        generation = words[1] if len(words) > 1 else ""
-        return words[0], int(generation) if _GENERATION.fullmatch(generation) else 0
+        return self._lineage_file.start(self.location), 1, True
 
     def _sweep(self) -> None:
         """Delete the temp files of writers killed mid-save, once per store, right after
@@ -681,35 +620,11 @@ class FileStore(BaseStore):
     # -- what a full write keeps: unreadable files are set aside, never deleted ---------
 
     def _make_room(self) -> None:
-        """Just before a full write replaces ``<path>`` (the lock checked, see
-        :meth:`_committing`): keep what did not load, rotate."""
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISLNK(os.lstat(self.journal_path).st_mode):
-                _fileio.refuse_symlink(self.journal_path)
-        aside = self._set_aside_if_corrupt()
-        self._journal.keep_before_write(aside, self.serializer, lambda: self._read(self.path))
+        """Just before a full write replaces ``<path>`` (the commit lock held): keep what
+        did not load (set aside, never deleted), then rotate the backups."""
+        self._backups.set_aside_unreadable(
+            self._known_good, lambda: self._read(self.path), self._journal, self.serializer)
         self._backups.rotate()
-
-    def _set_aside_if_corrupt(self) -> Path | None:
-        """Never rotate unreadable bytes over the last good backup: move them aside first.
-
-        :returns: where the unreadable main file went, or None.
-        """
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return None
-        _fileio.refuse_symlink(self.path)
-        if self._known_good == signature(st):
-            return None
-        try:
-            self._read(self.path)
-        except StateCorruptedError:
-            aside = _fileio.set_aside(self.path)
-            log.warning("%s was unreadable; moved it aside to %s before saving", self.path,
-                        aside)
-            return aside
-        return None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -269,35 +269,42 @@ def commit_changes(current: int, expected: int, record_bytes: int, *,
 
 
 def decode_records(serializer: StateSerializer, rows: Iterable[tuple[Any, Any]], *,
-                   location: str, name: Callable[[Any], str]
+                   location: str, name: Callable[[Any], str],
+                   fail: Callable[[Any, str], StateCorruptedError] | None = None
                    ) -> tuple[list[list[list[Any]]], int]:
     """Decode ``(label, text)`` journal rows in order; the ops and the bytes read.
 
     :param name: how an error names a row, from its label (``journal record 7 in 't'``).
+    :param fail: ``fail(label, why)``, the medium's own error for a bad row (the JSON
+        file names the journal's line); default ``<location>: <name>: <why>``.
     :raises StateCorruptedError: a row that is not a record, named by ``name``.
     """
+    error = fail or (lambda label, why: corrupt(location, f"{name(label)}: {why}"))
     decoded: list[list[list[Any]]] = []
     total = 0
     for label, text in rows:
         if not isinstance(text, (str, bytes)):
-            raise corrupt(location, f"{name(label)} holds a {type(text).__name__}, "
-                                    "not a record")
+            what = f"holds a {type(text).__name__}, not a record"
+            raise fail(label, what) if fail else corrupt(location, f"{name(label)} {what}")
         try:
             decoded.append(decode_record(serializer, text))
         except StateCorruptedError as exc:
-            raise corrupt(location, f"{name(label)}: {exc}") from exc
+            raise error(label, str(exc)) from exc
         total += nbytes(text)
     return decoded, total
 
 
 def apply_records(state: dict[str, Any], labelled: Iterable[tuple[Any, list[list[Any]]]], *,
-                  location: str, name: Callable[[Any], str]) -> None:
+                  location: str, name: Callable[[Any], str],
+                  fail: Callable[[Any, str], StateCorruptedError] | None = None) -> None:
     """Apply decoded records to a freshly loaded ``state`` in order.
 
+    :param fail: as :func:`decode_records`.
     :raises StateCorruptedError: a record does not fit the snapshot, named by ``name``.
     """
+    error = fail or (lambda label, why: corrupt(location, f"{name(label)}: {why}"))
     for label, ops in labelled:
         try:
             apply_record(state, ops)
         except StateCorruptedError as exc:
-            raise corrupt(location, f"{name(label)}: {exc}") from exc
+            raise error(label, str(exc)) from exc

@@ -17,21 +17,22 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cascadeui._merge import Change
-from cascadeui.errors import StateCorruptedError, StorageUnavailableError
+from cascadeui.errors import PersistenceError, StateCorruptedError, StorageUnavailableError
 from cascadeui.serializer import StateSerializer
 
 from . import _fileio, _journal
 from ._fileio import Digest
+from .base import Check
 
 __all__ = ["FORMAT", "Binding", "Extent", "JournalFile", "JournalRead", "JournalSig",
-           "SnapshotId", "header", "journal_sig", "line", "record_line", "signature",
-           "snapshot_id", "version_of"]
+           "ReadMain", "Signature", "SnapshotId", "header", "journal_sig", "line",
+           "record_line", "signature", "snapshot_id", "version_of"]
 
 log: logging.Logger = logging.getLogger("cascadeui.adapters.file")
 
@@ -41,9 +42,14 @@ FORMAT = 2
 SnapshotId = tuple[int, int, int]
 #: (inode, size, mtime_ns) of the journal file: every append grows it.
 JournalSig = tuple[int, int, int]
+_VERSION_MASK = (1 << 62) - 1
 #: (inode, mtime_ns, ctime_ns, size) of the main file: every full save makes a new inode
 #: while the old one still exists, so it changes on every full commit.
 Signature = tuple[int, int, int, int]
+
+
+#: Decode the snapshot: ``(state, stat, digest)``.
+ReadMain = Callable[[], tuple[dict[str, Any], os.stat_result, Digest]]
 
 
 def signature(st: os.stat_result) -> Signature:
@@ -53,7 +59,8 @@ def signature(st: os.stat_result) -> Signature:
 
 def version_of(main: os.stat_result, journal: os.stat_result | None) -> int:
     """The version token of a main file and its journal file (None: no journal file)."""
-    return hash((signature(main), journal_sig(journal) if journal is not None else ())) or 1
+    token = hash((signature(main), journal_sig(journal) if journal is not None else ()))
+    return (token & _VERSION_MASK) or 1  # positive: 0 and below mean "nothing stored"
 
 
 def snapshot_id(st: os.stat_result) -> SnapshotId:
@@ -269,7 +276,10 @@ class JournalFile:
         :raises StateCorruptedError: a record does not decode, or a line before the end
             is damaged (named by its line).
         """
-        return [ops for _, ops in self._decoded(journal, serializer)]
+        if journal.damage is not None:
+            raise journal.damage
+        return _journal.decode_records(serializer, journal.records, location=str(self.path),
+                                       name=str, fail=self.damaged)[0]
 
     def apply(self, state: dict[str, Any], journal: JournalRead,
               serializer: StateSerializer) -> None:
@@ -277,22 +287,9 @@ class JournalFile:
 
         :raises StateCorruptedError: as :meth:`decode`, or a record does not fit.
         """
-        for lineno, ops in self._decoded(journal, serializer):
-            try:
-                _journal.apply_record(state, ops)
-            except StateCorruptedError as exc:
-                raise self.damaged(lineno, str(exc)) from exc
-
-    def _decoded(self, journal: JournalRead, serializer: StateSerializer
-                 ) -> Iterator[tuple[int, list[list[Any]]]]:
-        if journal.damage is not None:
-            raise journal.damage
-        for lineno, text in journal.records:
-            try:
-                ops = _journal.decode_record(serializer, text)
-            except StateCorruptedError as exc:
-                raise self.damaged(lineno, str(exc)) from exc
-            yield lineno, ops
+        ops = self.decode(journal, serializer)
+        _journal.apply_records(state, zip([n for n, _ in journal.records], ops, strict=True),
+                               location=str(self.path), name=str, fail=self.damaged)
 
     def good_part(self, end: int, location: str) -> bytes:
         """The first ``end`` bytes of the journal: its header and good records."""
@@ -387,8 +384,7 @@ class JournalFile:
                     self.snapshot, journal.snapshot.describe(), len(journal.records), aside)
 
     def keep_before_write(self, main_aside: Path | None, serializer: StateSerializer,
-                          read_main: Callable[[], tuple[dict[str, Any], os.stat_result,
-                                                        Digest]]) -> None:
+                          read_main: ReadMain) -> None:
         """Before a full write drops the journal: never delete records that did not load.
 
         A journal read (or written) whole is fine; any other journal that names the
@@ -421,6 +417,49 @@ class JournalFile:
         except StateCorruptedError as exc:
             aside = _fileio.set_aside(self.path)
             log.warning("%s; moved it aside to %s before saving", exc, aside)
+
+    # -- what readers ask (cascadeui verify, inspect) --------------------------------
+
+    def checks(self, state: dict[str, Any], st: os.stat_result, digest: Digest,
+               serializer: StateSerializer, moved: Callable[[], bool]
+               ) -> tuple[list[Check], bool]:
+        """Whether the journal belongs to the snapshot ``state`` (read with ``st``, of
+        ``digest``) and applies to it (it is applied in place); False: it does not.
+        ``moved()``: the snapshot was replaced since it was read (checked once the
+        journal is read; the caller reads both again)."""
+        try:
+            journal = self.read()
+            if moved():
+                return [Check("change journal applies", False, "moved")], True
+            problem = None
+            if journal is None or journal.snapshot is None:
+                detail = "no journal"
+            elif not journal.bound_to(snapshot_id(st), digest):
+                problem = self.unbound_problem(journal)
+                detail = "it names another snapshot: not applied"
+            else:
+                self.apply(state, journal, serializer)
+                detail = f"{len(journal.records)} record(s) after the snapshot"
+        except PersistenceError as exc:
+            return [Check("change journal applies", False, str(exc))], False
+        return [Check("change journal belongs to the snapshot", problem is None,
+                      problem or ""), Check("change journal applies", True, detail)], True
+
+    def mismatch(self) -> str | None:
+        """Why the journal does not belong to the snapshot now at its path; None when it
+        does, when either file is missing, or when it is a harmless leftover.
+
+        :raises StateCorruptedError: the journal's header is damaged.
+        """
+        try:
+            data, st, _ = _fileio.read_bytes(self.snapshot)
+        except FileNotFoundError:
+            return None
+        journal = self.read()
+        if journal is None or journal.snapshot is None or journal.bound_to(
+                snapshot_id(st), _fileio.digest(data)):
+            return None
+        return self.unbound_problem(journal)
 
     # -- catching up and appending, under the write lock -----------------------------
 
