@@ -13,7 +13,10 @@ before the field wrote, is format 1), a path is a list of keys from the top of t
 document (keys of any storable type), ``[path, value]`` sets it and ``[path]`` deletes
 it. A record of a newer format is refused as corrupt, never half applied: a later format
 change is this module's job alone. A record whose path runs through a value that is not
-a dict does not belong to its snapshot: applying it raises StateCorruptedError.
+a dict does not belong to its snapshot: applying it raises StateCorruptedError. So does
+a record that sets what no whole write could store (a path or value past the depth
+limit, an integer past the digit limit, an unstorable key), whoever wrote it: whatever
+loads can be saved again (issue 25 item 7).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from cascadeui._merge import DELETED, Change
-from cascadeui.errors import StateCorruptedError
-from cascadeui.serializer import StateSerializer, check_depth
+from cascadeui.errors import SerializationError, StateCorruptedError
+from cascadeui.serializer import StateSerializer, check_depth, check_storable
 
 __all__ = [
     "JOURNAL_MIN_BYTES",
@@ -129,7 +132,25 @@ def decode_record(serializer: StateSerializer, text: str | bytes) -> list[list[A
             isinstance(op, list) and len(op) in (1, 2) and isinstance(op[0], list) and op[0]
             for op in ops):
         raise StateCorruptedError("journal record is not a list of [path] / [path, value]")
+    for op in ops:
+        if len(op) == 2:
+            _check_settable(op[0], op[1])
     return ops
+
+
+def _check_settable(path: list[Any], value: Any) -> None:
+    """Raise unless a whole write could store ``value`` at ``path``: the record was not
+    written by :func:`encode_record` (a hand-made line, row or list item)."""
+    node = value
+    try:
+        for key in reversed(path):
+            node = {key: node}
+        check_storable(node, ())
+    except SerializationError as exc:  # (a TypeError: caught first)
+        raise StateCorruptedError(
+            f"journal record sets what no whole write could store: {exc}") from None
+    except TypeError:  # an unhashable key: applying the record names the path
+        return
 
 
 def apply_record(state: dict[str, Any], ops: list[list[Any]]) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cascadeui.errors import ConfigurationError, LockTimeoutError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
-from ._journal import Budget, apply_records, decode_record, nbytes
+from ._journal import Budget, apply_records, decode_records, nbytes
 from ._journaled import JournaledBase, Tail
 from .base import Check, StoreInfo
 
@@ -156,8 +156,10 @@ class MemoryStore(JournaledBase):
             self._lineage = (version, "")
             return {}, version
         state = self.serializer.deserialize(snapshot)
-        labelled = enumerate(decode_record(self.serializer, t) for t in journal)
-        apply_records(state, labelled, location=self.location, name=self._record_name)
+        decoded, _ = decode_records(self.serializer, enumerate(journal),
+                                    location=self.location, name=self._record_name)
+        apply_records(state, enumerate(decoded), location=self.location,
+                      name=self._record_name)
         self._seen(Budget(version, len(journal), sum(map(nbytes, journal)), nbytes(snapshot)),
                    lineage)
         return state, version
