@@ -36,7 +36,9 @@ def count(path: str, n: int) -> None:
 
 
 def save_while_mutated(path: str, seconds: float) -> None:
-    state: dict[str, object] = {"application": {f"k{i}": i for i in range(2000)}}
+    # Tagged values (sets) take the serializer's Python walk, which a thread can
+    # interleave with; plain JSON is encoded in C under the GIL in one go.
+    state: dict[str, object] = {"application": {f"k{i}": {i} for i in range(20000)}}
     app = state["application"]
     assert isinstance(app, dict)
     stop = threading.Event()
