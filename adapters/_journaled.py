@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cascadeui._merge import Change
-from cascadeui.errors import StateCorruptedError
+from cascadeui.errors import LockTimeoutError, StateCorruptedError
 
 from ._journal import Budget, commit_changes, corrupt, decode_records, encode_record, nbytes
 from .base import BaseStore
@@ -214,6 +214,16 @@ class JournaledBase(JournalReads):
     @abc.abstractmethod
     def _tail(self, since: int) -> Tail:
         """The journal's end after ``since``, from one consistent read."""
+
+    def _acquire(self, lock: Any, timeout: float, holder: str) -> None:
+        """Take ``lock`` (a thread lock) for this store's call, the store being open.
+
+        :raises LockTimeoutError: ``holder`` (who else holds it) kept it past ``timeout``.
+        """
+        self._check_open()
+        if not lock.acquire(timeout=timeout):
+            raise LockTimeoutError(f"{self.location}: {holder} past {timeout:g}s",
+                                   lock=self.location, timeout=timeout, location=self.location)
 
     def _write_unit(self, body: Callable[[Any], T]) -> T:
         """``body(tx)`` in one write transaction; its staged caches follow a commit."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cascadeui.errors import ConfigurationError, LockTimeoutError, StateCorruptedError
+from cascadeui.errors import ConfigurationError, StateCorruptedError
 from cascadeui.serializer import StateSerializer
 
 from ._journal import Budget, apply_records, decode_records, nbytes
@@ -101,12 +101,8 @@ class MemoryStore(JournaledBase):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_Medium]:
-        self._check_open()
         medium = self._medium
-        if not medium.lock.acquire(timeout=self.lock_timeout):
-            raise LockTimeoutError(
-                f"{self.location}: another writer held the state past {self.lock_timeout:g}s",
-                lock=self.location, timeout=self.lock_timeout, location=self.location)
+        self._acquire(medium.lock, self.lock_timeout, "another writer held the state")
         try:
             yield medium
         finally:

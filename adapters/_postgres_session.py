@@ -180,11 +180,7 @@ class PostgresSession(RowStore):
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
         """The store's connection, held exclusively by this thread for the block."""
-        self._check_open()
-        if not self._mutex.acquire(timeout=self.timeout):
-            raise LockTimeoutError(
-                f"{self.location}: another thread held the store past {self.timeout:g}s",
-                lock=self.location, timeout=self.timeout, location=self.location)
+        self._acquire(self._mutex, self.timeout, "another thread held the store")
         try:
             conn, pid = self._held
             if conn is None or pid != os.getpid() or not _idle(conn):

@@ -126,11 +126,7 @@ class SQLiteStore(RowStore):
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """The store's connection, held exclusively by this thread for the block."""
-        self._check_open()
-        if not self._mutex.acquire(timeout=self.timeout):
-            raise LockTimeoutError(
-                f"{self.location}: another thread held the store past {self.timeout:g}s",
-                lock=self.location, timeout=self.timeout, location=self.location)
+        self._acquire(self._mutex, self.timeout, "another thread held the store")
         try:
             with self._mapped_errors():
                 if (self._conn is not None and self._pid == os.getpid()
