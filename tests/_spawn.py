@@ -4,7 +4,8 @@ A child runs this interpreter (the virtualenv with the installed package) from t
 working directory, never the source tree first on ``sys.path`` (conftest moves the session
 out of the repository). Programs a child runs live in files: a worker module
 ``tests/_<name>_worker.py`` (:func:`worker`), a package module (:func:`module`) or a
-repository script (:func:`script`); no inline ``python -c`` program.
+script module of ``scripts/`` (:func:`script`, with :func:`script_env`, from ``kit.spawn``);
+no inline ``python -c`` program, and no other module names the interpreter.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from kit.spawn import script_command, script_env
+
+__all__ = ["PYTHON", "REPO", "TESTS", "console_script", "module", "run", "script", "script_env",
+           "start", "worker"]
 
 #: The tests/ directory (worker modules live here) and the repository root.
 TESTS = Path(__file__).resolve().parent
@@ -33,12 +39,10 @@ def module(name: str, *args: object) -> list[str]:
     return [PYTHON, "-m", name, *map(str, args)]
 
 
-def script(path: str | Path, *args: object) -> list[str]:
-    """The command line running a repository script (a path relative to the repository
-    root, or absolute) with ``args``."""
-    full = REPO / path
-    assert full.is_file(), f"no script {full}"
-    return [PYTHON, str(full), *map(str, args)]
+def script(name: str, *args: object) -> list[str]:
+    """The command line running script module ``name`` of ``scripts/`` (``campaigns.crash``,
+    ``bench.storage``) with ``args``; run it with ``env=script_env()``."""
+    return script_command(name, *map(str, args), python=PYTHON)
 
 
 def console_script(name: str) -> str:

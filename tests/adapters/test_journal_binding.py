@@ -18,14 +18,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from _helpers import JournalWriter
-from _spawn import worker
+from _spawn import module, worker
 
 from cascadeui import cli as cli_module
 from cascadeui.adapters import FileStore
@@ -51,7 +50,7 @@ def journaled(path: Path, commits: int = 5) -> dict[str, object]:
 
 def verify(path: Path) -> tuple[int, dict[str, object]]:
     """``cascadeui verify PATH --json`` in a subprocess: the exit code and the report."""
-    proc = subprocess.run([sys.executable, "-m", "cascadeui", "verify", str(path), "--json"],
+    proc = subprocess.run([*module("cascadeui"), "verify", str(path), "--json"],
                           capture_output=True, text=True, timeout=60)
     return proc.returncode, json.loads(proc.stdout)
 

@@ -23,9 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 from _helpers import JournalWriter
-from _spawn import worker
+from _spawn import module, script, script_env, worker
 from kit.postgres_server import PostgresServer, find_binaries, with_database
-from kit.spawn import script_command, script_env
 
 from cascadeui._backends import PostgresBackend
 from cascadeui.adapters import PostgresStore
@@ -314,7 +313,7 @@ def test_server_restart_is_survived(tmp_path: Path) -> None:
 def test_crash_campaign_on_postgres() -> None:
     """scripts/campaigns/crash.py, tiny: writers SIGKILLed mid-transaction, the server once
     per mode; nothing acknowledged is lost."""
-    done = subprocess.run([*script_command("campaigns.crash"), "--kills", "3", "--size", "4000",
+    done = subprocess.run([*script("campaigns.crash"), "--kills", "3", "--size", "4000",
                            "--backends", "postgres"], capture_output=True, text=True,
                           timeout=300, check=False, env=script_env())
     assert done.returncode == 0, done.stdout + done.stderr
@@ -329,7 +328,7 @@ def test_crash_campaign_on_postgres() -> None:
 def test_cli_redacts_the_password_and_creates_nothing(postgres_url: str, pg_table: str,
                                                       sql: psycopg.Connection[Any]) -> None:
     url = postgres_url.replace("postgres@", f"postgres:{SECRET}@", 1)  # trust: any password
-    cli = [sys.executable, "-m", "cascadeui"]
+    cli = module("cascadeui")
     missing = subprocess.run([*cli, "inspect", f"{url}?table={pg_table}"],
                              capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode != 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _spawn import run, worker
+from _spawn import run, script_env, worker
 from kit.postgres_server import (
     PostgresServer,
     find_binaries,
@@ -20,9 +20,6 @@ from kit.postgres_server import (
     scratch_database,
 )
 from kit.reaper import stale_database, sweep_stale_servers
-from kit.spawn import script_env
-
-WORKER = Path(__file__).resolve().parents[1] / "_server_worker.py"
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -46,7 +43,7 @@ def test_a_server_dies_with_its_run_and_the_next_run_sweeps_its_dir(
         kind: str) -> None:
     if kind == "pg" and find_binaries() is None:
         pytest.skip("no PostgreSQL binaries")
-    with subprocess.Popen([sys.executable, str(WORKER), kind], env=script_env(),
+    with subprocess.Popen([*worker("server"), kind], env=script_env(),
                           stdout=subprocess.PIPE, text=True) as run:
         assert run.stdout is not None
         pid, workdir = run.stdout.readline().split()

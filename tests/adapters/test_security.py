@@ -22,6 +22,7 @@ import anyio
 import pytest
 import redis
 from _registry import build, kinds
+from _spawn import module
 
 from cascadeui._backends import RedisBackend
 from cascadeui.adapters import FileStore, RedisStore, SQLiteStore
@@ -372,7 +373,7 @@ def test_cli_output_never_shows_the_password(redis_url: str, redis_key: str,
     # One run (a process start costs ~1 s here): a refused password, debug tracebacks on.
     del dead
     for args in (["dump", "--debug", url],):
-        out = subprocess.run([sys.executable, "-m", "cascadeui", *args], capture_output=True,
+        out = subprocess.run([*module("cascadeui"), *args], capture_output=True,
                              text=True, timeout=60, cwd=tmp_path, check=False)
         outputs += [out.stdout, out.stderr]
     _no_secret(*outputs)

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
 # always run by `bash scripts/test.sh full` (CI).
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_panel_kinds_benchmark_runs_at_smoke_size() -> None:
-    proc = subprocess.run([*script_command("bench.panel_kinds"),
+    proc = subprocess.run([*script("bench.panel_kinds"),
                            "--panels", "20", "--runs", "1"], capture_output=True, text=True,
                           timeout=300, check=False, env=script_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

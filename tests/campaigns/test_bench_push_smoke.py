@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
 # always run by `bash scripts/test.sh full` (CI).
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> list[dict[str, object]]:
-    done = subprocess.run(script_command(*args), capture_output=True, text=True,
+    done = subprocess.run(script(*args), capture_output=True, text=True,
                           timeout=600, check=False, env=script_env())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
 # always run by `bash scripts/test.sh full` (CI).
@@ -23,7 +23,7 @@ BENCH = ROOT / "scripts" / "bench"
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(script_command(*args), env=script_env(), capture_output=True, text=True,
+    return subprocess.run(script(*args), env=script_env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
 # always run by `bash scripts/test.sh full` (CI).
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_bench_storage_quick(redis_url: str, tmp_path: Path) -> None:
     start = time.monotonic()
     done = subprocess.run(
-        [*script_command("bench.storage"), "--quick", "--redis-url", redis_url, "--dir",
+        [*script("bench.storage"), "--quick", "--redis-url", redis_url, "--dir",
          str(tmp_path)], capture_output=True, text=True, timeout=60, check=False,
         env=script_env())
     assert done.returncode == 0, done.stderr

@@ -30,8 +30,7 @@ from typing import Any
 import anyio
 import pytest
 from _registry import kinds
-from _spawn import worker
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env, worker
 
 from cascadeui._backends import AsyncBackend, FileStorageBackend
 from cascadeui.adapters import FileStore, PostgresStore, RedisStore, SQLiteStore
@@ -342,7 +341,7 @@ def test_stale_lock_file_from_dead_process(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_redis_outage_campaign_small() -> None:
     out = subprocess.run(
-        [*script_command("campaigns.fault"), "--outage", "2.5",
+        [*script("campaigns.fault"), "--outage", "2.5",
          "--retry-max", "0.4", "--before", "0.3"],
         capture_output=True, text=True, timeout=120, check=False, env=script_env())
     summary = json.loads(out.stdout.strip().splitlines()[-1])

@@ -15,7 +15,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ if (os.geteuid() != 0 or shutil.which("ip") is None) and not os.environ.get("CI"
 
 
 def run(*args: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([*script_command("campaigns.partition"), "--hosts", "2", "--users", "3",
+    proc = subprocess.run([*script("campaigns.partition"), "--hosts", "2", "--users", "3",
                            "--warmup", "1.5", "--settle", "3", *args],
                           capture_output=True, text=True, timeout=400, check=False,
                           env=script_env())

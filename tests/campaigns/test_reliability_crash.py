@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 
 # A script under scripts/ at a tiny size: skipped by `-m "not slow"` while iterating,
 # always run by `bash scripts/test.sh full` (CI).
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_campaign(*args: str, timeout: float = 240) -> tuple[int, list[dict[str, Any]], str]:
-    out = subprocess.run(script_command("campaigns.crash", *args), capture_output=True,
+    out = subprocess.run(script("campaigns.crash", *args), capture_output=True,
                          text=True, timeout=timeout, check=False, env=script_env())
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return out.returncode, lines, out.stderr
@@ -83,7 +83,7 @@ def test_durable_users_lose_nothing_acknowledged_under_sigkill() -> None:
     """
     kills = 2
     out = subprocess.run(
-        [*script_command("campaigns.durable"), "--kills", str(kills), "--sizes", "10KB",
+        [*script("campaigns.durable"), "--kills", str(kills), "--sizes", "10KB",
          "--modes", "durable,default", "--max-run", "0.25"],
         capture_output=True, text=True, timeout=240, check=False, env=script_env())
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

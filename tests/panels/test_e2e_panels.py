@@ -9,13 +9,13 @@ durable; 10,000 dynamic-item panels restore with no Discord request at all.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from _panels import LayoutCounter, vote_view
+from _spawn import worker
 from discord.ext import commands
 
 from cascadeui import setup_persistence
@@ -26,7 +26,6 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
 pytestmark = pytest.mark.anyio
 
-WORKER = Path(__file__).resolve().parents[1] / "_panels_worker.py"
 MANY = 10_000
 ALICE, BOB = 1234567890123456789, 42
 
@@ -36,7 +35,7 @@ async def run_worker(tmp_path: Path, spec: dict[str, Any]) -> dict[str, Any]:
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     with anyio.fail_after(120):
-        proc = await anyio.run_process([sys.executable, str(WORKER), str(spec_file)],
+        proc = await anyio.run_process([*worker("panels"), str(spec_file)],
                                        check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     result: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])

@@ -8,7 +8,6 @@ of the last change before each close, and that transient slices never reach stor
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import discord
 import pytest
 from _panels import CounterPanel, OwnerPanel
 from _registry import kinds, target
+from _spawn import worker
 from discord.ext import commands
 
 from cascadeui import PersistentView, setup_persistence
@@ -27,7 +27,6 @@ from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
 pytestmark = pytest.mark.anyio
 
-WORKER = Path(__file__).resolve().parents[1] / "_restart_worker.py"
 OWNER, STRANGER = 1234567890123456789, 42
 
 
@@ -101,7 +100,7 @@ async def test_restart_in_a_second_process(kind: str, tmp_path: Path,
     spec_file.write_text(json.dumps({"backend": spec, "world": str(world), "clicks": clicks,
                                      "fetch_timeout": 5.0}))
     with anyio.fail_after(60):
-        proc = await anyio.run_process([sys.executable, str(WORKER), str(spec_file)],
+        proc = await anyio.run_process([*worker("restart"), str(spec_file)],
                                        check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout.decode().strip().splitlines()[-1])

@@ -18,8 +18,8 @@ from typing import Any
 import discord
 import pytest
 from _panels import CounterPanel
+from _spawn import script, script_env
 from discord.ext import commands
-from kit.spawn import script_command, script_env
 
 from cascadeui import setup_persistence
 from cascadeui._restore import RestoreSummary, panel_shard
@@ -209,7 +209,7 @@ async def test_bad_shard_and_budget_arguments_are_refused(tmp_path: Path) -> Non
 
 
 def run_clusters(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(script_command("campaigns.cluster_restore", *args), capture_output=True,
+    proc = subprocess.run(script("campaigns.cluster_restore", *args), capture_output=True,
                           text=True, timeout=300, check=False, env=script_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

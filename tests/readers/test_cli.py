@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from _spawn import console_script, module
 
 from cascadeui import cli as cli_module
 from cascadeui import sync
@@ -29,7 +29,7 @@ STATE = {"application": {"scores": {1234567890123456789: 3}, "tags": {"a"}},
 def cli(*args: str, cwd: Path | None = None, check: int | None = 0,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cascadeui ARGS``; assert the exit code unless ``check`` is None."""
-    proc = subprocess.run([sys.executable, "-m", "cascadeui", *args], capture_output=True,
+    proc = subprocess.run([*module("cascadeui"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "COLUMNS": "100"})
     if check is not None:
@@ -179,7 +179,7 @@ def test_set_waits_for_the_lock_a_writer_holds(tmp_path: Path) -> None:
     db = tmp_path / "busy.db"
     sync.save_state(str(db), STATE)
     with SQLiteStore(db) as store, store.transaction() as state:
-        proc = subprocess.Popen([sys.executable, "-m", "cascadeui", "set", str(db),
+        proc = subprocess.Popen([*module("cascadeui"), "set", str(db),
                                  "application.n", "1"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         time.sleep(2.0)  # the CLI starts (about 1 s) and then blocks on the write lock
@@ -228,7 +228,7 @@ def test_failures_are_one_line_and_debug_adds_the_traceback(
 
 
 def test_console_script_and_demo(tmp_path: Path) -> None:
-    script = Path(sys.executable).with_name("cascadeui")
+    script = Path(console_script("cascadeui"))
     assert script.exists(), "the console script is declared in setup.cfg"
     # Run in a bot's directory: the demo works in a scratch directory of its own and
     # never touches the bot's cascadeui.db (issue 23 item 3).

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _spawn import console_script, module
 
 from cascadeui import sync
 
@@ -25,8 +25,8 @@ def test_a_planted_module_in_the_working_directory_never_runs(tmp_path: Path,
     (tmp_path / "sqlite_utils.py").write_text(PLANTED)
     (tmp_path / "bot_migrations.py").write_text(
         "MIGRATIONS = {1: lambda doc: {**doc, 'application': {'v1': True}}}\n")
-    command = ([str(Path(sys.executable).with_name("cascadeui"))] if how == "console-script"
-               else [sys.executable, "-m", "cascadeui"])
+    command = ([console_script("cascadeui")] if how == "console-script"
+               else module("cascadeui"))
     proc = subprocess.run([*command, "migrate-schema", "state.db", "--to", "1",
                            "--migrations", "bot_migrations", "--json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)

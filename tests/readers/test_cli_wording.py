@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _spawn import module
 
 from cascadeui import __version__, sync
 from cascadeui.adapters import SQLiteStore
@@ -19,7 +19,7 @@ ENTRY = {"class_name": "Poll", "message_id": "9", "channel_id": "8", "guild_id":
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascadeui", *args], cwd=cwd,
+    return subprocess.run([*module("cascadeui"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

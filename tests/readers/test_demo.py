@@ -6,11 +6,11 @@ import ast
 import asyncio
 import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _spawn import module
 
 from cascadeui.store import get_store, reset_store
 from cascadeui.testing.discord_double import IS_COMPONENTS_V2, DiscordDouble, logged_in_bot
@@ -18,7 +18,7 @@ from cascadeui.views import unregister_view_class
 
 
 def test_demo_lifecycle(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--dir", str(tmp_path)],
+    proc = subprocess.run([*module("cascadeui.demo"), "--dir", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +41,7 @@ def test_demo_lifecycle(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_directory_holding_a_state(tmp_path: Path) -> None:
     (tmp_path / "cascadeui.db").write_bytes(b"a bot's state")
-    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--dir", str(tmp_path)],
+    proc = subprocess.run([*module("cascadeui.demo"), "--dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert "refusing to touch an existing state" in proc.stderr
@@ -50,7 +50,7 @@ def test_demo_refuses_a_directory_holding_a_state(tmp_path: Path) -> None:
 
 
 def test_demo_help_prints_help_and_runs_nothing(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cascadeui.demo", "--help"], cwd=tmp_path,
+    proc = subprocess.run([*module("cascadeui.demo"), "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: python -m cascadeui.demo")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 from _registry import kinds, target
+from _spawn import module, worker
 
 from cascadeui import sync
 from cascadeui.actions import APPLICATION_SET, SCHEMA_KEY
@@ -30,7 +30,6 @@ from cascadeui.store import StateStore
 
 #: Two OS processes migrate one state at once: every backend several processes can share.
 KINDS = kinds("multiprocess")
-WORKER = Path(__file__).resolve().parents[1] / "_migrate_worker.py"
 V0 = {"application": {"scores": {"1": 5, "2": 7}, "motd": "hi"},
       "persistent_views": {"p": {"class_name": "Old", "message_id": "1",
                                  "channel_id": "2", "guild_id": None, "user_id": None}}}
@@ -212,7 +211,7 @@ def test_two_processes_starting_at_once_one_migrates_both_load_the_result(
     seed(url, V0)
     marks = tmp_path / "marks.txt"
     start_at = time.time() + 1.5  # both interpreters are up by then
-    procs = [subprocess.Popen([sys.executable, str(WORKER), url, str(marks), str(start_at)],
+    procs = [subprocess.Popen([*worker("migrate"), url, str(marks), str(start_at)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = []
@@ -321,7 +320,7 @@ def test_cli_migrate_schema_dry_run_then_for_real(tmp_path: Path) -> None:
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "cascadeui", *args], capture_output=True,
+    return subprocess.run([*module("cascadeui"), *args], capture_output=True,
                           text=True, env={**os.environ, **env}, timeout=60, check=False)
 
 

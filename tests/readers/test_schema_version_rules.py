@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 from _registry import kinds
+from _spawn import module
 
 from cascadeui import sync
 from cascadeui.actions import APPLICATION_DELETE, APPLICATION_SET, SCHEMA_KEY
@@ -41,7 +41,7 @@ MODULE = ("def step(n):\n"
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascadeui", *args], cwd=cwd,
+    return subprocess.run([*module("cascadeui"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

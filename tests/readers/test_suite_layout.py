@@ -7,6 +7,8 @@
   No module keeps its own list of backend names: it asks ``_registry.kinds(traits)``.
 - Scripts run at a tiny size (benchmark smoke, campaigns) are marked ``slow``: skipped by
   ``-m "not slow"`` while iterating, always run by ``bash scripts/test.sh full`` (CI).
+- Child processes start through ``_spawn`` (worker modules ``tests/_<name>_worker.py``,
+  package modules, script modules of ``scripts/``): no ``python -c`` program.
 - The no-blocking guard (``conftest.no_blocking_on_loop``) is on for every module; only
   the modules listed here opt a whole module out, each with its reason.
 """
@@ -97,6 +99,21 @@ def test_no_backend_list_is_kept_outside_the_registry() -> None:
             for line in _backend_lists(p)}
     assert not kept, f"use _registry.kinds(traits) instead of a hand-kept list: {sorted(kept)}"
     assert all(_backend_lists(next(TESTS.rglob(name))) for name in NOT_A_BACKEND_LIST)
+
+
+def test_child_processes_start_through_the_spawn_helper() -> None:
+    """``_spawn`` alone names the interpreter; a child runs a file, never a ``-c`` program."""
+    for path in TESTS.rglob("*.py"):
+        if path.name in ("_spawn.py", "test_suite_layout.py"):
+            continue
+        text = path.read_text()
+        assert "sys.executable" not in text, f"{path.name}: use _spawn.worker/module/script"
+        assert '"-c"' not in text, f"{path.name}: make the program a tests/_<name>_worker.py"
+        assert "from kit.spawn" not in text, f"{path.name}: import script/script_env from _spawn"
+    workers = sorted(p.name for p in TESTS.glob("_*_worker.py"))
+    assert len(workers) >= 10
+    for name in workers:
+        assert (TESTS / name).read_text().startswith('"""'), f"{name}: say what it runs"
 
 
 def test_script_smoke_tests_are_marked_slow() -> None:

@@ -19,7 +19,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any
 import pytest
 from _helpers import open_adapter
 from _registry import kinds
+from _spawn import worker
 
 from cascadeui.adapters import FileStore, RedisStore
 
-WORKER = str(Path(__file__).resolve().parents[1] / "_mp_worker.py")
 PROCS = int(os.environ.get("CASCADEUI_MP_PROCS", "8"))
 N = int(os.environ.get("CASCADEUI_MP_N", "40"))
 TARGET_DELAY = 1.0  # seconds, from the issue
@@ -49,14 +48,14 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, st
 
 
 def run_worker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, WORKER, *args], capture_output=True, text=True,
+    return subprocess.run([*worker("mp"), *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
 @contextlib.contextmanager
 def started(*args: str) -> Iterator[subprocess.Popen[str]]:
     """A worker that has printed its first line ("ready", "locked"); killed and reaped on exit."""
-    with subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE,
+    with subprocess.Popen([*worker("mp"), *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
