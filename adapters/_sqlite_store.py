@@ -475,6 +475,12 @@ class SQLiteStore(RowStore):
         tx.conn.execute("INSERT INTO cascadeui_meta (key, value) VALUES ('lineage', ?) "
                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (lineage,))
 
+    def version(self) -> int:
+        """The commit counter (negative while a journal is left without its snapshot
+        row): one statement, no read transaction, cheap to poll."""
+        with self._connection() as conn:
+            return self._head(conn.execute(self._head_sql()).fetchone())[0]
+
     def _read_unit(self, fn: Callable[[Any], T]) -> T:
         with self._connection() as conn, self._read_transaction(conn):
             return fn(conn)
