@@ -1,4 +1,4 @@
-"""Pyright's two checks, run once by scripts/test.sh beside ruff and mypy --strict.
+"""Pyright's two checks, run by the nox ``types`` session after mypy --strict.
 
 1. ``pyright`` in standard mode over ``cascadeui`` and ``adapters`` (``[tool.pyright]`` in
    pyproject.toml): no error.
@@ -6,8 +6,9 @@
    so the wheel's ``cascadeui.adapters`` is what gets verified): at least
    :data:`MIN_COMPLETENESS` of the public symbols fully typed.
 
-Usage (from the repository root, with the test virtualenv's interpreter, which has pyright
-from the ``dev`` extra): ``.venv-test-3.11/bin/python scripts/check_types.py``.
+Usage (from the repository root, with an interpreter that has pyright: the ``types``
+dependency group): ``.venv-nox/bin/nox -s types``, or ``.nox/types/bin/python
+scripts/check_types.py`` once that session has made its virtualenv.
 """
 
 from __future__ import annotations
