@@ -24,7 +24,7 @@ from cascadeui.serializer import StateSerializer
 
 from . import _fileio
 from ._journal_file import Binding, JournalFile, ReadMain, Signature, signature, snapshot_id
-from .base import BackupInfo
+from .base import BackupInfo, Check
 
 __all__ = ["Backups"]
 
@@ -80,6 +80,17 @@ class Backups:
                 continue
             found.append(BackupInfo(index, str(path), st.st_size,
                                     datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+        return found
+
+    def checks(self, read: Callable[[Path], object]) -> list[Check]:
+        """Whether each existing generation decodes (``read`` decodes one)."""
+        found = []
+        for info in self.infos():
+            try:
+                read(Path(info.path))
+                found.append(Check(f"backup {info.index} decodes", True, info.path))
+            except (PersistenceError, OSError) as exc:  # OSError: it vanished meanwhile
+                found.append(Check(f"backup {info.index} decodes", False, str(exc)))
         return found
 
     def newest_holds(self, binding: Binding) -> bool:

@@ -1,36 +1,20 @@
 """The JSON file adapter: a snapshot file plus a change journal, atomic replace, fsync, ``.bak``.
 
-Layout next to ``<path>``:
+Next to ``<path>`` (the *snapshot*, put whole by :func:`~._fileio.put`; the previous one
+hard-linked to ``.bak`` first, :mod:`._backups`): ``<path>.journal``, the commits appended
+since by :meth:`FileStore.save_changes`, one fsynced line each, bound to the snapshot's
+content (:mod:`._journal_file`); ``<path>.lineage`` (:mod:`._lineage_file`); the lock files
+``<path>.lock`` and ``<path>.lock.commit`` (:mod:`._locks`).
 
-- ``<path>``, the *snapshot*: the whole document, exactly what :meth:`FileStore.save`
-  writes, put whole by :func:`~._fileio.put` (temp file, fsync, ``os.replace``, directory
-  fsync); just before, the current file is hard-linked to ``<path>.bak``
-  (:mod:`._backups`). A crash at any moment leaves the old or the new document.
-- ``<path>.journal``, the *change journal* (:mod:`._journal_file`): the commits appended
-  after that snapshot by :meth:`FileStore.save_changes`, each one fsynced line, so a
-  commit costs what changed. Its header binds it to the snapshot's *content*.
-- ``<path>.lineage``, ``<lineage id> <generation>``: the id changes when the state is
-  lost and written again, the generation grows with every full write (see
-  :meth:`FileStore.load_checked`).
-- ``<path>.lock`` and ``<path>.lock.commit``, the lock files (:mod:`._locks`).
-
-A load is the snapshot with every journal record applied in order; a store that read or
-wrote the state at some version catches up by reading only the journal bytes past the
-good end it saw (:meth:`FileStore.load_changes`). Every full write (``save``,
-``save_if_version``, ``transaction``, a compaction) replaces the snapshot, then deletes
-the journal. A journal whose header names another snapshot is never applied: the
-leftover of a crash between those two steps (it names ``.bak``) is ignored, any other one
-is reported (WARNING) and moved aside to ``<path>.journal.orphan-<timestamp>`` by the next
-write. A torn last line is an unacknowledged append, ignored and rewritten away; a bad
-line with more after it is :class:`~cascadeui.errors.StateCorruptedError` naming the
-journal and line (a full ``save()`` moves it aside to ``.journal.corrupt-<timestamp>``).
-``.bak`` never gets a journal applied: the backup fallback (main file missing or
-unreadable) loads it alone.
-
-Symlinks: the store never reads or writes through a link at ``<path>``, the journal, a
-backup or the lock (``O_NOFOLLOW``): :class:`~cascadeui.errors.ConfigurationError` names
-the real path to pass instead. Links in the directory part of the path are followed.
-New files get mode 0600 (a journal takes the main file's permission bits).
+A load is the snapshot with every journal record applied; a store catches up by reading
+only the journal bytes past the good end it saw (:meth:`FileStore.load_changes`). Every
+full write (``save``, ``save_if_version``, ``transaction``, a compaction) replaces the
+snapshot, then deletes the journal. A journal naming another snapshot is never applied
+(the leftover of a crash between those steps names ``.bak`` and is ignored; any other is
+WARNed and moved aside to ``.journal.orphan-<timestamp>`` by the next write). ``.bak``
+never gets a journal applied. No file is read or written through a symlink
+(:class:`~cascadeui.errors.ConfigurationError` names the real path); new files get mode
+0600.
 """
 
 from __future__ import annotations
@@ -221,13 +205,7 @@ class FileStore(BaseStore):
             checks, state = self._check_main()
             if state is None or checks[-1].ok or not checks[-1].detail.startswith("moved"):
                 break
-        for info in self.list_backups():
-            try:
-                self.read_backup(info.index)
-                checks.append(Check(f"backup {info.index} decodes", True, info.path))
-            except PersistenceError as exc:
-                checks.append(Check(f"backup {info.index} decodes", False, str(exc)))
-        return checks, state
+        return checks + self._backups.checks(lambda path: self._read(path)[0]), state
 
     def _check_main(self) -> tuple[list[Check], dict[str, Any] | None]:
         try:
