@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "aliases_of",
+__all__ = ["EntryPanel", "KindMember", "PanelKind", "RegistryView", "aliases_of", "all_kinds",
            "class_and_kind", "is_registered", "kind_of", "lookup", "on_register",
            "register_class", "registered", "unregister"]
 
@@ -60,6 +60,9 @@ class PanelKind:
     #: True when each panel has a registry entry that restore rebuilds it from.
     message_bound: ClassVar[bool] = False
 
+    def __init__(self) -> None:
+        _KINDS.append(self)  # every kind, even one with no class registered yet
+
     def definition_problems(self, cls: type) -> Iterator[str]:
         """What makes ``cls`` unusable after a restart (each a full sentence); nothing by
         default. Registration refuses a class with any, with a ``TypeError``."""
@@ -90,11 +93,18 @@ class PanelKind:
         ``aliases=``); None (the default) when the data is per registry entry."""
         return None
 
+    def stored_classes(self, application: Mapping[str, Any]) -> Iterable[str]:
+        """The class names this kind keeps per-class data for in ``application`` (so a
+        start can name those not registered); none by default."""
+        return ()
+
     def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
         """Stop the live panel of ``state_key`` on ``message_id`` answering clicks (its
         message, channel or guild is gone); nothing when none routes in this process."""
 
 
+# every PanelKind instance, in creation order
+_KINDS: list[PanelKind] = []
 # class name -> (class, its kind): the one registry, whatever the kind
 _REGISTRY: dict[str, tuple[type, PanelKind]] = {}
 # a former name of a class (``aliases=``) -> its class name now
@@ -243,6 +253,11 @@ def kind_of(cls: type) -> PanelKind | None:
 def is_registered(cls: type) -> bool:
     """False for a class defined with ``register=False`` (it can never be restored)."""
     return bool(cls.__dict__.get("__cascadeui_registered__", True))
+
+
+def all_kinds() -> list[PanelKind]:
+    """Every kind of panel created (whether or not a class of it is registered)."""
+    return list(_KINDS)
 
 
 def registered() -> list[tuple[type, PanelKind]]:

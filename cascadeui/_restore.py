@@ -39,29 +39,28 @@ checks at its shards' share of the global limit, so all clusters together stay u
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import anyio.to_thread
 import discord
 
-from . import _lifecycle
+from . import _late, _lifecycle
+from ._attach import attach
 from ._backends import FileStorageBackend, StorageBackend, aclose_backend, location_of
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
-from ._kinds import EntryPanel, class_and_kind, kind_of, registered
+from ._kinds import registered
 from ._targets import resolve
-from ._verify import LISTS, RESTORE_FAILED, TASKS, Lists, Outcome, track
+from ._verify import LISTS, RESTORE_FAILED, TASKS, Lists, Outcome, Pacer, track
 from ._verify import verify as verify_panels
-from .actions import PERSISTENCE_VERIFIED, PERSISTENT_VIEW_REGISTERED
+from .actions import PERSISTENCE_VERIFIED
 from .adapters import SyncStore
 from .migrations import Migration, check_migrations
 from .store import StateStore, get_store
@@ -87,7 +86,6 @@ DEFAULT_VERIFY_BUDGET = 1.5
 #: before it is removed.
 DEFAULT_UNREACHABLE_TTL = timedelta(days=14)
 _LISTS = LISTS
-_YIELD_EVERY = 500  # attach this many views, then let the loop breathe
 
 Verify = Literal["auto", "await", "background"]
 
@@ -310,16 +308,22 @@ async def setup_persistence(
         _lifecycle.watch(bot, store, shards.owns if shards is not None else None)
     summary.routed_classes = _route_classes(bot, store)
     summary.dynamic_items = list(summary.routed_classes.get("dynamic", []))
-    known, pending = await _attach(bot, store, shards, summary.other_shards)
+    known, pending = await attach(bot, store, shards.owns if shards is not None else None,
+                                  summary.other_shards)
     if rate_limit is not None:
         share = rate_share if rate_share is not None else (
             len(shards.ids) / shards.count if shards is not None else 1.0)
         rate_limit *= share
+    loop = asyncio.get_running_loop()
+    owns = shards.owns if shards is not None else None
+    pacer = Pacer(rate_limit)  # shared with late registrations
+    _late.follow(bot, _late.Follow(store, owns, concurrency, fetch_timeout, pacer, ttl, loop))
+    _late.warn_unknown(store.state, owns)
     outcomes: dict[str, Outcome] = {}
-    task = asyncio.get_running_loop().create_task(
+    task = loop.create_task(
         verify_panels(bot, store, known, pending, outcomes, concurrency=concurrency,
                       fetch_timeout=fetch_timeout, rate_limit=rate_limit,
-                      unreachable_ttl=ttl),
+                      unreachable_ttl=ttl, pacer=pacer),
         name="cascadeui-verify-panels")
     track(task, bot)
     summary.verification = task
@@ -436,101 +440,3 @@ def _chain_close(bot: discord.Client, store: StateStore,
 
 #: The one entry check, shared with ``cascadeui verify`` and ``cascadeui set``.
 _identity = entry_identity
-
-
-async def _attach(bot: discord.Client, store: StateStore, shards: _Shards | None,
-                  others: list[str]) -> tuple[Lists, list[tuple[str, EntryPanel]]]:
-    """Phase 1, no HTTP: rebuild and ``add_view`` every restorable panel of our shards.
-
-    :param others: receives the state keys of other shards' panels (left untouched).
-    :returns: the lists known without a request (panels already routing in this process
-        under ``restored``; ``skipped``; ``failed``) and the attached panels to verify.
-    """
-    known: Lists = {name: [] for name in _LISTS}
-    live: dict[str, EntryPanel] = {}
-    for v in bot.persistent_views:
-        kind = kind_of(type(v))
-        if kind is not None and kind.message_bound and not v.is_finished():
-            panel = cast(EntryPanel, v)
-            live[panel.state_key] = panel
-    pending: list[tuple[str, EntryPanel]] = []
-    entries = list(store.state["persistent_views"].items())
-    upgrades: dict[str, dict[str, Any]] = {}
-    with _no_gc_pauses() if len(entries) > _YIELD_EVERY else contextlib.nullcontext():
-        for index, (state_key, entry) in enumerate(entries):
-            if index and index % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            if shards is not None and not shards.owns(entry):
-                others.append(state_key)
-                continue
-            view = _attach_one(bot, store, state_key, entry, live, known, upgrades)
-            if view is not None:
-                pending.append((state_key, view))
-    if upgrades:  # entries a panel class migrated: stored back at their new version
-        async with store.batch():
-            for state_key, entry in upgrades.items():
-                await store.dispatch(PERSISTENT_VIEW_REGISTERED,
-                                     {**entry, "state_key": state_key})
-        log.info("setup_persistence: %d registry entries upgraded by their panel class or "
-                 "renamed from an alias", len(upgrades))
-    return known, pending
-
-
-@contextlib.contextmanager
-def _no_gc_pauses() -> Iterator[None]:
-    """Hold off the cyclic GC while thousands of long-lived views are built.
-
-    Every view allocates dozens of container objects, so building 10,000 of them triggers
-    hundreds of collections that traverse a growing heap for nothing. Measured with
-    ``scripts/bench`` (latency mode, 10,000 panels, 3 runs each): every panel routed after
-    0.50 s (0.44-0.81) with this, 0.86 s (0.68-0.90) without. Reference counting still
-    frees everything meanwhile; the collector is switched back on when the block ends.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: Any,
-                live: Mapping[str, EntryPanel], known: Lists,
-                upgrades: dict[str, dict[str, Any]]) -> EntryPanel | None:
-    """Rebuild and route one panel; None (and the key sorted into ``known``) otherwise."""
-    try:
-        ids = _identity(entry)
-    except ValueError as exc:
-        log.warning("panel %r: malformed registry entry (%s); kept", state_key, exc)
-        known["failed"].append(state_key)
-        return None
-    found = class_and_kind(entry["class_name"])
-    if found is None:
-        log.warning("panel %r: class %r is not registered, so its clicks get no answer "
-                    "until a restart that registers it; load the cog or import the module "
-                    "defining %s before setup_persistence. The entry is kept.",
-                    state_key, entry["class_name"], entry["class_name"])
-        known["skipped"].append(state_key)
-        return None
-    cls, kind = found
-    if not kind.message_bound:
-        log.warning("panel %r: class %s is a %s panel, routed by class with no registry "
-                    "entry; the entry is kept but routes nothing", state_key, cls.__name__,
-                    kind.name)
-        known["failed"].append(state_key)
-        return None
-    current = live.get(state_key)
-    if current is not None and current.message_id == ids["message_id"]:
-        known["restored"].append(state_key)  # already routing in this process
-        return None
-    try:
-        view = kind.build(cls, state_key, entry, ids, store, upgrades)
-        kind.route(bot, view, ids["message_id"])
-    except Exception:
-        log.exception("panel %r: rebuilding %s failed; kept", state_key, cls.__name__)
-        known["failed"].append(state_key)
-        return None
-    if entry["class_name"] != cls.__name__:  # stored under an alias: rewritten to the name
-        upgrades[state_key] = {**upgrades.get(state_key, entry), "class_name": cls.__name__}
-    return view

@@ -29,7 +29,7 @@ from .store import StateStore
 from .views import PersistentPanel
 
 __all__ = ["GONE_CODES", "LISTS", "RESTORE_FAILED", "TASKS", "UNREACHABLE_FIELD", "Lists",
-           "Outcome", "track", "verify"]
+           "Outcome", "Pacer", "track", "verify", "when_ready"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _by_channel(pending: list[tuple[str, EntryPanel]],
         rounds = [queue for queue in rounds if queue]
 
 
-class _Pacer:
+class Pacer:
     """Spaces request starts at least ``1 / rate`` seconds apart, measured when they start.
 
     Starts go one at a time through a lock and each waits for the previous one's actual
@@ -111,15 +111,17 @@ class _Pacer:
 async def verify(bot: discord.Client, store: StateStore, known: Lists,
                  pending: list[tuple[str, EntryPanel]], outcomes: dict[str, Outcome],
                  *, concurrency: int, fetch_timeout: float, rate_limit: float | None,
-                 unreachable_ttl: timedelta | None) -> Lists:
+                 unreachable_ttl: timedelta | None, pacer: Pacer | None = None) -> Lists:
     """Check every attached panel's message; unroute and purge the gone ones, record the
     unreachable ones (and purge those unreachable for longer than ``unreachable_ttl``).
 
     :param outcomes: filled in as the checks end, so an early return can report them.
+    :param pacer: shared by every check of this bot (a start and late registrations), so
+        together they stay under ``rate_limit``; a new one by default.
     """
     result: Lists = {name: list(known[name]) for name in LISTS}
     order = _by_channel(pending)
-    pacer = _Pacer(rate_limit)
+    pacer = pacer if pacer is not None else Pacer(rate_limit)
     unreachable: set[str] = set()
 
     async def worker() -> None:
@@ -232,7 +234,8 @@ def _schedule_on_restore(bot: discord.Client, view: EntryPanel) -> None:
     track(task, bot)
 
 
-async def _when_ready(bot: discord.Client) -> None:
+async def when_ready(bot: discord.Client) -> None:
+    """Return once ``bot`` is ready (or closed)."""
     while not bot.is_closed():
         try:
             await bot.wait_until_ready()
@@ -243,7 +246,7 @@ async def _when_ready(bot: discord.Client) -> None:
 
 async def _run_on_restore(bot: discord.Client, view: EntryPanel) -> None:
     """Await readiness, then the hook; an exception is logged, kept and dispatched."""
-    await _when_ready(bot)
+    await when_ready(bot)
     if bot.is_closed():
         return
     try:

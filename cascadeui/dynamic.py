@@ -19,7 +19,7 @@ message check each (see ``docs/panels.md``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._kinds import KindMember, PanelKind, RegistryView, lookup, unregister
@@ -51,6 +51,10 @@ class _DynamicKind(PanelKind):
 
     def class_data_path(self, name: str) -> list[str] | None:
         return [self.data_root, name]
+
+    def stored_classes(self, application: Mapping[str, Any]) -> Iterable[str]:
+        stored = application.get(self.data_root)
+        return list(stored) if isinstance(stored, Mapping) else []
 
     def route_class(self, bot: Any, cls: type, store: Any) -> bool:
         assert issubclass(cls, DynamicPanel)
