@@ -15,6 +15,7 @@ import sys
 import psycopg  # noqa: F401  (imported once here, not in every forked worker)
 import redis  # noqa: F401
 import sqlite_utils  # noqa: F401
+from _forking import fork
 
 from cascadeui.errors import LockTimeoutError
 from cascadeui.persistence import backend_from_url
@@ -60,27 +61,15 @@ def save_loop(seq):
             say(f"ready {os.getpid()}")
             announced = True
 
-def fork(job, *args):
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            job(*args)
-        except BaseException as exc:
-            say(f"error {os.getpid()} {exc!r}")
-            code = 1
-        os._exit(code)
-    return pid
-
 for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "increment":
         procs, n = int(args[0]), int(args[1])
-        pids = [fork(increment, n) for _ in range(procs)]
+        pids = [fork(increment, n, report=say) for _ in range(procs)]
         codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
         say("done " + " ".join(map(str, codes)))
     elif cmd == "saver":
-        pid = fork(save_loop, int(args[0]))
+        pid = fork(save_loop, int(args[0]), report=say)
         say(f"forked {pid}")
     elif cmd == "reap":
         pid = int(args[0])

@@ -6,11 +6,16 @@ import os
 import sys
 import time
 
+from _forking import fork
+
 from cascadeui.adapters import SQLiteStore
 from cascadeui.adapters import _journal as journal
 
 path = sys.argv[1]
 journal.JOURNAL_MIN_BYTES = int(sys.argv[2])
+
+def report(text):
+    sys.stderr.write(text + "\n")
 
 def ack(fd, text):
     os.write(fd, text.encode() + b"\n")
@@ -54,25 +59,13 @@ def incrementer(name, count, ack_path):
     fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     ack(fd, str(retries))
 
-def fork(job, *args):
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            job(*args)
-        except BaseException as exc:
-            sys.stderr.write(f"error {os.getpid()} {exc!r}\n")
-            code = 1
-        os._exit(code)
-    return pid
-
 for line in sys.stdin:
     cmd, *args = line.split()
     if cmd == "append":
-        print(f"forked {fork(appender, args[0])}", flush=True)
+        print(f"forked {fork(appender, args[0], report=report)}", flush=True)
     elif cmd == "cas":
         count = int(args[0])
-        pids = [fork(incrementer, f"p{i}", count, args[1]) for i in range(2)]
+        pids = [fork(incrementer, f"p{i}", count, args[1], report=report) for i in range(2)]
         codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
         print("done " + " ".join(map(str, codes)), flush=True)
     elif cmd == "reap":

@@ -14,7 +14,7 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,33 +43,17 @@ from cascadeui.persistence import (
     StorageBackend,
     as_backend,
 )
+from cascadeui.testing.conformance import RICH as CONTRACT_RICH
 
 pytestmark = pytest.mark.anyio
 
 KINDS = kinds()
 LOOPS = ("asyncio", "trio")
 
-RICH: dict[str, Any] = {
-    "application": {
-        "scores": {1234567890123456789: 10, 987654321098765432: 7},
-        "seen": {"welcome", "rules"},
-        "frozen": frozenset({1, 2}),
-        "pair": (1, "a", (2, 3)),
-        "naive": datetime(2026, 1, 2, 3, 4, 5, 678),
-        "aware": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=-5))),
-        "utc": datetime(2026, 6, 1, tzinfo=timezone.utc),
-        "zoned": datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Paris")),
-        "day": date(2026, 2, 28),
-        "text": "emoji \U0001f600 and \u00e9\u00e8 \x00 nul",
-        "big": 2**200,
-        "float": 0.1,
-        "none": None,
-        "flags": [True, False],
-        "tagged-looking": {"$set": [1, 2]},
-        "mixed_keys": {1: "int", "1": "str", (1, 2): "tuple", None: "none"},
-    },
-    "persistent_views": {},
-}
+#: The conformance suite's exact-round-trip state, plus a zoned datetime (tzdata needed).
+RICH: dict[str, Any] = {**CONTRACT_RICH, "application": {
+    **CONTRACT_RICH["application"],
+    "zoned": datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Paris"))}}
 
 
 def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> BaseStore:
