@@ -11,6 +11,7 @@ Traits:
 - ``server``: the medium is a server the session starts (Redis, PostgreSQL).
 - ``multiprocess``: several processes share the medium (every one but memory).
 - ``listener``: the adapter announces commits to a listener.
+- ``rows``: a snapshot row plus a journal table in SQL (the row-store base), damaged by SQL.
 - ``backups``: the adapter keeps backup generations.
 """
 
@@ -166,7 +167,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
             target=lambda request, tmp, name: str(tmp / f"{name}.json"),
             lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.json"),
             dump=lambda request, tmp, name: _dump_files(tmp, f"{name}.json")),
-    Backend("sqlite", frozenset({"files", "multiprocess", "listener"}),
+    Backend("sqlite", frozenset({"files", "multiprocess", "listener", "rows"}),
             build=lambda request, tmp, name: SQLiteStore(tmp / f"{name}.db"),
             target=lambda request, tmp, name: str(tmp / f"{name}.db"),
             lose=lambda request, tmp, name: _lose_files(tmp, f"{name}.db"),
@@ -176,7 +177,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
                                                         key=_redis_key(request, name)),
             target=_redis_target,
             lose=_lose_redis, dump=_dump_redis),
-    Backend("postgres", frozenset({"server", "multiprocess", "listener"}),
+    Backend("postgres", frozenset({"server", "multiprocess", "listener", "rows"}),
             build=lambda request, tmp, name: PostgresStore(
                 request.getfixturevalue("postgres_url"), table=_pg_table(request, name)),
             target=lambda request, tmp, name: _with_query(

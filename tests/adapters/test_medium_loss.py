@@ -18,6 +18,7 @@ PostgreSQL (the session's scratch database; a database of its own where it is dr
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -395,15 +396,6 @@ def pg(url: str, *statements: str) -> None:
             conn.execute(statement)  # type: ignore[arg-type]
 
 
-def pg_holds(url: str, table: str, *names: str) -> bool:
-    with PostgresStore(url, table=table) as probe:
-        try:
-            app = probe.load().get("application", {})
-        except StateCorruptedError:  # a journal without its snapshot: not rewritten yet
-            return False
-    return all(app.get(n) == n for n in names)
-
-
 def their_transactions(url: str, table: str, count: int) -> None:
     """Another process's ``count`` transactions (its connection creates the tables)."""
     with PostgresStore(url, table=table) as script:
@@ -416,8 +408,8 @@ def their_transactions(url: str, table: str, count: int) -> None:
 
 #: What is done to the tables under the running store (``{t}``: the state table, ``{j}``:
 #: its journal). Every commit after the first one appended a journal row.
-PG_DAMAGE = {
-    "journal truncated": 'TRUNCATE "{j}"',
+ROW_DAMAGE = {
+    "journal truncated": 'TRUNCATE "{j}"',  # PostgreSQL only: SQLite has no TRUNCATE
     "journal rows deleted": 'DELETE FROM "{j}"',
     "journal's last rows deleted": 'DELETE FROM "{j}" WHERE seq > (SELECT min(seq) FROM "{j}")',
     "snapshot row deleted": 'DELETE FROM "{t}" WHERE id = 1',
@@ -425,31 +417,65 @@ PG_DAMAGE = {
 }
 
 
+def row_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path
+              ) -> tuple[Callable[[], AsyncBackend[Any]], Callable[[], PostgresStore | SQLiteStore],
+                         Callable[[str], None], str]:
+    """The backend and adapter builders of a row store (one medium), a way to run damage
+    SQL as another client, and the state table's name."""
+    if kind == "postgres":
+        url, table = request.getfixturevalue("postgres_url"), request.getfixturevalue("pg_table")
+        return (lambda: PostgresBackend(url=url, table=table),
+                lambda: PostgresStore(url, table=table), lambda q: pg(url, q), table)
+    db = tmp_path / "state.db"
+
+    def damage(statement: str) -> None:
+        conn = sqlite3.connect(db)
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
+    return lambda: SQLiteBackend(db), lambda: SQLiteStore(db), damage, "cascadeui_state"
+
+
 @pytest.mark.parametrize("idle", [False, True], ids=["writing", "idle"])
-@pytest.mark.parametrize("how", list(PG_DAMAGE))
-async def test_postgres_journal_or_snapshot_lost_under_a_running_store(
-        postgres_url: str, pg_table: str, how: str, idle: bool,
+@pytest.mark.parametrize("how", list(ROW_DAMAGE))
+@pytest.mark.parametrize("kind", kinds("rows"))
+async def test_row_store_journal_or_snapshot_lost_under_a_running_store(
+        kind: str, how: str, idle: bool, request: pytest.FixtureRequest, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Before: 7 of the 8 keys were read as deletions (journal), or nothing was logged and
-    the journal kept growing without its snapshot (snapshot row)."""
-    store_it = running(PostgresBackend(url=postgres_url, table=pg_table),
-                       poll=0.05 if idle else None)
+    """The row-store base on both SQL media. Before, on PostgreSQL: 7 of the 8 keys were
+    read as deletions (journal), or nothing was logged and the journal kept growing
+    without its snapshot (snapshot row)."""
+    if kind == "sqlite" and how.endswith("truncated"):
+        pytest.skip("SQLite has no TRUNCATE (its DELETE case is the same)")
+    backend, adapter, damage, table = row_store(kind, request, tmp_path)
+
+    def holds(*names: str) -> bool:
+        with adapter() as probe:
+            try:
+                app = probe.load().get("application", {})
+            except StateCorruptedError:  # a journal without its snapshot: not rewritten yet
+                return False
+        return all(app.get(n) == n for n in names)
+
+    store_it = running(backend(), poll=0.05 if idle else None)
     store = await store_it.__anext__()
     try:
         await acknowledge(store, *OURS)
-        with PostgresStore(postgres_url, table=pg_table) as probe:
+        with adapter() as probe:
             assert probe.describe().extra["journal_records"] == len(OURS) - 1  # appended
-        pg(postgres_url, PG_DAMAGE[how].format(t=pg_table, j=f"{pg_table}_journal"))
+        damage(ROW_DAMAGE[how].format(t=table, j=f"{table}_journal"))
         with caplog.at_level(logging.WARNING, logger="cascadeui"):
             if idle:  # the poll sees the version move (back, or negative) and looks
-                await eventually(lambda: pg_holds(postgres_url, pg_table, *OURS),
-                                 "the idle store rewrote its state")
+                await eventually(lambda: holds(*OURS), "the idle store rewrote its state")
             await acknowledge(store, "after")
         assert loss_warnings(caplog), caplog.text
         expect_all(store.state["application"], *OURS, "after")
     finally:
         await store_it.aclose()
-    with PostgresStore(postgres_url, table=pg_table) as fresh:
+    with adapter() as fresh:
         expect_all(fresh.load()["application"], *OURS, "after")
 
 
