@@ -98,6 +98,13 @@ class PanelKind:
         start can name those not registered); none by default."""
         return ()
 
+    async def disable(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
+        """Disable the components of an expired panel on its message (one edit); nothing
+        by default or when no panel routes in this process.
+
+        :raises discord.HTTPException: the edit failed (the panel is removed anyway).
+        """
+
     def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
         """Stop the live panel of ``state_key`` on ``message_id`` answering clicks (its
         message, channel or guild is gone); nothing when none routes in this process."""

@@ -56,6 +56,7 @@ from ._attach import attach
 from ._backends import FileStorageBackend, StorageBackend, aclose_backend, location_of
 from ._entries import entry_identity
 from ._entries import parse_id as _parse_id
+from ._expiry import DEFAULT_SWEEP_INTERVAL, sweeper
 from ._kinds import registered
 from ._targets import resolve
 from ._verify import LISTS, RESTORE_FAILED, TASKS, Lists, Outcome, Pacer, track
@@ -192,6 +193,7 @@ async def setup_persistence(
     strict_version: bool = False,
     track_deletions: bool = True,
     unreachable_ttl: timedelta | float | None = DEFAULT_UNREACHABLE_TTL,
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
 ) -> RestoreSummary:
     """Enable persistence, restore the state, and with a bot re-attach every panel.
 
@@ -250,12 +252,16 @@ async def setup_persistence(
         check keeps failing with 403, 5xx or a timeout stays before a check removes it
         (default 14 days). Such a panel stays routed and its entry records
         ``unreachable_since``; a check that reaches it clears that. None: never removed.
+    :param sweep_interval: seconds between two sweeps for expired panels (a panel's
+        ``ttl``; the first sweep runs at start): each is disabled on its message, then
+        removed (this process's shards only).
     :returns: a :class:`RestoreSummary`: ``{"restored": [...], "skipped": [...],
         "failed": [...], "removed": [...]}``, lists of state keys (all empty without a bot).
     :raises TypeError: ``bot`` is not a discord.py client (the message says what to pass).
     :raises ValueError: both ``file_path`` and ``backend``, ``concurrency < 1``, a
         ``rate_limit`` or ``verify_budget`` or ``rate_share`` out of range, an unknown
-        ``verify`` mode, a negative ``unreachable_ttl``, or shard ids that do not fit the
+        ``verify`` mode, a negative ``unreachable_ttl``, a ``sweep_interval`` <= 0, or
+        shard ids that do not fit the
         bot's ``shard_count``.
     :raises PersistenceError: the stored state cannot be loaded; nothing is enabled.
     :raises SchemaVersionError: the stored state is newer than ``version``; nothing is
@@ -283,6 +289,9 @@ async def setup_persistence(
     if rate_share is not None and not 0 < rate_share <= 1:
         raise ValueError(f"rate_share must be in (0, 1], not {rate_share!r}")
     ttl = _duration("unreachable_ttl", unreachable_ttl)
+    if not sweep_interval > 0:
+        raise ValueError(f"sweep_interval must be a number of seconds > 0, not "
+                         f"{sweep_interval!r}")
     shards = _shards_of(bot) if bot is not None else None
     started = asyncio.get_running_loop().time()
     store = store if store is not None else get_store()
@@ -319,6 +328,8 @@ async def setup_persistence(
     pacer = Pacer(rate_limit)  # shared with late registrations
     _late.follow(bot, _late.Follow(store, owns, concurrency, fetch_timeout, pacer, ttl, loop))
     _late.warn_unknown(store.state, owns)
+    track(loop.create_task(sweeper(bot, store, owns, pacer, sweep_interval),
+                           name="cascadeui-expiry-sweeper"), bot)
     outcomes: dict[str, Outcome] = {}
     task = loop.create_task(
         verify_panels(bot, store, known, pending, outcomes, concurrency=concurrency,

@@ -26,6 +26,7 @@ import copy
 import logging
 import weakref
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import discord
@@ -39,8 +40,8 @@ from .errors import UnregisteredPanelError
 if TYPE_CHECKING:
     from .store import StateStore
 
-__all__ = ["PANELS_KEY", "PersistentLayoutView", "PersistentPanel", "PersistentView",
-           "get_view_class", "registered_views", "unregister_view_class"]
+__all__ = ["EXPIRES_FIELD", "PANELS_KEY", "PersistentLayoutView", "PersistentPanel",
+           "PersistentView", "get_view_class", "registered_views", "unregister_view_class"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -91,6 +92,16 @@ class _ViewKind(PanelKind):
     def route(self, bot: Any, panel: Any, message_id: int) -> None:
         super().route(bot, panel, message_id)
         panel._mark_live()  # a later send() under its key stops this copy
+
+    async def disable(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
+        view = _LIVE.get((id(store), state_key))
+        if view is None or view.message_id != message_id or view.channel_id is None:
+            return
+        for item in view.walk_children():
+            if isinstance(item, (discord.ui.Button, discord.ui.Select)):
+                item.disabled = True
+        channel = bot.get_partial_messageable(view.channel_id, guild_id=view.guild_id)
+        await channel.get_partial_message(message_id).edit(view=view)
 
     def unroute(self, bot: Any, store: Any, state_key: str, message_id: int) -> None:
         view = _LIVE.get((id(store), state_key))
@@ -197,6 +208,9 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
     not_owner_message: ClassVar[str | None] = "This panel belongs to someone else."
     #: The version of this class's stored arguments (see :meth:`migrate_entry`).
     version: ClassVar[int] = 0
+    #: How long a sent panel lives (None: until removed otherwise); ``send(ttl=...)``
+    #: overrides it per panel. An expired panel is disabled on its message and removed.
+    ttl: ClassVar[timedelta | None] = None
 
     panel_kind = _VIEW_KIND
 
@@ -255,32 +269,40 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
             raise UnregisteredPanelError(type(self).__name__)
 
     async def send(self, destination: discord.abc.Messageable, content: str | None = None,
-                   *, durable: bool = True, **kwargs: Any) -> discord.Message:
+                   *, durable: bool = True, ttl: timedelta | float | None = None,
+                   **kwargs: Any) -> discord.Message:
         """Send this panel to a channel (any Messageable) and record it in the registry.
 
         :param destination: a channel, thread, user, ``PartialMessageable`` ...
         :param durable: return once the registry entry is stored (see :meth:`set_data`).
+        :param ttl: this panel's life (a ``timedelta`` or seconds; default the class's
+            :attr:`ttl`): once over, its components are disabled and it is removed.
         :param kwargs: passed to ``destination.send`` (embed, files, ...).
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         :raises UnregisteredPanelError: the class was defined with ``register=False``.
         """
         self._check_send(content, kwargs)
+        expires = _expiry(type(self), ttl)
         message = await destination.send(content, view=self, **kwargs)  # type: ignore[call-overload]
-        await self._record(message, guild_id=_guild_of(message), durable=durable)
+        await self._record(message, guild_id=_guild_of(message), durable=durable,
+                           expires=expires)
         return message  # type: ignore[no-any-return]
 
     async def respond(self, interaction: discord.Interaction[Any], content: str | None = None,
-                      *, durable: bool = True, **kwargs: Any) -> discord.Message:
+                      *, durable: bool = True, ttl: timedelta | float | None = None,
+                      **kwargs: Any) -> discord.Message:
         """Send this panel as the answer to ``interaction`` (a follow-up if already answered).
 
         The panel belongs to ``interaction.user`` unless ``user_id`` was given.
 
         :param durable: return once the registry entry is stored (see :meth:`set_data`).
+        :param ttl: this panel's life (see :meth:`send`).
 
         :raises ValueError: a component lacks a ``custom_id``, or ``ephemeral`` was asked.
         :raises UnregisteredPanelError: the class was defined with ``register=False``.
         """
         self._check_send(content, kwargs)
+        expires = _expiry(type(self), ttl)
         if content is not None:
             kwargs["content"] = content
         message: discord.Message
@@ -297,11 +319,12 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
                 message = await interaction.original_response()
         if self.user_id is None:
             self.user_id = interaction.user.id
-        await self._record(message, guild_id=interaction.guild_id, durable=durable)
+        await self._record(message, guild_id=interaction.guild_id, durable=durable,
+                           expires=expires)
         return message
 
     async def _record(self, message: discord.Message, *, guild_id: int | None,
-                      durable: bool) -> None:
+                      durable: bool, expires: str | None = None) -> None:
         store = self.store
         previous = store.state["persistent_views"].get(self.state_key)
         self.message_id, self.channel_id, self.guild_id = (
@@ -311,6 +334,8 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
                  "guild_id": _text(self.guild_id), "user_id": _text(self.user_id)}
         if type(self).version:
             entry["version"] = type(self).version
+        if expires is not None:
+            entry[EXPIRES_FIELD] = expires
         args = self.registry_args()
         if args:
             entry["args"] = dict(args)
@@ -434,6 +459,26 @@ class PersistentLayoutView(PersistentPanel, discord.ui.LayoutView, register=Fals
             raise ValueError(
                 f"{type(self).__name__} is a Components V2 layout: Discord refuses content "
                 "and embeds on such a message; put the text in a discord.ui.TextDisplay")
+
+
+#: The registry entry field holding when a panel expires (ISO 8601, UTC).
+EXPIRES_FIELD = "expires_at"
+
+
+def _expiry(cls: type[PersistentPanel], ttl: timedelta | float | None) -> str | None:
+    """When a panel sent now expires (ISO 8601), from ``ttl`` or the class's; None: never.
+
+    :raises ValueError: the ttl is not a positive duration.
+    """
+    life = ttl if ttl is not None else cls.ttl
+    if life is None:
+        return None
+    if isinstance(life, (int, float)) and not isinstance(life, bool):
+        life = timedelta(seconds=life)
+    if not isinstance(life, timedelta) or life <= timedelta(0):
+        raise ValueError(f"{cls.__name__}: ttl must be a positive timedelta or seconds, "
+                         f"not {life!r}")
+    return (datetime.now(timezone.utc) + life).isoformat()
 
 
 def _guild_of(message: discord.Message) -> int | None:

@@ -302,3 +302,64 @@ async def test_unreachable_ttl_none_never_removes_and_bad_values_are_refused(
         await bot.close()
     with pytest.raises(ValueError, match="unreachable_ttl"):
         await setup_persistence(backend=where, store=StateStore(), unreachable_ttl=-1)
+
+
+class Shortlived(CounterPanel):
+    """Every panel of this class lives a tenth of a second."""
+
+    ttl = timedelta(seconds=0.1)
+
+
+@pytest.mark.parametrize("kind", kinds())
+async def test_an_expired_panel_is_disabled_on_its_message_then_removed(
+        double: DiscordDouble, request: pytest.FixtureRequest, tmp_path: Path,
+        kind: str) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    where = target(kind, request, tmp_path)
+    store = StateStore()
+    bot = await start(double, store, where, sweep_interval=0.05)
+    seen = Seen(bot, store)
+    channel = bot.get_partial_messageable(cid)
+    by_class = await Shortlived(state_key="class-ttl", store=store).send(channel)
+    by_send = await CounterPanel(state_key="send-ttl", store=store).send(channel, ttl=0.1)
+    forever = await CounterPanel(state_key="forever", store=store).send(channel)
+    assert "expires_at" in store.state["persistent_views"]["send-ttl"]
+    assert "expires_at" not in store.state["persistent_views"]["forever"]
+    await seen.until_removed(2, within=2.0)
+    assert seen.removed() == {"class-ttl": "expired", "send-ttl": "expired"}
+    for message in (by_class, by_send):
+        payload = double.message(message.id)
+        assert payload is not None
+        buttons = [c for row in payload["components"] for c in row["components"]]
+        assert buttons
+        assert all(b.get("disabled") for b in buttons)
+    payload = double.message(forever.id)
+    assert payload is not None
+    assert not payload["components"][0]["components"][0].get("disabled")
+    assert set(store.state["persistent_views"]) == {"forever"}
+    assert routed(bot) == {"forever"}
+    stored = await anyio.to_thread.run_sync(sync.load_state, where)
+    assert set(stored["persistent_views"]) == {"forever"}
+    await bot.close()
+
+
+async def test_a_panel_that_expired_while_the_bot_was_down_is_swept_at_start(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    where = str(tmp_path / "s.db")
+    store = StateStore()
+    bot = await start(double, store, where, sweep_interval=3600)
+    message = await CounterPanel(state_key="p", store=store).send(
+        bot.get_partial_messageable(cid), ttl=0.05)
+    await bot.close()
+    await asyncio.sleep(0.1)
+    bot, store, seen, _ = await restart(double, where, sweep_interval=3600)
+    await seen.until_removed(1)
+    assert seen.removed() == {"p": "expired"}
+    payload = double.message(message.id)
+    assert payload is not None
+    assert payload["components"][0]["components"][0]["disabled"]
+    await bot.close()
+    with pytest.raises(ValueError, match="ttl"):
+        await CounterPanel(state_key="q", store=store).send(
+            bot.get_partial_messageable(cid), ttl=0)
