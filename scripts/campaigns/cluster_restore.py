@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kit.plant import planted
 from kit.spawn import script_command, script_env
 
 SHARDS_PER_CLUSTER = 2
@@ -197,6 +198,7 @@ def _report(args: argparse.Namespace, shard_count: int, registry: dict[str, Any]
             wrong_routing += 1
     duplicates = sum(n - 1 for n in fetches.values() if n > 1)
     lost = sorted(set(registry) - gone - set(stored))
+    lost += ["(planted)"] * planted("loss")
     not_purged = sorted(gone & set(stored))
     return {
         "clusters": args.clusters, "shard_count": shard_count, "panels": args.panels,

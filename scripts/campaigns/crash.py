@@ -66,6 +66,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from kit.plant import planted
 from kit.redis_server import RedisServer, durable_redis
 
 from cascadeui._backends import AsyncBackend
@@ -456,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     summary = {"summary": True, "seed": seed, "kills": sum(r["kills"] for r in results),
                "acked_saves": sum(r["acked_saves"] for r in results),
-               "lost": sum(r["lost"] for r in results),
-               "problems": sum(len(r["problems"]) for r in results)}
+               "lost": sum(r["lost"] for r in results) + planted("loss"),
+               "problems": sum(len(r["problems"]) for r in results) + planted("loss")}
     print(json.dumps(summary), flush=True)
     ok = summary["problems"] == 0 and all(r["kills"] == args.kills for r in results)
     return 0 if ok else 1

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import build_application, size_bytes  # stdlib only: runs in the peer too
+from kit.plant import planted
 from kit.spawn import script_command, script_env
 
 BACKENDS = ("json", "sqlite", "redis")
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = [r for r in results if r["mode"] == "durable"]
     summary = {"summary": True, "seed": seed, "kills": sum(r["kills"] for r in results),
                "durable_acked": sum(r["acked"] for r in ours),
-               "durable_lost": sum(r["lost"] for r in ours),
+               "durable_lost": sum(r["lost"] for r in ours) + planted("loss"),
                "default_lost": sum(r["lost"] for r in results if r["mode"] == "default"),
                "peer_lost": sum(r["lost"] for r in results if r["mode"] == "peer"),
                # The peer's problems (its state file lost whole, ...) are its findings,

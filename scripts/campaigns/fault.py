@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kit.plant import planted
 from kit.redis_server import RedisServer, durable_redis
 
 from cascadeui._backends import RedisBackend
@@ -166,7 +167,8 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
     problems = [p for r in rounds for p in r["problems"]]
     return {"campaign": "redis-outage", "rounds": len(rounds), "outage_s": args.outage,
             "dispatched": sum(r["dispatched"] for r in rounds),
-            "lost": sum(r["lost"] for r in rounds), "problems": problems, "detail": rounds}
+            "lost": sum(r["lost"] for r in rounds) + planted("loss"), "problems": problems,
+            "detail": rounds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,9 @@ Full size::
 
 The suite runs both modes small (``tests/campaigns/test_partitions.py``). The last line is
 ``H hosts, B backends: A acknowledged, L lost, F failed visibly, N non-durable kept, M
-missing, converged in C s``.
+missing, converged in C s, U failed unexpectedly``. Exit status 1 on loss, a
+change never converged, or a durable call failing visibly where it should not (on a host
+not disturbed, or one that neither waited through nor started during the disturbance).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kit.plant import planted
 from kit.spawn import script_command, script_env
 
 DEFAULT_PG = os.environ.get("CASCADEUI_TEST_POSTGRES_URL",
@@ -357,10 +360,15 @@ def _analyse(args: argparse.Namespace, kind: str, records: list[list[dict[str, A
             "p50_ms_during": _pct(during, 0.5), "p99_ms_during": _pct(during, 0.99)})
     converged = len(converged_at) == len(records)
     max_fail = max((r["dt"] for r in fails), default=0.0)
+    # Only the disturbed host (h1) may fail a durable call, and only one that was waiting
+    # while it was cut off or slowed: any other visible failure is a finding.
+    unexpected = [r for r in fails if r["host"] != "h1" or r["t"] > t_heal
+                  or r["t"] + r["dt"] < t_event]
     return {
         "backend": kind, "mode": args.mode, "hosts": len(records), "acked": acked,
         "lost": lost, "lost_keys": lost_keys, "failed_visibly": len(fails),
         "failed_outside_cut_host": sum(1 for r in fails if r["host"] != "h1"),
+        "failed_unexpectedly": len(unexpected) + planted("failure"),
         "max_fail_s": round(max_fail, 2), "non_durable_kept": kept,
         "non_durable_missing": missing, "converged": converged,
         "converged_after_heal_s": round(max(converged_at) - t_heal, 3) if converged else None,
@@ -403,14 +411,15 @@ def main() -> int:
             reports.append(_run_backend(args, kind, hosts, workdir))
     print(json.dumps(reports, indent=2))
     acked = sum(r["acked"] for r in reports)
-    lost = sum(r["lost"] for r in reports)
+    lost = sum(r["lost"] for r in reports) + planted("loss")
+    unexpected = sum(r["failed_unexpectedly"] for r in reports)
     worst = max((r["converged_after_heal_s"] or float("inf")) for r in reports)
     print(f"{args.hosts} hosts, {len(reports)} backends: {acked} acknowledged, {lost} lost, "
           f"{sum(r['failed_visibly'] for r in reports)} failed visibly, "
           f"{sum(r['non_durable_kept'] for r in reports)} non-durable kept, "
           f"{sum(r['non_durable_missing'] for r in reports)} missing, converged in "
-          f"{worst:.2f} s")
-    ok = not lost and all(r["converged"] for r in reports) and not any(
+          f"{worst:.2f} s, {unexpected} failed unexpectedly")
+    ok = not lost and not unexpected and all(r["converged"] for r in reports) and not any(
         r["non_durable_missing"] for r in reports)
     return 0 if ok else 1
 
