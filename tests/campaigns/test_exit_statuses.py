@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 from test_powercut import need_strace
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ TINY = {
 def run(module: str, args: tuple[str, ...], plant: str) -> subprocess.CompletedProcess[str]:
     env = script_env()
     env["CASCADEUI_PLANT"] = plant
-    return subprocess.run(script_command(module, *args), capture_output=True, text=True,
+    return subprocess.run(script(module, *args), capture_output=True, text=True,
                           timeout=300, check=False, env=env)
 
 

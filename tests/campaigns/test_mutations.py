@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from kit.spawn import script_command, script_env
+from _spawn import script, script_env
 from test_powercut import need_strace
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ SUBSET = ("no fsync of a journal append", "SQLite synchronous=NORMAL",
 
 def test_every_mutation_of_a_subset_is_seen() -> None:
     need_strace()
-    out = subprocess.run(script_command("campaigns.mutations", "--only", ",".join(SUBSET)),
+    out = subprocess.run(script("campaigns.mutations", "--only", ",".join(SUBSET)),
                          capture_output=True, text=True, timeout=600, check=False,
                          env=script_env())
     lines = out.stdout.strip().splitlines()
@@ -35,6 +35,6 @@ def test_every_mutation_of_a_subset_is_seen() -> None:
 
 def test_every_mutation_still_applies() -> None:
     """A mutation whose text the code no longer holds would silently test nothing."""
-    out = subprocess.run(script_command("campaigns.mutations", "--check"), capture_output=True,
+    out = subprocess.run(script("campaigns.mutations", "--check"), capture_output=True,
                          text=True, timeout=120, check=False, env=script_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
