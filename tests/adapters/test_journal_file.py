@@ -581,7 +581,7 @@ def test_threads_sharing_one_store_lose_nothing(path: Path) -> None:
                                    "enospc-create-journal"])
 def test_disk_faults_while_appending_keep_the_acknowledged_state(
         fault: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_faults import disk, failing, is_exactly, is_temp
+    from _faults import disk, failing, is_exactly, is_temp
 
     journal = Path(f"{path}.journal")
     call, code, hit = {
@@ -620,16 +620,16 @@ def test_disk_faults_while_appending_keep_the_acknowledged_state(
 
 
 def _journal_fuzz_cases() -> Any:
+    from _hostile import hostile
     from hypothesis import strategies as st
-    from test_fuzz_load import hostile
 
     return st.tuples(st.sampled_from(["raw", "after-header", "mutated"]), hostile,
                      st.randoms(use_true_random=False))
 
 
 def test_hostile_journal_bytes_are_typed_and_never_appended_over(tmp_path: Path) -> None:
+    from _hostile import FUZZ_IO, GOOD, _mutate, assert_savable, outcome
     from hypothesis import given
-    from test_fuzz_load import FUZZ_IO, GOOD, _mutate, assert_savable, outcome
 
     path = tmp_path / "state.json"
     journal = Path(f"{path}.journal")

@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _faults import disk, failing, is_exactly, is_journal, is_lock, is_rotation, is_temp
 from _registry import kinds
 from _spawn import script, script_env, worker
 
@@ -40,67 +41,6 @@ from cascadeui.store import StateStore
 REPO = Path(__file__).resolve().parents[2]
 
 # -- system-call fault injection -----------------------------------------------------------
-
-
-def _fd_path(fd: int) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
-
-
-@contextmanager
-def failing(monkeypatch: pytest.MonkeyPatch, calls: str, code: int,
-            hit: Callable[[str], bool]) -> Iterator[list[str]]:
-    """Make each ``os.<call>`` in ``calls`` ("open,link") fail with ``code`` for the paths
-    ``hit`` selects; every other call goes through.
-
-    Yields the list of paths that were refused (so a test proves the fault fired).
-    """
-    refused: list[str] = []
-    reals = {call: getattr(os, call) for call in calls.split(",")}
-
-    def make(call: str) -> Callable[..., Any]:
-        real = reals[call]
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            first = args[0] if args else ""
-            target = _fd_path(first) if isinstance(first, int) else os.fspath(first)
-            second = os.fspath(args[1]) if call in ("replace", "rename", "link") else ""
-            if hit(target) or (second and hit(second)):
-                refused.append(second or target)
-                raise OSError(code, os.strerror(code), target)
-            return real(*args, **kwargs)
-
-        return wrapper
-
-    for call in reals:
-        monkeypatch.setattr(os, call, make(call))
-    try:
-        yield refused
-    finally:
-        for call, real in reals.items():
-            monkeypatch.setattr(os, call, real)
-
-
-def is_temp(name: str) -> Callable[[str], bool]:
-    return lambda p: os.path.basename(p).startswith(f".{name}.") and p.endswith(".tmp")
-
-
-def is_exactly(path: Path) -> Callable[[str], bool]:
-    return lambda p: p == str(path)
-
-
-def is_journal(path: Path) -> Callable[[str], bool]:
-    return lambda p: p == f"{path}.journal"
-
-
-def is_lock(path: Path) -> Callable[[str], bool]:
-    return lambda p: p == f"{path}.lock"
-
-
-def is_rotation(path: Path) -> Callable[[str], bool]:
-    return lambda p: p.startswith(f"{path}.bak")
 
 
 FAULTS: dict[str, tuple[str, int, Callable[[Path], Callable[[str], bool]]]] = {
@@ -123,11 +63,6 @@ JOURNAL_FAULTS = {
     "erofs-replace-journal": ("replace", errno.EROFS, is_journal),
     "eio-fsync-journal": ("fsync", errno.EIO, is_journal),
 }
-
-
-def disk(tmp: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(tmp.iterdir())
-            if p.is_file() and not p.name.endswith((".lock", ".lock.commit"))}
 
 
 def gen(i: int) -> dict[str, Any]:

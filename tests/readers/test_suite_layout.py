@@ -101,6 +101,16 @@ def test_no_backend_list_is_kept_outside_the_registry() -> None:
     assert all(_backend_lists(next(TESTS.rglob(name))) for name in NOT_A_BACKEND_LIST)
 
 
+def test_no_test_module_imports_another() -> None:
+    """Only tests/ itself is importable from every folder: shared code lives in tests/_*.py."""
+    for path in _modules():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith("test_")], (path.name, names)
+
+
 def test_child_processes_start_through_the_spawn_helper() -> None:
     """``_spawn`` alone names the interpreter; a child runs a file, never a ``-c`` program."""
     for path in TESTS.rglob("*.py"):
