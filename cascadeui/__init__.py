@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._distribution import warn_if_upstream_installed
 
 if TYPE_CHECKING:
+    from ._doctor import check_panels
     from ._inspection import inspect
     from ._lifecycle import PanelEvent
     from ._panel_data import PanelData
@@ -30,12 +31,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DynamicPanel", "PanelData", "PanelEvent", "PersistentLayoutView", "PersistentView",
-    "RestoreSummary", "StateStore", "__version__", "get_store", "inspect", "panel_shard",
-    "setup_persistence",
+    "RestoreSummary", "StateStore", "__version__", "check_panels", "get_store", "inspect",
+    "panel_shard", "setup_persistence",
 ]
 
 _LAZY = {
     "DynamicPanel": ".dynamic",
+    "check_panels": "._doctor",
     "PanelData": "._panel_data",
     "PanelEvent": "._lifecycle",
     "PersistentLayoutView": ".views",

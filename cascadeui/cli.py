@@ -532,6 +532,21 @@ def _a(value: Any) -> str:
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from cascadeui._doctor import check_panels
+
+    findings = check_panels(args.target, modules=args.module or ())
+    if args.json:
+        _print_json({"target": redacted(args.target) if args.target else None,
+                     "ok": not findings, "findings": findings}, sys.stdout)
+    else:
+        for line in findings:
+            print(line)
+        print(f"{_count(len(findings), 'finding', 'findings')}" if findings
+              else "no findings")
+    return 1 if findings else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cascadeui.demo import main as demo_main
 
@@ -618,6 +633,12 @@ def _parser() -> argparse.ArgumentParser:
                              "MIGRATIONS)")
     schema.add_argument("--dry-run", action="store_true",
                         help="show what would change and write nothing")
+    doctor = add("doctor", cmd_doctor, "find what would break panels after a restart: "
+                 "classes (with --module) and TARGET's stored panels; exit 1 on findings",
+                 ("target", {"metavar": "TARGET", "nargs": "?", "default": None}))
+    doctor.add_argument("--module", action="append", metavar="MODULE",
+                        help="import MODULE first (where panel classes are defined); "
+                             "repeatable")
     demo = add("demo", cmd_demo, "run the README walkthrough in a scratch directory (no "
                                  "existing state is touched)", json_output=False)
     demo.add_argument("--dir", metavar="DIR", type=Path, default=None,

@@ -256,6 +256,6 @@ def test_every_command_is_documented() -> None:
     assert sorted(commands) == sorted(
         ["inspect", "get", "set", "delete", "dump", "migrate", "backup", "backups",
          "restore-backup",
-         "verify", "migrate-schema", "demo"])
+         "verify", "migrate-schema", "doctor", "demo"])
     for name in commands:
         assert f"cascadeui {name}" in docs, name
