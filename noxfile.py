@@ -75,6 +75,9 @@ def _wheel(session: nox.Session) -> Path:
     if not _built:
         out = ROOT / ".nox" / "_wheel"
         shutil.rmtree(out, ignore_errors=True)
+        # setuptools builds in ./build and never removes a module deleted or renamed since:
+        # a stale build/ would ship modules the tree no longer has.
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
         session.run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                     "--disable-pip-version-check", "-w", str(out), str(ROOT), external=True)
         _built.extend(out.glob("*.whl"))

@@ -81,7 +81,7 @@ class MemoryStore(JournaledBase):
         if name is not None and not name:
             raise ConfigurationError("name must be a non-empty string (or None: private)")
         self.name: str = name if name is not None else f"<private {next(_PRIVATE)}>"
-        self.location = f"memory://{self.name}"
+        self.location: str = f"memory://{self.name}"
         self.lock_timeout = lock_timeout
         # A private state is not registered: its generated name cannot join it (issue 21).
         self._private = None if name is not None else _Medium()

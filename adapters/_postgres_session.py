@@ -117,7 +117,7 @@ class PostgresSession(RowStore):
                 f"characters (letters, digits, _), not {table!r}")
         self.table = table
         self.journal_table: str = f"{table}_journal"
-        self.location = f"{self.url} table={table!r}"
+        self.location: str = f"{self.url} table={table!r}"
         #: The LISTEN/NOTIFY channel every commit announces its new version on (a hash
         #: stands for the table name's end where it would pass PostgreSQL's 63 bytes).
         self.channel: str = fit_name(f"cascadeui.{table}", 63)

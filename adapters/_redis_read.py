@@ -50,7 +50,8 @@ class RedisReads(JournalReads):
             raise ConfigurationError(f"ttl must be a positive number of seconds, not {ttl!r}")
         if not key:
             raise ConfigurationError("key must be a non-empty string")
-        self.keys = keys = lua.Keys.of(key, cluster=is_cluster(client))
+        self.keys: lua.Keys = lua.Keys.of(key, cluster=is_cluster(client))
+        keys = self.keys
         self._redis = RedisClient(url, key=key, given=client, socket_timeout=socket_timeout,
                                   wait_aof=wait_aof, min_replicas=min_replicas,
                                   replica_timeout=replica_timeout, ack_key=keys.ack)

@@ -118,6 +118,7 @@ class RowStore(JournaledBase):
                     lineage)
         elif head is None:
             head = self._query(conn, self._head_sql())[0]
+        assert head is not None  # one of the three branches above set it
         current, lineage_id = self._head(head)
         return RowTx(conn, current, lineage_id, fetched)
 
@@ -222,8 +223,8 @@ class RowStore(JournaledBase):
         except StateCorruptedError as exc:
             raise self._corrupt(str(exc)) from exc
 
-    def _record_name(self, seq: Any) -> str:
-        return f"journal record {seq} in {self.journal_table!r}"
+    def _record_name(self, label: Any) -> str:
+        return f"journal record {label} in {self.journal_table!r}"
 
     # -- writes (inside a write transaction) -------------------------------------------
 

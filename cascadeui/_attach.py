@@ -128,5 +128,6 @@ def attach_one(bot: discord.Client, store: StateStore, state_key: str, entry: An
         known["failed"].append(state_key)
         return None
     if entry["class_name"] != cls.__name__:  # stored under an alias: rewritten to the name
-        upgrades[state_key] = {**upgrades.get(state_key, entry), "class_name": cls.__name__}
+        stored = cast("dict[str, Any]", upgrades.get(state_key, entry))
+        upgrades[state_key] = {**stored, "class_name": cls.__name__}
     return view

@@ -115,7 +115,7 @@ class DynamicPanel(KindMember, PanelData, register=False):
     ``state["application"]["dynamic_panels"][class_name][data_key]``.
     """
 
-    panel_kind = _DYNAMIC_KIND
+    panel_kind: ClassVar[PanelKind] = _DYNAMIC_KIND
     #: Names (or 1-based numbers) of the template groups that make up :attr:`data_key`;
     #: None: every group, in order.
     key_groups: ClassVar[tuple[str | int, ...] | None] = None

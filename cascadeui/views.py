@@ -212,7 +212,7 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
     #: overrides it per panel. An expired panel is disabled on its message and removed.
     ttl: ClassVar[timedelta | None] = None
 
-    panel_kind = _VIEW_KIND
+    panel_kind: ClassVar[PanelKind] = _VIEW_KIND
 
     def __init__(self, *, state_key: str | None = None, user_id: int | str | None = None,
                  store: StateStore | None = None, timeout: float | None = None) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import sys
 import tarfile
 import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Must be in the wheel.
 WHEEL_NEEDS = ["cascadeui/__init__.py", "cascadeui/py.typed", "cascadeui/adapters/__init__.py",
@@ -24,10 +27,22 @@ NEVER = ["powercut.py", "tcp_proxy.py", "redis_server.py", "postgres_server.py",
          "redis_topologies.py", "conftest.py", "/tests/", "scripts/"]
 
 
+def _modules(names: list[str], prefix: str) -> set[str]:
+    return {n[len(prefix):] for n in names
+            if n.startswith(prefix) and n.endswith(".py") and "/" not in n[len(prefix):]}
+
+
 def check_wheel(path: str) -> list[str]:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     problems = [f"wheel lacks {need}" for need in WHEEL_NEEDS if need not in names]
+    # Exactly the tree's modules (a stale build/ directory ships renamed ones too).
+    for package, source in (("cascadeui/", ROOT / "cascadeui"), ("cascadeui/adapters/",
+                                                                   ROOT / "adapters")):
+        tree = {p.name for p in source.glob("*.py")}
+        problems += [f"wheel ships {package}{m}, which the tree does not have"
+                     for m in sorted(_modules(names, package) - tree)]
+        problems += [f"wheel lacks {package}{m}" for m in sorted(tree - _modules(names, package))]
     if not any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE")
                for n in names):
         problems.append("wheel lacks the LICENSE")

@@ -7,6 +7,7 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+rm -rf build  # setuptools' build dir keeps modules renamed since: never ship those
 "$venv/bin/python" -m pip install -q --disable-pip-version-check '.[sqlite]'
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 python="$PWD/$venv/bin/python"

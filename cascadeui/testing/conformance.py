@@ -433,9 +433,10 @@ class AdapterContract:
                        "exists() and describe().exists are False on an empty medium")
         store.save(_BASE)
         state, version = store.load_versioned()
-        if isinstance(store, JournaledStore):
+        journaled: Any = store  # (narrowing store itself would hide its other protocols)
+        if isinstance(journaled, JournaledStore):
             state["application"]["n"] = 1
-            store.save_changes([(("application", "n"), 1)], version, full=_full(state))
+            journaled.save_changes([(("application", "n"), 1)], version, full=_full(state))
         broken_promise(store.exists(), "exists() is True once a state is stored")
         info = store.describe()
         broken_promise(isinstance(info, StoreInfo) and info.exists and info.kind == store.kind
@@ -556,7 +557,7 @@ class AdapterContract:
         store = self.open()
         make = getattr(store, "listener", None)
         heard = threading.Event()
-        listener = make(lambda version: heard.set()) if callable(make) else None
+        listener: Any = make(lambda version: heard.set()) if callable(make) else None
         if listener is None:
             pytest.skip(f"{type(store).__name__} has no change listener")
         writer = self.open()

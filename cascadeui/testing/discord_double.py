@@ -371,7 +371,7 @@ class DiscordDouble:
         as at connect (channel, thread and guild events need it there)."""
         channels = [self._channel_payload(ch) for ch in self.channels.values()
                     if ch.guild_id == guild_id]
-        bot._connection.parse_guild_create({
+        bot._connection.parse_guild_create({  # pyright: ignore[reportArgumentType]
             "id": str(guild_id), "name": f"guild{guild_id}", "owner_id": str(self.new_id()),
             "channels": [c for c in channels if c["type"] != 11],
             "threads": [c for c in channels if c["type"] == 11],
@@ -412,7 +412,7 @@ class DiscordDouble:
                 {"id": str(channel_id), "guild_id": str(channel.guild_id),
                  "parent_id": payload["parent_id"], "type": 11})
         else:
-            bot._connection.parse_channel_delete(payload)
+            bot._connection.parse_channel_delete(payload)  # pyright: ignore[reportArgumentType]
 
     def deliver_guild_remove(self, bot: discord.Client, guild_id: int, *,
                              unavailable: bool = False) -> None:
