@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -168,3 +169,12 @@ def assert_exact(a: Any, b: Any, where: str = "state") -> None:
             assert_exact(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def need_strace() -> None:
+    """The recorder needs strace (scripts/test.sh installs it as root): skip without it,
+    but never under ``CI=true``."""
+    if shutil.which("strace") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("strace is not installed (CI=true: never skipped)")
+        pytest.skip("strace is not installed (apt-get install strace)")

@@ -13,8 +13,8 @@ import shutil
 import subprocess
 
 import pytest
+from _helpers import need_strace
 from _spawn import script, script_env
-from test_powercut import need_strace
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from _helpers import need_strace
 from _spawn import script, script_env
-from test_powercut import need_strace
 
 pytestmark = pytest.mark.slow
 

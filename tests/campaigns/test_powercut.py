@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import need_strace
 from _spawn import script, script_env, worker
 from kit.powercut import Op, crash_states, materialise, parse_trace
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def need_strace() -> None:
-    """The recorder needs strace (scripts/test.sh installs it as root): skip without it,
-    but never under ``CI=true``."""
-    if shutil.which("strace") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("strace is not installed (CI=true: never skipped)")
-        pytest.skip("strace is not installed (apt-get install strace)")
 
 
 def run_campaign(*args: str) -> tuple[int, list[dict[str, Any]], str, str]:
