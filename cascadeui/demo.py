@@ -127,7 +127,9 @@ async def bot2(workdir: Path) -> None:
         backend = SQLiteBackend(workdir / DB_FILE)
 
         async def hook(bot: Any) -> None:
-            summary = await setup_persistence(bot, backend=backend)
+            # verify="await": the summary shows every check's outcome however loaded the
+            # machine is (the default waits at most verify_budget seconds, then goes on).
+            summary = await setup_persistence(bot, backend=backend, verify="await")
             _say(f"bot 2: setup_persistence -> {summary}")
 
         bot = await logged_in_bot(double, setup_hook=hook)
