@@ -43,6 +43,13 @@ def incrementer(name, count, ack_path):
     """count compare-and-set increments; on None, load again and retry."""
     store = SQLiteStore(path, timeout=30)
     retries = 0
+    # Start together (a loaded machine may otherwise run one process's whole loop first).
+    open(f"{ack_path}.ready.{name}", "w").close()
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(f"{ack_path}.ready.p{i}") for i in range(2)):
+        if time.monotonic() > deadline:
+            raise SystemExit("the other incrementer never started")
+        time.sleep(0.001)
     for k in range(count):
         while True:
             state, version = store.load_versioned()
