@@ -26,7 +26,8 @@ from ._panel_data import PANELS_KEY
 from .actions import APPLICATION_DELETE, APPLICATION_SET, PANEL_EVENTS, PERSISTENT_VIEWS_REMOVED
 
 __all__ = ["PANEL_REMOVED", "PANEL_RESTORED", "PANEL_UNREACHABLE", "PERSISTENCE_ERROR",
-           "REASONS", "PanelEvent", "adopt_aliases", "emit", "panel_event", "remove", "watch"]
+           "REASONS", "PanelEvent", "adopt_aliases", "bind_bot", "bot_of", "emit",
+           "panel_event", "remove", "watch"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -231,6 +232,18 @@ class _Watcher:
 
 
 _WATCHED: weakref.WeakKeyDictionary[Any, _Watcher] = weakref.WeakKeyDictionary()
+# store -> the bot setup_persistence gave it (events of code paths that know no bot)
+_BOT_OF: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def bind_bot(store: Any, bot: Any) -> None:
+    """Remember ``bot`` as the receiver of ``store``'s panel events (:func:`bot_of`)."""
+    _BOT_OF[store] = bot
+
+
+def bot_of(store: Any) -> Any:
+    """The bot ``setup_persistence`` bound to ``store``, or None (data-only mode)."""
+    return _BOT_OF.get(store)
 _LISTENER_TASKS: set[asyncio.Task[None]] = set()
 
 

@@ -313,6 +313,7 @@ async def setup_persistence(
     if bot is None:
         return summary
     _chain_close(bot, store, chosen if owned and store.backend is chosen else None)
+    _lifecycle.bind_bot(store, bot)
     if track_deletions:
         _lifecycle.watch(bot, store, shards.owns if shards is not None else None)
     summary.routed_classes = _route_classes(bot, store)

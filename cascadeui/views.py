@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import discord
 from discord.ui.view import BaseView
 
+from . import _lifecycle
 from ._kinds import KindMember, PanelKind, RegistryView, is_registered, lookup, unregister
 from ._panel_data import PANELS_KEY, PanelData
 from .actions import PERSISTENT_VIEW_REGISTERED, PERSISTENT_VIEW_UNREGISTERED
@@ -361,7 +362,8 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
         _LIVE[(id(self.store), self.state_key)] = self
 
     async def exit(self, *, durable: bool = True) -> None:
-        """Stop listening and remove this panel from the registry (its message stays).
+        """Stop listening and remove this panel from the registry (its message stays);
+        a ``cascadeui_panel_removed`` event says so (reason ``"deleted"``).
 
         Only the entry that still points at this panel's message is removed, so exiting
         an old copy never unregisters the panel that replaced it.
@@ -378,6 +380,8 @@ class PersistentPanel(KindMember, PanelData, BaseView, register=False):
         if mine:
             await store.dispatch(PERSISTENT_VIEW_UNREGISTERED, {"state_key": self.state_key},
                                  durable=durable)
+            await _lifecycle.emit(_lifecycle.bot_of(store), store, [_lifecycle.panel_event(
+                _lifecycle.PANEL_REMOVED, self.state_key, entry, "deleted")])
 
     # -- restoring -----------------------------------------------------------------------
 

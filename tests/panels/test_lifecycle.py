@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import _spawn
 import anyio.to_thread
 import discord
 import pytest
@@ -363,3 +364,33 @@ async def test_a_panel_that_expired_while_the_bot_was_down_is_swept_at_start(
     with pytest.raises(ValueError, match="ttl"):
         await CounterPanel(state_key="q", store=store).send(
             bot.get_partial_messageable(cid), ttl=0)
+
+
+@pytest.mark.parametrize("kind", kinds("multiprocess"))
+def test_a_kill_right_after_a_deletion_event_leaves_no_entry_behind(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    where = target(kind, request, tmp_path)
+    with _spawn.start(_spawn.worker("deletion_kill", where), cwd=tmp_path) as child:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        child.kill()  # SIGKILL at the event: no close, no flush
+        _, err = child.communicate(timeout=30)
+    assert line.split() == ["removed", "gone"], err
+    stored = sync.load_state(where)
+    assert set(stored["persistent_views"]) == {"kept"}
+    assert "gone" not in stored["application"].get("panels", {})
+
+
+async def test_exit_by_code_is_a_removed_event_with_reason_deleted(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    cid = double.add_channel(guild_id=double.new_id())
+    store = StateStore()
+    bot = await start(double, store, str(tmp_path / "s.json"))
+    seen = Seen(bot, store)
+    panel = CounterPanel(state_key="p", store=store)
+    await panel.send(bot.get_partial_messageable(cid))
+    await panel.exit()
+    await seen.until_removed(1)
+    assert seen.removed() == {"p": "deleted"}
+    assert [(e.state_key, e.reason) for e in seen.store_events] == [("p", "deleted")]
+    await bot.close()
