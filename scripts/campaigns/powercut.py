@@ -6,8 +6,11 @@ For each backend (the JSON file adapter, SQLite), a writer process runs under ``
 adapter's whole protocol: journal appends (``save_changes``), compactions (the journal
 budget is lowered so one comes every few appends), full saves with ``.bak`` rotation,
 ``transaction()``, ``save_if_version``, and closing and reopening the store (a new store
-appends to a journal it did not write; SQLite checkpoints and deletes its WAL). Before a
-call it marks ``start <g>``; once the call returned, ``ack <g>``.
+appends to a journal it did not write; SQLite checkpoints and deletes its WAL), and once
+every ten generations an *echo*: a whole write of the snapshot's very bytes over a journal
+after it (generation ``g``'s document is then the snapshot's). Before a call it marks
+``start <g>``; once the call returned, ``ack <g>``. The ``store`` mode dispatches durably,
+every fourth generation together with the next (two durable waiters at once).
 
 Every point between two recorded system calls is a power cut. For each cut, every crash
 state POSIX allows (unsynced writes dropped, a prefix of them kept, the next one torn or
@@ -154,10 +157,17 @@ def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -
     backups = seed % 3  # 0, 1 or 2 .bak generations
     store = make_store(backend, path, sabotage, backups)
     current, version = store.load_versioned()
+    snap = 0  # the generation of the last whole write (the snapshot's bytes, unless compacted)
     for g in range(1, gens + 1):
         kind = schedule(g, rng, backend)
         new = expected(g)
-        mark(f"start {g} {kind}")
+        if kind == "append" and g % 10 == 6 and g - 1 > snap >= 1:
+            # An echo: a whole write of the snapshot's very bytes over a journal after it
+            # (save(a) over a + journal a -> b). Generation g's document is snapshot's.
+            kind, new = "echo", expected(snap)
+            mark(f"start {g} echo {snap}")
+        else:
+            mark(f"start {g} {kind}")
         if kind == "tear":
             # What a writer killed mid-append leaves behind: half a record at the end of
             # the journal and a temp file. The next store must append past the first
@@ -174,7 +184,7 @@ def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -
         if kind == "append":
             result = store.save_changes(diff(current, new), version,
                                         full=lambda new=new: ser.serialize(new))
-        elif kind == "save":
+        elif kind in ("save", "echo"):
             store.save(new)
             result = store.version()
         elif kind == "transaction":
@@ -187,6 +197,8 @@ def writer(backend: str, root: Path, gens: int, seed: int, sabotage: str = "") -
         if result is None:
             raise SystemExit(f"generation {g}: {kind} found the version moved")
         mark(f"ack {g}")
+        if kind in ("save", "transaction", "cas"):
+            snap = g
         current, version = new, result
     store.close()
 
@@ -207,12 +219,29 @@ async def store_writer(backend: str, root: Path, gens: int, seed: int) -> None:
     await store.enable_persistence(make_store(backend, path, backups=seed % 3),
                                    debounce=0.0, max_delay=0.0, poll_interval=None,
                                    push=False)
-    for g in range(1, gens + 1):
+
+    async def one(g: int) -> None:
         os.write(marks, f"PCMARK start {g}".encode())
         await store.dispatch("APPLICATION_SET",
                              {"path": ["pc"], "value": expected(g)["application"]},
                              durable=True)
         os.write(marks, f"PCMARK ack {g}".encode())
+
+    g = 1
+    while g <= gens:
+        if g % 4 == 2 and g < gens:
+            # Two durable waiters at once: each may return only once its own change is
+            # stored, not when an earlier write (that holds only g) lands.
+            first = asyncio.ensure_future(one(g))
+            for _ in range(100_000):  # until g is applied (dispatch awaits before it)
+                if store.state.get("application", {}).get("pc", {}).get("gen") == g:
+                    break
+                await asyncio.sleep(0)
+            await asyncio.gather(first, one(g + 1))
+            g += 2
+        else:
+            await one(g)
+            g += 1
     await store.close(close_backend=True)
 
 
@@ -305,8 +334,13 @@ def _check_state(backend: str, root: Path, mode: str) -> dict[str, Any]:
     return out
 
 
-def judge(res: dict[str, Any], acked: int, started: int) -> str | None:
-    """None if the state is acceptable after a cut between ``acked`` and ``started``."""
+def judge(res: dict[str, Any], acked: int, started: int,
+          echoes: dict[int, int] | None = None) -> str | None:
+    """None if the state is acceptable after a cut between ``acked`` and ``started``.
+
+    ``echoes`` maps a generation whose document is an earlier one's (an echo) to that
+    earlier one: the document of ``s`` stands for ``s`` and for every echo of it.
+    """
     if res["result"] == "untyped":
         return f"untyped error: {res['error']}"
     if res["result"] == "refused":
@@ -318,6 +352,9 @@ def judge(res: dict[str, Any], acked: int, started: int) -> str | None:
     g = res["gen"]
     if g is None:
         return "the state is no generation that was written (torn or mixed)"
+    fits = [e for e, s in (echoes or {}).items() if s == g and acked <= e <= started]
+    if fits:
+        g = fits[0]
     if g < acked:
         return f"lost acknowledged generations: loaded {g}, acknowledged {acked}"
     if g > started:
@@ -353,11 +390,14 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
     marks_at: list[tuple[int, int]] = [(0, 0)] * len(ops)
     acked = started = 0
     last = -1
+    echoes: dict[int, int] = {}
     for i, op in enumerate(ops):
         if op.kind == "mark" and op.text.startswith("start "):
-            started = int(op.text.split()[1])
+            started = max(started, int(op.text.split()[1]))
+            if op.text.split()[2:3] == ["echo"]:
+                echoes[started] = int(op.text.split()[3])
         elif op.kind == "mark" and op.text.startswith("ack "):
-            acked = int(op.text.split()[1])
+            acked = max(acked, int(op.text.split()[1]))  # concurrent waiters: any order
         if op.kind != "mark":
             last = i
         if last >= 0:
@@ -378,7 +418,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
                 counts["states"] += 1
                 counts["warned"] += res["warned"]
             counts["checks"] += 1
-            problem = judge(res, ack, start)
+            problem = judge(res, ack, start, echoes)
             if res["result"] == "refused":
                 counts["refused"] += 1
             if problem is not None:

@@ -15,8 +15,8 @@ from _spawn import script, script_env
 
 pytestmark = pytest.mark.slow
 
-SUBSET = ("no fsync of a journal append", "SQLite synchronous=NORMAL",
-          "durable waiter woken before its write",
+SUBSET = ("no fsync of a journal append", "no directory fsync after unlink",
+          "SQLite synchronous=NORMAL", "durable waiter woken by an earlier write",
           "journal deleted before the snapshot is replaced")
 
 
