@@ -13,6 +13,7 @@ logs a WARNING when upstream CascadeUI's ``pycascadeui`` is installed too (same 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from ._distribution import warn_if_upstream_installed
@@ -51,6 +52,22 @@ _LAZY = {
 }
 
 
+def _find_adapters_in_a_clone() -> None:
+    """Let ``cascadeui.adapters`` import from a clone's source tree too (issue 23).
+
+    The wheel installs the repository's top-level ``adapters/`` as ``cascadeui/adapters``.
+    In a clone, ``python -m cascadeui`` run from its root imports this tree, whose
+    ``cascadeui/`` has no ``adapters`` subpackage: the repository root then joins the
+    package's search path, so the sibling ``adapters/`` is found under the same name.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if not os.path.isdir(os.path.join(here, "adapters")) and \
+            os.path.isfile(os.path.join(root, "adapters", "__init__.py")):
+        __path__.append(root)
+
+
+_find_adapters_in_a_clone()
 warn_if_upstream_installed()
 
 

@@ -34,3 +34,15 @@ def test_a_planted_module_in_the_working_directory_never_runs(tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["written"] is True
     assert sync.load_state(str(db))["application"]["v1"] is True
+
+
+def test_python_m_cascadeui_works_from_the_clone_root(tmp_path: Path) -> None:
+    # From the repository root the source tree's cascadeui/ is imported first; it has no
+    # adapters/ subpackage (the wheel maps it), so it must find the sibling adapters/.
+    repo = Path(__file__).resolve().parents[2]
+    db = tmp_path / "state.db"
+    sync.save_state(str(db), {"application": {"motd": "hi"}})
+    proc = subprocess.run([*module("cascadeui"), "get", str(db), "application.motd"],
+                          cwd=repo, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "hi" in proc.stdout
