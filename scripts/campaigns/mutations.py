@@ -39,6 +39,9 @@ class Campaign:
 
 POWERCUT_FILE = Campaign("powercut file", ("campaigns.powercut", "--cuts", "60", "--gens", "12",
                                            "--backend", "file"))
+POWERCUT_BIG = Campaign("powercut file, big documents", (
+    "campaigns.powercut", "--cuts", "60", "--gens", "12", "--backend", "file",
+    "--big-every", "5"))
 POWERCUT_SQLITE = Campaign("powercut sqlite", ("campaigns.powercut", "--cuts", "80", "--gens",
                                                "6", "--backend", "sqlite"))
 POWERCUT_STORE = Campaign("powercut store", ("campaigns.powercut", "--cuts", "40", "--gens", "8",
@@ -76,6 +79,11 @@ MUTATIONS = [
     Mutation("no temp-file fsync", "adapters/_fileio.py",
              "            if durable:\n                os.fsync(fh.fileno())",
              "            pass", POWERCUT_FILE),
+    Mutation("no temp-file fsync above 1 MiB", "adapters/_fileio.py",
+             "            if durable:\n                os.fsync(fh.fileno())",
+             "            if durable and fh.tell() < 1 << 20:\n"
+             "                os.fsync(fh.fileno())",
+             POWERCUT_BIG),
     Mutation("journal deleted before the snapshot is replaced", "adapters/_file_store.py",
              "                digest = _fileio.put(self.path, data, like=self.path, before=before)",
              "                with contextlib.suppress(FileNotFoundError):\n"

@@ -11,6 +11,7 @@ every ten generations an *echo*: a whole write of the snapshot's very bytes over
 after it (generation ``g``'s document is then the snapshot's). Before a call it marks
 ``start <g>``; once the call returned, ``ack <g>``. The ``store`` mode dispatches durably,
 every fourth generation together with the next (two durable waiters at once).
+``--big-every N`` makes every Nth generation a document of about 2.4 MB.
 
 Every point between two recorded system calls is a power cut. For each cut, every crash
 state POSIX allows (unsynced writes dropped, a prefix of them kept, the next one torn or
@@ -53,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kit.generations import expected, generation
+from kit.generations import big_every, expected, generation, set_big_every
 from kit.plant import planted
 from kit.powercut import (
     CrashState,
@@ -379,7 +380,7 @@ def run_trace(backend: str, work: Path, gens: int, seed: int, limit: int,
                           "--root", str(root), "--gens", str(gens), "--seed", str(seed))
     if sabotage:
         argv += ["--sabotage", sabotage]
-    argv += ["--mode", mode]
+    argv += ["--mode", mode, "--big-every", str(big_every())]
     out = record(argv, trace, env=script_env())
     if out.returncode != 0:
         raise SystemExit(f"writer failed: {out.stderr.decode()[-2000:]}")
@@ -469,9 +470,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="break the writer on purpose (self-test: the campaign must see loss)")
     ap.add_argument("--mode", choices=("adapter", "store"), default="adapter",
                     help="adapter: the adapters' calls; store: a StateStore's durable dispatches")
+    ap.add_argument("--big-every", type=int, default=0,
+                    help="every Nth generation is a document of about 2.4 MB (0: none)")
     ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    set_big_every(args.big_every)
     if args.worker:
         if args.mode == "store":
             asyncio.run(store_writer(args.worker, Path(args.root), args.gens, args.seed))

@@ -48,6 +48,16 @@ def test_powercut_campaign_small() -> None:
                     f"{summary['acked']} acknowledged changes, 0 lost")
 
 
+def test_powercut_campaign_big_documents() -> None:
+    """Every fifth generation is about 2.4 MB: a write past 1 MiB takes its own path."""
+    rc, docs, last, err = run_campaign("--cuts", "60", "--gens", "12", "--backend", "file",
+                                       "--big-every", "5")
+    assert rc == 0, (docs, err[-3000:])
+    assert docs[0]["acked"] >= 5, docs[0]
+    assert docs[0]["lost"] == 0, docs[0]["findings"]
+    assert last.endswith(" 0 lost"), last
+
+
 def test_powercut_campaign_store_small() -> None:
     """The store engine's path: ``dispatch(..., durable=True)`` returning is the ack."""
     rc, docs, last, err = run_campaign("--cuts", "40", "--gens", "8", "--mode", "store")
