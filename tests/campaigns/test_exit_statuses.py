@@ -47,6 +47,12 @@ def test_a_campaign_that_sees_loss_exits_non_zero(module: str) -> None:
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+def test_the_durable_campaign_fails_on_a_durable_call_that_failed() -> None:
+    out = run("campaigns.durable", TINY["campaigns.durable"], "failure")
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert '"durable_failed_unexpectedly": 1' in out.stdout, out.stdout[-1000:]
+
+
 def test_the_power_cut_campaign_fails_on_an_unexpected_warning() -> None:
     need_strace()
     out = run("campaigns.powercut", TINY["campaigns.powercut"], "warning")
