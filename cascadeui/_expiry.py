@@ -4,12 +4,15 @@ A panel class's ``ttl`` (or ``send(..., ttl=)``) stores ``expires_at`` in the re
 entry. :func:`sweeper` (started by ``setup_persistence`` with a bot) sweeps at start and
 every ``sweep_interval`` seconds: each expired panel of this process's shards has its
 components disabled on its message (one edit, paced with the message checks), then its
-entry and data are removed durably (reason ``"expired"``).
+entry and data are removed durably (reason ``"expired"``). Application keys set with a
+``ttl`` (``APPLICATION_SET`` payload ``{"path", "value", "ttl": seconds}``, recorded
+under ``application["__expires__"]``) are deleted by the same sweeps, durably.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -20,10 +23,11 @@ import discord
 from ._kinds import class_and_kind
 from ._lifecycle import remove
 from ._verify import Pacer
+from .actions import APPLICATION_DELETE, EXPIRY_KEY
 from .store import StateStore
 from .views import EXPIRES_FIELD
 
-__all__ = ["DEFAULT_SWEEP_INTERVAL", "expires_at", "sweep", "sweeper"]
+__all__ = ["DEFAULT_SWEEP_INTERVAL", "expires_at", "sweep", "sweep_data", "sweeper"]
 
 log: logging.Logger = logging.getLogger(__name__)
 
@@ -61,7 +65,37 @@ async def sweep(bot: discord.Client, store: StateStore, owns: Callable[[Any], bo
     removed = await remove(bot, store, due, "expired")
     if removed:
         log.info("%d expired panels removed", len(removed))
+    await sweep_data(store)
     return removed
+
+
+async def sweep_data(store: StateStore) -> list[list[Any]]:
+    """Delete, durably, every application key whose ``ttl`` is over; the paths deleted.
+
+    Any process may sweep: deleting a key already gone changes nothing, and the deletion
+    reaches every process through the store like any other change.
+    """
+    expiry = store.state["application"].get(EXPIRY_KEY)
+    if not isinstance(expiry, Mapping):
+        return []
+    now = datetime.now(timezone.utc)
+    due: list[list[Any]] = []
+    for key, text in expiry.items():
+        when = expires_at({EXPIRES_FIELD: text})
+        if when is not None and when <= now:
+            try:
+                path = json.loads(key)
+            except ValueError:
+                path = None
+            if isinstance(path, list) and path:
+                due.append(path)
+    if due:
+        async with store.batch():
+            for path in due:
+                await store.dispatch(APPLICATION_DELETE, {"path": path})
+        await store.wait_durable()
+        log.info("%d expired application keys deleted", len(due))
+    return due
 
 
 async def sweeper(bot: discord.Client, store: StateStore, owns: Callable[[Any], bool] | None,

@@ -15,7 +15,8 @@ Payloads::
                                   "data_paths": {key: [k1, k2, ...]} (optional)}
     PANEL_EVENTS                 {"events": [PanelEvent, ...]}: no reducer; what a bot gets
                                  as on_cascadeui_panel_* events, for store subscribers
-    APPLICATION_SET              {"path": [k1, k2, ...], "value": v}
+    APPLICATION_SET              {"path": [k1, k2, ...], "value": v, "ttl": seconds
+                                  (optional: the key expires; see EXPIRY_KEY)}
     APPLICATION_DELETE           {"path": [k1, k2, ...]}
     STATE_RESTORED               {"state": {"application": {...}, "persistent_views": {...}}}
     STATE_RELOADED               {"state": {...}, "base": {...} or absent, "paths": [...]}:
@@ -25,7 +26,9 @@ Payloads::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypedDict
 
 from ._merge import merge3
@@ -36,6 +39,7 @@ __all__ = [
     "APPLICATION_SET",
     "BATCH_APPLIED",
     "BUILTIN_REDUCERS",
+    "EXPIRY_KEY",
     "PERSISTED_SLICES",
     "PANEL_EVENTS",
     "PERSISTENCE_VERIFIED",
@@ -84,6 +88,10 @@ APPLICATION_DELETE = "APPLICATION_DELETE"
 #: Key of the ``application`` slice holding the stored schema version (docs/migrations.md);
 #: replacing or clearing the whole slice keeps it, so a versioned state never looks old.
 SCHEMA_KEY = "__schema_version__"
+#: Key of the ``application`` slice holding when keys set with a ``ttl`` expire:
+#: ``{json.dumps(path): ISO 8601 time}``. The expiry sweeper of ``setup_persistence``
+#: deletes each such key, durably, once its time has passed.
+EXPIRY_KEY = "__expires__"
 STATE_RESTORED = "STATE_RESTORED"
 STATE_RELOADED = "STATE_RELOADED"
 #: The action subscribers receive once at the end of ``batch()`` (or when middleware
@@ -278,6 +286,9 @@ def application_set(action: Action, state: State) -> State:
     if path[:1] == (SCHEMA_KEY,):
         raise ValueError(f"application.{SCHEMA_KEY} is the stored schema version, kept by "
                          "cascadeui: pass version= and migrations= instead")
+    if path[:1] == (EXPIRY_KEY,):
+        raise ValueError(f"application.{EXPIRY_KEY} holds expiry times, kept by cascadeui: "
+                         "pass ttl= with the value instead")
     # What whole writes enforce, checked here, so that the state this change builds can
     # always be written whole again (one bad value would otherwise fail every later write).
     check_storable(value, ("application", *path))
@@ -285,7 +296,22 @@ def application_set(action: Action, state: State) -> State:
         if not isinstance(value, dict):
             raise TypeError("APPLICATION_SET with an empty path needs a dict value")
         return _with_slice(state, "application", _keep_schema(state["application"], value))
-    return _with_slice(state, "application", set_in(state["application"], path, value))
+    app = _expire(set_in(state["application"], path, value), path, payload.get("ttl"))
+    return _with_slice(state, "application", app)
+
+
+def _expire(app: dict[str, Any], path: tuple[Hashable, ...], ttl: Any) -> dict[str, Any]:
+    """Record when ``path`` expires (``ttl`` seconds from now), or forget its expiry (no
+    ``ttl``: a key set again lives until set with one)."""
+    key = json.dumps(list(path))
+    if ttl is None:
+        expiry = app.get(EXPIRY_KEY)
+        return (delete_in(app, [EXPIRY_KEY, key])
+                if isinstance(expiry, Mapping) and key in expiry else app)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise ValueError(f"APPLICATION_SET ttl must be a number of seconds > 0, not {ttl!r}")
+    when = datetime.now(timezone.utc) + timedelta(seconds=ttl)
+    return set_in(app, [EXPIRY_KEY, key], when.isoformat())
 
 
 def application_delete(action: Action, state: State) -> State:
@@ -298,7 +324,8 @@ def application_delete(action: Action, state: State) -> State:
     if not path:
         kept = _keep_schema(state["application"], {})
         return _with_slice(state, "application", kept) if state["application"] != kept else state
-    return _with_slice(state, "application", delete_in(state["application"], path))
+    return _with_slice(state, "application",
+                       _expire(delete_in(state["application"], path), path, None))
 
 
 def state_restored(action: Action, state: State) -> State:

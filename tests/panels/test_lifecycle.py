@@ -20,7 +20,7 @@ from discord.ext import commands
 
 from cascadeui import setup_persistence, sync
 from cascadeui._lifecycle import PANEL_REMOVED, PanelEvent
-from cascadeui.actions import PANEL_EVENTS, Action, State
+from cascadeui.actions import APPLICATION_SET, EXPIRY_KEY, PANEL_EVENTS, Action, State
 from cascadeui.store import StateStore
 from cascadeui.testing.discord_double import DiscordDouble, logged_in_bot
 
@@ -393,4 +393,33 @@ async def test_exit_by_code_is_a_removed_event_with_reason_deleted(
     await seen.until_removed(1)
     assert seen.removed() == {"p": "deleted"}
     assert [(e.state_key, e.reason) for e in seen.store_events] == [("p", "deleted")]
+    await bot.close()
+
+
+@pytest.mark.parametrize("kind", kinds())
+async def test_application_data_with_a_ttl_is_deleted_by_the_sweeper(
+        double: DiscordDouble, request: pytest.FixtureRequest, tmp_path: Path,
+        kind: str) -> None:
+    where = target(kind, request, tmp_path)
+    store = StateStore()
+    bot = await start(double, store, where, sweep_interval=0.05)
+    await store.dispatch(APPLICATION_SET, {"path": ["cooldowns", "7"], "value": 1,
+                                           "ttl": 0.1})
+    await store.dispatch(APPLICATION_SET, {"path": ["cooldowns", "8"], "value": 2,
+                                           "ttl": 0.1})
+    await store.dispatch(APPLICATION_SET, {"path": ["cooldowns", "8"], "value": 3})  # kept
+    await store.dispatch(APPLICATION_SET, {"path": ["kept"], "value": True})
+    assert list(store.state["application"][EXPIRY_KEY]) == ['["cooldowns", "7"]']
+    swept = asyncio.Event()
+    store.subscribe(lambda state, action: swept.set()
+                    if "7" not in state["application"]["cooldowns"] else None)
+    with anyio.fail_after(2):  # the sweeper runs every 0.05 s
+        await swept.wait()
+    await store.flush()
+    stored = await anyio.to_thread.run_sync(sync.load_state, where)
+    assert stored["application"]["cooldowns"] == {"8": 3}
+    assert stored["application"]["kept"] is True
+    assert not stored["application"].get(EXPIRY_KEY)
+    with pytest.raises(ValueError, match="ttl"):
+        await store.dispatch(APPLICATION_SET, {"path": ["x"], "value": 1, "ttl": 0})
     await bot.close()
