@@ -167,3 +167,20 @@ def test_import_creates_no_files_and_installs_no_handlers(tmp_path: Path) -> Non
     done = run(worker("probe", "import-clean"), cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+MKDOCS_YML = (ROOT / "mkdocs.yml").read_text()
+
+
+def test_the_site_nav_has_the_migrations_page_and_wide_tables_scroll() -> None:
+    """Issue 23: the migrations page was only reachable by search, and the wide tables of
+    the Panels and Scripts pages were cut off at the theme's 800px column."""
+    nav = MKDOCS_YML.split("\nnav:\n", 1)[1]
+    assert re.search(r"^  - [^:\n]+: migrations\.md$", nav, flags=re.M)
+    sheets = re.findall(r"^extra_css:\n((?:  - \S+\n)+)", MKDOCS_YML, flags=re.M)
+    css = "".join((ROOT / "docs" / s.strip()[2:]).read_text()
+                  for s in sheets[0].splitlines())
+    assert re.search(r"\.rst-content table \{[^}]*overflow-x: auto", css)
+    assert re.search(r"\.rst-content table code \{[^}]*white-space: normal", css)
+    for page in ("panels.md", "sync.md"):
+        assert "\n|---" in (ROOT / "docs" / page).read_text()  # they still hold tables
