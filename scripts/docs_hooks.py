@@ -8,6 +8,8 @@
   block) under "API reference" in the nav, and the line ``<!-- api-modules -->`` of
   ``docs/api.md`` becomes the list of those pages, so a new module's docstrings reach the
   API reference by themselves.
+- ``css/pygments.css`` is generated from the installed Pygments (the colours of the code
+  that ``pymdownx.highlight`` marks up at build time: no highlight.js from a CDN).
 - Sphinx roles in docstrings (``:class:`Name```) become links through the Griffe extension
   in ``scripts/docs_roles.py``; a raw role left on an API page fails the build.
 """
@@ -98,6 +100,10 @@ def on_files(files: Any, config: Any) -> Any:
 
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     files.append(File.generated(config, "changelog.md", content=changelog))
+    from pygments.formatters import HtmlFormatter
+
+    css = HtmlFormatter(style="default").get_style_defs(".highlight")
+    files.append(File.generated(config, "css/pygments.css", content=css))
     for name in public_modules():
         page = f"::: {name}\n    options:\n      heading_level: 1\n"
         files.append(File.generated(config, _module_page(name), content=page))

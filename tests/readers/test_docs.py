@@ -178,9 +178,27 @@ def test_the_site_nav_has_the_migrations_page_and_wide_tables_scroll() -> None:
     nav = MKDOCS_YML.split("\nnav:\n", 1)[1]
     assert re.search(r"^  - [^:\n]+: migrations\.md$", nav, flags=re.M)
     sheets = re.findall(r"^extra_css:\n((?:  - \S+\n)+)", MKDOCS_YML, flags=re.M)
-    css = "".join((ROOT / "docs" / s.strip()[2:]).read_text()
-                  for s in sheets[0].splitlines())
+    css = (ROOT / "docs" / "css" / "extra.css").read_text()
+    assert "  - css/extra.css\n" in sheets[0]
     assert re.search(r"\.rst-content table \{[^}]*overflow-x: auto", css)
     assert re.search(r"\.rst-content table code \{[^}]*white-space: normal", css)
     for page in ("panels.md", "sync.md"):
         assert "\n|---" in (ROOT / "docs" / page).read_text()  # they still hold tables
+
+
+def test_code_is_highlighted_at_build_time_without_a_cdn() -> None:
+    """Issue 23: the readthedocs theme loads highlight.js and its CSS from cdnjs unless
+    ``highlightjs`` is off; Pygments (pymdownx.highlight) marks the code up at build time and
+    the hook writes its CSS, so the built site needs no third-party host."""
+    theme = re.findall(r"^theme:\n((?:[ ].*\n)+)", MKDOCS_YML, flags=re.M)[0]
+    assert re.search(r"^  highlightjs: false$", theme, flags=re.M)
+    assert re.search(r"^  - pymdownx\.highlight:\n      use_pygments: true$", MKDOCS_YML,
+                     flags=re.M)
+    assert "\n  - pymdownx.superfences\n" in MKDOCS_YML
+    assert "\n  - fenced_code\n" not in MKDOCS_YML  # superfences replaces it
+    assert "  - css/pygments.css" in MKDOCS_YML
+    hooks = (ROOT / "scripts" / "docs_hooks.py").read_text()
+    assert '"css/pygments.css"' in hooks
+    assert "get_style_defs" in hooks
+    assert not re.search(r"^extra_javascript:", MKDOCS_YML, flags=re.M)
+    assert not re.search(r"^\s*-\s*['\"]?https?://", MKDOCS_YML, flags=re.M)
