@@ -30,7 +30,8 @@ The suite runs both modes small (``tests/campaigns/test_partitions.py``). The la
 ``H hosts, B backends: A acknowledged, L lost, F failed visibly, N non-durable kept, M
 missing, converged in C s, U failed unexpectedly``. Exit status 1 on loss, a
 change never converged, or a durable call failing visibly where it should not (on a host
-not disturbed, or one that neither waited through nor started during the disturbance).
+not disturbed, or one that neither waited through the disturbance nor started in it or in
+the durable timeout after the heal).
 """
 
 from __future__ import annotations
