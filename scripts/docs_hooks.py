@@ -111,11 +111,11 @@ def on_files(files: Any, config: Any) -> Any:
 
 
 def _summary(name: str) -> str:
-    """The first line of the installed module's docstring."""
+    """The first paragraph of the installed module's docstring, on one line."""
     root = _installed() / Path(*name.split("."))
     source = root / "__init__.py" if root.is_dir() else root.with_suffix(".py")
     doc = ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or ""
-    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    line = " ".join(doc.strip().split("\n\n", 1)[0].split())
     return re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", line)
 
 
