@@ -423,3 +423,31 @@ async def test_application_data_with_a_ttl_is_deleted_by_the_sweeper(
     with pytest.raises(ValueError, match="ttl"):
         await store.dispatch(APPLICATION_SET, {"path": ["x"], "value": 1, "ttl": 0})
     await bot.close()
+
+
+async def test_a_cluster_removes_only_its_own_shards_panels(
+        double: DiscordDouble, tmp_path: Path) -> None:
+    mine, theirs = ((1000 * 2 + shard) << 22 for shard in (1, 0))  # shards 1 and 0 of 2
+    cids = {g: double.add_channel(guild_id=g) for g in (mine, theirs)}
+    where = str(tmp_path / "s.db")
+    store = StateStore()
+    bot = await start(double, store, where)  # one process wrote both panels
+    for g in (mine, theirs):
+        await send(double, bot, store, str(g), cids[g])
+    await bot.close()
+
+    shard1 = commands.Bot(command_prefix="!", intents=discord.Intents.none(),
+                          help_command=None, shard_id=1, shard_count=2)
+    store = StateStore()
+    await logged_in_bot(double, bot=shard1)
+    seen = Seen(shard1, store)
+    summary = await setup_persistence(shard1, backend=where, store=store, verify="await")
+    assert summary.other_shards == [str(theirs)]
+    for g in (mine, theirs):
+        double.deliver_guild(shard1, g)
+        double.deliver_guild_remove(shard1, g)  # shard 0's guild: not this process's
+    await seen.until_removed(1)
+    await asyncio.sleep(0.05)
+    assert seen.removed() == {str(mine): "guild_removed"}
+    assert set(store.state["persistent_views"]) == {str(theirs)}
+    await shard1.close()
