@@ -99,8 +99,8 @@ def _custom_ids(cls: type[BaseView]) -> Iterator[str]:
     """The explicit ``custom_id`` of every component declared in the class body."""
     for member in getattr(cls, "__view_children_items__", {}).values():
         if isinstance(member, discord.ui.Item):
-            for item in (member, *member.walk_children()) if hasattr(
-                    member, "walk_children") else (member,):
+            walk: Any = getattr(member, "walk_children", None)  # containers (Components V2)
+            for item in (member, *walk()) if walk is not None else (member,):
                 custom_id = getattr(item, "custom_id", None)
                 if isinstance(custom_id, str):
                     yield custom_id

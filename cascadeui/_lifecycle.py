@@ -226,9 +226,11 @@ class _Watcher:
         await self._gone("guild_id", [guild.id], "guild_removed")
 
     def listeners(self) -> dict[str, Callable[..., Awaitable[None]]]:
-        return {name: getattr(self, name) for name in (
-            "on_raw_message_delete", "on_raw_bulk_message_delete", "on_guild_channel_delete",
-            "on_raw_thread_delete", "on_guild_remove")}
+        return {"on_raw_message_delete": self.on_raw_message_delete,
+                "on_raw_bulk_message_delete": self.on_raw_bulk_message_delete,
+                "on_guild_channel_delete": self.on_guild_channel_delete,
+                "on_raw_thread_delete": self.on_raw_thread_delete,
+                "on_guild_remove": self.on_guild_remove}
 
 
 _WATCHED: weakref.WeakKeyDictionary[Any, _Watcher] = weakref.WeakKeyDictionary()
