@@ -13,7 +13,13 @@ logs a WARNING when upstream CascadeUI's ``pycascadeui`` is installed too (same 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ._distribution import warn_if_upstream_installed
@@ -52,19 +58,32 @@ _LAZY = {
 }
 
 
-def _find_adapters_in_a_clone() -> None:
-    """Let ``cascadeui.adapters`` import from a clone's source tree too (issue 23).
+class _CloneAdapters(importlib.abc.MetaPathFinder):
+    """Finds ``cascadeui.adapters`` in a clone's top-level ``adapters/`` (issue 23).
 
-    The wheel installs the repository's top-level ``adapters/`` as ``cascadeui/adapters``.
-    In a clone, ``python -m cascadeui`` run from its root imports this tree, whose
-    ``cascadeui/`` has no ``adapters`` subpackage: the repository root then joins the
-    package's search path, so the sibling ``adapters/`` is found under the same name.
+    The wheel installs the repository's ``adapters/`` as ``cascadeui/adapters``. In a clone,
+    ``python -m cascadeui`` run from its root imports this source tree, whose ``cascadeui/``
+    has no ``adapters`` subpackage. This finder comes last on ``sys.meta_path`` and answers
+    for that one name only, so an installed or editable package is always found first.
     """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname != "cascadeui.adapters":
+            return None
+        return importlib.machinery.PathFinder.find_spec("cascadeui.adapters", [self.root])
+
+
+def _find_adapters_in_a_clone() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     if not os.path.isdir(os.path.join(here, "adapters")) and \
-            os.path.isfile(os.path.join(root, "adapters", "__init__.py")):
-        __path__.append(root)
+            os.path.isfile(os.path.join(root, "adapters", "__init__.py")) and \
+            not any(isinstance(f, _CloneAdapters) for f in sys.meta_path):
+        sys.meta_path.append(_CloneAdapters(root))
 
 
 _find_adapters_in_a_clone()
