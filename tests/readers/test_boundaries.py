@@ -159,3 +159,48 @@ def test_a_function_level_import_counts(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("def f():\n    from .other import thing\n    return thing\n")
     modules = {"pkg.m": tmp_path / "m.py", "pkg.other": tmp_path / "other.py"}
     assert _imports("pkg.m", tmp_path / "m.py", modules) == {"pkg.other"}
+
+
+#: The layers of docs/architecture.md ("What each module may import"): a module imports
+#: modules of its own layer or of lower ones, never of a higher one. Every module of
+#: ``adapters/`` is layer 2 (``cascadeui.adapters*``).
+LAYERS = {
+    0: {"errors", "_merge", "_entries", "_kinds", "_shutdown", "_distribution",
+        "testing", "testing.discord_double"},
+    1: {"serializer", "actions"},
+    2: set(),  # cascadeui.adapters and its modules
+    3: {"_backends", "_persist_state", "testing.conformance"},
+    4: {"_targets", "_engine", "persistence", "migrations"},
+    5: {"store"},
+    6: {"_panel_data", "_lifecycle", "views", "dynamic", "_verify", "_attach", "_expiry",
+        "_late"},
+    7: {"_restore", "sync", "_inspection", "_doctor"},
+    8: {"cli", "demo", "__main__", ""},  # "": the package itself (cascadeui/__init__.py)
+}
+
+
+def _layer(module: str) -> int:
+    if module == "cascadeui.adapters" or module.startswith("cascadeui.adapters."):
+        return 2
+    short = module.removeprefix("cascadeui").removeprefix(".")
+    found = [layer for layer, names in LAYERS.items() if short in names]
+    assert found, f"{module} has no layer: add it to LAYERS and docs/architecture.md"
+    return found[0]
+
+
+def test_every_module_imports_only_its_own_layer_or_lower() -> None:
+    modules = _modules()
+    upward = [f"{name} (layer {_layer(name)}) imports {target} (layer {_layer(target)})"
+              for name, path in modules.items()
+              for target in sorted(_imports(name, path, modules))
+              if _layer(target) > _layer(name)]
+    assert upward == []
+
+
+def test_the_architecture_page_names_every_layer() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for layer, names in LAYERS.items():
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"| {layer} |")), "")
+        assert line, f"docs/architecture.md has no row for layer {layer}"
+        missing = [n for n in names if n and f"`{n}`" not in line]
+        assert missing == [], f"layer {layer} row lacks {missing}"
