@@ -503,3 +503,29 @@ async def test_background_check_is_cancelled_when_the_bot_closes(tmp_path: Path)
         assert task.cancelled()
         assert not [t for t in _TASKS if getattr(t, "cascadeui_bot", None) is bot]
         assert await stored_keys(path) == {"a", "b"}  # nothing purged by a cut-short check
+
+
+async def test_message_checks_log_their_progress(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # A long check of many panels says how far it is (issue 23: 10,000 panels ran about
+    # 220 s without a word); the interval is shortened so that 40 checks at 100/s show it.
+    from cascadeui import _verify
+
+    monkeypatch.setattr(_verify, "PROGRESS_EVERY", 0.1)
+    caplog.set_level(logging.INFO, logger="cascadeui._verify")
+    async with DiscordDouble() as double:
+        chans = [double.add_channel(guild_id=1) for _ in range(2)]
+        path = tmp_path / "s.json"
+        mids = await seed(double, path, [f"p{i}" for i in range(40)], chans)
+        double.delete_message(mids["p7"])
+        bot, result = await start_bot(double, StateStore(), file_path=path, rate_limit=100,
+                                      verify="await")
+        await bot.close()
+    assert result["removed"] == ["p7"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "cascadeui._verify"]
+    assert lines[0] == "checking the messages of 40 restored panels, at most 100/s (about 0 s)"
+    assert any(line.startswith("checked ") and " of 40 panel messages (" in line
+               for line in lines[1:-1])
+    assert lines[-1].startswith("checked all 40 panel messages in ")
+    assert lines[-1].endswith("(39 restored, 1 removed, 0 unreachable)")
