@@ -13,6 +13,7 @@ own dependency groups, each in its own session, never in the test virtualenvs.
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import os
 import shutil
@@ -73,8 +74,10 @@ def _group(*names: str) -> tuple[str, ...]:
 def _wheel(session: nox.Session) -> Path:
     """The project's wheel, built once per nox run from the tree as it is now."""
     if not _built:
-        out = ROOT / ".nox" / "_wheel"
+        # One directory per nox run (two runs at once must not delete each other's wheel).
+        out = ROOT / ".nox" / f"_wheel-{os.getpid()}"
         shutil.rmtree(out, ignore_errors=True)
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
         # setuptools builds in ./build and never removes a module deleted or renamed since:
         # a stale build/ would ship modules the tree no longer has.
         shutil.rmtree(ROOT / "build", ignore_errors=True)
