@@ -68,7 +68,9 @@ def increments(kind: str, where: str, key: str, n: int, procs: int) -> int:
 
 
 async def running_store(kind: str, where: str, key: str, prefix: str, seconds: float,
-                        out: str) -> None:
+                        out: str, stop: str | None = None) -> None:
+    """Write ``prefix.i`` keys for ``seconds``, and on until the file ``stop`` exists when
+    given (a loaded machine's other process may take longer than planned); report to ``out``."""
     store = StateStore()
     seen: list[tuple[float, list[list[Any]]]] = []
     store.subscribe(lambda state, action: seen.append(
@@ -78,7 +80,8 @@ async def running_store(kind: str, where: str, key: str, prefix: str, seconds: f
                                    poll_interval=0.2)
     print("ready", flush=True)
     end, i = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
+    while time.monotonic() < end or (
+            stop is not None and not await asyncio.to_thread(os.path.exists, stop)):
         await store.dispatch(APPLICATION_SET, {"path": [f"{prefix}.{i}"], "value": i})
         i += 1
         await asyncio.sleep(0.01)
@@ -100,7 +103,7 @@ def main() -> None:
     if cmd == "increments":
         sys.exit(increments(kind, where, key, int(rest[0]), int(rest[1])))
     elif cmd == "store":
-        asyncio.run(running_store(kind, where, key, rest[0], float(rest[1]), rest[2]))
+        asyncio.run(running_store(kind, where, key, rest[0], float(rest[1]), *rest[2:4]))
     elif cmd == "hold":
         hold(kind, where, key)
     else:

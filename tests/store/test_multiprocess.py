@@ -86,15 +86,19 @@ def test_increments_from_many_processes_are_never_lost(target: tuple[str, str, s
 def test_running_store_and_script_keep_both_and_store_hears(
         target: tuple[str, str, str], tmp_path: Path) -> None:
     kind, where, key = target
-    out = tmp_path / "seen.json"
+    out, stop = tmp_path / "seen.json", tmp_path / "stop"
     committed: dict[str, float] = {}
-    with started("store", kind, where, key, "bot", "3.0", str(out)) as bot:
+    with started("store", kind, where, key, "bot", "3.0", str(out), str(stop)) as bot:
         with open_adapter(kind, where, key) as script:
             for i in range(8):
                 time.sleep(0.25)
                 with script.transaction() as st:
                     st.setdefault("application", {})[f"script.{i}"] = i
                 committed[f"script.{i}"] = time.time()
+        # The bot runs until the last commit had the longest delay allowed below to reach
+        # it: a fixed 3 s ended before the script's last commits on a loaded machine.
+        time.sleep(2 * TARGET_DELAY)
+        stop.touch()
         finished(bot)
     report = json.loads(out.read_text())
     with open_adapter(kind, where, key) as store:
