@@ -149,7 +149,9 @@ def lowest(session: nox.Session) -> None:
     """The fast tests with every runtime dependency at the lowest version setup.cfg allows,
     on the oldest Python (proves the declared lower bounds)."""
     pins = minimums()
-    constraints = Path(session.create_tmp()) / "minimums.txt"
+    # Not session.create_tmp(): that points TMPDIR into the clone, where the unprivileged
+    # postgres account of a private PostgreSQL cannot reach a `mktemp -d` clone's folder.
+    constraints = Path(session.virtualenv.location) / "minimums.txt"
     constraints.write_text("\n".join(pins) + "\n")
     session.log(f"lowest allowed versions: {', '.join(pins)}")
     _install(session, "-c", str(constraints))
